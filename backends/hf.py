@@ -1,0 +1,62 @@
+"""`hf`: transformers eager `GPT2LMHeadModel.generate`, greedy, KV cache on.
+
+This is what a user gets without any tuning, so it is the baseline every other
+backend is compared against.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backends.base import Generation, LoadReport
+from backends.weights import load_hf_model
+
+
+class TokenClock:
+    """A generate() streamer that only records when each new token arrived.
+
+    transformers calls `put()` once with the prompt, then once per new token.
+    """
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._seen_prompt = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if self._seen_prompt:
+            self.times.append(time.perf_counter())
+        self._seen_prompt = True
+
+    def end(self) -> None:
+        pass
+
+
+class HFBackend:
+    def __init__(
+        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+    ) -> None:
+        self.model = load_hf_model(model_dir, options.get("dtype", "float32"))
+        self.load_report = LoadReport()
+
+    @torch.inference_mode()
+    def generate(self, prompt: list[int], new_tokens: int) -> Generation:
+        input_ids = torch.tensor([prompt], dtype=torch.long)
+        clock = TokenClock()
+        output = self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            # No EOS: exactly `new_tokens` tokens, and plain argmax at every step
+            # (min_new_tokens alone would mask EOS and change the greedy choice).
+            eos_token_id=None,
+            pad_token_id=0,
+            use_cache=True,
+            streamer=clock,
+        )
+        return Generation(tokens=output[0, len(prompt) :].tolist(), token_times=clock.times)

@@ -1,0 +1,52 @@
+"""Per-backend option schemas, validated at the edge (the sweep file).
+
+These are plain pydantic models with no heavy imports, so the orchestrator can
+validate a sweep without importing torch or onnxruntime.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class BackendOptions(BaseModel):
+    """Base for every backend's options: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HFOptions(BackendOptions):
+    """transformers eager `GPT2LMHeadModel.generate`."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class HFCompileOptions(BackendOptions):
+    """The same model under `torch.compile` (compiled before the timed region)."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+
+
+class NanoGPTOptions(BackendOptions):
+    """Our nanoGPT-style module. `kv_cache: false` re-runs the whole context every step."""
+
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    kv_cache: bool = True
+
+
+class OnnxOptions(BackendOptions):
+    """ONNX Runtime with past key/values fed back by a greedy loop."""
+
+    optimize: bool = False
+    quantize: Literal["none", "int8", "int4"] = "none"
+    per_channel: bool = True
+    quantize_lm_head: bool = False
+
+
+class TorchInt8Options(BackendOptions):
+    """PyTorch dynamic int8 on the model's linear layers."""
+
+    per_channel: bool = True

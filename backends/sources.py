@@ -1,0 +1,92 @@
+"""Where a model's weights come from, described without importing torch.
+
+Three kinds of source, as users write them in a sweep file:
+
+- ``random:gpt2`` (or ``random:gpt2-medium`` ...): the standard config with seeded
+  random weights. The compute cost of inference is identical to the real
+  checkpoint, and nothing is downloaded.
+- a local directory written by ``save_pretrained`` (``./my-model``, ``/models/gpt2``).
+- a hub id (``gpt2``, ``openai-community/gpt2``), fetched by the real hub client.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+# The four published GPT-2 sizes (OpenAI's checkpoints): layers, heads, width.
+GPT2_SIZES: dict[str, dict[str, int]] = {
+    "gpt2": {"n_layer": 12, "n_head": 12, "n_embd": 768},  # 124M parameters
+    "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},  # 350M
+    "gpt2-large": {"n_layer": 36, "n_head": 20, "n_embd": 1280},  # 774M
+    "gpt2-xl": {"n_layer": 48, "n_head": 25, "n_embd": 1600},  # 1558M
+}
+GPT2_VOCAB_SIZE = 50257
+GPT2_POSITIONS = 1024
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+class ModelSourceError(ValueError):
+    """The model source string names nothing we can load."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    kind: str  # "random" | "local" | "hub"
+    ref: str  # size name, absolute directory, or hub id
+    n_positions: int  # maximum context + generated tokens
+
+    def config_dict(self) -> dict:
+        """The GPT-2 config of a random source, as `GPT2Config(**...)` takes it."""
+        assert self.kind == "random"
+        return {
+            **GPT2_SIZES[self.ref],
+            "vocab_size": GPT2_VOCAB_SIZE,
+            "n_positions": GPT2_POSITIONS,
+        }
+
+
+def parse_model_source(text: str) -> ModelSource:
+    """Resolve what a sweep file says into a `ModelSource`, or raise `ModelSourceError`.
+
+    Local directories and random configs are checked fully here. A hub id is
+    checked for its form only; its config is read when a worker loads it.
+    """
+    text = text.strip()
+    if text.startswith("random:"):
+        size = text.removeprefix("random:")
+        if size not in GPT2_SIZES:
+            raise ModelSourceError(
+                f"unknown random model {size!r}; use one of: "
+                + ", ".join(f"random:{name}" for name in GPT2_SIZES)
+            )
+        return ModelSource("random", size, GPT2_POSITIONS)
+    if ":" in text.split("/")[0] and not Path(text).exists():
+        raise ModelSourceError(
+            f"unknown model source {text!r}; use random:gpt2, a local directory "
+            "written by save_pretrained, or a hub id such as openai-community/gpt2"
+        )
+    path = Path(text).expanduser()
+    looks_like_path = text.startswith((".", "/", "~")) or path.exists()
+    if looks_like_path:
+        return _local_source(path)
+    if _HUB_ID.match(text):
+        return ModelSource("hub", text, GPT2_POSITIONS)
+    raise ModelSourceError(f"unknown model source {text!r}")
+
+
+def _local_source(path: Path) -> ModelSource:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelSourceError(
+            f"model directory {str(path)!r} has no config.json; "
+            "write one with model.save_pretrained(DIR)"
+        )
+    config = json.loads(config_file.read_text())
+    n_positions = int(config.get("n_positions") or config.get("max_position_embeddings") or 0)
+    if n_positions <= 0:
+        raise ModelSourceError(f"{config_file} does not say its maximum positions (n_positions)")
+    return ModelSource("local", str(path.resolve()), n_positions)

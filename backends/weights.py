@@ -1,0 +1,63 @@
+"""Materialise a model source into a local directory every backend loads from.
+
+Random models are created once with a seeded initialisation and saved as
+safetensors in the model cache, so every backend and every worker on a host
+reads identical weights. Loading never runs remote code and never unpickles.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backends.artifacts import build_once
+from backends.sources import ModelSource
+
+
+def materialize(source: ModelSource, cache_dir: Path, seed: int) -> Path:
+    """Return a local directory with config.json and model.safetensors for `source`."""
+    if source.kind == "local":
+        return Path(source.ref)
+    if source.kind == "hub":
+        return _download(source.ref)
+    final = cache_dir / "models" / f"random-{source.ref}-seed{seed}"
+    build_once(final, lambda tmp: _save_random(source, seed, tmp))
+    return final
+
+
+def _save_random(source: ModelSource, seed: int, out: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**source.config_dict()))
+    model.save_pretrained(out, safe_serialization=True)
+
+
+def _download(hub_id: str) -> Path:
+    """The real hub client; only safetensors and configs, never pickled weights."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                hub_id,
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "merges.txt", "vocab.json"],
+            )
+        )
+    except Exception as error:  # the hub client raises many kinds when offline
+        raise RuntimeError(
+            f"could not fetch {hub_id!r} from the model hub ({type(error).__name__}: {error}). "
+            "Offline? Use model: random:gpt2 (same compute, random weights) or a local "
+            "directory written by save_pretrained."
+        ) from error
+
+
+def load_hf_model(model_dir: Path, dtype: str = "float32"):
+    """`GPT2LMHeadModel` from a local directory: safetensors only, no remote code."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(
+        model_dir, use_safetensors=True, trust_remote_code=False, dtype=getattr(torch, dtype)
+    )
+    return model.eval()

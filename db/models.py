@@ -1,0 +1,125 @@
+"""The farm's tables: sweeps, their jobs, each job's result, and where it ran.
+
+Written only by the orchestrator. Figures are plain columns so reports can
+filter and sort in SQL; raw per-repeat samples are kept as JSON beside them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Sweep(Base):
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source_text: Mapped[str] = mapped_column(Text)  # the sweep YAML as submitted last
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="sweep", order_by="Job.id")
+
+
+class Job(Base):
+    """One grid cell of one sweep. Status: pending -> queued -> running -> done | failed."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("sweep_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    key: Mapped[str] = mapped_column(String(32), index=True)
+    spec: Mapped[dict[str, Any]]
+    label: Mapped[str] = mapped_column(String(200))
+    backend: Mapped[str] = mapped_column(String(50))
+    context: Mapped[int]
+    generation: Mapped[int]
+    threads: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    sweep: Mapped[Sweep] = relationship(back_populates="jobs")
+    result: Mapped[Result | None] = relationship(back_populates="job")
+
+
+class Environment(Base):
+    """A host and its software, deduplicated by fingerprint."""
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(32), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255), index=True)
+    cpu_model: Mapped[str] = mapped_column(String(255))
+    cpu_features: Mapped[list[Any]]
+    logical_cores: Mapped[int]
+    physical_cores: Mapped[int]
+    memory_bytes: Mapped[int]
+    os: Mapped[str] = mapped_column(String(255))
+    kernel: Mapped[str] = mapped_column(String(255))
+    container: Mapped[bool]
+    python: Mapped[str] = mapped_column(String(32))
+    versions: Mapped[dict[str, Any]]
+    git_revision: Mapped[str | None] = mapped_column(String(64))
+
+
+class Result(Base):
+    """The measurement of one job. Times in the unit their name says."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
+    worker: Mapped[str] = mapped_column(String(200))
+    cpus: Mapped[str] = mapped_column(String(200))  # the CPU list the job really ran on
+    torch_threads: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    repeats: Mapped[int]
+    prefill_ms: Mapped[float]
+    prefill_ms_p50: Mapped[float]
+    decode_ms: Mapped[float]
+    decode_ms_p50: Mapped[float]
+    decode_ms_p90: Mapped[float]
+    decode_ms_p99: Mapped[float]
+    decode_tokens_per_s: Mapped[float]
+    e2e_s: Mapped[float]
+    e2e_s_p50: Mapped[float]
+    e2e_s_p90: Mapped[float]
+    e2e_s_stdev: Mapped[float]
+    cv: Mapped[float]
+    noisy: Mapped[bool]
+    timer_gap: Mapped[float]
+
+    materialize_s: Mapped[float]
+    load_s: Mapped[float]
+    compile_s: Mapped[float | None]
+    artifact_built: Mapped[bool | None]
+    artifact_build_s: Mapped[float | None]
+    artifact_bytes: Mapped[int | None]
+    rss_peak_bytes: Mapped[int]
+    model_rss_bytes: Mapped[int]
+
+    pinning_violations: Mapped[list[Any]]
+    tokens: Mapped[list[Any]]  # the greedy tokens of the last repeat
+    samples: Mapped[dict[str, Any]]  # raw per-repeat figures
+
+    job: Mapped[Job] = relationship(back_populates="result")
+    environment: Mapped[Environment] = relationship()

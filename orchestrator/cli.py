@@ -1,0 +1,142 @@
+"""`farm`: the whistle-stop command line. Each command is a thin wrapper around one function."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from worker.pinning import CpuSetError
+
+app = typer.Typer(
+    help="whistle-stop: a benchmark farm for fast GPT inference on CPUs.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+console = Console()
+errors = Console(stderr=True)
+
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        help="SQLite file path or any SQLAlchemy URL for the results database.",
+        envvar="FARM_DB_URL",
+    ),
+]
+CacheOption = Annotated[
+    Path,
+    typer.Option(
+        help="Where workers keep materialised models and exported artifacts.",
+        envvar="FARM_CACHE_DIR",
+    ),
+]
+DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+@app.command()
+def submit(
+    *,
+    grid: Annotated[Path, typer.Option(help="The sweep YAML file (see examples/).")],
+    db: DbOption = "farm.db",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Embedded mode: split this machine's CPUs into N pinned workers."),
+    ] = None,
+    cpus: Annotated[
+        list[str] | None,
+        typer.Option(help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1."),
+    ] = None,
+    rerun: Annotated[bool, typer.Option(help="Run jobs again even if already done.")] = False,
+    cache_dir: CacheOption = DEFAULT_CACHE,
+) -> None:
+    """Expand a sweep file into jobs and run them, storing each result as it lands.
+
+    With no broker configured, jobs run on this machine in pinned worker
+    processes (the embedded default): nothing to install, no server.
+    Re-submitting a sweep skips the jobs already done.
+    """
+    from orchestrator.submit import plan_cpu_sets, submit_embedded
+    from orchestrator.sweep import SweepError, load_sweep
+
+    try:
+        plan = load_sweep(grid)
+        cpu_sets = plan_cpu_sets(workers, cpus)
+    except (SweepError, CpuSetError) as error:
+        raise fail(str(error)) from None
+    sessions = _sessions(db)
+    console.print(
+        f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
+        f"{len(cpu_sets)} embedded worker(s) pinned to {_sets(cpu_sets)}"
+    )
+    try:
+        summary = asyncio.run(
+            submit_embedded(
+                plan, sessions, cpu_sets=cpu_sets, cache_dir=cache_dir, rerun=rerun, console=console
+            )
+        )
+    except KeyboardInterrupt:
+        raise fail("interrupted; finished results are kept, submit again to run the rest", 130) from None
+    console.print(
+        f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped. "
+        f"See the results with: farm report --sweep {summary.sweep}"
+    )
+
+
+@app.command()
+def report(
+    *,
+    sweep: Annotated[str | None, typer.Option(help="Sweep name (default: the latest).")] = None,
+    db: DbOption = "farm.db",
+    baseline: Annotated[
+        str, typer.Option(help="Backend (name or label) the speedup column compares against.")
+    ] = "hf",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help="table, markdown, csv or json.")
+    ] = "table",
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print a sweep's results, one row per job, failed jobs included."""
+    from orchestrator.report import FORMATS, ReportError, find_sweep, render, result_rows
+
+    if format not in FORMATS:
+        raise fail(f"unknown --format {format!r}; use one of: {', '.join(FORMATS)}")
+    if "://" not in db and not Path(db).exists():
+        raise fail(f"no database at {db}; run `farm submit --grid FILE` first, or pass --db")
+    with _sessions(db)() as session:
+        try:
+            found = find_sweep(session, sweep)
+        except ReportError as error:
+            raise fail(str(error)) from None
+        rows = result_rows(session, found, baseline)
+    text = render(rows, format, title=f"sweep {found.name}", console=console)
+    if text is not None:
+        if out:
+            out.write_text(text)
+            console.print(f"wrote {out}")
+        else:
+            typer.echo(text, nl=False)
+
+
+def _sessions(db: str):
+    from db.session import make_session_factory
+
+    return make_session_factory(db)
+
+
+def _sets(cpu_sets: list[list[int]]) -> str:
+    from worker.pinning import format_cpu_list
+
+    return " ".join(f"[{format_cpu_list(s)}]" for s in cpu_sets)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,179 @@
+"""The sweep file: validated once at the edge, then expanded into frozen job specs.
+
+Data flow: YAML text -> `SweepFile` (pydantic, unknown keys are errors) ->
+`expand()` -> a tuple of `JobSpec`, each with a stable key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from backends import registry
+from backends.sources import ModelSourceError, parse_model_source
+from worker.jobspec import JobSpec
+
+PositiveInts = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+
+
+class SweepError(ValueError):
+    """A sweep file that cannot be run. The message names the file, the field and the fix."""
+
+
+class BackendChoice(BaseModel):
+    """One entry of `backends:`: a registered name plus that backend's options."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    label: str
+    options: dict[str, Any]
+
+
+def _default_threads() -> list[int]:
+    return [len(os.sched_getaffinity(0))]
+
+
+class SweepFile(BaseModel):
+    """What a sweep YAML file may say. Every key is optional except `backends`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = Field(None, description="sweep name; defaults to the file's stem")
+    model: str = Field("random:gpt2", description="random:gpt2, a local directory, or a hub id")
+    backends: Annotated[list[BackendChoice], Field(min_length=1)]
+    context_sizes: PositiveInts = [128]
+    generation_lengths: PositiveInts = [64]
+    threads: PositiveInts = Field(default_factory=_default_threads)
+    warmups: Annotated[int, Field(ge=0)] = 1
+    repeats: Annotated[int, Field(gt=0)] = 3
+    min_duration_s: Annotated[float, Field(ge=0)] = 0.0
+    max_repeats: Annotated[int, Field(gt=0)] = 100
+    noise_threshold: Annotated[float, Field(gt=0)] = 0.05
+    seed: int = 0
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _parse_backends(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value
+        return [_backend_choice(item, index) for index, item in enumerate(value)]
+
+
+def _backend_choice(item: Any, index: int) -> BackendChoice:
+    """`hf` or `{name: hf, dtype: bfloat16, label: hf-bf16}` -> a validated choice."""
+    if isinstance(item, str):
+        item = {"name": item}
+    if not isinstance(item, dict) or "name" not in item:
+        raise ValueError(f"backends[{index}] must be a name or a mapping with `name:`")
+    fields = dict(item)
+    name = fields.pop("name")
+    label = fields.pop("label", None)
+    try:
+        entry = registry.entry(name)
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    valid = sorted(entry.options.model_fields)
+    for key in fields:
+        if key not in valid:
+            raise ValueError(
+                f"unknown option {key!r} for backend {name!r}; valid options: "
+                + (", ".join(valid) or "none")
+            )
+    options = entry.options.model_validate(fields).model_dump()
+    if label is None:
+        defaults = entry.options().model_dump()
+        changed = [f"{k}={v}" for k, v in options.items() if defaults[k] != v]
+        label = name + (f"[{','.join(changed)}]" if changed else "")
+    return BackendChoice(name=name, label=str(label), options=options)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    source_text: str
+    jobs: tuple[JobSpec, ...]
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Read, validate and expand a sweep file. Raises `SweepError`; has no side effects."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SweepError(f"{path}: no such file; pass the path of a sweep YAML file") from None
+    except OSError as error:
+        raise SweepError(f"{path}: cannot read it ({error.strerror})") from None
+    return parse_sweep(text, origin=str(path), default_name=path.stem)
+
+
+def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SweepError(f"{origin}: invalid YAML: {error}") from None
+    if not isinstance(data, dict):
+        raise SweepError(f"{origin}: expected a mapping of keys (model:, backends:, ...)")
+    try:
+        sweep = SweepFile.model_validate(data)
+    except ValidationError as error:
+        raise SweepError(_describe(origin, error)) from None
+    try:
+        source = parse_model_source(sweep.model)
+    except ModelSourceError as error:
+        raise SweepError(f"{origin}: model: {error}") from None
+    jobs = expand(sweep)
+    longest = max(job.context + job.generation for job in jobs)
+    if longest > source.n_positions:
+        raise SweepError(
+            f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond the "
+            f"model's {source.n_positions} positions; lower the largest context or length"
+        )
+    return Sweep(name=sweep.name or default_name, source_text=text, jobs=jobs)
+
+
+def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
+    """The grid: the product of backends x context x generation x threads, deduplicated."""
+    jobs: dict[str, JobSpec] = {}
+    for backend, context, generation, threads in itertools.product(
+        sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads
+    ):
+        job = JobSpec(
+            model=sweep.model,
+            backend=backend.name,
+            label=backend.label,
+            options=tuple(sorted(backend.options.items())),
+            context=context,
+            generation=generation,
+            threads=threads,
+            warmups=sweep.warmups,
+            repeats=sweep.repeats,
+            min_duration_s=sweep.min_duration_s,
+            max_repeats=max(sweep.max_repeats, sweep.repeats),
+            noise_threshold=sweep.noise_threshold,
+            seed=sweep.seed,
+        )
+        jobs.setdefault(job.key, job)
+    return tuple(jobs.values())
+
+
+def _describe(origin: str, error: ValidationError) -> str:
+    """One readable line per problem: `file: field: what is wrong (fix)`."""
+    lines = []
+    known = list(SweepFile.model_fields)
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(problem["loc"][-1]), known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(known)}"
+            lines.append(f"{origin}: unknown key {where!r} ({hint})")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{origin}: {where}: {message}")
+    return "\n".join(lines)

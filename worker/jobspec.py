@@ -1,0 +1,63 @@
+"""The job spec: the contract between the orchestrator (which makes it) and a worker.
+
+It travels as JSON. `from_dict` is strict, so a malformed spec from a broker is
+rejected before any work starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class MalformedJobError(ValueError):
+    """A job spec that is not what `JobSpec.to_dict()` produces."""
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One cell of the grid. Frozen; its key is a hash of its canonical JSON form.
+
+    The key leaves out the sweep name, so the same cell in two sweeps can be matched.
+    """
+
+    model: str
+    backend: str
+    label: str
+    options: tuple[tuple[str, Any], ...]
+    context: int
+    generation: int
+    threads: int
+    warmups: int
+    repeats: int
+    min_duration_s: float
+    max_repeats: int
+    noise_threshold: float
+    seed: int
+
+    @property
+    def key(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["options"] = dict(self.options)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> JobSpec:
+        if not isinstance(data, dict):
+            raise MalformedJobError(f"job spec must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in fields(cls)}
+        if set(data) != names:
+            missing, extra = sorted(names - set(data)), sorted(set(data) - names)
+            raise MalformedJobError(f"job spec fields wrong: missing {missing}, unexpected {extra}")
+        if not isinstance(data["options"], dict):
+            raise MalformedJobError("job spec options must be a JSON object")
+        for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats"):
+            if not isinstance(data[name], int) or data[name] < 0:
+                raise MalformedJobError(f"job spec {name} must be a non-negative integer")
+        return cls(**{**data, "options": tuple(sorted(data["options"].items()))})

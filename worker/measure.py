@@ -1,0 +1,97 @@
+"""Turn timed generations into figures. Pure functions: no clocks, no torch.
+
+The method follows optimum-benchmark: greedy, exactly N new tokens, per-token
+timestamps taken inside the one timed generation. Prefill is start -> first
+token; decode is the intervals between tokens (never total minus prefill).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Repeat:
+    """One timed generation: outer timer around it, and when each token arrived."""
+
+    start: float
+    end: float
+    token_times: tuple[float, ...]
+
+    @property
+    def prefill_s(self) -> float:
+        return self.token_times[0] - self.start
+
+    @property
+    def decode_steps_s(self) -> list[float]:
+        times = self.token_times
+        return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+
+    @property
+    def end_to_end_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def timer_gap(self) -> float:
+        """Relative disagreement between the token clock and the outer wall clock."""
+        inner = self.prefill_s + sum(self.decode_steps_s)
+        return abs(self.end_to_end_s - inner) / self.end_to_end_s
+
+
+def should_stop(
+    done: int, elapsed_s: float, *, repeats: int, min_duration_s: float, max_repeats: int
+) -> bool:
+    """Stop after both `repeats` and `min_duration_s` are reached, or at `max_repeats`."""
+    if done >= max_repeats:
+        return True
+    return done >= repeats and elapsed_s >= min_duration_s
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100] (numpy's default method)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summarize(repeats: list[Repeat], noise_threshold: float) -> dict[str, float | int | bool]:
+    """Every figure a result row stores, from the raw repeats."""
+    prefill = [r.prefill_s for r in repeats]
+    steps = [step for r in repeats for step in r.decode_steps_s]
+    end_to_end = [r.end_to_end_s for r in repeats]
+    decode_total = sum(steps)
+    mean_e2e = statistics.fmean(end_to_end)
+    stdev_e2e = statistics.stdev(end_to_end) if len(end_to_end) > 1 else 0.0
+    cv = stdev_e2e / mean_e2e if mean_e2e > 0 else 0.0
+    return {
+        "repeats": len(repeats),
+        "prefill_ms": 1e3 * statistics.fmean(prefill),
+        "prefill_ms_p50": 1e3 * percentile(prefill, 50),
+        "decode_ms": 1e3 * statistics.fmean(steps) if steps else math.nan,
+        "decode_ms_p50": 1e3 * percentile(steps, 50),
+        "decode_ms_p90": 1e3 * percentile(steps, 90),
+        "decode_ms_p99": 1e3 * percentile(steps, 99),
+        "decode_tokens_per_s": len(steps) / decode_total if decode_total > 0 else math.nan,
+        "e2e_s": mean_e2e,
+        "e2e_s_p50": percentile(end_to_end, 50),
+        "e2e_s_p90": percentile(end_to_end, 90),
+        "e2e_s_stdev": stdev_e2e,
+        "cv": cv,
+        "noisy": cv > noise_threshold,
+        "timer_gap": max(r.timer_gap for r in repeats),
+    }
+
+
+def raw_samples(repeats: list[Repeat]) -> dict[str, list]:
+    """Per-repeat raw figures kept beside the summary, for later statistics."""
+    return {
+        "prefill_s": [r.prefill_s for r in repeats],
+        "e2e_s": [r.end_to_end_s for r in repeats],
+        "decode_steps_s": [r.decode_steps_s for r in repeats],
+    }

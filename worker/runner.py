@@ -1,0 +1,150 @@
+"""Run one job: load, warm up, time greedy generation, measure. Knows nothing of Celery.
+
+The process must already be pinned (`worker.pinning.pin_process`) before this
+module's first job imports torch. Every outcome is a JSON-able payload: a
+job that raises becomes a `failed` payload with its traceback, never an
+exception that escapes into the worker loop.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from backends import registry
+from backends.sources import parse_model_source
+from backends.weights import materialize
+from worker import measure
+from worker.environment import host_environment
+from worker.jobspec import JobSpec
+from worker.pinning import format_cpu_list, threads_outside
+
+
+def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> dict[str, Any]:
+    """Measure one job and return its result payload (status `done` or `failed`)."""
+    started = time.time()
+    cpus = sorted(os.sched_getaffinity(0))
+    base = {
+        "worker": worker_name,
+        "cpus": format_cpu_list(cpus),
+        "environment": host_environment(),
+        "started_at": started,
+    }
+    try:
+        job = JobSpec.from_dict(spec)
+        base["key"] = job.key
+        return {**base, "status": "done", "error": None, **_measure(job, cpus, cache_dir)}
+    except Exception:
+        return {**base, "key": base.get("key"), "status": "failed", "error": traceback.format_exc()}
+
+
+def make_prompt(seed: int, context: int, vocab_size: int) -> list[int]:
+    """Token ids drawn with the sweep's seed; a longer context extends a shorter one."""
+    rng = random.Random(seed)
+    return [rng.randrange(vocab_size) for _ in range(context)]
+
+
+def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
+    import torch  # after pinning: OpenMP sizes its pool from the affinity mask
+
+    torch.set_num_threads(job.threads)
+
+    clock = time.perf_counter()
+    model_dir = materialize(parse_model_source(job.model), cache_dir, job.seed)
+    materialize_s = time.perf_counter() - clock
+
+    rss_before_load = _rss_bytes()
+    clock = time.perf_counter()
+    backend = registry.load_class(job.backend)(model_dir, dict(job.options), job.threads, cache_dir)
+    load_s = time.perf_counter() - clock
+    model_rss_bytes = _rss_bytes() - rss_before_load
+
+    prompt = make_prompt(job.seed, job.context, _vocab_size(model_dir))
+    for _ in range(job.warmups):
+        backend.generate(prompt, job.generation)
+
+    _reset_peak_rss()
+    repeats, tokens = _timed_repeats(backend, prompt, job)
+    generated = {len(r.token_times) for r in repeats}
+    if generated != {job.generation}:
+        raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
+
+    report = backend.load_report
+    return {
+        "metrics": {
+            **measure.summarize(repeats, job.noise_threshold),
+            "materialize_s": materialize_s,
+            "load_s": load_s,
+            "compile_s": report.compile_s,
+            "artifact_built": report.artifact_built,
+            "artifact_build_s": report.artifact_build_s,
+            "artifact_bytes": report.artifact_bytes,
+            "rss_peak_bytes": _peak_rss_bytes(),
+            "model_rss_bytes": model_rss_bytes,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "samples": measure.raw_samples(repeats),
+        "tokens": tokens,
+        "pinning_violations": _pinning_violations(job, cpus, torch.get_num_threads()),
+    }
+
+
+def _timed_repeats(backend, prompt: list[int], job: JobSpec):
+    repeats: list[measure.Repeat] = []
+    tokens: list[int] = []
+    measured_s = 0.0
+    while not measure.should_stop(
+        len(repeats),
+        measured_s,
+        repeats=job.repeats,
+        min_duration_s=job.min_duration_s,
+        max_repeats=job.max_repeats,
+    ):
+        start = time.perf_counter()
+        generation = backend.generate(prompt, job.generation)
+        end = time.perf_counter()
+        repeats.append(measure.Repeat(start, end, tuple(generation.token_times)))
+        tokens = generation.tokens
+        measured_s += end - start
+    return repeats, tokens
+
+
+def _pinning_violations(job: JobSpec, cpus: list[int], torch_threads: int) -> list[str]:
+    violations = [f"thread {entry} outside CPU set" for entry in threads_outside(cpus)]
+    if torch_threads != job.threads:
+        violations.append(f"torch runs {torch_threads} threads, job asked for {job.threads}")
+    if job.threads > len(cpus):
+        violations.append(f"{job.threads} threads oversubscribe {len(cpus)} CPUs")
+    return violations
+
+
+def _vocab_size(model_dir: Path) -> int:
+    import json
+
+    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(match.group(1)) if match else 0
+
+
+def _rss_bytes() -> int:
+    return _status_kib("VmRSS") * 1024
+
+
+def _peak_rss_bytes() -> int:
+    return _status_kib("VmHWM") * 1024
+
+
+def _reset_peak_rss() -> None:
+    """Reset VmHWM so the peak covers the timed region only (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # then the peak covers the whole process lifetime
