@@ -29,14 +29,30 @@ def names() -> list[str]:
 
 
 def entry(name: str) -> BackendEntry:
-    try:
+    """The registered backend, or a plugin written as ``package.module:Class``.
+
+    A plugin class may carry an ``Options`` pydantic model (a `BackendOptions`
+    subclass); it is imported at validation time, so keep its imports light.
+    """
+    if name in REGISTRY:
         return REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown backend {name!r}; known backends: {', '.join(names())}") from None
+    if ":" in name:
+        cls = _import(name)
+        return BackendEntry(name, getattr(cls, "Options", opts.BackendOptions), "plugin")
+    raise KeyError(
+        f"unknown backend {name!r}; known backends: {', '.join(names())} "
+        "(or a plugin as package.module:Class)"
+    )
 
 
 def load_class(name: str) -> type:
     """Import and return the backend class registered under `name`."""
-    module_name, _, class_name = entry(name).target.partition(":")
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)
+    return _import(entry(name).target)
+
+
+def _import(target: str) -> type:
+    module_name, _, class_name = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise KeyError(f"cannot import backend {target!r}: {error}") from None

@@ -17,7 +17,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 DbOption = Annotated[
     str,
@@ -84,7 +84,9 @@ def submit(
             )
         )
     except KeyboardInterrupt:
-        raise fail("interrupted; finished results are kept, submit again to run the rest", 130) from None
+        raise fail(
+            "interrupted; finished results are kept, submit again to run the rest", 130
+        ) from None
     console.print(
         f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped. "
         f"See the results with: farm report --sweep {summary.sweep}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
@@ -33,6 +34,11 @@ COLUMNS: list[tuple[str, str, str]] = [
     ("speedup", "speedup", "{:.2f}x"),
     ("status", "status", "{}"),
 ]
+
+
+# Result columns every row carries (None for a job without a result).
+FIGURES = ("prefill_ms", "decode_ms", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
+           "decode_tokens_per_s", "e2e_s", "cv", "noisy", "rss_peak_bytes", "load_s")  # fmt: skip
 
 
 class ReportError(LookupError):
@@ -78,8 +84,7 @@ def _row(job: Job) -> dict[str, Any]:
         "error": (job.error or "").strip().splitlines()[-1] if job.error else None,
     }
     result = job.result
-    for name in ("prefill_ms", "decode_ms", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
-                 "decode_tokens_per_s", "e2e_s", "cv", "noisy", "rss_peak_bytes", "load_s"):  # fmt: skip
+    for name in FIGURES:
         row[name] = getattr(result, name) if result else None
     row["host"] = result.environment.hostname if result else None
     row["cpus"] = result.cpus if result else None
@@ -118,7 +123,7 @@ def render(rows: list[dict[str, Any]], fmt: str, *, title: str, console: Console
     for _, heading, spec in COLUMNS:
         table.add_column(heading, justify="left" if spec == "{}" else "right")
     for row, line in zip(rows, cells, strict=True):
-        table.add_row(*line, style="red" if row["status"] == "failed" else None)
+        table.add_row(*map(Text, line), style="red" if row["status"] == "failed" else None)
     # Piped output has no terminal width to fit; never squeeze figures into ellipses.
     out = console if console.is_terminal else Console(width=220, file=console.file)
     out.print(table)

@@ -99,7 +99,9 @@ def store_result(session: Session, job: Job, payload: dict[str, Any]) -> bool:
 
 
 def _environment(session: Session, facts: dict[str, Any]) -> Environment:
-    found = session.scalar(select(Environment).where(Environment.fingerprint == facts["fingerprint"]))
+    found = session.scalar(
+        select(Environment).where(Environment.fingerprint == facts["fingerprint"])
+    )
     if found is None:
         columns = {c.name for c in Environment.__table__.columns} - {"id"}
         found = Environment(**{name: facts.get(name) for name in columns})

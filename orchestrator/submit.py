@@ -63,7 +63,10 @@ async def submit_embedded(
         pending = [(job.id, job.spec) for job in recorded.to_run]
         skipped = recorded.already_done
     if skipped:
-        console.print(f"{skipped} job(s) of sweep {plan.name!r} already done: skipped (--rerun runs them again)")
+        console.print(
+            f"{skipped} job(s) of sweep {plan.name!r} already done: skipped "
+            "(--rerun runs them again)"
+        )
     summary = SubmitSummary(plan.name, len(pending), 0, 0, skipped)
     if not pending:
         return summary

@@ -1,0 +1,39 @@
+# The two commands a newcomer needs:
+#   make quick   set up, run examples/quick.yaml on this machine, print the report
+#   make test    set up, run the whole test suite (what .ci/run runs)
+
+VENV ?= .venv
+PYTHON ?= python3
+# torch goes in first and pinned, so pip takes the CPU build instead of a multi-GB CUDA one.
+# Elsewhere, point TORCH_PIP_ARGS at PyTorch's CPU wheel index.
+TORCH_SPEC ?= torch==2.13.*
+TORCH_PIP_ARGS ?=
+BIN := $(VENV)/bin
+
+.PHONY: setup quick test test-fast lint benchmark clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+quick: setup
+	$(BIN)/farm submit --grid examples/quick.yaml
+	$(BIN)/farm report --sweep quick
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random GPT-2 models made on the fly, temporary databases."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Worker processes started by tests import `tests.fault_backends`.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def save_tiny_gpt2(directory: Path, *, seed: int = 0, n_positions: int = 128, **overrides) -> Path:
+    """A GPT-2 of a few thousand parameters, written with save_pretrained (safetensors)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=n_positions)
+    config.update(overrides)
+    config.update(bos_token_id=config["vocab_size"] - 1, eos_token_id=config["vocab_size"] - 1)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**config)).eval().save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return save_tiny_gpt2(tmp_path_factory.mktemp("tiny-gpt2"))
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> Path:
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def db_path(tmp_path) -> Path:
+    return tmp_path / "farm.db"

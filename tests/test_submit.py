@@ -1,0 +1,187 @@
+"""End to end on the embedded default: `farm submit` -> pinned worker processes -> SQLite -> `farm report`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from db.models import Job, Result, Sweep
+from orchestrator.cli import app
+
+runner = CliRunner()
+FAULT = "tests.fault_backends:FaultBackend"
+
+
+def write_sweep(path, text: str):
+    path.write_text(text)
+    return path
+
+
+def farm(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def sweep_text(model, *, extra_backends: str = "") -> str:
+    return f"""
+name: tiny
+model: {model}
+backends:
+  - hf
+  - name: hf
+    dtype: bfloat16
+{extra_backends}
+context_sizes: [8, 16]
+generation_lengths: [4]
+threads: [1]
+warmups: 1
+repeats: 2
+"""
+
+
+def rows(db_path):
+    with Session(create_engine(f"sqlite:///{db_path}")) as session:
+        found = session.execute(select(Job, Result).outerjoin(Result)).all()
+        for _, figures in found:
+            if figures is not None:
+                _ = figures.environment  # load it while the session is open
+        return found
+
+
+@pytest.mark.slow
+def test_tiny_sweep_end_to_end_with_failures(tmp_path, tiny_model, db_path, cache_dir):
+    failing = f"  - name: {FAULT}\n    mode: raise\n  - name: {FAULT}\n    mode: crash\n"
+    grid = write_sweep(tmp_path / "tiny.yaml", sweep_text(tiny_model, extra_backends=failing))
+    result = farm(
+        "submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir)
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 done, 4 failed" in result.output
+
+    stored = rows(db_path)
+    assert len(stored) == 8
+    for job, figures in stored:
+        assert job.attempts == 1
+        if job.backend == "hf":
+            assert job.status == "done"
+            assert figures.prefill_ms > 0 and figures.decode_tokens_per_s > 0
+            assert figures.repeats == 2 and len(figures.samples["e2e_s"]) == 2
+            assert len(figures.tokens) == 4
+            assert figures.torch_threads == 1 and figures.cpus
+            assert figures.environment.hostname and figures.environment.versions["torch"]
+        else:
+            assert job.status == "failed" and figures is None
+            expected = (
+                "fault backend asked to raise" if "raise" in job.label else "died during the job"
+            )
+            assert expected in job.error
+    assert any("Traceback" in job.error for job, _ in stored if job.status == "failed")
+
+    report = farm("report", "--db", str(db_path), "--format", "markdown")
+    assert report.exit_code == 0
+    assert report.output.count("| done |") == 4 and report.output.count("| failed |") == 4
+    assert "failed: " in report.output
+
+
+@pytest.mark.slow
+def test_resubmit_skips_done_jobs_and_rerun_runs_them(tmp_path, tiny_model, db_path, cache_dir):
+    grid = write_sweep(tmp_path / "tiny.yaml", sweep_text(tiny_model))
+    args = ("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
+    assert farm(*args).exit_code == 0
+    first = {job.key: figures.id for job, figures in rows(db_path)}
+
+    again = farm(*args)
+    assert "4 job(s) of sweep 'tiny' already done: skipped" in again.output
+    assert {job.key: figures.id for job, figures in rows(db_path)} == first
+
+    rerun = farm(*args, "--rerun")
+    assert "4 done" in rerun.output
+    after = rows(db_path)
+    assert len(after) == 4 and all(job.attempts == 2 for job, _ in after)
+    with Session(create_engine(f"sqlite:///{db_path}")) as session:
+        assert session.scalar(select(func.count()).select_from(Result)) == 4
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 1
+
+
+@pytest.mark.slow
+def test_two_workers_run_on_disjoint_cpus(tmp_path, tiny_model, db_path, cache_dir):
+    import os
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    grid = write_sweep(tmp_path / "tiny.yaml", sweep_text(tiny_model))
+    result = farm(
+        "submit",
+        "--grid",
+        str(grid),
+        "--db",
+        str(db_path),
+        "--cache-dir",
+        str(cache_dir),
+        "--workers",
+        "2",
+    )
+    assert result.exit_code == 0, result.output
+    by_worker = {}
+    for _job, figures in rows(db_path):
+        by_worker.setdefault(figures.worker, set()).add(figures.cpus)
+    assert all(len(cpus) == 1 for cpus in by_worker.values())
+    cpu_sets = [next(iter(cpus)) for cpus in by_worker.values()]
+    assert len(set(cpu_sets)) == len(cpu_sets)
+
+
+@pytest.mark.slow
+def test_report_formats_parse_back(tmp_path, tiny_model, db_path, cache_dir):
+    grid = write_sweep(tmp_path / "tiny.yaml", sweep_text(tiny_model))
+    farm("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
+    as_json = json.loads(farm("report", "--db", str(db_path), "-f", "json").output)
+    assert len(as_json) == 4 and {row["label"] for row in as_json} == {"hf", "hf[dtype=bfloat16]"}
+    assert all(row["speedup"] == 1.0 for row in as_json if row["label"] == "hf")
+    as_csv = list(
+        csv.DictReader(io.StringIO(farm("report", "--db", str(db_path), "-f", "csv").output))
+    )
+    assert len(as_csv) == 4 and float(as_csv[0]["decode_tokens_per_s"]) > 0
+    table = farm("report", "--db", str(db_path))
+    assert "hf[dtype=bfloat16]" in table.output and "tok/s" in table.output
+    out = tmp_path / "report.md"
+    farm("report", "--db", str(db_path), "-f", "markdown", "--out", str(out))
+    assert out.read_text().splitlines()[0].startswith("| backend | context |")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("backends: [hf]\ngeneraton_lengths: [4]", "did you mean 'generation_lengths'"),
+        ("backends: [nope]", "unknown backend 'nope'"),
+        ("backends: [hf\n", "invalid YAML"),
+    ],
+)
+def test_a_bad_sweep_writes_nothing(tmp_path, db_path, text, message):
+    grid = write_sweep(tmp_path / "bad.yaml", text)
+    result = runner.invoke(app, ["submit", "--grid", str(grid), "--db", str(db_path)])
+    assert result.exit_code == 2
+    assert message in result.output and "bad.yaml" in result.output
+    assert not db_path.exists()
+
+
+def test_missing_sweep_file_and_bad_cpus(tmp_path, db_path):
+    result = runner.invoke(
+        app, ["submit", "--grid", str(tmp_path / "none.yaml"), "--db", str(db_path)]
+    )
+    assert result.exit_code == 2 and "no such file" in result.output
+    grid = write_sweep(tmp_path / "ok.yaml", "backends: [hf]")
+    result = runner.invoke(
+        app, ["submit", "--grid", str(grid), "--db", str(db_path), "--cpus", "4096"]
+    )
+    assert result.exit_code == 2 and "valid CPUs" in result.output
+    assert not db_path.exists()
+
+
+def test_report_without_a_database_says_what_to_do(db_path):
+    result = runner.invoke(app, ["report", "--db", str(db_path)])
+    assert result.exit_code == 2 and "farm submit" in result.output

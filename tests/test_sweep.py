@@ -1,0 +1,135 @@
+"""Sweep files: grid expansion, stable keys, and every kind of bad input."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from orchestrator.sweep import SweepError, load_sweep, parse_sweep
+from worker.jobspec import JobSpec, MalformedJobError
+
+GOOD = """
+name: demo
+model: random:gpt2
+backends:
+  - hf
+  - name: hf
+    dtype: bfloat16
+context_sizes: [32, 128]
+generation_lengths: [16, 64, 128]
+threads: [1, 2]
+"""
+
+
+def parse(text: str):
+    return parse_sweep(textwrap.dedent(text), origin="sweep.yaml", default_name="sweep")
+
+
+def test_grid_is_the_product_of_the_axes():
+    sweep = parse(GOOD)
+    assert len(sweep.jobs) == 2 * 2 * 3 * 2
+    cells = {(j.label, j.context, j.generation, j.threads) for j in sweep.jobs}
+    assert len(cells) == len(sweep.jobs)
+    assert {j.label for j in sweep.jobs} == {"hf", "hf[dtype=bfloat16]"}
+
+
+def test_keys_are_stable_and_ignore_the_sweep_name():
+    first = [job.key for job in parse(GOOD).jobs]
+    again = [job.key for job in parse(GOOD.replace("name: demo", "name: other")).jobs]
+    assert first == again
+    assert len(set(first)) == len(first)
+
+
+def test_keys_change_when_the_spec_changes():
+    a = parse(GOOD).jobs[0]
+    b = parse(GOOD.replace("seed", "x") + "seed: 7\n").jobs[0]
+    assert a.key != b.key
+
+
+def test_duplicate_axis_values_do_not_duplicate_jobs():
+    sweep = parse(
+        "backends: [hf, hf]\ncontext_sizes: [8, 8]\ngeneration_lengths: [4]\nthreads: [1]"
+    )
+    assert len(sweep.jobs) == 1
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    path = tmp_path / "my-sweep.yaml"
+    path.write_text("backends: [hf]\n")
+    assert load_sweep(path).name == "my-sweep"
+
+
+def test_job_spec_round_trips_through_json_dict():
+    job = parse(GOOD).jobs[3]
+    assert JobSpec.from_dict(job.to_dict()) == job
+    assert JobSpec.from_dict(job.to_dict()).key == job.key
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, [], {"model": "x"}, {**parse(GOOD).jobs[0].to_dict(), "context": "many"}],
+)
+def test_malformed_job_spec_is_rejected(bad):
+    with pytest.raises(MalformedJobError):
+        JobSpec.from_dict(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "backends: [hf]\ngeneraton_lengths: [4]",
+            "unknown key 'generaton_lengths' (did you mean 'generation_lengths'?)",
+        ),
+        ("backends: [hf]\ncontext_sizes: lots", "context_sizes: Input should be a valid list"),
+        ("backends: [hf]\ncontext_sizes: []", "context_sizes: List should have at least 1 item"),
+        (
+            "backends: [hf]\ngeneration_lengths: [0]",
+            "generation_lengths.0: Input should be greater than 0",
+        ),
+        ("backends: [hf]\nthreads: [-2]", "threads.0: Input should be greater than 0"),
+        ("backends: []", "backends: List should have at least 1 item"),
+        ("backends: [gpt5-turbo]", "unknown backend 'gpt5-turbo'; known backends: hf"),
+        (
+            "backends: [{name: hf, precision: int8}]",
+            "unknown option 'precision' for backend 'hf'; valid options: dtype",
+        ),
+        ("backends: [{name: hf, dtype: float64}]", "Input should be 'float32' or 'bfloat16'"),
+        (
+            "backends: [hf]\ncontext_sizes: [1000]\ngeneration_lengths: [64]",
+            "reach 1064 tokens, beyond the model's 1024 positions",
+        ),
+        ("backends: [hf]\nmodel: random:gpt3", "unknown random model 'gpt3'"),
+        ("backends: [hf]\nmodel: s3://bucket/model", "unknown model source 's3://bucket/model'"),
+        ("backends: [hf]\nmodel: ./no/such/dir", "has no config.json"),
+        ("backends: [hf\n", "invalid YAML"),
+        ("- just\n- a list", "expected a mapping"),
+    ],
+)
+def test_bad_sweeps_name_the_file_the_field_and_the_fix(text, expected):
+    with pytest.raises(SweepError) as caught:
+        parse(text)
+    message = str(caught.value)
+    assert message.startswith("sweep.yaml")
+    assert expected in message
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SweepError, match="no such file"):
+        load_sweep(tmp_path / "nope.yaml")
+
+
+def test_local_model_positions_come_from_its_config(tiny_model):
+    with pytest.raises(SweepError, match="beyond the model's 128 positions"):
+        parse(
+            f"model: {tiny_model}\nbackends: [hf]\ncontext_sizes: [100]\ngeneration_lengths: [29]"
+        )
+    assert (
+        len(
+            parse(
+                f"model: {tiny_model}\nbackends: [hf]\ncontext_sizes: [100]\ngeneration_lengths: [28]"
+            ).jobs
+        )
+        == 1
+    )
