@@ -8,6 +8,7 @@ database or the sweep.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,3 +50,52 @@ class Backend(Protocol):
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         """Exactly `new_tokens` greedy tokens after `prompt`; no early stop on EOS."""
         ...
+
+
+class StepwiseBackend:
+    """Greedy generation and teacher forcing, written once for every backend that can
+    prefill a prompt and then feed one token at a time.
+
+    Subclasses implement `prefill(prompt)` and `step(token)`, each returning the
+    logits for the next token (a 1-D torch tensor or numpy array over the vocabulary).
+    Argmax is taken on those last-position logits only.
+    """
+
+    load_report: LoadReport
+
+    def prefill(self, prompt: list[int]) -> Any:
+        raise NotImplementedError
+
+    def step(self, token: int) -> Any:
+        raise NotImplementedError
+
+    def generate(self, prompt: list[int], new_tokens: int) -> Generation:
+        tokens: list[int] = []
+        times: list[float] = []
+        logits = self.prefill(prompt)
+        for index in range(new_tokens):
+            token = int(logits.argmax())
+            tokens.append(token)
+            times.append(time.perf_counter())
+            if index + 1 < new_tokens:
+                logits = self.step(token)
+        return Generation(tokens=tokens, token_times=times)
+
+    def teacher_forced_logits(self, prompt: list[int], continuation: list[int]):
+        """Next-token logits after `prompt`, then after each token of `continuation`
+        fed in turn (whatever this backend would have chosen): (len(continuation), vocab)."""
+        import numpy as np
+
+        rows = [to_numpy(self.prefill(prompt))]
+        for token in continuation[:-1]:
+            rows.append(to_numpy(self.step(token)))
+        return np.stack(rows)
+
+
+def to_numpy(logits: Any):
+    """1-D float32 numpy logits from a torch tensor (any dtype) or a numpy array."""
+    import numpy as np
+
+    if hasattr(logits, "detach"):
+        logits = logits.detach().float().numpy()
+    return np.asarray(logits, dtype=np.float32).reshape(-1)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from backends.base import Generation, LoadReport
+from backends.base import Generation, LoadReport, StepwiseBackend
 from backends.weights import load_hf_model
 
 
@@ -35,7 +35,10 @@ class TokenClock:
         pass
 
 
-class HFBackend:
+class HFBackend(StepwiseBackend):
+    """Timed generation goes through `generate()`, as users run it; prefill/step (a
+    plain forward with the model's own cache) serve teacher-forced fidelity checks."""
+
     def __init__(
         self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
     ) -> None:
@@ -60,3 +63,17 @@ class HFBackend:
             streamer=clock,
         )
         return Generation(tokens=output[0, len(prompt) :].tolist(), token_times=clock.times)
+
+    @torch.inference_mode()
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        output = self.model(torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
+        self.past = output.cache
+        return output.logits[0, -1]
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        output = self.model(
+            torch.tensor([[token]]), cache=self.past, use_cache=True, logits_to_keep=1
+        )
+        self.past = output.cache
+        return output.logits[0, -1]

@@ -40,13 +40,16 @@ class NanoGPTOptions(BackendOptions):
 class OnnxOptions(BackendOptions):
     """ONNX Runtime with past key/values fed back by a greedy loop."""
 
-    optimize: bool = False
-    quantize: Literal["none", "int8", "int4"] = "none"
-    per_channel: bool = True
-    quantize_lm_head: bool = False
+    optimize: bool = False  # ONNX Runtime's transformer optimizer (fusions for GPT-2)
+    quantize: Literal["none", "int8", "int4"] = "none"  # dynamic int8, or 4-bit weight-only
+    per_channel: bool = False  # int8: one scale per output channel instead of per tensor
+    quantize_lm_head: bool = False  # the 50257-wide LM head is the most sensitive layer
+    io_binding: bool = True  # keep the KV cache as ORT values between steps
 
 
 class TorchInt8Options(BackendOptions):
-    """PyTorch dynamic int8 on the model's linear layers."""
+    """PyTorch dynamic int8 on the nn.Linear layers of our nanoGPT module."""
 
-    per_channel: bool = True
+    per_channel: bool = False
+    quantize_lm_head: bool = False
+    kv_cache: bool = True

@@ -21,6 +21,20 @@ class BackendEntry:
 
 REGISTRY: dict[str, BackendEntry] = {
     "hf": BackendEntry("backends.hf:HFBackend", opts.HFOptions, "transformers eager generate()"),
+    "nanogpt": BackendEntry(
+        "backends.nanogpt:NanoGPTBackend", opts.NanoGPTOptions, "our nanoGPT-style module"
+    ),
+    "onnx": BackendEntry(
+        "backends.onnx:OnnxBackend", opts.OnnxOptions, "ONNX Runtime, past key/values fed back"
+    ),
+    "hf-compile": BackendEntry(
+        "backends.hf_compile:HFCompileBackend",
+        opts.HFCompileOptions,
+        "transformers + torch.compile",
+    ),
+    "torch-int8": BackendEntry(
+        "backends.torch_int8:TorchInt8Backend", opts.TorchInt8Options, "PyTorch dynamic int8"
+    ),
 }
 
 

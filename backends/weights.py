@@ -61,3 +61,26 @@ def load_hf_model(model_dir: Path, dtype: str = "float32"):
         model_dir, use_safetensors=True, trust_remote_code=False, dtype=getattr(torch, dtype)
     )
     return model.eval()
+
+
+def weights_digest(model_dir: Path, cache_dir: Path) -> str:
+    """sha256 of a model's safetensors files, remembered per (path, size, mtime).
+
+    Artifacts built from the weights are keyed by this, so changed weights never
+    reuse a stale export.
+    """
+    import hashlib
+
+    shards = sorted(model_dir.glob("*.safetensors"))
+    stamp = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in shards)
+    memo = cache_dir / "digests" / hashlib.sha1(stamp.encode()).hexdigest()
+    if memo.is_file():
+        return memo.read_text()
+    digest = hashlib.sha256()
+    for shard in shards:
+        with open(shard, "rb") as file:
+            while chunk := file.read(1 << 24):
+                digest.update(chunk)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest.hexdigest())
+    return digest.hexdigest()

@@ -117,6 +117,14 @@ class Result(Base):
     rss_peak_bytes: Mapped[int]
     model_rss_bytes: Mapped[int]
 
+    # agreement with transformers float32 on the same prompt (None: not measured)
+    top1_agreement: Mapped[float | None]  # teacher-forced, per position
+    mean_kl: Mapped[float | None]  # KL(reference || backend) of next-token distributions
+    max_logit_diff: Mapped[float | None]
+    first_divergence: Mapped[int | None]  # first free-running token that differs
+    fidelity_positions: Mapped[int | None]
+    load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)
+
     pinning_violations: Mapped[list[Any]]
     tokens: Mapped[list[Any]]  # the greedy tokens of the last repeat
     samples: Mapped[dict[str, Any]]  # raw per-repeat figures

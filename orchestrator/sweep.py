@@ -57,6 +57,7 @@ class SweepFile(BaseModel):
     min_duration_s: Annotated[float, Field(ge=0)] = 0.0
     max_repeats: Annotated[int, Field(gt=0)] = 100
     noise_threshold: Annotated[float, Field(gt=0)] = 0.05
+    fidelity_tokens: Annotated[int, Field(ge=0)] = 64
     seed: int = 0
 
     @field_validator("backends", mode="before")
@@ -157,6 +158,7 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
             min_duration_s=sweep.min_duration_s,
             max_repeats=max(sweep.max_repeats, sweep.repeats),
             noise_threshold=sweep.noise_threshold,
+            fidelity_tokens=sweep.fidelity_tokens,
             seed=sweep.seed,
         )
         jobs.setdefault(job.key, job)

@@ -35,6 +35,7 @@ class JobSpec:
     min_duration_s: float
     max_repeats: int
     noise_threshold: float
+    fidelity_tokens: int
     seed: int
 
     @property
@@ -57,7 +58,8 @@ class JobSpec:
             raise MalformedJobError(f"job spec fields wrong: missing {missing}, unexpected {extra}")
         if not isinstance(data["options"], dict):
             raise MalformedJobError("job spec options must be a JSON object")
-        for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats"):
+        for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
+                     "fidelity_tokens"):  # fmt: skip
             if not isinstance(data[name], int) or data[name] < 0:
                 raise MalformedJobError(f"job spec {name} must be a non-negative integer")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})

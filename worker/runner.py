@@ -18,8 +18,8 @@ from typing import Any
 
 from backends import registry
 from backends.sources import parse_model_source
-from backends.weights import materialize
-from worker import measure
+from backends.weights import materialize, weights_digest
+from worker import fidelity, measure
 from worker.environment import host_environment
 from worker.jobspec import JobSpec
 from worker.pinning import format_cpu_list, threads_outside
@@ -65,6 +65,10 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     model_rss_bytes = _rss_bytes() - rss_before_load
 
     prompt = make_prompt(job.seed, job.context, _vocab_size(model_dir))
+    reference = None
+    if job.fidelity_tokens and hasattr(backend, "teacher_forced_logits"):
+        digest = weights_digest(model_dir, cache_dir)
+        reference = fidelity.reference(model_dir, digest, prompt, job.generation, cache_dir)
     for _ in range(job.warmups):
         backend.generate(prompt, job.generation)
 
@@ -73,6 +77,13 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     generated = {len(r.token_times) for r in repeats}
     if generated != {job.generation}:
         raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
+
+    figures = {}
+    if reference is not None:
+        ref_tokens, ref_logits = reference
+        checked = ref_tokens[: job.fidelity_tokens]
+        logits = backend.teacher_forced_logits(prompt, checked)
+        figures = fidelity.compare(ref_tokens, ref_logits[: len(checked)], logits, tokens)
 
     report = backend.load_report
     return {
@@ -87,6 +98,8 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
             "rss_peak_bytes": _peak_rss_bytes(),
             "model_rss_bytes": model_rss_bytes,
             "torch_threads": torch.get_num_threads(),
+            "load_extra": report.extra,
+            **figures,
         },
         "samples": measure.raw_samples(repeats),
         "tokens": tokens,

@@ -1,0 +1,56 @@
+"""`nanogpt`: our nanoGPT-style module (backends/nanogpt_model.py) on the same weights.
+
+`kv_cache: true` (the default) prefills once, then feeds one token per step into a
+preallocated cache. `kv_cache: false` is nanoGPT's original generate(): every step
+re-runs the whole sequence so far, so step t costs O(t) and long generations slow down.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from backends.base import LoadReport, StepwiseBackend
+from backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache
+
+
+def load_gpt(model_dir: Path, dtype: str = "float32") -> GPT:
+    """Our GPT with the weights of a transformers GPT-2 directory (safetensors only)."""
+    config = GPTConfig.from_hf(json.loads((model_dir / "config.json").read_text()))
+    state = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        state.update(load_file(shard))
+    return GPT.from_hf_state_dict(config, state).to(getattr(torch, dtype))
+
+
+class NanoGPTBackend(StepwiseBackend):
+    def __init__(
+        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+    ) -> None:
+        self.dtype = getattr(torch, options.get("dtype", "float32"))
+        self.model = load_gpt(model_dir, options.get("dtype", "float32"))
+        self.kv_cache = options.get("kv_cache", True)
+        self.load_report = LoadReport()
+        self.cache: PreallocatedCache | None = None
+        self.sequence: list[int] = []
+
+    @torch.inference_mode()
+    def prefill(self, prompt: list[int]) -> torch.Tensor:
+        if self.kv_cache:
+            # allocated once per generation; positions are reused, never copied
+            config = self.model.config
+            self.cache = PreallocatedCache(config, 1, self.dtype, config.block_size)
+            return self.model(torch.tensor([prompt]), self.cache)[0]
+        self.sequence = list(prompt)
+        return self.model(torch.tensor([self.sequence]))[0]
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        if self.kv_cache:
+            return self.model(torch.tensor([[token]]), self.cache)[0]
+        self.sequence.append(token)  # nanoGPT: the whole context again, every step
+        return self.model(torch.tensor([self.sequence]))[0]

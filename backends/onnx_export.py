@@ -1,0 +1,155 @@
+"""Build ONNX artifacts: export -> (optimize) -> (quantize), each cached on disk.
+
+Tools, and why:
+- Export: torch's own exporter (`torch.onnx.export(dynamo=True)`) applied to our
+  nanoGPT module, whose past/present keys and values are explicit tensors. optimum's
+  exporter pins transformers 4.x, and ONNX Runtime's GPT-2 `convert_to_onnx` fails
+  under torch 2.13; exporting our module keeps the project on transformers 5 and
+  gives one graph that serves both prefill (T tokens, empty past) and decode.
+- Optimize: ONNX Runtime's transformer optimizer (`optimize_model`, model_type gpt2).
+  What it fused is recorded, since fusions depend on the graph's exact patterns.
+- Quantize: ONNX Runtime's dynamic int8 quantization (`quantize_dynamic`), and its
+  block-wise 4-bit weight-only `MatMulNBitsQuantizer` for int4.
+
+Each step is keyed by the weights' digest, the options that shape it and the
+versions of the tools, and built with `build_once` (file lock, write then rename).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from backends.artifacts import build_once, dir_bytes
+
+EXPORT_FORMAT = 1  # bump when the exported graph's inputs/outputs change
+TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
+MODEL_FILE = "model.onnx"
+
+
+@dataclass
+class Artifact:
+    path: Path  # the .onnx file
+    built: bool  # any step built now (False: every step reused from the cache)
+    build_s: float
+    bytes: int
+    fused_ops: dict[str, int] | None = None
+
+
+def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) -> Artifact:
+    """The cached ONNX model for these options, building whatever steps are missing."""
+    versions = {tool: metadata.version(tool) for tool in TOOLS}
+    steps = [("export", {"format": EXPORT_FORMAT})]
+    if options.get("optimize"):
+        steps.append(("optimize", {}))
+    if options.get("quantize", "none") != "none":
+        quantize_keys = ("quantize", "per_channel", "quantize_lm_head")
+        steps.append(("quantize", {key: options[key] for key in quantize_keys}))
+
+    built_any, build_s, previous, fused = False, 0.0, None, None
+    key_parts: list = [digest, versions]
+    for name, step_options in steps:
+        key_parts.append([name, step_options])
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
+        final = cache_dir / "artifacts" / f"onnx-{name}-{key}"
+        started = time.perf_counter()
+        if build_once(final, functools.partial(_BUILDERS[name], model_dir, previous, step_options)):
+            built_any, build_s = True, build_s + time.perf_counter() - started
+        previous = final / MODEL_FILE
+        if (final / "fused_ops.json").exists():
+            fused = json.loads((final / "fused_ops.json").read_text())
+    return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused)
+
+
+def _export(model_dir: Path, _source: Path | None, _options: dict, out: Path) -> None:
+    import torch
+
+    from backends.nanogpt import load_gpt
+    from backends.nanogpt_model import ConcatCache
+
+    class WithPast(torch.nn.Module):
+        """(input_ids, past_k, past_v) -> (logits, present_k, present_v)."""
+
+        def __init__(self, gpt):
+            super().__init__()
+            self.gpt = gpt
+
+        def forward(self, input_ids, past_k, past_v):
+            cache = ConcatCache(past_k, past_v)
+            logits = self.gpt(input_ids, cache)
+            return logits, torch.stack(cache.present_k), torch.stack(cache.present_v)
+
+    gpt = load_gpt(model_dir)
+    config = gpt.config
+    head_size = config.n_embd // config.n_head
+    # sample shapes: 4 new tokens after 3 cached ones; both axes are dynamic
+    past = torch.zeros(config.n_layer, 1, config.n_head, 3, head_size)
+    new = torch.export.Dim("new_tokens", min=1, max=config.block_size)
+    cached = torch.export.Dim("past", min=0, max=config.block_size)
+    torch.onnx.export(
+        WithPast(gpt).eval(),
+        (torch.zeros(1, 4, dtype=torch.long), past, past.clone()),
+        str(out / MODEL_FILE),
+        dynamo=True,
+        input_names=["input_ids", "past_k", "past_v"],
+        output_names=["logits", "present_k", "present_v"],
+        dynamic_shapes={"input_ids": {1: new}, "past_k": {3: cached}, "past_v": {3: cached}},
+        external_data=False,
+    )
+    (out / "config.json").write_text((model_dir / "config.json").read_text())
+
+
+def _optimize(model_dir: Path, source: Path, _options: dict, out: Path) -> None:
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = json.loads((model_dir / "config.json").read_text())
+    optimized = optimize_model(
+        str(source), model_type="gpt2", num_heads=config["n_head"], hidden_size=config["n_embd"]
+    )
+    fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    optimized.save_model_to_file(str(out / MODEL_FILE))
+    (out / "fused_ops.json").write_text(json.dumps(fused))
+
+
+def _quantize(model_dir: Path, source: Path, options: dict, out: Path) -> None:
+    import onnx
+
+    model = onnx.load(str(source))
+    keep_float = [] if options["quantize_lm_head"] else [_lm_head_node(model)]
+    if options["quantize"] == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(
+            str(source),
+            str(out / MODEL_FILE),
+            weight_type=QuantType.QInt8,
+            per_channel=options["per_channel"],
+            nodes_to_exclude=keep_float,
+            extra_options={"MatMulConstBOnly": True},  # weights only; activations stay dynamic
+        )
+    else:  # int4: block-wise weight-only, 32 weights share a scale
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(
+            model, block_size=32, is_symmetric=True, nodes_to_exclude=keep_float
+        )
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out / MODEL_FILE))
+
+
+def _lm_head_node(model) -> str:
+    """The node that produces the logits: the LM head, kept in float unless asked."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    name = model.graph.output[0].name
+    node = producers[name]
+    while node.op_type not in ("MatMul", "Gemm"):  # walk back through reshapes/adds
+        node = producers[node.input[0]]
+    return node.name
+
+
+_BUILDERS = {"export": _export, "optimize": _optimize, "quantize": _quantize}

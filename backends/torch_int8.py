@@ -1,0 +1,58 @@
+"""`torch-int8`: PyTorch dynamic int8 quantization of the model's linear layers.
+
+transformers' GPT-2 uses `Conv1D`, not `nn.Linear`, so `quantize_dynamic` would
+find nothing to quantize there and silently measure float32. We quantize our
+nanoGPT module instead, whose projections are `nn.Linear`, and check that every
+one of them was replaced.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from backends.base import LoadReport
+from backends.nanogpt import NanoGPTBackend
+
+
+def quantize_linears(model: torch.nn.Module, *, per_channel: bool, lm_head: bool):
+    """Replace nn.Linear modules by dynamically quantized int8 ones; return the count."""
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
+
+    qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+    names = {
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and (lm_head or name != "lm_head")
+    }
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8, inplace=True)
+    quantized = sum(
+        "quantized.dynamic" in type(module).__module__  # torch.ao.nn.quantized.dynamic.Linear
+        for name, module in model.named_modules()
+        if name in names
+    )
+    if quantized != len(names):
+        raise RuntimeError(f"only {quantized} of {len(names)} linear layers were quantized")
+    return quantized
+
+
+class TorchInt8Backend(NanoGPTBackend):
+    def __init__(
+        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+    ) -> None:
+        super().__init__(model_dir, {"kv_cache": options.get("kv_cache", True)}, threads, cache_dir)
+        count = quantize_linears(
+            self.model,
+            per_channel=options.get("per_channel", False),
+            lm_head=options.get("quantize_lm_head", False),
+        )
+        self.load_report = LoadReport(extra={"quantized_linears": count})

@@ -1,0 +1,136 @@
+"""Parity: every backend against transformers float32 on a tiny random GPT-2.
+
+Tolerance for float32 backends: 1e-4 relative to the largest logit. float32 has a
+relative precision of about 1.2e-7; summing a few hundred products in another
+order (fused kernels, other matmul blocking) moves results by a few 1e-7..1e-6
+relative, so 1e-4 leaves two orders of margin while any wrong weight, mask or
+position shows up as errors of order 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backends import registry
+from worker.runner import make_prompt
+
+PROMPT_TOKENS, NEW_TOKENS = 12, 10
+
+FLOAT32 = [
+    ("nanogpt", {"kv_cache": True}),
+    ("nanogpt", {"kv_cache": False}),
+    ("onnx", {}),
+    ("onnx", {"io_binding": False}),
+    ("onnx", {"optimize": True}),
+]
+QUANTIZED = [
+    ("onnx", {"quantize": "int8"}),
+    ("onnx", {"optimize": True, "quantize": "int8"}),
+    ("onnx", {"quantize": "int8", "per_channel": True, "quantize_lm_head": True}),
+    ("onnx", {"quantize": "int4"}),
+    ("torch-int8", {}),
+    ("hf", {"dtype": "bfloat16"}),
+    ("nanogpt", {"dtype": "bfloat16"}),
+]
+
+
+def build(name: str, options: dict, model_dir: Path, cache_dir: Path):
+    full = registry.entry(name).options.model_validate(options).model_dump()
+    return registry.load_class(name)(model_dir, full, 1, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("artifacts")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model, artifacts):
+    hf = build("hf", {}, tiny_model, artifacts)
+    prompt = make_prompt(0, PROMPT_TOKENS, 256)
+    tokens = hf.generate(prompt, NEW_TOKENS).tokens
+    return prompt, tokens, hf.teacher_forced_logits(prompt, tokens)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), FLOAT32, ids=str)
+def test_float32_backends_match_hf(name, options, tiny_model, artifacts, reference):
+    prompt, ref_tokens, ref_logits = reference
+    backend = build(name, options, tiny_model, artifacts)
+    logits = backend.teacher_forced_logits(prompt, ref_tokens)
+    scale = np.abs(ref_logits).max()
+    np.testing.assert_allclose(logits[0], ref_logits[0], rtol=0, atol=1e-4 * scale)  # prefill
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4 * scale)  # every step
+    generation = backend.generate(prompt, NEW_TOKENS)
+    assert generation.tokens == ref_tokens
+    assert len(generation.token_times) == NEW_TOKENS
+    assert generation.token_times == sorted(generation.token_times)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "options"), QUANTIZED, ids=str)
+def test_reduced_precision_backends_stay_close(name, options, tiny_model, artifacts, reference):
+    """Not equal, but close: a broken backend must not look fast."""
+    prompt, ref_tokens, ref_logits = reference
+    backend = build(name, options, tiny_model, artifacts)
+    logits = backend.teacher_forced_logits(prompt, ref_tokens)
+    error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
+    assert 0 < error < 0.1, f"relative logit error {error}"
+    assert len(backend.generate(prompt, NEW_TOKENS).tokens) == NEW_TOKENS
+
+
+@pytest.mark.slow
+def test_hf_compile_matches_hf_and_compiles_outside_the_timed_region(tiny_model, artifacts, reference):
+    prompt, ref_tokens, ref_logits = reference
+    backend = build("hf-compile", {}, tiny_model, artifacts)
+    assert backend.load_report.compile_s > 0
+    logits = backend.teacher_forced_logits(prompt, ref_tokens)
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4 * np.abs(ref_logits).max())
+    assert backend.generate(prompt, NEW_TOKENS).tokens == ref_tokens
+
+
+@pytest.mark.parametrize(("lm_head", "expected"), [(False, 2 * 4), (True, 2 * 4 + 1)])
+def test_torch_int8_really_quantizes_the_linear_layers(tiny_model, artifacts, lm_head, expected):
+    backend = build("torch-int8", {"quantize_lm_head": lm_head}, tiny_model, artifacts)
+    assert backend.load_report.extra["quantized_linears"] == expected
+    import torch
+
+    modules = list(backend.model.modules())
+    quantized = [m for m in modules if "quantized.dynamic" in type(m).__module__]
+    still_float = [m for m in modules if type(m) is torch.nn.Linear]
+    assert len(quantized) == expected
+    assert len(still_float) == (0 if lm_head else 1)  # only the LM head may stay float
+
+
+def test_hf_conv1d_is_why_torch_int8_uses_our_module(tiny_model):
+    """transformers' GPT-2 has no nn.Linear to quantize apart from the LM head."""
+    import torch
+
+    from backends.weights import load_hf_model
+
+    linears = [m for m in load_hf_model(tiny_model).modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 1
+
+
+@pytest.mark.slow
+def test_onnx_artifacts_are_cached_and_keyed_by_options(tiny_model, tmp_path):
+    first = build("onnx", {"quantize": "int8"}, tiny_model, tmp_path)
+    assert first.load_report.artifact_built is True
+    assert first.load_report.artifact_build_s > 0 and first.load_report.artifact_bytes > 0
+    again = build("onnx", {"quantize": "int8"}, tiny_model, tmp_path)
+    assert again.load_report.artifact_built is False
+    other = build("onnx", {"quantize": "int8", "per_channel": True}, tiny_model, tmp_path)
+    assert other.load_report.artifact_built is True  # new quantize step, export reused
+    names = sorted(p.name.split("-")[1] for p in (tmp_path / "artifacts").iterdir() if p.is_dir())
+    assert names == ["export", "quantize", "quantize"]
+    assert not list((tmp_path / "artifacts").glob(".*tmp*"))
+
+
+@pytest.mark.slow
+def test_optimizer_fusions_are_recorded(tiny_model, artifacts):
+    backend = build("onnx", {"optimize": True}, tiny_model, artifacts)
+    fused = backend.load_report.extra["fused_ops"]
+    assert fused.get("SkipLayerNormalization", 0) > 0 or fused.get("LayerNormalization", 0) > 0
