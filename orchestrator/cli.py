@@ -34,6 +34,15 @@ CacheOption = Annotated[
         envvar="FARM_CACHE_DIR",
     ),
 ]
+BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Redis URL of the Celery broker, e.g. redis://host:6379/0. "
+        "Without one, jobs run here on the embedded default.",
+        envvar="FARM_BROKER_URL",
+    ),
+]
+QueueOption = Annotated[str, typer.Option(help="Celery queue the jobs go through.")]
 DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
 
 
@@ -47,6 +56,12 @@ def submit(
     *,
     grid: Annotated[Path, typer.Option(help="The sweep YAML file (see examples/).")],
     db: DbOption = "farm.db",
+    broker: BrokerOption = None,
+    queue: QueueOption = "farm",
+    wait: Annotated[
+        bool,
+        typer.Option(help="With a broker: wait for the results (--no-wait: enqueue and exit)."),
+    ] = True,
     workers: Annotated[
         int | None,
         typer.Option(help="Embedded mode: split this machine's CPUs into N pinned workers."),
@@ -61,7 +76,8 @@ def submit(
     """Expand a sweep file into jobs and run them, storing each result as it lands.
 
     With no broker configured, jobs run on this machine in pinned worker
-    processes (the embedded default): nothing to install, no server.
+    processes (the embedded default): nothing to install, no server. With
+    --broker, jobs go to `farm worker` processes through Celery and Redis.
     Re-submitting a sweep skips the jobs already done.
     """
     from orchestrator.submit import plan_cpu_sets, submit_embedded
@@ -72,6 +88,9 @@ def submit(
         cpu_sets = plan_cpu_sets(workers, cpus)
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
+    if broker:
+        _submit_farm(plan, db, broker, queue, rerun, wait)
+        return
     sessions = _sessions(db)
     console.print(
         f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
@@ -91,6 +110,126 @@ def submit(
         f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped. "
         f"See the results with: farm report --sweep {summary.sweep}"
     )
+
+
+def _submit_farm(plan, db: str, broker: str, queue: str, rerun: bool, wait: bool) -> None:
+    from orchestrator.farm import BrokerError, submit_farm
+
+    try:
+        summary = asyncio.run(
+            submit_farm(
+                plan,
+                lambda: _sessions(db),
+                broker_url=broker,
+                queue=queue,
+                rerun=rerun,
+                wait=wait,
+                console=console,
+            )  # fmt: skip
+        )
+    except BrokerError as error:
+        raise fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise fail(
+            f"stopped waiting; the jobs go on: farm collect --sweep {plan.name}", 130
+        ) from None
+    if wait:
+        console.print(f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped.")
+    else:
+        console.print(f"collect the results later with: farm collect --sweep {plan.name}")
+
+
+@app.command()
+def worker(
+    *,
+    cpus: Annotated[str, typer.Option(help="CPU set to pin this worker to, e.g. 0-3 or 0,2.")],
+    broker: BrokerOption = None,
+    threads: Annotated[
+        int | None, typer.Option(help="OpenMP threads (default: one per CPU of the set).")
+    ] = None,
+    queue: QueueOption = "farm",
+    name: Annotated[
+        str | None, typer.Option(help="Worker name (default: farm-cpus<LIST>@<host>).")
+    ] = None,
+    cache_dir: CacheOption = DEFAULT_CACHE,
+) -> None:
+    """Serve jobs from the broker, one at a time, pinned to a CPU set.
+
+    Start one per CPU set on each machine, all against the same broker. Jobs
+    run in a fresh child process each; limits come from FARM_JOB_TIME_LIMIT
+    (seconds, soft), FARM_JOB_GRACE (extra seconds before the kill) and
+    FARM_MAX_ATTEMPTS (crashes before a job is failed).
+    """
+    from worker.serve import WorkerStartError, serve
+
+    if not broker:
+        raise fail("farm worker needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
+    try:
+        serve(broker_url=broker, cpus=cpus, threads=threads, queue=queue, name=name,
+              cache_dir=cache_dir)  # fmt: skip
+    except (CpuSetError, WorkerStartError) as error:
+        raise fail(str(error)) from None
+
+
+@app.command()
+def collect(
+    *,
+    sweep: Annotated[str, typer.Option(help="The sweep whose results to store.")],
+    db: DbOption = "farm.db",
+    broker: BrokerOption = None,
+    wait: Annotated[
+        bool, typer.Option(help="Wait for unfinished jobs too (--no-wait: store what is there).")
+    ] = True,
+) -> None:
+    """Store results that finished while no `farm submit` was watching."""
+    from orchestrator.farm import BrokerError
+    from orchestrator.farm import collect as collect_results
+
+    if not broker:
+        raise fail("farm collect needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
+    try:
+        summary = asyncio.run(
+            collect_results(sweep, _sessions(db), broker_url=broker, wait=wait, console=console)
+        )
+    except BrokerError as error:
+        raise fail(str(error)) from None
+    console.print(f"stored {summary.done} done and {summary.failed} failed result(s)")
+
+
+@app.command()
+def status(
+    *,
+    sweep: Annotated[str | None, typer.Option(help="Sweep name (default: the latest).")] = None,
+    db: DbOption = "farm.db",
+    broker: BrokerOption = None,
+    queue: QueueOption = "farm",
+) -> None:
+    """Jobs by state; with a broker, the queue depth and what each worker is running."""
+    from orchestrator.report import ReportError, find_sweep
+
+    if "://" in db or Path(db).exists():
+        with _sessions(db)() as session:
+            try:
+                found = find_sweep(session, sweep)
+            except ReportError as error:
+                raise fail(str(error)) from None
+            counts: dict[str, int] = {}
+            for job in found.jobs:
+                counts[job.status] = counts.get(job.status, 0) + 1
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        console.print(f"sweep {found.name}: {states}")
+    if broker:
+        from orchestrator.farm import BrokerError, farm_status
+
+        try:
+            depth, workers = asyncio.run(farm_status(broker, queue))
+        except BrokerError as error:
+            raise fail(str(error)) from None
+        console.print(f"queue {queue!r}: {depth} job(s) waiting")
+        if not workers:
+            console.print("no workers answered")
+        for name, running in sorted(workers.items()):
+            console.print(f"  {name}: {', '.join(running) or 'idle'}", highlight=False)
 
 
 @app.command()

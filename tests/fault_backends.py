@@ -17,13 +17,14 @@ from backends.options import BackendOptions
 
 
 class FaultOptions(BackendOptions):
-    mode: Literal["ok", "raise", "crash", "sleep"] = "ok"
+    mode: Literal["ok", "raise", "crash", "sleep", "hang"] = "ok"
     step_s: float = 0.001  # time per generated token
-    sleep_s: float = 5.0  # how long mode "sleep" blocks in generate()
+    sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
 
 
 class FaultBackend:
-    """Generates deterministic tokens, or raises / kills its process / hangs on request."""
+    """Generates deterministic tokens, or on request: raises, kills its own process,
+    sleeps (interruptible by a soft time limit), or hangs (deaf to it, like a stuck C call)."""
 
     Options = FaultOptions
 
@@ -38,6 +39,13 @@ class FaultBackend:
             os.kill(os.getpid(), signal.SIGKILL)
         if self.options.mode == "sleep":
             time.sleep(self.options.sleep_s)
+        if self.options.mode == "hang":
+            deadline = time.monotonic() + self.options.sleep_s
+            while time.monotonic() < deadline:
+                try:
+                    time.sleep(0.1)
+                except BaseException:  # noqa: S110 - swallow the soft time limit on purpose
+                    pass
         times = []
         for _ in range(new_tokens):
             time.sleep(self.options.step_s)

@@ -83,7 +83,9 @@ def test_reduced_precision_backends_stay_close(name, options, tiny_model, artifa
 
 
 @pytest.mark.slow
-def test_hf_compile_matches_hf_and_compiles_outside_the_timed_region(tiny_model, artifacts, reference):
+def test_hf_compile_matches_hf_and_compiles_outside_the_timed_region(
+    tiny_model, artifacts, reference
+):
     prompt, ref_tokens, ref_logits = reference
     backend = build("hf-compile", {}, tiny_model, artifacts)
     assert backend.load_report.compile_s > 0

@@ -1,0 +1,134 @@
+"""Real parts for the farm tests: a private redis-server and real `farm worker` processes.
+
+Nothing here touches a server the tests did not start: Redis runs on a free port
+with its own directory, and every process is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+FARM = str(Path(sys.executable).with_name("farm"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class RedisServer:
+    """redis-server with an append-only file, so a kill -9 and restart keeps the queue."""
+
+    def __init__(self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",)) -> None:
+        self.directory, self.binds, self.port = directory, binds, free_port()
+        self.process: subprocess.Popen | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def url(self, host: str = "127.0.0.1") -> str:
+        return f"redis://{host}:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", *self.binds,
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--dir", str(self.directory), "--protected-mode", "no",
+             "--logfile", str(self.directory / "redis.log")],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        wait_for(lambda: _pings(client), 15, "redis-server to answer")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def farm_env(**settings: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)  # workers import tests.fault_backends
+    env.update(settings)
+    return env
+
+
+class FarmWorker:
+    """One `farm worker` process group (Celery parent + its job child)."""
+
+    def __init__(self, broker: str, cpus: str, name: str, log: Path, cache: Path,
+                 env: dict[str, str], prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.args = [*prefix, FARM, "worker", "--broker", broker, "--cpus", cpus,
+                     "--name", name, "--cache-dir", str(cache)]  # fmt: skip
+        self.name, self.log, self.env = name, log, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, wait: bool = True) -> FarmWorker:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                start_new_session=True,
+            )  # fmt: skip
+        if wait:
+            wait_for(
+                lambda: "ready." in self.log_text(offset) or self._died(), 60, f"{self.name} ready"
+            )
+            assert not self._died(), self.log_text()
+        return self
+
+    def log_text(self, offset: int = 0) -> str:
+        return self.log.read_bytes()[offset:].decode(errors="replace") if self.log.exists() else ""
+
+    def _died(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def kill9(self) -> None:
+        """The whole worker at once, job included, as when its machine dies."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 60) -> None:
+        """SIGTERM to the Celery parent: a warm shutdown that finishes the running job."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                self.terminate(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill9()

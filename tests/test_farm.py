@@ -1,0 +1,290 @@
+"""The farm for real: a private redis-server, real `farm worker` processes, real failures.
+
+Every test starts its own Redis on a free port and its own workers, and stops them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from db.models import Job, Result
+from tests.farm_harness import FARM, ROOT, FarmWorker, RedisServer, farm_env, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.redis]
+FAULT = "tests.fault_backends:FaultBackend"
+TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
+# Short limits so lost jobs come back quickly: hard limit 8 s, visibility timeout 16 s.
+LIMITS = {"FARM_JOB_TIME_LIMIT": "6", "FARM_JOB_GRACE": "2", "FARM_MAX_ATTEMPTS": "2"}
+
+
+@pytest.fixture
+def farm(tmp_path, tiny_model):
+    """Start/stop helpers bound to this test's directory, Redis and database."""
+    return Farm(tmp_path, tiny_model)
+
+
+class Farm:
+    def __init__(self, tmp_path: Path, model: Path) -> None:
+        self.tmp, self.model = tmp_path, model
+        self.redis = RedisServer(tmp_path / "redis")
+        self.redis.start()
+        self.db = tmp_path / "farm.db"
+        self.env = farm_env(**LIMITS)
+        self.workers: list[FarmWorker] = []
+        self.submits: list[subprocess.Popen] = []
+
+    def worker(self, cpus: str, name: str, *, broker: str | None = None, prefix=(), start=True):
+        worker = FarmWorker(broker or self.redis.url(), cpus, name, self.tmp / f"{name}.log",
+                            self.tmp / "cache", self.env, prefix)  # fmt: skip
+        self.workers.append(worker)
+        return worker.start() if start else worker
+
+    def sweep(self, backends: list[dict], *, name: str = "farm", contexts=(8,)) -> Path:
+        text = {
+            "name": name, "model": str(self.model), "backends": backends,
+            "context_sizes": list(contexts), "generation_lengths": [5], "threads": [1],
+            "warmups": 0, "repeats": 1, "fidelity_tokens": 0,
+        }  # fmt: skip
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(json.dumps(text))  # JSON is YAML
+        return path
+
+    def submit(self, grid: Path, *extra: str) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [FARM, "submit", "--grid", str(grid), "--broker", self.redis.url(), "--db", str(self.db), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT,
+        )  # fmt: skip
+        self.submits.append(process)
+        return process
+
+    def run(self, grid: Path, *extra: str, timeout: float = 180) -> str:
+        process = self.submit(grid, *extra)
+        output, _ = process.communicate(timeout=timeout)
+        assert process.returncode == 0, output
+        return output
+
+    def jobs(self) -> list[tuple[Job, Result | None]]:
+        with Session(create_engine(f"sqlite:///{self.db}")) as session:
+            rows = session.execute(select(Job, Result).outerjoin(Result).order_by(Job.id)).all()
+            for _, result in rows:
+                if result is not None:
+                    _ = result.environment
+            return rows
+
+    def job_with_status(self, status: str):
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            return next((job for job, _ in self.jobs() if job.status == status), None)
+        except OperationalError:  # the orchestrator has not created the tables yet
+            return None
+
+    def close(self) -> None:
+        for process in self.submits:
+            if process.poll() is None:
+                process.kill()
+        for worker in self.workers:
+            worker.stop()
+        self.redis.stop()
+
+
+@pytest.fixture(autouse=True)
+def _cleanup(request):
+    yield
+    farm = request.node.funcargs.get("farm")
+    if farm is not None:
+        farm.close()
+
+
+def ok(label: str, step_s: float = 0.05) -> dict:
+    return {"name": FAULT, "mode": "ok", "step_s": step_s, "label": label}
+
+
+def assert_exactly_one_result_each(farm: Farm) -> None:
+    rows = farm.jobs()
+    assert rows and all(job.status == "done" for job, _ in rows), [
+        (j.label, j.status, j.error) for j, _ in rows
+    ]
+    assert all(result is not None for _, result in rows)
+    assert len({result.job_id for _, result in rows}) == len(rows)
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs two CPUs for two pinned workers")
+def test_two_pinned_workers_share_a_sweep_on_disjoint_cpus(farm):
+    farm.worker("0", "w0")
+    farm.worker("1", "w1")
+    farm.run(farm.sweep([ok("a", 0.2), ok("b", 0.2)], contexts=(8, 16)))
+    assert_exactly_one_result_each(farm)
+    cpus_by_worker: dict[str, set[str]] = {}
+    for _, result in farm.jobs():
+        cpus_by_worker.setdefault(result.worker.split("@")[0], set()).add(result.cpus)
+    assert cpus_by_worker == {"w0": {"0"}, "w1": {"1"}}
+
+
+def test_a_real_model_through_the_farm(farm):
+    farm.worker("0", "w0")
+    farm.run(farm.sweep([{"name": "hf"}, {"name": "nanogpt"}, {"name": "onnx"}]))
+    assert_exactly_one_result_each(farm)
+    for _job, result in farm.jobs():
+        assert result.decode_tokens_per_s > 0 and result.torch_threads == 1 and result.cpus == "0"
+        assert result.pinning_violations == []
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs a second worker on its own CPU")
+def test_kill9_worker_mid_job_completes_on_another_worker_once(farm):
+    victim = farm.worker("0", "victim")
+    submit = farm.submit(farm.sweep([ok("slow", step_s=0.8)]))  # ~4 s of generation
+    wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
+    survivor = farm.worker("1", "survivor")
+    victim.kill9()
+    output, _ = submit.communicate(timeout=120)
+    assert submit.returncode == 0, output
+    assert_exactly_one_result_each(farm)
+    [(job, result)] = farm.jobs()
+    assert result.worker.startswith("survivor@") and job.attempts == 2
+    assert "succeeded" in survivor.log_text()
+
+
+def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
+    worker = farm.worker("0", "w0")
+    submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
+    wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
+    worker.terminate()  # warm shutdown: the running job completes first
+    worker.start()
+    output, _ = submit.communicate(timeout=120)
+    assert submit.returncode == 0, output
+    assert_exactly_one_result_each(farm)
+    [(job, _)] = farm.jobs()
+    assert job.attempts == 1
+    assert worker.log_text().count("succeeded in") == 1
+
+
+def test_broker_kill9_and_restart_mid_sweep(farm):
+    farm.worker("0", "w0")
+    if TWO_CPUS:
+        farm.worker("1", "w1")
+    submit = farm.submit(farm.sweep([ok("a", 0.3), ok("b", 0.3), ok("c", 0.3)], contexts=(8, 16)))
+    wait_for(lambda: farm.job_with_status("done"), 120, "a first result")
+    farm.redis.kill()
+    time.sleep(2)
+    farm.redis.start()  # the append-only file brings back the queue and the stream
+    output, _ = submit.communicate(timeout=240)
+    assert submit.returncode == 0, output
+    assert len(farm.jobs()) == 6
+    assert_exactly_one_result_each(farm)
+
+
+def test_killed_submit_then_resubmit_runs_only_what_is_missing(farm):
+    worker = farm.worker("0", "w0")
+    grid = farm.sweep([ok("a", 0.2), ok("b", 0.2)], contexts=(8, 16))
+    first = farm.submit(grid)
+    wait_for(lambda: farm.job_with_status("done"), 120, "a first result")
+    first.kill()
+    first.wait()
+    output = farm.run(grid)
+    assert "already done: skipped" in output
+    assert_exactly_one_result_each(farm)
+    # every job ran exactly once: one success per job in the worker's log, no second attempt
+    assert worker.log_text().count("succeeded in") == 4
+    assert all(job.attempts == 1 for job, _ in farm.jobs())
+
+
+def test_a_job_that_crashes_its_worker_is_failed_after_n_tries(farm):
+    worker = farm.worker("0", "w0")
+    farm.run(farm.sweep([{"name": FAULT, "mode": "crash", "label": "crasher"}, ok("fine")]))
+    by_label = {job.label: job for job, _ in farm.jobs()}
+    assert by_label["fine"].status == "done"
+    crasher = by_label["crasher"]
+    assert crasher.status == "failed"
+    assert "crashed its worker 2 time(s)" in crasher.error
+    assert worker.log_text().count("WorkerLostError") >= 2
+
+
+def test_time_limits_fail_the_job_and_the_worker_goes_on(farm):
+    farm.worker("0", "w0")
+    backends = [
+        {"name": FAULT, "mode": "sleep", "sleep_s": 30, "label": "soft"},
+        {"name": FAULT, "mode": "hang", "sleep_s": 30, "label": "hard"},
+        ok("after"),
+    ]
+    farm.run(farm.sweep(backends))
+    by_label = {job.label: job for job, _ in farm.jobs()}
+    assert by_label["after"].status == "done"
+    assert by_label["soft"].status == "failed" and "SoftTimeLimitExceeded" in by_label["soft"].error
+    assert (
+        by_label["hard"].status == "failed" and "hard time limit of 8 s" in by_label["hard"].error
+    )
+
+
+def test_bad_messages_are_rejected_and_the_worker_keeps_serving(farm):
+    from kombu import Connection, Exchange, Producer, Queue
+
+    worker = farm.worker("0", "w0")
+    with Connection(farm.redis.url()) as connection:
+        producer = Producer(
+            connection.channel(), exchange=Exchange("farm", type="direct"), routing_key="farm"
+        )
+        queue = Queue("farm", Exchange("farm", type="direct"), routing_key="farm")
+        producer.publish({"not": "a task"}, serializer="pickle", declare=[queue],
+                         headers={"task": "whistle_stop.run_job", "id": "pickled"})  # fmt: skip
+        producer.publish("{not json", content_type="application/json", content_encoding="utf-8",
+                         headers={"task": "whistle_stop.run_job", "id": "garbled"})  # fmt: skip
+    from worker.celery_app import TASK_NAME, make_app
+
+    make_app(farm.redis.url()).send_task(
+        TASK_NAME, args=["farm", 999, {"bogus": True}], queue="farm"
+    )
+    farm.run(farm.sweep([ok("after")]))
+    assert_exactly_one_result_each(farm)
+    log = worker.log_text()
+    assert (
+        "ContentDisallowed" in log
+        or "content type" in log.lower()
+        or "Refusing to deserialize" in log
+    )
+    assert (
+        "MalformedJobError" in log
+        or "malformed" in log.lower()
+        or "DecodeError" in log
+        or "Can't decode" in log
+    )
+    assert worker.process.poll() is None
+
+
+def test_an_overlapping_cpu_set_is_refused(farm):
+    farm.worker("0", "first")
+    second = farm.worker("0", "second", start=False)
+    second.start(wait=False)
+    assert second.process.wait(60) == 2
+    assert "CPU 0 is used by worker first@" in second.log_text()
+
+
+def test_a_broker_that_does_not_answer(tmp_path):
+    grid = tmp_path / "s.yaml"
+    grid.write_text("backends: [hf]\n")
+    db = tmp_path / "farm.db"
+    started = time.monotonic()
+    result = subprocess.run(
+        [FARM, "submit", "--grid", str(grid), "--db", str(db), "--broker", "redis://:hunter2@127.0.0.1:9/0"],
+        capture_output=True, text=True, timeout=60, env=farm_env(),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "does not answer" in result.stderr and "hunter2" not in result.stderr + result.stdout
+    assert time.monotonic() - started < 15
+    assert not db.exists()
+
+
+def test_worker_refuses_cpus_this_machine_lacks(tmp_path):
+    result = subprocess.run(
+        [FARM, "worker", "--broker", "redis://127.0.0.1:9/0", "--cpus", "4000-4001"],
+        capture_output=True, text=True, timeout=60, env=farm_env(),
+    )  # fmt: skip
+    assert result.returncode == 2 and "valid CPUs" in result.stderr

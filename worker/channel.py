@@ -1,0 +1,165 @@
+"""What workers and the orchestrator share in Redis, beside Celery's own queue.
+
+- `farm:results:<sweep>`: a stream of `started` and `result` entries. The
+  orchestrator reads it with a consumer group and acknowledges an entry only
+  after committing it to SQLite, so a result that lands while no orchestrator
+  runs waits here instead of being lost.
+- `farm:done:<task>`: set together with the result entry; a re-delivered copy
+  of a finished job is dropped instead of run again.
+- `farm:attempts:<task>`: incremented at each start; past the limit the job is
+  failed instead of crashing another worker.
+- `farm:lease:<task>`: held, with a heartbeat, by the one process running the job;
+  a second delivery waits for it to finish or to die.
+- `farm:cpu:<host>:<cpu>`: claimed by a worker for each CPU of its set, so two
+  workers on one host cannot share a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+GROUP = "farm-orchestrator"
+LEASE_TTL_S = 15  # a dead holder's lease lapses this long after its last heartbeat
+DONE_TTL_S = 30 * 24 * 3600  # longer than any sweep
+
+
+def results_stream(sweep: str) -> str:
+    return f"farm:results:{sweep}"
+
+
+def task_id_for(sweep: str, job_key: str) -> str:
+    """The deterministic Celery task id of a job: the same sweep and key, the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"whistle-stop:{sweep}:{job_key}"))
+
+
+def job_state_keys(task_id: str) -> list[str]:
+    return [f"farm:done:{task_id}", f"farm:attempts:{task_id}", f"farm:lease:{task_id}"]
+
+
+class WorkerChannel:
+    """The worker's side: publish, count attempts, hold leases, claim CPUs."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+
+    def is_done(self, task_id: str) -> bool:
+        return bool(self._retrying(self.redis.exists, f"farm:done:{task_id}"))
+
+    def count_attempt(self, task_id: str) -> int:
+        return int(self._retrying(self.redis.incr, f"farm:attempts:{task_id}"))
+
+    def publish(self, sweep: str, kind: str, job_id: int, task_id: str, payload: dict) -> None:
+        """Append to the sweep's stream; a result also marks the task done, atomically."""
+        entry = {"kind": kind, "job_id": job_id, "task_id": task_id, "payload": json.dumps(payload)}
+
+        def send() -> None:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xadd(results_stream(sweep), entry)
+                if kind == "result":
+                    pipe.set(f"farm:done:{task_id}", "1", ex=DONE_TTL_S)
+                pipe.execute()
+
+        self._retrying(send)
+
+    @contextmanager
+    def lease(self, task_id: str, holder: str) -> Iterator[bool]:
+        """Hold the job's lease while running it. Yields False if another live process
+        finished the job while we waited (then this delivery is a duplicate)."""
+        key = f"farm:lease:{task_id}"
+        while not self._retrying(self.redis.set, key, holder, nx=True, ex=LEASE_TTL_S):
+            if self.is_done(task_id):
+                yield False
+                return
+            current = self.redis.get(key)
+            if current and _dead_here(current.decode()):
+                self.redis.delete(key)  # its process is gone: no need to wait for the TTL
+                continue
+            time.sleep(1)  # the holder is alive (it renews) or its lease lapses soon
+        stop = threading.Event()
+        beat = threading.Thread(target=self._renew, args=(key, holder, stop), daemon=True)
+        beat.start()
+        try:
+            yield True
+        finally:
+            stop.set()
+            beat.join()
+            try:
+                if self.redis.get(key) == holder.encode():
+                    self.redis.delete(key)
+            except redis.RedisError:
+                pass  # the lease lapses by itself; never mask the job's own outcome
+
+    def _renew(self, key: str, holder: str, stop: threading.Event) -> None:
+        while not stop.wait(LEASE_TTL_S / 3):
+            try:
+                if self.redis.get(key) == holder.encode():
+                    self.redis.expire(key, LEASE_TTL_S)
+            except redis.RedisError:
+                pass  # the broker is away; the next beat tries again
+
+    def claim_cpus(self, cpus: list[int], node: str, ttl_s: int = 30) -> list[str]:
+        """Claim each CPU of this host for `node`; return the conflicting claims (none: ok)."""
+        host = socket.gethostname()
+        conflicts = []
+        for cpu in cpus:
+            key = f"farm:cpu:{host}:{cpu}"
+            if not self.redis.set(key, node, nx=True, ex=ttl_s):
+                holder = (self.redis.get(key) or b"?").decode()
+                if holder != node:
+                    conflicts.append(f"CPU {cpu} is used by worker {holder}")
+        if conflicts:
+            self.release_cpus(cpus, node)
+        return conflicts
+
+    def renew_cpus(self, cpus: list[int], node: str, ttl_s: int = 30) -> None:
+        host = socket.gethostname()
+        for cpu in cpus:
+            self.redis.set(f"farm:cpu:{host}:{cpu}", node, ex=ttl_s)
+
+    def release_cpus(self, cpus: list[int], node: str) -> None:
+        host = socket.gethostname()
+        for cpu in cpus:
+            key = f"farm:cpu:{host}:{cpu}"
+            if self.redis.get(key) == node.encode():
+                self.redis.delete(key)
+
+    def _retrying(self, call, *args, deadline_s: float = 600, **kwargs) -> Any:
+        """Redis may be restarting: retry with backoff instead of losing a result."""
+        started, delay = time.monotonic(), 0.5
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                if time.monotonic() - started > deadline_s:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5)
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _dead_here(holder: str) -> bool:
+    """True if `holder` names a process of this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False  # another host's process: only its lease expiry tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -1,0 +1,87 @@
+"""`farm worker`: pin this process to a CPU set, claim it, and serve Celery jobs on it.
+
+The steps, in order: check the CPU set; check the broker; claim the CPUs on this
+host (refusing an overlap with a live worker); pin and size the thread pools
+before anything imports torch; run the Celery worker until it is stopped;
+release the CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from pathlib import Path
+
+from kombu.utils.url import maybe_sanitize_url
+
+from worker.pinning import format_cpu_list, parse_cpu_list, pin_process
+
+
+class WorkerStartError(RuntimeError):
+    """The worker cannot start; the message says why and what to do."""
+
+
+def serve(
+    *,
+    broker_url: str,
+    cpus: str,
+    threads: int | None,
+    queue: str,
+    name: str | None,
+    cache_dir: Path,
+) -> None:
+    import redis
+
+    from worker.celery_app import CONTEXT, FarmSettings, make_app
+    from worker.channel import WorkerChannel
+
+    cpu_set = parse_cpu_list(cpus)  # CpuSetError names the valid CPUs
+    node = _node_name(name, cpu_set)
+    channel = WorkerChannel(broker_url)
+    try:
+        conflicts = channel.claim_cpus(cpu_set, node)
+    except redis.RedisError as error:
+        raise WorkerStartError(
+            f"the broker at {maybe_sanitize_url(broker_url)} does not answer "
+            f"({type(error).__name__}); start Redis or fix --broker / FARM_BROKER_URL"
+        ) from None
+    if conflicts:
+        raise WorkerStartError(
+            "; ".join(conflicts) + f". Give this worker other CPUs (this host has "
+            f"{format_cpu_list(sorted(os.sched_getaffinity(0)))}), or stop the other worker."
+        )
+
+    pin_process(cpu_set)
+    os.environ["OMP_NUM_THREADS"] = str(threads or len(cpu_set))
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, FarmSettings()
+
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep_claim, args=(channel, cpu_set, node, stop), daemon=True)
+    keeper.start()
+    try:
+        make_app(broker_url).worker_main([
+            "worker", "--pool=prefork", "--concurrency=1", "--max-tasks-per-child=1",
+            f"--queues={queue}", f"--hostname={node}", "--loglevel=INFO",
+            "--without-mingle", "--without-gossip",
+        ])  # fmt: skip
+    finally:
+        stop.set()
+        try:
+            channel.release_cpus(cpu_set, node)
+        except redis.RedisError:
+            pass  # the claims lapse on their own
+
+
+def _node_name(name: str | None, cpus: list[int]) -> str:
+    base = name or f"farm-cpus{format_cpu_list(cpus).replace(',', '_')}"
+    return base if "@" in base else f"{base}@{socket.gethostname()}"
+
+
+def _keep_claim(channel, cpus: list[int], node: str, stop: threading.Event) -> None:
+    while not stop.wait(10):
+        try:
+            channel.renew_cpus(cpus, node)
+        except Exception:  # the broker may be restarting; the next renewal tries again
+            pass
