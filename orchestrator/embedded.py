@@ -1,8 +1,10 @@
 """The embedded executor: pinned local worker processes fed by asyncio, no server needed.
 
-Each worker is `python -m worker.local` pinned to one CPU set; jobs go down
-its stdin and results come back on its stdout, one JSON line each. A worker
-that dies mid-job fails that job (the rest go on) and is started again.
+Each worker slot runs `python -m worker.local` pinned to one CPU set; the job
+goes down its stdin and the result comes back on its stdout as one JSON line.
+Every job gets a fresh process, as on a Celery worker (one child per job): its
+peak memory is its own and its thread pools are sized for it alone. A process
+that dies mid-job fails that job, and the rest go on.
 """
 
 from __future__ import annotations
@@ -45,9 +47,14 @@ class LocalWorker:
         log.close()
 
     async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
-        """Send one job; return its payload, or a failed payload if the process died."""
-        if self.process is None or self.process.returncode is not None:
-            await self.start()
+        """Run one job in a fresh process; its payload, or a failed one if the process died."""
+        await self.start()
+        try:
+            return await self._exchange(spec)
+        finally:
+            await self.stop()
+
+    async def _exchange(self, spec: dict[str, Any]) -> dict[str, Any]:
         assert self.process and self.process.stdin and self.process.stdout
         try:
             self.process.stdin.write((json.dumps(spec) + "\n").encode())
@@ -102,7 +109,6 @@ async def run_jobs(
             handle, spec = queue.get_nowait()
             on_start(handle, worker)
             on_result(handle, await worker.run(spec))
-        await worker.stop()
 
     try:
         await asyncio.gather(*(serve(worker) for worker in workers))

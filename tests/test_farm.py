@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -32,9 +33,9 @@ def farm(tmp_path, tiny_model):
 
 
 class Farm:
-    def __init__(self, tmp_path: Path, model: Path) -> None:
+    def __init__(self, tmp_path: Path, model: Path, binds: tuple[str, ...] = ("127.0.0.1",)):
         self.tmp, self.model = tmp_path, model
-        self.redis = RedisServer(tmp_path / "redis")
+        self.redis = RedisServer(tmp_path / "redis", binds)
         self.redis.start()
         self.db = tmp_path / "farm.db"
         self.env = farm_env(**LIMITS)
@@ -288,3 +289,67 @@ def test_worker_refuses_cpus_this_machine_lacks(tmp_path):
         capture_output=True, text=True, timeout=60, env=farm_env(),
     )  # fmt: skip
     assert result.returncode == 2 and "valid CPUs" in result.stderr
+
+
+class TwoHosts:
+    """Two network namespaces, each a 'machine' joined to this one by a veth pair."""
+
+    def __init__(self) -> None:
+        tag = os.getpid() % 10000
+        self.hosts = []
+        for index in (1, 2):
+            netns, host_if, ns_if = f"ws{tag}h{index}", f"ws{tag}a{index}", f"ws{tag}b{index}"
+            gateway, address = f"10.231.{index}.1", f"10.231.{index}.2"
+            self.hosts.append((netns, host_if, gateway, f"host{index}"))
+            for command in (
+                ["ip", "netns", "add", netns],
+                ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
+                ["ip", "link", "set", ns_if, "netns", netns],
+                ["ip", "addr", "add", f"{gateway}/30", "dev", host_if],
+                ["ip", "link", "set", host_if, "up"],
+                ["ip", "netns", "exec", netns, "ip", "addr", "add", f"{address}/30", "dev", ns_if],
+                ["ip", "netns", "exec", netns, "ip", "link", "set", ns_if, "up"],
+                ["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"],
+            ):
+                subprocess.run(command, check=True, capture_output=True)
+
+    def prefix(self, index: int) -> tuple[str, ...]:
+        """Run a command inside host `index`, under its own hostname."""
+        netns, _, _, hostname = self.hosts[index]
+        return ("ip", "netns", "exec", netns, "unshare", "--uts", "sh", "-c",
+                f'hostname {hostname} && exec "$@"', "sh")  # fmt: skip
+
+    def remove(self) -> None:
+        for netns, host_if, _, _ in self.hosts:
+            subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+            subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def _can_make_hosts() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not all(map(shutil.which, ("ip", "unshare"))):
+        return "needs iproute2's ip and util-linux's unshare"
+    return None
+
+
+@pytest.mark.skipif(_can_make_hosts() is not None, reason=str(_can_make_hosts()))
+def test_workers_on_two_hosts_reach_the_broker_over_the_network(tmp_path, tiny_model):
+    hosts = TwoHosts()
+    farm = None
+    try:
+        farm = Farm(tmp_path, tiny_model, binds=("127.0.0.1", "10.231.1.1", "10.231.2.1"))
+        for index, cpus in ((0, "0"), (1, "1" if TWO_CPUS else "0")):
+            gateway = hosts.hosts[index][2]
+            farm.worker(
+                cpus, f"w{index}", broker=farm.redis.url(gateway), prefix=hosts.prefix(index)
+            )
+        farm.run(farm.sweep([ok("a", 0.3), ok("b", 0.3)], contexts=(8, 16)))
+        assert_exactly_one_result_each(farm)
+        hostnames = {result.environment.hostname for _, result in farm.jobs()}
+        assert hostnames == {"host1", "host2"}
+        assert {result.worker.split("@")[1] for _, result in farm.jobs()} == {"host1", "host2"}
+    finally:
+        if farm is not None:
+            farm.close()
+        hosts.remove()

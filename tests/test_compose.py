@@ -1,0 +1,42 @@
+"""No Docker engine runs here, so check docker-compose.yml by parsing it: every farm
+service's command must be one the `farm` CLI accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import typer
+import yaml
+
+from orchestrator.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_compose_command_is_accepted_by_the_cli():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    group = typer.main.get_command(app)
+    checked = 0
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue  # not our image (redis)
+        command, *args = service["command"]
+        sub = group.get_command(click.Context(group), command)
+        assert sub is not None, f"{name}: farm has no command {command!r}"
+        sub.make_context(command, list(args))  # raises on an unknown or malformed option
+        checked += 1
+    assert checked >= 3
+
+
+def test_workers_have_disjoint_cpusets_matching_their_pinning():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    workers = {n: s for n, s in services.items() if s.get("command", [None])[0] == "worker"}
+    cpus = [s["command"][s["command"].index("--cpus") + 1] for s in workers.values()]
+    assert [s["cpuset"] for s in workers.values()] == cpus
+    assert len(set(cpus)) == len(cpus)
+
+
+def test_redis_keeps_an_append_only_file():
+    redis = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
+    assert "--appendonly" in redis["command"]
