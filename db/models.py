@@ -123,6 +123,8 @@ class Result(Base):
     max_logit_diff: Mapped[float | None]
     first_divergence: Mapped[int | None]  # first free-running token that differs
     fidelity_positions: Mapped[int | None]
+    perplexity: Mapped[float | None]  # on the sweep's eval_text, if any
+    perplexity_delta: Mapped[float | None]  # minus transformers float32's
     load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)
 
     pinning_violations: Mapped[list[Any]]

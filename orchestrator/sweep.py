@@ -58,6 +58,10 @@ class SweepFile(BaseModel):
     max_repeats: Annotated[int, Field(gt=0)] = 100
     noise_threshold: Annotated[float, Field(gt=0)] = 0.05
     fidelity_tokens: Annotated[int, Field(ge=0)] = 64
+    eval_text: str | None = Field(
+        None, description="a text file (or datasets:NAME[:CONFIG]) to measure perplexity on"
+    )
+    eval_tokens: Annotated[int, Field(gt=1)] = 1024
     seed: int = 0
 
     @field_validator("backends", mode="before")
@@ -129,6 +133,7 @@ def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
         source = parse_model_source(sweep.model)
     except ModelSourceError as error:
         raise SweepError(f"{origin}: model: {error}") from None
+    _check_eval_text(origin, sweep, source)
     jobs = expand(sweep)
     longest = max(job.context + job.generation for job in jobs)
     if longest > source.n_positions:
@@ -137,6 +142,25 @@ def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
             f"model's {source.n_positions} positions; lower the largest context or length"
         )
     return Sweep(name=sweep.name or default_name, source_text=text, jobs=jobs)
+
+
+def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
+    if sweep.eval_text is None:
+        return
+    if source.kind == "random":
+        raise SweepError(
+            f"{origin}: eval_text: perplexity needs a tokenizer, and {sweep.model} has none; "
+            "use a local model directory or hub id that ships one, or drop eval_text"
+        )
+    if source.kind == "local" and not any(
+        (Path(source.ref) / name).exists() for name in ("tokenizer.json", "vocab.json")
+    ):
+        raise SweepError(f"{origin}: eval_text: {source.ref} has no tokenizer files")
+    if (
+        not sweep.eval_text.startswith("datasets:")
+        and not Path(sweep.eval_text).expanduser().is_file()
+    ):
+        raise SweepError(f"{origin}: eval_text: no such file {sweep.eval_text!r}")
 
 
 def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
@@ -159,6 +183,8 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
             max_repeats=max(sweep.max_repeats, sweep.repeats),
             noise_threshold=sweep.noise_threshold,
             fidelity_tokens=sweep.fidelity_tokens,
+            eval_text=sweep.eval_text,
+            eval_tokens=sweep.eval_tokens,
             seed=sweep.seed,
         )
         jobs.setdefault(job.key, job)

@@ -183,8 +183,7 @@ def _child_start(**_kwargs) -> None:
     import ctypes
     import signal
 
+    from worker.runner import preload
+
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        pass
+    preload()

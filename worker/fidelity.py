@@ -67,3 +67,22 @@ def compare(
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def reference_perplexity(
+    model_dir: Path, digest: str, ids: list[int], window: int, cache_dir: Path
+) -> float:
+    """Perplexity of `hf` float32 on these token ids, computed once and cached."""
+    from worker.perplexity import perplexity
+
+    key = hashlib.sha256(json.dumps([digest, ids, window]).encode()).hexdigest()[:20]
+    final = cache_dir / "references" / f"ppl-{key}"
+
+    def build(out: Path) -> None:
+        from backends.hf import HFBackend
+
+        hf = HFBackend(model_dir, {"dtype": "float32"}, 0, cache_dir)
+        (out / "perplexity.json").write_text(json.dumps(perplexity(hf, ids, window)))
+
+    build_once(final, build)
+    return float(json.loads((final / "perplexity.json").read_text()))

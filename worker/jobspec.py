@@ -36,6 +36,8 @@ class JobSpec:
     max_repeats: int
     noise_threshold: float
     fidelity_tokens: int
+    eval_text: str | None
+    eval_tokens: int
     seed: int
 
     @property
@@ -59,7 +61,7 @@ class JobSpec:
         if not isinstance(data["options"], dict):
             raise MalformedJobError("job spec options must be a JSON object")
         for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
-                     "fidelity_tokens"):  # fmt: skip
+                     "fidelity_tokens", "eval_tokens"):  # fmt: skip
             if not isinstance(data[name], int) or data[name] < 0:
                 raise MalformedJobError(f"job spec {name} must be a non-negative integer")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})

@@ -29,7 +29,9 @@ def main() -> None:
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints and C-level output must not corrupt the protocol
 
-    from worker.runner import run_job
+    from worker.runner import preload, run_job
+
+    preload()
 
     for line in sys.stdin:  # one job per line, until the orchestrator closes the pipe
         if not line.strip():

@@ -19,7 +19,7 @@ from typing import Any
 from backends import registry
 from backends.sources import parse_model_source
 from backends.weights import materialize, weights_digest
-from worker import fidelity, measure
+from worker import fidelity, measure, perplexity
 from worker.environment import host_environment
 from worker.jobspec import JobSpec
 from worker.pinning import format_cpu_list, threads_outside
@@ -38,9 +38,18 @@ def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> dict[
     try:
         job = JobSpec.from_dict(spec)
         base["key"] = job.key
-        return {**base, "status": "done", "error": None, **_measure(job, cpus, cache_dir)}
+        figures = _measure(job, cpus, cache_dir)
+        return {**base, "status": "done", "error": None, "finished_at": time.time(), **figures}
     except Exception:
-        return {**base, "key": base.get("key"), "status": "failed", "error": traceback.format_exc()}
+        failed = {"status": "failed", "error": traceback.format_exc(), "finished_at": time.time()}
+        return {**base, "key": base.get("key"), **failed}
+
+
+def preload() -> None:
+    """Import what every job needs before the job starts (torch alone takes ~1.3 s, and
+    transformers' GPT-2 ~3 s here), so a fresh job process spends it outside the job."""
+    import torch  # noqa: F401
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
 
 
 def make_prompt(seed: int, context: int, vocab_size: int) -> list[int]:
@@ -84,6 +93,8 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
         checked = ref_tokens[: job.fidelity_tokens]
         logits = backend.teacher_forced_logits(prompt, checked)
         figures = fidelity.compare(ref_tokens, ref_logits[: len(checked)], logits, tokens)
+    if job.eval_text and hasattr(backend, "teacher_forced_logits"):
+        figures.update(_perplexity(job, backend, model_dir, cache_dir))
 
     report = backend.load_report
     return {
@@ -127,6 +138,16 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec):
     return repeats, tokens
 
 
+def _perplexity(job: JobSpec, backend, model_dir: Path, cache_dir: Path) -> dict[str, float]:
+    text = perplexity.load_eval_text(job.eval_text)
+    ids = perplexity.token_ids(model_dir, text, job.eval_tokens)
+    window = _config(model_dir)["n_positions"]
+    measured = perplexity.perplexity(backend, ids, window)
+    digest = weights_digest(model_dir, cache_dir)
+    reference = fidelity.reference_perplexity(model_dir, digest, ids, window, cache_dir)
+    return {"perplexity": measured, "perplexity_delta": measured - reference}
+
+
 def _pinning_violations(job: JobSpec, cpus: list[int], torch_threads: int) -> list[str]:
     violations = [f"thread {entry} outside CPU set" for entry in threads_outside(cpus)]
     if torch_threads != job.threads:
@@ -136,10 +157,14 @@ def _pinning_violations(job: JobSpec, cpus: list[int], torch_threads: int) -> li
     return violations
 
 
-def _vocab_size(model_dir: Path) -> int:
+def _config(model_dir: Path) -> dict[str, Any]:
     import json
 
-    return int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+    return json.loads((model_dir / "config.json").read_text())
+
+
+def _vocab_size(model_dir: Path) -> int:
+    return int(_config(model_dir)["vocab_size"])
 
 
 def _status_kib(field: str) -> int:

@@ -1,0 +1,122 @@
+"""What the queue costs: per-job overhead of the Celery farm, and one worker against two.
+
+Starts its own redis-server on a free port and its own `farm worker` processes, then:
+1. submits N one-job sweeps one after another and prints the median of
+   (enqueue -> result stored) minus the job's own run time (worker start of the job to
+   its end): the farm's per-job overhead, including the fresh child process per job;
+2. runs one sweep of M jobs on one worker pinned to CPU 0, then on two workers pinned
+   to CPUs 0 and 1, and prints both wall times.
+
+    .venv/bin/python benchmarks/farm_overhead.py --jobs 50 --sweep-jobs 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from db.models import Job  # noqa: E402
+from db.session import make_session_factory  # noqa: E402
+from orchestrator.farm import submit_farm  # noqa: E402
+from orchestrator.sweep import parse_sweep  # noqa: E402
+from tests.conftest import save_tiny_gpt2  # noqa: E402
+from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
+
+quiet = Console(quiet=True)
+
+
+def sweep_text(model: Path, name: str, seed: int, contexts: list[int], generation: int) -> str:
+    return f"""
+name: {name}
+model: {model}
+backends: [hf]
+context_sizes: {contexts}
+generation_lengths: [{generation}]
+threads: [1]
+warmups: 0
+repeats: 1
+fidelity_tokens: 0
+seed: {seed}
+"""
+
+
+async def one_job_overhead(model: Path, broker: str, db: str, seed: int) -> float:
+    plan = parse_sweep(
+        sweep_text(model, f"overhead-{seed}", seed, [8], 4), origin="-", default_name="-"
+    )
+    started = time.time()
+    await submit_farm(plan, lambda: make_session_factory(db), broker_url=broker, queue="farm",
+                      rerun=False, wait=True, console=quiet)  # fmt: skip
+    stored = time.time()
+    with make_session_factory(db)() as session:
+        job = session.query(Job).filter(Job.key == plan.jobs[0].key).one()
+        if job.result is None:
+            raise RuntimeError(f"the benchmark job failed: {job.error}")
+        samples = job.result.samples
+        run_s = job.result.load_s + job.result.materialize_s + sum(samples["e2e_s"])
+    return stored - started - run_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--sweep-jobs", type=int, default=8)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        model = save_tiny_gpt2(tmp / "tiny", n_embd=64, n_layer=2)
+        redis = RedisServer(tmp / "redis")
+        redis.start()
+        env = farm_env()
+        workers = []
+        try:
+            workers.append(
+                FarmWorker(redis.url(), "0", "w0", tmp / "w0.log", tmp / "cache", env).start()
+            )
+            overheads = [asyncio.run(one_job_overhead(model, redis.url(), str(tmp / "o.db"), seed))
+                         for seed in range(args.jobs)]  # fmt: skip
+            print(
+                f"per-job overhead over {args.jobs} one-job sweeps: median {statistics.median(overheads):.2f} s, "
+                f"p10 {sorted(overheads)[len(overheads) // 10]:.2f} s, max {max(overheads):.2f} s"
+            )
+
+            contexts = [16 * (i + 1) for i in range(args.sweep_jobs)]
+            for count in (1, 2):
+                if count == 2:
+                    workers.append(
+                        FarmWorker(
+                            redis.url(), "1", "w1", tmp / "w1.log", tmp / "cache", env
+                        ).start()
+                    )
+                plan = parse_sweep(
+                    sweep_text(model, f"scale-{count}", 0, contexts, 256),
+                    origin="-",
+                    default_name="-",
+                )
+                started = time.time()
+                asyncio.run(submit_farm(plan, lambda: make_session_factory(str(tmp / "s.db")), broker_url=redis.url(),
+                                        queue="farm", rerun=False, wait=True, console=quiet))  # fmt: skip
+                print(
+                    f"sweep of {len(plan.jobs)} jobs on {count} worker(s): {time.time() - started:.1f} s wall"
+                )
+        finally:
+            for worker in workers:
+                worker.stop()
+            redis.stop()
+
+
+if __name__ == "__main__":
+    main()
