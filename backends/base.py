@@ -35,7 +35,13 @@ class LoadReport:
     artifact_build_s: float | None = None
     artifact_bytes: int | None = None
     compile_s: float | None = None
+    # bytes per weight a decode step reads: projections, and the LM head (for the roofline)
+    matmul_bytes: float = 4.0
+    lm_head_bytes: float = 4.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0}
 
 
 class Backend(Protocol):

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from backends.base import Generation, LoadReport, StepwiseBackend
+from backends.base import DTYPE_BYTES, Generation, LoadReport, StepwiseBackend
 from backends.weights import load_hf_model
 
 
@@ -42,8 +42,11 @@ class HFBackend(StepwiseBackend):
     def __init__(
         self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
     ) -> None:
-        self.model = load_hf_model(model_dir, options.get("dtype", "float32"))
-        self.load_report = LoadReport()
+        dtype = options.get("dtype", "float32")
+        self.model = load_hf_model(model_dir, dtype)
+        self.load_report = LoadReport(
+            matmul_bytes=DTYPE_BYTES[dtype], lm_head_bytes=DTYPE_BYTES[dtype]
+        )
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from backends.base import LoadReport, StepwiseBackend
+from backends.base import DTYPE_BYTES, LoadReport, StepwiseBackend
 from backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache
 
 
@@ -31,10 +31,13 @@ class NanoGPTBackend(StepwiseBackend):
     def __init__(
         self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
     ) -> None:
-        self.dtype = getattr(torch, options.get("dtype", "float32"))
-        self.model = load_gpt(model_dir, options.get("dtype", "float32"))
+        dtype = options.get("dtype", "float32")
+        self.dtype = getattr(torch, dtype)
+        self.model = load_gpt(model_dir, dtype)
         self.kv_cache = options.get("kv_cache", True)
-        self.load_report = LoadReport()
+        self.load_report = LoadReport(
+            matmul_bytes=DTYPE_BYTES[dtype], lm_head_bytes=DTYPE_BYTES[dtype]
+        )
         self.cache: PreallocatedCache | None = None
         self.sequence: list[int] = []
 

@@ -19,6 +19,9 @@ from backends.base import LoadReport, StepwiseBackend
 from backends.onnx_export import onnx_artifact
 from backends.weights import weights_digest
 
+# bytes per weight: int4 is 4 bits plus one float32 scale per block of 32 weights
+WEIGHT_BYTES = {"none": 4.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
+
 
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -36,14 +39,21 @@ class OnnxBackend(StepwiseBackend):
         artifact = onnx_artifact(
             model_dir, options, cache_dir, weights_digest(model_dir, cache_dir)
         )
+        matmul_bytes = WEIGHT_BYTES[options.get("quantize", "none")]
+        lm_head_bytes = matmul_bytes if options.get("quantize_lm_head") else 4.0
+        self.session = ort.InferenceSession(
+            str(artifact.path), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        extra = {"ort_intra_op_threads": self.session.get_session_options().intra_op_num_threads}
+        if artifact.fused_ops is not None:
+            extra["fused_ops"] = artifact.fused_ops
         self.load_report = LoadReport(
             artifact_built=artifact.built,
             artifact_build_s=artifact.build_s,
             artifact_bytes=artifact.bytes,
-            extra={"fused_ops": artifact.fused_ops} if artifact.fused_ops is not None else {},
-        )
-        self.session = ort.InferenceSession(
-            str(artifact.path), session_options(threads), providers=["CPUExecutionProvider"]
+            matmul_bytes=matmul_bytes,
+            lm_head_bytes=lm_head_bytes,
+            extra=extra,
         )
         config = json.loads((model_dir / "config.json").read_text())
         head_size = config["n_embd"] // config["n_head"]

@@ -59,14 +59,31 @@ def entry(name: str) -> BackendEntry:
     )
 
 
+class MissingDependencyError(ImportError):
+    """A backend's optional dependency is not installed; the message says what to install."""
+
+
 def load_class(name: str) -> type:
     """Import and return the backend class registered under `name`."""
-    return _import(entry(name).target)
+    try:
+        return _import(entry(name).target)
+    except ModuleNotFoundError as error:
+        package = (error.name or "").split(".")[0]  # every dependency's module is its pip name
+        raise MissingDependencyError(
+            f"backend {name!r} needs the package {package!r}, which is not installed "
+            f"here: pip install {package}"
+        ) from error
 
 
 def _import(target: str) -> type:
     module_name, _, class_name = target.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as error:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise KeyError(f"cannot import backend {target!r}: {error}") from None
+        raise  # the backend's module exists; one of its dependencies is missing
+    try:
+        return getattr(module, class_name)
+    except AttributeError as error:
         raise KeyError(f"cannot import backend {target!r}: {error}") from None

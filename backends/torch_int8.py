@@ -55,4 +55,9 @@ class TorchInt8Backend(NanoGPTBackend):
             per_channel=options.get("per_channel", False),
             lm_head=options.get("quantize_lm_head", False),
         )
-        self.load_report = LoadReport(extra={"quantized_linears": count})
+        lm_head = options.get("quantize_lm_head", False)
+        self.load_report = LoadReport(
+            matmul_bytes=1.0,
+            lm_head_bytes=1.0 if lm_head else 4.0,
+            extra={"quantized_linears": count},
+        )

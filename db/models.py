@@ -123,6 +123,11 @@ class Result(Base):
     max_logit_diff: Mapped[float | None]
     first_divergence: Mapped[int | None]  # first free-running token that differs
     fidelity_positions: Mapped[int | None]
+    # the memory-bandwidth bound on decode speed (see worker/roofline.py)
+    weight_bytes_per_token: Mapped[float | None]
+    bandwidth_bytes_per_s: Mapped[float | None]  # streaming read, this host and CPU set
+    roofline_tokens_per_s: Mapped[float | None]
+    roofline_fraction: Mapped[float | None]
     perplexity: Mapped[float | None]  # on the sweep's eval_text, if any
     perplexity_delta: Mapped[float | None]  # minus transformers float32's
     load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)

@@ -136,3 +136,12 @@ def test_optimizer_fusions_are_recorded(tiny_model, artifacts):
     backend = build("onnx", {"optimize": True}, tiny_model, artifacts)
     fused = backend.load_report.extra["fused_ops"]
     assert fused.get("SkipLayerNormalization", 0) > 0 or fused.get("LayerNormalization", 0) > 0
+
+
+def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "backends.onnx", raising=False)
+    with pytest.raises(registry.MissingDependencyError, match="pip install onnxruntime"):
+        registry.load_class("onnx")

@@ -19,7 +19,7 @@ from typing import Any
 from backends import registry
 from backends.sources import parse_model_source
 from backends.weights import materialize, weights_digest
-from worker import fidelity, measure, perplexity
+from worker import fidelity, measure, perplexity, roofline
 from worker.environment import host_environment
 from worker.jobspec import JobSpec
 from worker.pinning import format_cpu_list, threads_outside
@@ -83,6 +83,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
 
     _reset_peak_rss()
     repeats, tokens = _timed_repeats(backend, prompt, job)
+    rss_peak_bytes = _peak_rss_bytes()  # the timed region only: read before anything else runs
     generated = {len(r.token_times) for r in repeats}
     if generated != {job.generation}:
         raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
@@ -97,16 +98,18 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
         figures.update(_perplexity(job, backend, model_dir, cache_dir))
 
     report = backend.load_report
+    summary = measure.summarize(repeats, job.noise_threshold)
+    figures.update(_roofline(model_dir, report, summary["decode_tokens_per_s"], cpus, cache_dir))
     return {
         "metrics": {
-            **measure.summarize(repeats, job.noise_threshold),
+            **summary,
             "materialize_s": materialize_s,
             "load_s": load_s,
             "compile_s": report.compile_s,
             "artifact_built": report.artifact_built,
             "artifact_build_s": report.artifact_build_s,
             "artifact_bytes": report.artifact_bytes,
-            "rss_peak_bytes": _peak_rss_bytes(),
+            "rss_peak_bytes": rss_peak_bytes,
             "model_rss_bytes": model_rss_bytes,
             "torch_threads": torch.get_num_threads(),
             "load_extra": report.extra,
@@ -114,7 +117,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
         },
         "samples": measure.raw_samples(repeats),
         "tokens": tokens,
-        "pinning_violations": _pinning_violations(job, cpus, torch.get_num_threads()),
+        "pinning_violations": _pinning_violations(job, cpus, torch.get_num_threads(), report.extra),
     }
 
 
@@ -138,6 +141,27 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec):
     return repeats, tokens
 
 
+def _roofline(
+    model_dir: Path, report, decode_tokens_per_s: float, cpus: list[int], cache_dir: Path
+):
+    """Bytes read per token, the bandwidth bound, and how much of it this job reached."""
+    import torch
+
+    threads = torch.get_num_threads()
+    bandwidth = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
+    torch.set_num_threads(threads)  # the measurement used the whole CPU set
+    weight_bytes = roofline.weight_bytes_per_token(
+        _config(model_dir), report.matmul_bytes, report.lm_head_bytes
+    )
+    bound = bandwidth["read_bytes_per_s"] / weight_bytes
+    return {
+        "weight_bytes_per_token": weight_bytes,
+        "bandwidth_bytes_per_s": bandwidth["read_bytes_per_s"],
+        "roofline_tokens_per_s": bound,
+        "roofline_fraction": decode_tokens_per_s / bound,
+    }
+
+
 def _perplexity(job: JobSpec, backend, model_dir: Path, cache_dir: Path) -> dict[str, float]:
     text = perplexity.load_eval_text(job.eval_text)
     ids = perplexity.token_ids(model_dir, text, job.eval_tokens)
@@ -148,10 +172,15 @@ def _perplexity(job: JobSpec, backend, model_dir: Path, cache_dir: Path) -> dict
     return {"perplexity": measured, "perplexity_delta": measured - reference}
 
 
-def _pinning_violations(job: JobSpec, cpus: list[int], torch_threads: int) -> list[str]:
+def _pinning_violations(
+    job: JobSpec, cpus: list[int], torch_threads: int, extra: dict[str, Any]
+) -> list[str]:
     violations = [f"thread {entry} outside CPU set" for entry in threads_outside(cpus)]
     if torch_threads != job.threads:
         violations.append(f"torch runs {torch_threads} threads, job asked for {job.threads}")
+    ort_threads = extra.get("ort_intra_op_threads")
+    if ort_threads is not None and ort_threads != job.threads:
+        violations.append(f"ONNX Runtime runs {ort_threads} threads, job asked for {job.threads}")
     if job.threads > len(cpus):
         violations.append(f"{job.threads} threads oversubscribe {len(cpus)} CPUs")
     return violations

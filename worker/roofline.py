@@ -1,0 +1,68 @@
+"""How close decoding gets to what memory bandwidth allows.
+
+At batch 1, generating a token multiplies every weight matrix by one vector, so
+every weight is read from memory once per token. Decode speed is then bounded by
+    roofline tokens/s = memory read bandwidth / bytes of weights read per token.
+Left out: reads of the KV cache and activations (they grow with context: at long
+contexts the true bound is lower), and cache effects (weights that fit in the
+last-level cache are read faster than DRAM allows, so a small model can pass 100%).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+
+def weight_bytes_per_token(config: dict, matmul_bytes: float, lm_head_bytes: float) -> float:
+    """Bytes of weights one decode step reads, for a GPT-2 config (config.json dict).
+
+    Per layer: the four projections (12 d^2 weights) at `matmul_bytes` each, plus
+    biases and layer norms (13 d) in float32. Then the LM head (vocab x d, tied to
+    the token embedding) at `lm_head_bytes`, the final layer norm, and one row each
+    of the token and position embeddings.
+    """
+    d, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
+    per_layer = 12 * d * d * matmul_bytes + 13 * d * 4
+    return layers * per_layer + vocab * d * lm_head_bytes + 2 * d * 4 + 2 * d * 4
+
+
+def measure_bandwidth(threads: int, size_bytes: int = 512 * 2**20, repeats: int = 5) -> dict:
+    """Streaming read and copy bandwidth of this process's CPU set, in bytes/s (best of N).
+
+    The buffer is far larger than any last-level cache, so it measures DRAM.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    source = torch.ones(size_bytes // 4, dtype=torch.float32)
+    target = torch.empty_like(source)
+    read_s, copy_s = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        source.sum()
+        read_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        target.copy_(source)
+        copy_s.append(time.perf_counter() - started)
+    return {
+        "read_bytes_per_s": size_bytes / min(read_s),
+        "copy_bytes_per_s": 2 * size_bytes / min(copy_s),  # read + write
+        "threads": threads,
+    }
+
+
+def cached_bandwidth(cpus: str, threads: int, cache_dir: Path, *, remeasure: bool = False) -> dict:
+    """The bandwidth of this host and CPU set, measured once and kept in the cache."""
+    path = cache_dir / "bandwidth" / f"{socket.gethostname()}-cpus{cpus}.json"
+    if path.exists() and not remeasure:
+        return json.loads(path.read_text())
+    figures = measure_bandwidth(threads)
+    figures.update(host=socket.gethostname(), cpus=cpus, measured_at=time.time())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(figures))
+    tmp.replace(path)
+    return figures
