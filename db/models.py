@@ -106,6 +106,7 @@ class Result(Base):
     e2e_s_stdev: Mapped[float]
     cv: Mapped[float]
     noisy: Mapped[bool]
+    remeasured: Mapped[bool] = mapped_column(default=False)  # noisy once, measured again
     timer_gap: Mapped[float]
 
     materialize_s: Mapped[float]

@@ -57,6 +57,7 @@ class SweepFile(BaseModel):
     min_duration_s: Annotated[float, Field(ge=0)] = 0.0
     max_repeats: Annotated[int, Field(gt=0)] = 100
     noise_threshold: Annotated[float, Field(gt=0)] = 0.05
+    rerun_noisy: bool = Field(False, description="measure a noisy cell once more, keep the rerun")
     fidelity_tokens: Annotated[int, Field(ge=0)] = 64
     eval_text: str | None = Field(
         None, description="a text file (or datasets:NAME[:CONFIG]) to measure perplexity on"
@@ -185,6 +186,7 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
             fidelity_tokens=sweep.fidelity_tokens,
             eval_text=sweep.eval_text,
             eval_tokens=sweep.eval_tokens,
+            rerun_noisy=sweep.rerun_noisy,
             seed=sweep.seed,
         )
         jobs.setdefault(job.key, job)

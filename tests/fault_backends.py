@@ -20,6 +20,7 @@ class FaultOptions(BackendOptions):
     mode: Literal["ok", "raise", "crash", "sleep", "hang"] = "ok"
     step_s: float = 0.001  # time per generated token
     sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
+    torch_threads: int = 0  # if set, change torch's thread count behind the runner's back
 
 
 class FaultBackend:
@@ -33,6 +34,10 @@ class FaultBackend:
         self.load_report = LoadReport()
         if self.options.mode == "raise":
             raise RuntimeError("fault backend asked to raise")
+        if self.options.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.options.torch_threads)
 
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         if self.options.mode == "crash":

@@ -79,7 +79,7 @@ def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tm
                        options=tuple(sorted(options.items())), context=8, generation=4, threads=1,
                        warmups=0, repeats=1, min_duration_s=0, max_repeats=1, noise_threshold=0.05,
                        fidelity_tokens=4, eval_text=str(model_with_tokenizer / "eval.txt"),
-                       eval_tokens=50, seed=0)  # fmt: skip
+                       eval_tokens=50, rerun_noisy=False, seed=0)  # fmt: skip
         payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="t")
         assert payload["status"] == "done", payload["error"]
         assert np.isfinite(payload["metrics"]["perplexity"])

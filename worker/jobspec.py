@@ -38,6 +38,7 @@ class JobSpec:
     fidelity_tokens: int
     eval_text: str | None
     eval_tokens: int
+    rerun_noisy: bool
     seed: int
 
     @property

@@ -1,0 +1,92 @@
+"""The job runner's checks: pinning verified, thread counts verified, roofline arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from worker import roofline
+from worker.jobspec import JobSpec
+from worker.runner import run_job
+
+FAULT = "tests.fault_backends:FaultBackend"
+
+
+def spec(model, backend=FAULT, threads=1, **options) -> dict:
+    return JobSpec(model=str(model), backend=backend, label="x", options=tuple(sorted(options.items())),
+                   context=8, generation=4, threads=threads, warmups=0, repeats=2, min_duration_s=0,
+                   max_repeats=2, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
+                   eval_tokens=16, rerun_noisy=True, seed=0).to_dict()  # fmt: skip
+
+
+def test_a_backend_that_changes_its_thread_count_is_flagged(tiny_model, tmp_path):
+    payload = run_job(spec(tiny_model, torch_threads=3, mode="ok", step_s=0.001, sleep_s=0),
+                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    assert payload["status"] == "done", payload["error"]
+    assert "torch runs 3 threads, job asked for 1" in payload["pinning_violations"]
+
+
+def test_more_threads_than_cpus_is_flagged(tiny_model, tmp_path):
+    import os
+
+    threads = len(os.sched_getaffinity(0)) + 1
+    payload = run_job(spec(tiny_model, threads=threads, mode="ok", step_s=0.001, sleep_s=0, torch_threads=0),
+                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    assert any("oversubscribe" in v for v in payload["pinning_violations"])
+
+
+def test_a_well_pinned_job_has_no_violations(tiny_model, tmp_path):
+    payload = run_job(
+        spec(tiny_model, backend="hf", dtype="float32"), cache_dir=tmp_path, worker_name="t"
+    )
+    assert payload["status"] == "done", payload["error"]
+    assert payload["pinning_violations"] == []
+    metrics = payload["metrics"]
+    assert metrics["roofline_tokens_per_s"] == pytest.approx(
+        metrics["bandwidth_bytes_per_s"] / metrics["weight_bytes_per_token"]
+    )
+    assert metrics["roofline_fraction"] == pytest.approx(
+        metrics["decode_tokens_per_s"] / metrics["roofline_tokens_per_s"]
+    )
+
+
+GPT2 = {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}
+
+
+def test_weight_bytes_of_gpt2_small():
+    fp32 = roofline.weight_bytes_per_token(GPT2, 4, 4)
+    # 12 layers x 12 x 768^2 projections + 50257 x 768 LM head, 4 bytes each, plus small vectors
+    assert fp32 == pytest.approx(4 * (12 * 12 * 768**2 + 50257 * 768), rel=0.002)
+    assert 494e6 < fp32 < 496e6
+    int8_float_head = roofline.weight_bytes_per_token(GPT2, 1, 4)
+    assert int8_float_head == pytest.approx(12 * 12 * 768**2 + 4 * 50257 * 768, rel=0.005)
+    assert roofline.weight_bytes_per_token(GPT2, 2, 2) == pytest.approx(fp32 / 2, rel=0.002)
+
+
+def test_bandwidth_is_measured_once_per_host_and_cpu_set(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(threads):
+        calls.append(threads)
+        return {"read_bytes_per_s": 25e9, "copy_bytes_per_s": 20e9, "threads": threads}
+
+    monkeypatch.setattr(roofline, "measure_bandwidth", fake)
+    first = roofline.cached_bandwidth("0-1", 2, tmp_path)
+    again = roofline.cached_bandwidth("0-1", 2, tmp_path)
+    other = roofline.cached_bandwidth("0", 1, tmp_path)
+    forced = roofline.cached_bandwidth("0-1", 2, tmp_path, remeasure=True)
+    assert calls == [2, 1, 2]
+    assert first["read_bytes_per_s"] == again["read_bytes_per_s"] == 25e9
+    assert other["cpus"] == "0" and forced["cpus"] == "0-1"
+    assert (
+        json.loads(next((tmp_path / "bandwidth").glob("*-cpus0-1.json")).read_text())[
+            "read_bytes_per_s"
+        ]
+        == 25e9
+    )
+
+
+def test_real_bandwidth_measurement_is_plausible():
+    figures = roofline.measure_bandwidth(threads=1, size_bytes=64 * 2**20, repeats=2)
+    assert 1e8 < figures["read_bytes_per_s"] < 1e12
