@@ -129,6 +129,8 @@ class Result(Base):
     bandwidth_bytes_per_s: Mapped[float | None]  # streaming read, this host and CPU set
     roofline_tokens_per_s: Mapped[float | None]
     roofline_fraction: Mapped[float | None]
+    tokenize_ms: Mapped[float | None]  # text prompts: the prompt's tokenization
+    detokenize_ms: Mapped[float | None]  # ... and the output's detokenization
     perplexity: Mapped[float | None]  # on the sweep's eval_text, if any
     perplexity_delta: Mapped[float | None]  # minus transformers float32's
     load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)

@@ -11,7 +11,7 @@ import itertools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -63,6 +63,9 @@ class SweepFile(BaseModel):
         None, description="a text file (or datasets:NAME[:CONFIG]) to measure perplexity on"
     )
     eval_tokens: Annotated[int, Field(gt=1)] = 1024
+    prompt: Literal["ids", "text"] = Field("ids", description="random token ids, or prompt_text")
+    prompt_text: str | None = Field(None, description="inline text, or the path of a text file")
+    tokenizers: Annotated[list[Literal["fast", "slow"]], Field(min_length=1)] = ["fast"]
     seed: int = 0
 
     @field_validator("backends", mode="before")
@@ -135,6 +138,7 @@ def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
     except ModelSourceError as error:
         raise SweepError(f"{origin}: model: {error}") from None
     _check_eval_text(origin, sweep, source)
+    sweep = _resolve_prompt(origin, sweep, source)
     jobs = expand(sweep)
     longest = max(job.context + job.generation for job in jobs)
     if longest > source.n_positions:
@@ -164,11 +168,36 @@ def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
         raise SweepError(f"{origin}: eval_text: no such file {sweep.eval_text!r}")
 
 
+def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
+    """A text prompt needs a tokenizer and a text; the text itself goes into the specs."""
+    if "slow" in sweep.tokenizers:
+        raise SweepError(
+            f"{origin}: tokenizers: 'slow' is not available: transformers 5 removed the "
+            "Python (slow) tokenizers and always uses the Rust one; use [fast]"
+        )
+    if sweep.prompt == "ids":
+        if sweep.prompt_text is not None:
+            raise SweepError(f"{origin}: prompt_text is set but prompt is 'ids'; add prompt: text")
+        return sweep
+    if sweep.prompt_text is None:
+        raise SweepError(f"{origin}: prompt: text needs prompt_text (inline text or a file path)")
+    if source.kind == "random":
+        raise SweepError(
+            f"{origin}: prompt: text needs a tokenizer, and {sweep.model} has none; "
+            "use a local model directory or hub id that ships one"
+        )
+    path = Path(sweep.prompt_text).expanduser()
+    if "\n" not in sweep.prompt_text and len(sweep.prompt_text) < 4096 and path.is_file():
+        return sweep.model_copy(update={"prompt_text": path.read_text()})
+    return sweep
+
+
 def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
     """The grid: the product of backends x context x generation x threads, deduplicated."""
     jobs: dict[str, JobSpec] = {}
-    for backend, context, generation, threads in itertools.product(
-        sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads
+    tokenizers = sweep.tokenizers if sweep.prompt == "text" else ["fast"]
+    for backend, context, generation, threads, tokenizer in itertools.product(
+        sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads, tokenizers
     ):
         job = JobSpec(
             model=sweep.model,
@@ -187,6 +216,8 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
             eval_text=sweep.eval_text,
             eval_tokens=sweep.eval_tokens,
             rerun_noisy=sweep.rerun_noisy,
+            prompt_text=sweep.prompt_text if sweep.prompt == "text" else None,
+            tokenizer=tokenizer,
             seed=sweep.seed,
         )
         jobs.setdefault(job.key, job)

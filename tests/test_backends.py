@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from backends import registry
-from worker.runner import make_prompt
+from worker.prompts import random_prompt
 
 PROMPT_TOKENS, NEW_TOKENS = 12, 10
 
@@ -50,7 +50,7 @@ def artifacts(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_model, artifacts):
     hf = build("hf", {}, tiny_model, artifacts)
-    prompt = make_prompt(0, PROMPT_TOKENS, 256)
+    prompt = random_prompt(0, PROMPT_TOKENS, 256)
     tokens = hf.generate(prompt, NEW_TOKENS).tokens
     return prompt, tokens, hf.teacher_forced_logits(prompt, tokens)
 

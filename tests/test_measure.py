@@ -79,7 +79,7 @@ def test_token_clock_agrees_with_the_outer_wall_clock(tiny_model: Path, tmp_path
     spec = JobSpec(model=str(tiny_model), backend="hf", label="hf", options=(("dtype", "float32"),),
                    context=16, generation=32, threads=1, warmups=1, repeats=5, min_duration_s=0.0,
                    max_repeats=5, noise_threshold=0.05, fidelity_tokens=8, eval_text=None,
-                   eval_tokens=16, rerun_noisy=False, seed=0)  # fmt: skip
+                   eval_tokens=16, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
     payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="test")
     assert payload["status"] == "done", payload["error"]
     assert payload["metrics"]["timer_gap"] < 0.02

@@ -79,7 +79,7 @@ def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tm
                        options=tuple(sorted(options.items())), context=8, generation=4, threads=1,
                        warmups=0, repeats=1, min_duration_s=0, max_repeats=1, noise_threshold=0.05,
                        fidelity_tokens=4, eval_text=str(model_with_tokenizer / "eval.txt"),
-                       eval_tokens=50, rerun_noisy=False, seed=0)  # fmt: skip
+                       eval_tokens=50, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
         payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="t")
         assert payload["status"] == "done", payload["error"]
         assert np.isfinite(payload["metrics"]["perplexity"])
@@ -102,4 +102,52 @@ def test_eval_text_needs_a_tokenizer(tmp_path, model_with_tokenizer):
             f"backends: [hf]\nmodel: {model_with_tokenizer}\neval_text: nope.txt",
             origin="s.yaml",
             default_name="s",
+        )
+
+
+def test_a_text_prompt_times_tokenization_and_detokenization(model_with_tokenizer, tmp_path):
+    from orchestrator.sweep import parse_sweep
+    from worker.runner import run_job
+
+    (tmp_path / "prompt.txt").write_text("the farm measures fast inference")
+    sweep = parse_sweep(
+        f"model: {model_with_tokenizer}\nbackends: [hf]\ncontext_sizes: [12]\ngeneration_lengths: [4]\n"
+        f"threads: [1]\nrepeats: 2\nwarmups: 0\nfidelity_tokens: 0\nprompt: text\nprompt_text: {tmp_path / 'prompt.txt'}",
+        origin="s.yaml", default_name="s",
+    )  # fmt: skip
+    [job] = sweep.jobs
+    assert job.prompt_text == "the farm measures fast inference" and job.tokenizer == "fast"
+    payload = run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")
+    assert payload["status"] == "done", payload["error"]
+    assert payload["metrics"]["tokenize_ms"] > 0 and payload["metrics"]["detokenize_ms"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("prompt: text", "prompt: text needs prompt_text"),
+        ("prompt_text: hi", "prompt_text is set but prompt is 'ids'"),
+        (
+            "prompt: text\nprompt_text: hi\ntokenizers: [fast, slow]",
+            "transformers 5 removed the Python (slow) tokenizers",
+        ),
+    ],
+)
+def test_bad_text_prompts(model_with_tokenizer, extra, message):
+    from orchestrator.sweep import SweepError, parse_sweep
+
+    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_sweep(
+            f"model: {model_with_tokenizer}\nbackends: [hf]\n{extra}",
+            origin="s.yaml",
+            default_name="s",
+        )
+
+
+def test_a_text_prompt_needs_a_model_with_a_tokenizer():
+    from orchestrator.sweep import SweepError, parse_sweep
+
+    with pytest.raises(SweepError, match="needs a tokenizer"):
+        parse_sweep(
+            "backends: [hf]\nprompt: text\nprompt_text: hi", origin="s.yaml", default_name="s"
         )

@@ -17,7 +17,7 @@ def spec(model, backend=FAULT, threads=1, **options) -> dict:
     return JobSpec(model=str(model), backend=backend, label="x", options=tuple(sorted(options.items())),
                    context=8, generation=4, threads=threads, warmups=0, repeats=2, min_duration_s=0,
                    max_repeats=2, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
-                   eval_tokens=16, rerun_noisy=True, seed=0).to_dict()  # fmt: skip
+                   eval_tokens=16, rerun_noisy=True, prompt_text=None, tokenizer="fast", seed=0).to_dict()  # fmt: skip
 
 
 def test_a_backend_that_changes_its_thread_count_is_flagged(tiny_model, tmp_path):

@@ -39,6 +39,8 @@ class JobSpec:
     eval_text: str | None
     eval_tokens: int
     rerun_noisy: bool
+    prompt_text: str | None
+    tokenizer: str
     seed: int
 
     @property

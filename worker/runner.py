@@ -9,7 +9,6 @@ exception that escapes into the worker loop.
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
 import traceback
@@ -23,6 +22,7 @@ from worker import fidelity, measure, perplexity, roofline
 from worker.environment import host_environment
 from worker.jobspec import JobSpec
 from worker.pinning import format_cpu_list, threads_outside
+from worker.prompts import TextPrompt, random_prompt
 
 
 def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> dict[str, Any]:
@@ -52,12 +52,6 @@ def preload() -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
 
 
-def make_prompt(seed: int, context: int, vocab_size: int) -> list[int]:
-    """Token ids drawn with the sweep's seed; a longer context extends a shorter one."""
-    rng = random.Random(seed)
-    return [rng.randrange(vocab_size) for _ in range(context)]
-
-
 def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     import torch  # after pinning: OpenMP sizes its pool from the affinity mask
 
@@ -73,7 +67,8 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     load_s = time.perf_counter() - clock
     model_rss_bytes = _rss_bytes() - rss_before_load
 
-    prompt = make_prompt(job.seed, job.context, _vocab_size(model_dir))
+    text = TextPrompt(model_dir, job.prompt_text, job.context) if job.prompt_text else None
+    prompt = text.ids if text else random_prompt(job.seed, job.context, _vocab_size(model_dir))
     reference = None
     if job.fidelity_tokens and hasattr(backend, "teacher_forced_logits"):
         digest = weights_digest(model_dir, cache_dir)
@@ -82,10 +77,10 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
         backend.generate(prompt, job.generation)
 
     _reset_peak_rss()
-    repeats, tokens = _timed_repeats(backend, prompt, job)
+    repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text)
     remeasured = job.rerun_noisy and measure.summarize(repeats, job.noise_threshold)["noisy"]
     if remeasured:  # noise is often a passing disturbance: one more try, and say so
-        repeats, tokens = _timed_repeats(backend, prompt, job)
+        repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text)
     rss_peak_bytes = _peak_rss_bytes()  # the timed region only: read before anything else runs
     generated = {len(r.token_times) for r in repeats}
     if generated != {job.generation}:
@@ -117,6 +112,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(),
             "load_extra": report.extra,
             "remeasured": bool(remeasured),
+            **text_s,
             **figures,
         },
         "samples": measure.raw_samples(repeats),
@@ -125,9 +121,13 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     }
 
 
-def _timed_repeats(backend, prompt: list[int], job: JobSpec):
+def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None):
+    """Greedy generations until the stopping rule says enough; with a text prompt, its
+    tokenization and the detokenization of the output are timed around each one."""
     repeats: list[measure.Repeat] = []
     tokens: list[int] = []
+    encode_s: list[float] = []
+    decode_s: list[float] = []
     measured_s = 0.0
     while not measure.should_stop(
         len(repeats),
@@ -136,13 +136,21 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec):
         min_duration_s=job.min_duration_s,
         max_repeats=job.max_repeats,
     ):
+        if text:
+            encode_s.append(text.time_encode())
         start = time.perf_counter()
         generation = backend.generate(prompt, job.generation)
         end = time.perf_counter()
+        if text:
+            decode_s.append(text.time_decode(generation.tokens))
         repeats.append(measure.Repeat(start, end, tuple(generation.token_times)))
         tokens = generation.tokens
         measured_s += end - start
-    return repeats, tokens
+    text_s = {}
+    if text:
+        text_s = {"tokenize_ms": 1e3 * sum(encode_s) / len(encode_s),
+                  "detokenize_ms": 1e3 * sum(decode_s) / len(decode_s)}  # fmt: skip
+    return repeats, tokens, text_s
 
 
 def _roofline(
