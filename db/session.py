@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
@@ -27,7 +27,41 @@ def make_engine(path_or_url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         Base.metadata.create_all(engine)
+        upgrade_schema(engine)
     return engine
+
+
+def upgrade_schema(engine: Engine) -> list[str]:
+    """Add columns that this version's models have and the database lacks.
+
+    Additive only: a newer whistle-stop can read and extend a database written by an
+    older one. Returns the columns added ("table.column").
+    """
+    added = []
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in present:
+                    continue
+                kind = column.type.compile(dialect=engine.dialect)
+                default = column.default.arg if column.default is not None else None
+                if default is not None and not callable(default):
+                    value = int(default) if isinstance(default, bool) else repr(default)
+                    clause = f" NOT NULL DEFAULT {value}"
+                elif column.nullable:
+                    clause = ""
+                else:
+                    raise RuntimeError(
+                        f"the database lacks the required column {table.name}.{column.name}; "
+                        "it was written by an incompatible whistle-stop: start a new one with --db"
+                    )
+                connection.exec_driver_sql(
+                    f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'
+                )
+                added.append(f"{table.name}.{column.name}")
+    return added
 
 
 def make_session_factory(path_or_url: str) -> sessionmaker[Session]:

@@ -1,48 +1,45 @@
-"""`farm report`: result rows of a sweep as a terminal table, markdown, CSV or JSON."""
+"""`farm report`: select sweeps and jobs, and turn each job into one flat row.
+
+Rendering (table, markdown, CSV, JSON, HTML) lives in orchestrator/render.py.
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
+from collections import defaultdict
+from statistics import fmean
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import Job, Result, Sweep
 
-FORMATS = ("table", "markdown", "csv", "json")
-
-# (row key, column heading, format) in display order.
-COLUMNS: list[tuple[str, str, str]] = [
-    ("label", "backend", "{}"),
-    ("context", "context", "{}"),
-    ("generation", "gen", "{}"),
-    ("threads", "threads", "{}"),
-    ("prefill_ms", "prefill ms", "{:.1f}"),
-    ("decode_ms", "decode ms/tok", "{:.2f}"),
-    ("decode_ms_p50", "p50", "{:.2f}"),
-    ("decode_ms_p90", "p90", "{:.2f}"),
-    ("decode_tokens_per_s", "tok/s", "{:.1f}"),
-    ("e2e_s", "e2e s", "{:.3f}"),
-    ("cv", "cv", "{:.1%}"),
-    ("speedup", "speedup", "{:.2f}x"),
-    ("status", "status", "{}"),
-]
-
-
 # Result columns every row carries (None for a job without a result).
-FIGURES = ("prefill_ms", "decode_ms", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
-           "decode_tokens_per_s", "e2e_s", "cv", "noisy", "rss_peak_bytes", "load_s")  # fmt: skip
+FIGURES = (
+    "prefill_ms", "prefill_ms_p50", "decode_ms", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
+    "decode_tokens_per_s", "e2e_s", "e2e_s_p50", "e2e_s_stdev", "cv", "noisy", "remeasured",
+    "top1_agreement", "mean_kl", "max_logit_diff", "first_divergence", "perplexity",
+    "perplexity_delta", "roofline_fraction", "roofline_tokens_per_s", "weight_bytes_per_token",
+    "rss_peak_bytes", "load_s", "compile_s", "artifact_bytes", "artifact_built",
+    "tokenize_ms", "detokenize_ms", "torch_threads",
+)  # fmt: skip
 
 
 class ReportError(LookupError):
-    """Nothing to report (no such sweep, empty database)."""
+    """Nothing to report (no such sweep, empty database, a malformed filter)."""
+
+
+def find_sweeps(session: Session, names: list[str] | None, *, every: bool = False) -> list[Sweep]:
+    """The named sweeps, all of them, or the latest one."""
+    if every:
+        sweeps = list(session.scalars(select(Sweep).order_by(Sweep.id)))
+    elif names:
+        sweeps = [find_sweep(session, name) for name in names]
+    else:
+        sweeps = [find_sweep(session, None)]
+    if not sweeps:
+        raise ReportError("no sweeps in this database yet; run `farm submit --grid FILE` first")
+    return sweeps
 
 
 def find_sweep(session: Session, name: str | None) -> Sweep:
@@ -59,21 +56,23 @@ def find_sweep(session: Session, name: str | None) -> Sweep:
     return sweep
 
 
-def result_rows(session: Session, sweep: Sweep, baseline: str) -> list[dict[str, Any]]:
-    """One dict per job: spec fields, figures (None when failed) and the speedup."""
+def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[dict[str, Any]]:
+    """One dict per job: sweep, spec fields, figures (None when failed) and the speedup."""
     jobs = session.scalars(
         select(Job)
-        .where(Job.sweep_id == sweep.id)
-        .options(selectinload(Job.result).selectinload(Result.environment))
-        .order_by(Job.label, Job.context, Job.generation, Job.threads)
+        .where(Job.sweep_id.in_([sweep.id for sweep in sweeps]))
+        .options(selectinload(Job.result).selectinload(Result.environment), selectinload(Job.sweep))
+        .order_by(Job.sweep_id, Job.label, Job.context, Job.generation, Job.threads)
     ).all()
-    rows = [_row(job) for job in jobs]
-    _add_speedup(rows, baseline)
+    rows = [job_row(job) for job in jobs]
+    add_speedup(rows, baseline)
     return rows
 
 
-def _row(job: Job) -> dict[str, Any]:
+def job_row(job: Job) -> dict[str, Any]:
+    result = job.result
     row: dict[str, Any] = {
+        "sweep": job.sweep.name,
         "key": job.key,
         "label": job.label,
         "backend": job.backend,
@@ -81,74 +80,86 @@ def _row(job: Job) -> dict[str, Any]:
         "generation": job.generation,
         "threads": job.threads,
         "status": job.status,
+        "attempts": job.attempts,
         "error": (job.error or "").strip().splitlines()[-1] if job.error else None,
     }
-    result = job.result
     for name in FIGURES:
         row[name] = getattr(result, name) if result else None
+    row["pinning_ok"] = (not result.pinning_violations) if result else None
     row["host"] = result.environment.hostname if result else None
     row["cpus"] = result.cpus if result else None
+    row["worker"] = result.worker if result else job.worker
     return row
 
 
-def _add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
-    """Decode tokens/s against the baseline backend's row in the same grid cell."""
-    cell = lambda row: (row["context"], row["generation"], row["threads"])  # noqa: E731
-    reference = {cell(r): r for r in rows if r["backend"] == baseline and r["status"] == "done"}
-    reference |= {cell(r): r for r in rows if r["label"] == baseline and r["status"] == "done"}
+def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Decode tokens/s against the baseline backend's row in the same sweep and grid cell."""
+
+    def cell(row):
+        return (row["sweep"], row["context"], row["generation"], row["threads"], row["host"])
+
+    done = [r for r in rows if r["status"] == "done"]
+    reference = {cell(r): r for r in done if r["backend"] == baseline}
+    reference |= {cell(r): r for r in done if r["label"] == baseline}  # a label is more exact
     for row in rows:
         base = reference.get(cell(row))
         ok = base and row["decode_tokens_per_s"] and base["decode_tokens_per_s"]
         row["speedup"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"] if ok else None
 
 
-def render(rows: list[dict[str, Any]], fmt: str, *, title: str, console: Console) -> str | None:
-    """Text for markdown/csv/json; the table format prints straight to `console`."""
-    if fmt == "json":
-        return json.dumps(rows, indent=2, default=_json_value)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["key"])
-        writer.writeheader()
-        writer.writerows(rows)
-        return out.getvalue()
-    cells = [[_cell(row, key, spec) for key, _, spec in COLUMNS] for row in rows]
-    headings = [heading for _, heading, _ in COLUMNS]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
-        lines += ["| " + " | ".join(line) + " |" for line in cells]
-        lines += _failures(rows)
-        return "\n".join(lines) + "\n"
-    table = Table(title=title)
-    for _, heading, spec in COLUMNS:
-        table.add_column(heading, justify="left" if spec == "{}" else "right")
-    for row, line in zip(rows, cells, strict=True):
-        table.add_row(*map(Text, line), style="red" if row["status"] == "failed" else None)
-    # Piped output has no terminal width to fit; never squeeze figures into ellipses.
-    out = console if console.is_terminal else Console(width=220, file=console.file)
-    out.print(table)
-    for line in _failures(rows):
-        out.print(line, style="red", markup=False, highlight=False)
-    return None
-
-
-def _cell(row: dict[str, Any], key: str, spec: str) -> str:
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    text = spec.format(value)
-    if key == "cv" and row.get("noisy"):
-        text += " noisy"
-    return text
-
-
-def _failures(rows: list[dict[str, Any]]) -> list[str]:
+def apply_filters(
+    rows: list[dict[str, Any]], *, backends: list[str], hosts: list[str], where: list[str]
+) -> list[dict[str, Any]]:
+    """Keep rows whose backend (name or label) and host match, and every `key=value`."""
+    conditions = []
+    for clause in where:
+        key, sep, value = clause.partition("=")
+        if not sep or not rows or key not in rows[0]:
+            known = ", ".join(rows[0]) if rows else "none"
+            raise ReportError(f"--where {clause!r}: use KEY=VALUE with a KEY among: {known}")
+        conditions.append((key, value))
     return [
-        f"failed: {row['label']} ctx={row['context']} gen={row['generation']}: {row['error']}"
+        row
         for row in rows
-        if row["status"] == "failed"
+        if (not backends or row["backend"] in backends or row["label"] in backends)
+        and (not hosts or row["host"] in hosts)
+        and all(str(row[key]) == value for key, value in conditions)
     ]
 
 
-def _json_value(value: Any) -> Any:
-    return str(value)
+def group_rows(rows: list[dict[str, Any]], field: str | None) -> dict[str, list[dict[str, Any]]]:
+    if field is None:
+        return {"": rows}
+    if rows and field not in rows[0]:
+        raise ReportError(f"--group-by {field!r}: not a column; use one of: {', '.join(rows[0])}")
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[f"{field}={row[field]}"].append(row)
+    return dict(groups)
+
+
+def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[Any]]]:
+    """`ROWS:COLUMNS:VALUE`, e.g. label:generation:decode_tokens_per_s -> headings, cells.
+
+    A cell holds the mean of VALUE over the matching done rows (None if there are none).
+    """
+    parts = spec.split(":")
+    if len(parts) != 3 or (rows and any(part not in rows[0] for part in parts)):
+        known = ", ".join(rows[0]) if rows else "none"
+        raise ReportError(f"--pivot {spec!r}: write ROWS:COLUMNS:VALUE with columns among: {known}")
+    row_key, column_key, value_key = parts
+    cells: dict[tuple, list[float]] = defaultdict(list)
+    for row in rows:
+        if row[value_key] is not None:
+            cells[(row[row_key], row[column_key])].append(row[value_key])
+    row_values = sorted({row[row_key] for row in rows}, key=str)
+    column_values = sorted({row[column_key] for row in rows}, key=lambda v: (str(type(v)), v))
+    headings = [f"{row_key} \\ {column_key}", *map(str, column_values)]
+    body = [
+        [
+            value,
+            *(fmean(cells[(value, c)]) if cells.get((value, c)) else None for c in column_values),
+        ]
+        for value in row_values
+    ]
+    return headings, body

@@ -60,7 +60,10 @@ class JobSpec:
         names = {f.name for f in fields(cls)}
         if set(data) != names:
             missing, extra = sorted(names - set(data)), sorted(set(data) - names)
-            raise MalformedJobError(f"job spec fields wrong: missing {missing}, unexpected {extra}")
+            raise MalformedJobError(
+                f"job spec fields wrong: missing {missing}, unexpected {extra} (do the "
+                "orchestrator and this worker run the same version of whistle-stop?)"
+            )
         if not isinstance(data["options"], dict):
             raise MalformedJobError("job spec options must be a JSON object")
         for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats",

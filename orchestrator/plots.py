@@ -1,0 +1,206 @@
+"""`farm plot`: the five figures a sweep is read by, as PNG files.
+
+Each figure is drawn only when its data exists (two generation lengths for a line,
+fidelity figures for the trade-off plot ...); otherwise it is skipped with a reason.
+Error bars are one standard deviation across the timed repeats.
+"""
+
+from __future__ import annotations
+
+import io
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+Rows = list[dict[str, Any]]
+Samples = dict[str, dict[str, list]]  # job key -> raw per-repeat samples
+
+
+def figures() -> dict[str, Callable[[Rows, Samples, str], tuple[bytes | None, str]]]:
+    return {
+        "latency_vs_generation": latency_vs_generation,
+        "decode_tokens_per_s": decode_speed,
+        "prefill_vs_context": prefill_vs_context,
+        "speed_vs_fidelity": speed_vs_fidelity,
+        "roofline": roofline_fraction,
+    }
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def _done(rows: Rows) -> Rows:
+    return [r for r in rows if r["status"] == "done"]
+
+
+def _stdev(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def latency_vs_generation(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    rows = _done(rows)
+    if len({r["generation"] for r in rows}) < 2:
+        return None, "needs at least two generation lengths"
+    plt = _pyplot()
+    contexts = sorted({r["context"] for r in rows})
+    figure, axes = plt.subplots(
+        1, len(contexts), figsize=(5 * len(contexts), 4), squeeze=False, sharey=True
+    )
+    for axis, context in zip(axes[0], contexts, strict=True):
+        for label in sorted({r["label"] for r in rows}):
+            points = sorted((r["generation"], r["e2e_s"], r["e2e_s_stdev"] or 0) for r in rows
+                            if r["label"] == label and r["context"] == context)  # fmt: skip
+            if points:
+                x, y, err = zip(*points, strict=True)
+                axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
+        axis.set(
+            title=f"context {context} tokens",
+            xlabel="generated tokens",
+            ylabel="end-to-end latency (s)",
+        )
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    figure.suptitle("End-to-end latency against generation length")
+    return _png(figure), "ok"
+
+
+def _largest_cell(rows: Rows) -> tuple[int, int]:
+    """The (context, generation) cell that most backends share, largest first."""
+    counts = defaultdict(set)
+    for r in rows:
+        counts[(r["context"], r["generation"])].add(r["label"])
+    return max(counts, key=lambda c: (len(counts[c]), c))
+
+
+def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    rows = _done(rows)
+    if not rows:
+        return None, "no finished jobs"
+    context, generation = _largest_cell(rows)
+    cell = sorted((r for r in rows if (r["context"], r["generation"]) == (context, generation)),
+                  key=lambda r: r["decode_tokens_per_s"])  # fmt: skip
+    per_repeat = [_repeat_speeds(samples.get(r["key"], {})) for r in cell]
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 0.5 * len(cell) + 1.5))
+    values = [r["decode_tokens_per_s"] for r in cell]
+    errors = [_stdev(v) for v in per_repeat]
+    bars = axis.barh([r["label"] for r in cell], values, xerr=errors, capsize=3)
+    for bar, row, error in zip(bars, cell, errors, strict=True):
+        note = f"{row['speedup']:.2f}x" if row["speedup"] else ""
+        end = bar.get_width() + error  # after the error bar, not on it
+        axis.text(end, bar.get_y() + bar.get_height() / 2, f"  {note}", va="center", fontsize=8)
+    axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.15)
+    title = (
+        f"Decode speed at context {context}, {generation} tokens (labels: speedup over {baseline})"
+    )
+    axis.set(xlabel="decode tokens/s", title=title)
+    axis.grid(axis="x", alpha=0.3)
+    return _png(figure), "ok"
+
+
+def _repeat_speeds(raw: dict[str, list]) -> list[float]:
+    """Decode tokens/s of each timed repeat, from its per-token intervals."""
+    return [len(steps) / sum(steps) for steps in raw.get("decode_steps_s", []) if steps]
+
+
+def prefill_vs_context(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    rows = _done(rows)
+    if len({r["context"] for r in rows}) < 2:
+        return None, "needs at least two context sizes"
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label in sorted({r["label"] for r in rows}):
+        by_context = defaultdict(list)
+        for r in rows:
+            if r["label"] == label:
+                by_context[r["context"]] += [
+                    1e3 * s for s in samples.get(r["key"], {}).get("prefill_s", [])
+                ]
+        x = sorted(c for c in by_context if by_context[c])
+        if x:
+            means = [statistics.fmean(by_context[c]) for c in x]
+            spread = [_stdev(by_context[c]) for c in x]
+            axis.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=label)
+    axis.set(
+        xlabel="context (prompt tokens)",
+        ylabel="time to first token (ms)",
+        title="Prefill time against context size",
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure), "ok"
+
+
+def _per_backend(rows: Rows, key: str) -> dict[str, float]:
+    values = defaultdict(list)
+    for r in rows:
+        if r[key] is not None:
+            values[r["label"]].append(r[key])
+    return {label: statistics.fmean(v) for label, v in values.items()}
+
+
+def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    rows = _done(rows)
+    agreement = _per_backend(rows, "top1_agreement")
+    speed = _per_backend(rows, "decode_tokens_per_s")
+    labels = [label for label in agreement if label in speed]
+    if len(labels) < 2:
+        return None, "needs fidelity figures for at least two backends"
+    points = sorted(((speed[l], agreement[l], l) for l in labels), reverse=True)  # noqa: E741
+    front, best = [], -1.0
+    for s, a, label in points:  # fastest first: on the front if more faithful than all faster
+        if a > best:
+            front.append((s, a, label))
+            best = a
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    axis.scatter([p[0] for p in points], [p[1] for p in points], zorder=3)
+    for index, (s, a, label) in enumerate(sorted(points)):  # alternate sides: close points
+        offset = (4, 6) if index % 2 == 0 else (4, -12)
+        axis.annotate(label, (s, a), textcoords="offset points", xytext=offset, fontsize=8)
+    axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
+    axis.set(
+        xlabel="decode tokens/s (mean over the sweep's cells)",
+        ylabel="teacher-forced top-1 agreement with float32",
+        title="Speed against fidelity",
+    )
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure), "ok"
+
+
+def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    fractions = _per_backend(_done(rows), "roofline_fraction")
+    if not fractions:
+        return None, "no roofline figures (results from before the bandwidth was measured)"
+    labels = sorted(fractions, key=fractions.get)
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
+    axis.barh(labels, [100 * fractions[l] for l in labels])  # noqa: E741
+    axis.axvline(100, color="r", linestyle="--", label="memory-bandwidth bound")
+    axis.set(
+        xlabel="achieved share of the roofline (%)",
+        title="Decode speed against the memory-bandwidth roofline",
+    )
+    axis.grid(axis="x", alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure), "ok"
+
+
+def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:
+    """name -> (PNG bytes, "ok") or (None, why it was skipped)."""
+    return {name: draw(rows, samples, baseline) for name, draw in figures().items()}
