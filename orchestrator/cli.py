@@ -394,7 +394,7 @@ def compare_sweeps(
     render_out = console if console.is_terminal else Console(width=200, file=console.file)
     render_out.print(table)
     for note in notes:
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, markup=False)
     if limit is not None and worst > limit:
         raise fail(f"a regression of {worst:.1%} is above --fail-above {limit:.1%}", code=1)
 

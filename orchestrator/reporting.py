@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -153,7 +154,7 @@ def comparison(
     for change in result.changes:
         p_text = "-" if change.p_value is None else f"{change.p_value:.3f}"
         figures = (f"{change.before:.4g}", f"{change.after:.4g}", f"{change.ratio:.3f}", p_text)
-        table.add_row(change.label, change.cell, change.metric, *figures, change.verdict,
+        table.add_row(escape(change.label), change.cell, change.metric, *figures, change.verdict,
                       style=styles[change.verdict])  # fmt: skip
     notes = [f"only in {a}: {name}" for name in result.only_in_a]
     notes += [f"only in {b}: {name}" for name in result.only_in_b]
