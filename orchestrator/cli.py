@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -170,6 +171,38 @@ def worker(
               cache_dir=cache_dir)  # fmt: skip
     except (CpuSetError, WorkerStartError) as error:
         raise fail(str(error)) from None
+
+
+@app.command()
+def bandwidth(
+    *,
+    cpus: Annotated[
+        str | None, typer.Option(help="CPU set to measure, e.g. 0-3 (default: all of them).")
+    ] = None,
+    remeasure: Annotated[
+        bool, typer.Option(help="Measure again instead of using the cache.")
+    ] = False,
+    cache_dir: CacheOption = DEFAULT_CACHE,
+) -> None:
+    """Memory read bandwidth of a CPU set: the roofline every result is compared with.
+
+    Workers measure it once per host and CPU set and cache it; this shows (or renews) it.
+    """
+    from worker.pinning import format_cpu_list, parse_cpu_list, pin_process
+
+    try:
+        cpu_set = parse_cpu_list(cpus) if cpus else sorted(os.sched_getaffinity(0))
+    except CpuSetError as error:
+        raise fail(str(error)) from None
+    pin_process(cpu_set)  # before torch is imported
+    from worker.roofline import cached_bandwidth
+
+    text = format_cpu_list(cpu_set)
+    figures = cached_bandwidth(text, len(cpu_set), cache_dir, remeasure=remeasure)
+    console.print(
+        f"CPUs {text} on {figures['host']}: read {figures['read_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"copy {figures['copy_bytes_per_s'] / 1e9:.1f} GB/s ({figures['threads']} threads)"
+    )
 
 
 @app.command()
