@@ -44,7 +44,8 @@ class Artifact:
 def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) -> Artifact:
     """The cached ONNX model for these options, building whatever steps are missing."""
     versions = {tool: metadata.version(tool) for tool in TOOLS}
-    steps = [("export", {"format": EXPORT_FORMAT})]
+    fused = bool(options.get("fused_attention"))
+    steps = [("export", {"format": EXPORT_FORMAT, "opset": 23 if fused else 20})]
     if options.get("optimize"):
         steps.append(("optimize", {}))
     if options.get("quantize", "none") != "none":
@@ -66,7 +67,9 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
     return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused)
 
 
-def _export(model_dir: Path, _source: Path | None, _options: dict, out: Path) -> None:
+def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> None:
+    """Opset 20 decomposes attention into MatMul/Softmax/...; at opset 23 the exporter
+    emits ONNX's own Attention op (with past key/values), which ONNX Runtime runs fused."""
     import torch
 
     from backends.nanogpt import load_gpt
@@ -99,6 +102,7 @@ def _export(model_dir: Path, _source: Path | None, _options: dict, out: Path) ->
         input_names=["input_ids", "past_k", "past_v"],
         output_names=["logits", "present_k", "present_v"],
         dynamic_shapes={"input_ids": {1: new}, "past_k": {3: cached}, "past_v": {3: cached}},
+        opset_version=options["opset"],
         external_data=False,
     )
     (out / "config.json").write_text((model_dir / "config.json").read_text())

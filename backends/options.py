@@ -40,6 +40,7 @@ class NanoGPTOptions(BackendOptions):
 class OnnxOptions(BackendOptions):
     """ONNX Runtime with past key/values fed back by a greedy loop."""
 
+    fused_attention: bool = False  # export at opset 23: one ONNX Attention op per layer
     optimize: bool = False  # ONNX Runtime's transformer optimizer (fusions for GPT-2)
     quantize: Literal["none", "int8", "int4"] = "none"  # dynamic int8, or 4-bit weight-only
     per_channel: bool = False  # int8: one scale per output channel instead of per tensor

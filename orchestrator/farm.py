@@ -67,12 +67,13 @@ async def submit_farm(
         await _drain(client, plan.name, sessions)  # results that landed while nobody watched
         with sessions.begin() as session:
             recorded = store.record_sweep(session, plan, rerun=rerun)
-            to_run = [(job.id, job.key, job.spec, job.status) for job in recorded.to_run]
+            to_run = [(job.id, job.key, job.spec, job.id in recorded.restarted)
+                      for job in recorded.to_run]  # fmt: skip
         if recorded.already_done:
             console.print(
                 f"{recorded.already_done} job(s) already done: skipped (--rerun runs them again)"
-            )  # noqa: E501
-        enqueued = await _enqueue(client, plan.name, to_run, sessions, broker_url, queue, rerun)
+            )
+        enqueued = await _enqueue(client, plan.name, to_run, sessions, broker_url, queue)
         console.print(f"enqueued {enqueued} job(s) on {redacted(broker_url)} queue {queue!r}")
         summary = SubmitSummary(plan.name, enqueued, 0, 0, recorded.already_done)
         if wait:
@@ -82,23 +83,24 @@ async def submit_farm(
         await client.aclose()
 
 
-async def _enqueue(client, sweep, jobs, sessions, broker_url, queue, rerun) -> int:
-    """Publish each unfinished job once. A job already in flight (its marker is in Redis,
-    next to the queue that holds it) is not published again after an orchestrator crash."""
+async def _enqueue(client, sweep, jobs, sessions, broker_url, queue) -> int:
+    """Publish each unfinished job once.
+
+    A job whose marker is in Redis (beside the queue that holds it) was published
+    before: it is queued, running, or finished with its result waiting in the stream,
+    so it is not published again after an orchestrator crash. Only a job that failed
+    (or --rerun) starts afresh, its Redis state cleared.
+    """
     from worker.celery_app import TASK_NAME, make_app
 
     app = make_app(broker_url)
     enqueued = 0
     with sessions.begin() as session:
-        for job_id, key, spec, _status in jobs:
+        for job_id, key, spec, restart in jobs:
             task_id = task_id_for(sweep, key)
             marker = f"farm:enqueued:{task_id}"
-            if (
-                not rerun
-                and await client.exists(marker)
-                and not await client.exists(job_state_keys(task_id)[0])
-            ):  # noqa: E501
-                session.get(Job, job_id).status = "queued"  # still in flight from before
+            if not restart and await client.exists(marker):
+                session.get(Job, job_id).status = "queued"  # in flight, or its result is coming
                 continue
             await client.delete(marker, *job_state_keys(task_id))  # a fresh start for this job
             await asyncio.to_thread(

@@ -27,6 +27,7 @@ class Recorded:
     sweep: Sweep
     to_run: list[Job]
     already_done: int
+    restarted: set[int]  # ids of jobs that had failed (or --rerun): start them afresh
 
 
 def record_sweep(session: Session, plan: SweepPlan, *, rerun: bool = False) -> Recorded:
@@ -38,7 +39,7 @@ def record_sweep(session: Session, plan: SweepPlan, *, rerun: bool = False) -> R
         session.flush()
     sweep.source_text = plan.source_text
     existing = {job.key: job for job in sweep.jobs}
-    to_run, already_done = [], 0
+    to_run, already_done, restarted = [], 0, set()
     for spec in plan.jobs:
         job = existing.get(spec.key)
         if job is None:
@@ -58,13 +59,16 @@ def record_sweep(session: Session, plan: SweepPlan, *, rerun: bool = False) -> R
         elif job.status == "done" and not rerun:
             already_done += 1
             continue
-        elif job.result is not None:  # --rerun: the old figures make way for new ones
-            session.delete(job.result)
-            job.result = None
+        else:
+            if job.status == "failed" or rerun:
+                restarted.add(job.id)
+            if job.result is not None:  # --rerun: the old figures make way for new ones
+                session.delete(job.result)
+                job.result = None
         job.status, job.error = "pending", None
         to_run.append(job)
     session.flush()
-    return Recorded(sweep, to_run, already_done)
+    return Recorded(sweep, to_run, already_done, restarted)
 
 
 def mark_running(session: Session, job: Job, worker: str) -> None:

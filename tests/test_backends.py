@@ -25,12 +25,14 @@ FLOAT32 = [
     ("onnx", {}),
     ("onnx", {"io_binding": False}),
     ("onnx", {"optimize": True}),
+    ("onnx", {"fused_attention": True}),
 ]
 QUANTIZED = [
     ("onnx", {"quantize": "int8"}),
     ("onnx", {"optimize": True, "quantize": "int8"}),
     ("onnx", {"quantize": "int8", "per_channel": True, "quantize_lm_head": True}),
     ("onnx", {"quantize": "int4"}),
+    ("onnx", {"fused_attention": True, "quantize": "int8", "quantize_lm_head": True}),
     ("torch-int8", {}),
     ("hf", {"dtype": "bfloat16"}),
     ("nanogpt", {"dtype": "bfloat16"}),

@@ -49,6 +49,9 @@ def celery_config(broker_url: str, settings: FarmSettings) -> dict:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": 1,
         "worker_max_tasks_per_child": 1,
+        # a child imports torch and transformers before it reports ready (~4 s here, more on
+        # a busy host); the default 4 s limit would kill and respawn it forever
+        "worker_proc_alive_timeout": 120,
         # the soft limit raises inside the job (recorded as failed); the hard limit kills it
         "task_soft_time_limit": settings.time_limit_s,
         "task_time_limit": settings.hard_limit_s,
