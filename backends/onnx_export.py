@@ -50,7 +50,10 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
         steps.append(("optimize", {}))
     if options.get("quantize", "none") != "none":
         quantize_keys = ("quantize", "per_channel", "quantize_lm_head")
-        steps.append(("quantize", {key: options[key] for key in quantize_keys}))
+        quantize = {key: options[key] for key in quantize_keys} | {"op_types": ["MatMul", "Gemm"]}
+        if options["quantize"] == "int4":
+            quantize["accuracy_level"] = 4  # part of the key: a rebuild when it changes
+        steps.append(("quantize", quantize))
 
     built_any, build_s, previous, fused = False, 0.0, None, None
     key_parts: list = [digest, versions]
@@ -59,12 +62,22 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
         final = cache_dir / "artifacts" / f"onnx-{name}-{key}"
         started = time.perf_counter()
-        if build_once(final, functools.partial(_BUILDERS[name], model_dir, previous, step_options)):
+        build = functools.partial(_checked, _BUILDERS[name], model_dir, previous, step_options)
+        if build_once(final, build):
             built_any, build_s = True, build_s + time.perf_counter() - started
         previous = final / MODEL_FILE
         if (final / "fused_ops.json").exists():
             fused = json.loads((final / "fused_ops.json").read_text())
     return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused)
+
+
+def _checked(builder, model_dir: Path, source: Path | None, options: dict, out: Path) -> None:
+    """Build, then make ONNX Runtime load the result: an artifact that cannot run fails
+    its build (and is never cached) instead of failing every job that would reuse it."""
+    import onnxruntime as ort
+
+    builder(model_dir, source, options, out)
+    ort.InferenceSession(str(out / MODEL_FILE), providers=["CPUExecutionProvider"])
 
 
 def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> None:
@@ -134,13 +147,18 @@ def _quantize(model_dir: Path, source: Path, options: dict, out: Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=options["per_channel"],
             nodes_to_exclude=keep_float,
+            # weight matmuls only: left to its defaults the quantizer takes ONNX's own
+            # Attention op for the contrib one and writes an invalid QAttention
+            op_types_to_quantize=list(options["op_types"]),
             extra_options={"MatMulConstBOnly": True},  # weights only; activations stay dynamic
         )
     else:  # int4: block-wise weight-only, 32 weights share a scale
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        # accuracy_level 4: activations are quantized to int8 on the fly and the 4-bit
+        # weights multiplied in int8 (VNNI); the default computes in float32, slower than int8
         quantizer = MatMulNBitsQuantizer(
-            model, block_size=32, is_symmetric=True, nodes_to_exclude=keep_float
+            model, block_size=32, is_symmetric=True, accuracy_level=4, nodes_to_exclude=keep_float
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(out / MODEL_FILE))

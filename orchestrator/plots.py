@@ -43,6 +43,15 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def _finish(figure, axis, *, grid: str = "both", legend: bool = True, **labels) -> bytes:
+    """Titles and axis labels (with units), a light grid, the legend; then the PNG."""
+    axis.set(**labels)
+    axis.grid(axis=grid, alpha=0.3)
+    if legend:
+        axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def _done(rows: Rows) -> Rows:
     return [r for r in rows if r["status"] == "done"]
 
@@ -107,9 +116,9 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
     title = (
         f"Decode speed at context {context}, {generation} tokens (labels: speedup over {baseline})"
     )
-    axis.set(xlabel="decode tokens/s", title=title)
-    axis.grid(axis="x", alpha=0.3)
-    return _png(figure), "ok"
+    return _finish(
+        figure, axis, grid="x", legend=False, xlabel="decode tokens/s", title=title
+    ), "ok"
 
 
 def _repeat_speeds(raw: dict[str, list]) -> list[float]:
@@ -135,14 +144,10 @@ def prefill_vs_context(rows: Rows, samples: Samples, baseline: str) -> tuple[byt
             means = [statistics.fmean(by_context[c]) for c in x]
             spread = [_stdev(by_context[c]) for c in x]
             axis.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=label)
-    axis.set(
-        xlabel="context (prompt tokens)",
-        ylabel="time to first token (ms)",
+    return _finish(
+        figure, axis, xlabel="context (prompt tokens)", ylabel="time to first token (ms)",
         title="Prefill time against context size",
-    )
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure), "ok"
+    ), "ok"  # fmt: skip
 
 
 def _per_backend(rows: Rows, key: str) -> dict[str, float]:
@@ -173,14 +178,10 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
         offset = (4, 6) if index % 2 == 0 else (4, -12)
         axis.annotate(label, (s, a), textcoords="offset points", xytext=offset, fontsize=8)
     axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
-    axis.set(
-        xlabel="decode tokens/s (mean over the sweep's cells)",
-        ylabel="teacher-forced top-1 agreement with float32",
-        title="Speed against fidelity",
-    )
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure), "ok"
+    return _finish(
+        figure, axis, xlabel="decode tokens/s (mean over the sweep's cells)",
+        ylabel="teacher-forced top-1 agreement with float32", title="Speed against fidelity",
+    ), "ok"  # fmt: skip
 
 
 def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
@@ -192,13 +193,10 @@ def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
     axis.barh(labels, [100 * fractions[l] for l in labels])  # noqa: E741
     axis.axvline(100, color="r", linestyle="--", label="memory-bandwidth bound")
-    axis.set(
-        xlabel="achieved share of the roofline (%)",
+    return _finish(
+        figure, axis, grid="x", xlabel="achieved share of the roofline (%)",
         title="Decode speed against the memory-bandwidth roofline",
-    )
-    axis.grid(axis="x", alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure), "ok"
+    ), "ok"  # fmt: skip
 
 
 def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:

@@ -158,6 +158,12 @@ def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
     worker = farm.worker("0", "w0")
     submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
     wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
+    status = subprocess.run(
+        [FARM, "status", "--db", str(farm.db), "--broker", farm.redis.url()],
+        capture_output=True, text=True, timeout=60, env=farm.env,
+    )  # fmt: skip
+    assert "1 running" in status.stdout and "w0@" in status.stdout, status.stdout + status.stderr
+    assert "farm: slow ctx=8 gen=5" in status.stdout  # what the worker is running
     worker.terminate()  # warm shutdown: the running job completes first
     worker.start()
     output, _ = submit.communicate(timeout=120)

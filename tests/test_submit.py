@@ -185,3 +185,53 @@ def test_missing_sweep_file_and_bad_cpus(tmp_path, db_path):
 def test_report_without_a_database_says_what_to_do(db_path):
     result = runner.invoke(app, ["report", "--db", str(db_path)])
     assert result.exit_code == 2 and "farm submit" in result.output
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path, tiny_model, db_path, cache_dir):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from tests.farm_harness import FARM, ROOT, farm_env, wait_for
+
+    backends = f"  - name: {FAULT}\n    mode: ok\n    step_s: 0.4\n"
+    grid = write_sweep(
+        tmp_path / "slow.yaml",
+        sweep_text(tiny_model, extra_backends=backends).replace(
+            "  - hf\n  - name: hf\n    dtype: bfloat16\n", ""
+        ),
+    )
+    args = [
+        FARM,
+        "submit",
+        "--grid",
+        str(grid),
+        "--db",
+        str(db_path),
+        "--cache-dir",
+        str(cache_dir),
+    ]
+    process = subprocess.Popen(args, env=farm_env(), cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+    def statuses():
+        try:
+            return [job.status for job, _ in rows(db_path)]
+        except Exception:  # the tables may not exist yet
+            return []
+
+    wait_for(lambda: "done" in statuses(), 120, "a first result")
+    started = time.monotonic()
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 130, output
+    assert time.monotonic() - started < 15
+    assert "finished results are kept" in output
+    assert statuses().count("done") >= 1 and "running" not in statuses()
+    resumed = subprocess.run(
+        args, env=farm_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert resumed.returncode == 0 and "already done: skipped" in resumed.stdout
+    assert statuses() == ["done", "done"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     args = parser.parse_args()
 
+    # Ctrl-C in a terminal reaches this process too; the orchestrator decides (and kills
+    # this process if it stops), so the job is not recorded as failed by a race.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     pin_process(parse_cpu_list(args.cpus))  # before anything imports torch
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints and C-level output must not corrupt the protocol

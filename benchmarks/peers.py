@@ -1,0 +1,169 @@
+"""whistle-stop's paths beside the peers a user might pick instead: CTranslate2 int8 and
+llama.cpp q8_0, on the same random GPT-2 small weights and prompt, interleaved.
+
+Every path is loaded once in this process (pinned to the CPUs it is given); then rounds
+of one timed greedy generation per path, in turn, so drift hits all paths alike.
+Prints decode tokens/s (median over rounds), time to first token, teacher-forced top-1
+agreement with transformers float32, and the ratio to transformers eager.
+
+Peers are optional: `pip install ctranslate2` (and `llama-cpp-python`, which builds
+llama.cpp); a peer that is not installed, or cannot load these weights, is skipped
+with the reason.
+
+    .venv/bin/python benchmarks/peers.py [--rounds 10] [--context 128] [--generation 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from common import CACHE, table
+
+from backends import registry
+from backends.sources import parse_model_source
+from backends.weights import materialize
+from worker.prompts import random_prompt
+
+OURS = {
+    "transformers eager fp32": ("hf", {}),
+    "onnx fp32": ("onnx", {}),
+    "onnx int8": ("onnx", {"quantize": "int8"}),
+    "onnx int8, fused attention": ("onnx", {"quantize": "int8", "fused_attention": True}),
+    "onnx int8 incl. LM head": (
+        "onnx",
+        {"quantize": "int8", "quantize_lm_head": True, "fused_attention": True},
+    ),
+    "onnx int4": ("onnx", {"quantize": "int4", "fused_attention": True}),
+}
+
+
+class CTranslate2Int8:
+    """CTranslate2's generator with int8 weights, converted from the same checkpoint."""
+
+    def __init__(self, model_dir: Path, threads: int, work: Path) -> None:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+
+        with_vocab = _with_synthetic_vocabulary(model_dir, work / "ct2-source")
+        out = work / "ct2-int8"
+        TransformersConverter(str(with_vocab)).convert(str(out), quantization="int8", force=True)
+        self.generator = ctranslate2.Generator(str(out), device="cpu", compute_type="int8",
+                                               intra_threads=threads, inter_threads=1)  # fmt: skip
+
+    def generate(self, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
+        tokens, times = [], []
+        steps = self.generator.generate_tokens([f"t{i}" for i in prompt], max_length=new_tokens,
+                                               sampling_topk=1, end_token=[])  # fmt: skip
+        for step in steps:
+            tokens.append(step.token_id)
+            times.append(time.perf_counter())
+        return tokens, times
+
+    def teacher_forced_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
+        sequence = [f"t{i}" for i in prompt + continuation[:-1]]
+        logits = np.array(self.generator.forward_batch([sequence]))[0]
+        return logits[len(prompt) - 1 :]
+
+
+def _with_synthetic_vocabulary(model_dir: Path, out: Path) -> Path:
+    """The checkpoint plus a word-level tokenizer "t0".."tN": converters read a vocabulary,
+    and random weights come with none. Token ids, the only thing timed, are unchanged."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    for file in model_dir.iterdir():
+        if file.is_file():
+            shutil.copy(file, out / file.name)
+    vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    vocab = {f"t{i}": i for i in range(vocab_size)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0").save_pretrained(out)
+    return out
+
+
+def load_peers(model_dir: Path, threads: int, work: Path) -> tuple[dict, list[str]]:
+    loaded, skipped = {}, []
+    try:
+        loaded["CTranslate2 int8"] = CTranslate2Int8(model_dir, threads, work)
+    except ImportError:
+        skipped.append("CTranslate2 int8: not installed (pip install ctranslate2)")
+    except Exception as error:  # a peer's own failure is reported, not fatal
+        skipped.append(f"CTranslate2 int8: {type(error).__name__}: {error}")
+    try:
+        import llama_cpp  # noqa: F401
+
+        skipped.append("llama.cpp q8_0: converting these weights to GGUF needs llama.cpp's "
+                       "convert_hf_to_gguf.py and a BPE tokenizer; not wired up yet")  # fmt: skip
+    except ImportError:
+        skipped.append("llama.cpp q8_0: not installed (pip install llama-cpp-python builds it)")
+    return loaded, skipped
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--generation", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    prompt = random_prompt(0, args.context, 50257)
+    paths = {}
+    for name, (backend, options) in OURS.items():
+        full = registry.entry(backend).options.model_validate(options).model_dump()
+        paths[name] = registry.load_class(backend)(model_dir, full, args.threads, CACHE)
+    work = Path(tempfile.mkdtemp(prefix="peers-"))
+    peers, skipped = load_peers(model_dir, args.threads, work)
+
+    reference = paths["transformers eager fp32"]
+    ref_tokens = reference.generate(prompt, args.generation).tokens
+    ref_logits = reference.teacher_forced_logits(prompt, ref_tokens[:64])
+    speeds, ttft = {n: [] for n in [*paths, *peers]}, {n: [] for n in [*paths, *peers]}
+    for round_index in range(args.rounds + 1):  # round 0 warms up every path
+        for name in speeds:
+            path = paths.get(name) or peers[name]
+            start = time.perf_counter()
+            result = path.generate(prompt, args.generation)
+            times = result.token_times if hasattr(result, "token_times") else result[1]
+            if round_index:
+                speeds[name].append((len(times) - 1) / (times[-1] - times[0]))
+                ttft[name].append(times[0] - start)
+        print(f"round {round_index}/{args.rounds}", file=sys.stderr)
+    base = statistics.median(speeds["transformers eager fp32"])
+    rows = []
+    for name in speeds:
+        path = paths.get(name) or peers[name]
+        logits = path.teacher_forced_logits(prompt, ref_tokens[:64])
+        agreement = float((logits.argmax(-1) == ref_logits.argmax(-1)).mean())
+        speed = statistics.median(speeds[name])
+        rows.append([name, f"{speed:.1f}", f"{1e3 * statistics.median(ttft[name]):.0f}",
+                     f"{agreement:.2f}", f"{speed / base:.2f}x"])  # fmt: skip
+    print(
+        table(
+            ["path", "decode tok/s", "time to first token ms", "top-1 agreement", "vs eager"], rows
+        )
+    )
+    print(f"random:gpt2, context {args.context}, {args.generation} greedy tokens, {args.threads} threads, "
+          f"medians of {args.rounds} interleaved rounds")  # fmt: skip
+    for line in skipped:
+        print("skipped " + line)
+
+
+if __name__ == "__main__":
+    main()
