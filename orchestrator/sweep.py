@@ -170,11 +170,6 @@ def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
 
 def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
     """A text prompt needs a tokenizer and a text; the text itself goes into the specs."""
-    if "slow" in sweep.tokenizers:
-        raise SweepError(
-            f"{origin}: tokenizers: 'slow' is not available: transformers 5 removed the "
-            "Python (slow) tokenizers and always uses the Rust one; use [fast]"
-        )
     if sweep.prompt == "ids":
         if sweep.prompt_text is not None:
             raise SweepError(f"{origin}: prompt_text is set but prompt is 'ids'; add prompt: text")
@@ -185,6 +180,15 @@ def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
         raise SweepError(
             f"{origin}: prompt: text needs a tokenizer, and {sweep.model} has none; "
             "use a local model directory or hub id that ships one"
+        )
+    if (
+        "slow" in sweep.tokenizers
+        and source.kind == "local"
+        and not all((Path(source.ref) / name).exists() for name in ("vocab.json", "merges.txt"))
+    ):
+        raise SweepError(
+            f"{origin}: tokenizers: 'slow' (GPT-2's Python BPE) reads vocab.json and merges.txt, "
+            f"which {source.ref} lacks; use [fast]"
         )
     path = Path(sweep.prompt_text).expanduser()
     if "\n" not in sweep.prompt_text and len(sweep.prompt_text) < 4096 and path.is_file():

@@ -22,14 +22,18 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def model_with_tokenizer(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     directory = tmp_path_factory.mktemp("tiny-with-tokenizer")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    tokenizer.train_from_iterator([TEXT], trainer)
+    tokenizer.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(directory)
+    tokenizer.model.save(str(directory))  # vocab.json + merges.txt, for the slow tokenizer
     save_tiny_gpt2(directory, vocab_size=300, n_positions=64)
     (directory / "eval.txt").write_text(TEXT)
     return directory
@@ -127,10 +131,6 @@ def test_a_text_prompt_times_tokenization_and_detokenization(model_with_tokenize
     [
         ("prompt: text", "prompt: text needs prompt_text"),
         ("prompt_text: hi", "prompt_text is set but prompt is 'ids'"),
-        (
-            "prompt: text\nprompt_text: hi\ntokenizers: [fast, slow]",
-            "transformers 5 removed the Python (slow) tokenizers",
-        ),
     ],
 )
 def test_bad_text_prompts(model_with_tokenizer, extra, message):
@@ -151,3 +151,35 @@ def test_a_text_prompt_needs_a_model_with_a_tokenizer():
         parse_sweep(
             "backends: [hf]\nprompt: text\nprompt_text: hi", origin="s.yaml", default_name="s"
         )
+
+
+def test_the_slow_tokenizer_gives_the_fast_ones_ids(model_with_tokenizer):
+    from transformers import AutoTokenizer
+
+    from worker.slow_tokenizer import SlowBPETokenizer
+
+    fast = AutoTokenizer.from_pretrained(model_with_tokenizer)
+    slow = SlowBPETokenizer(model_with_tokenizer)
+    for text in (TEXT[:300], "Greedy  decoding, 42 times: isn't it?\n\nYes!", "unseen wörds ✓"):
+        assert slow(text)["input_ids"] == fast(text)["input_ids"]
+        assert slow.decode(slow(text)["input_ids"]) == text
+
+
+def test_the_tokenizer_axis_runs_fast_and_slow(model_with_tokenizer, tmp_path):
+    from orchestrator.sweep import parse_sweep
+    from worker.runner import run_job
+
+    sweep = parse_sweep(
+        f"model: {model_with_tokenizer}\nbackends: [hf]\ncontext_sizes: [12]\ngeneration_lengths: [4]\n"
+        "threads: [1]\nrepeats: 2\nwarmups: 0\nfidelity_tokens: 0\nprompt: text\n"
+        "prompt_text: the farm measures fast inference\ntokenizers: [fast, slow]",
+        origin="s.yaml", default_name="s",
+    )  # fmt: skip
+    assert sorted(job.tokenizer for job in sweep.jobs) == ["fast", "slow"]
+    payloads = {
+        job.tokenizer: run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")
+        for job in sweep.jobs
+    }
+    assert all(p["status"] == "done" for p in payloads.values()), payloads
+    assert payloads["fast"]["tokens"] == payloads["slow"]["tokens"]  # the same prompt ids
+    assert all(p["metrics"]["tokenize_ms"] > 0 for p in payloads.values())

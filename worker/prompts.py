@@ -20,10 +20,15 @@ def random_prompt(seed: int, context: int, vocab_size: int) -> list[int]:
 class TextPrompt:
     """A text whose tokens (repeated as needed) fill exactly `context` positions."""
 
-    def __init__(self, model_dir: Path, text: str, context: int) -> None:
-        from transformers import AutoTokenizer
+    def __init__(self, model_dir: Path, text: str, context: int, kind: str = "fast") -> None:
+        if kind == "slow":
+            from worker.slow_tokenizer import SlowBPETokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+            self.tokenizer = SlowBPETokenizer(model_dir)
+        else:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
         self.text, self.context = text, context
         ids = self.tokenizer(text)["input_ids"]
         if not ids:

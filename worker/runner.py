@@ -67,7 +67,9 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
     load_s = time.perf_counter() - clock
     model_rss_bytes = _rss_bytes() - rss_before_load
 
-    text = TextPrompt(model_dir, job.prompt_text, job.context) if job.prompt_text else None
+    text = None
+    if job.prompt_text:
+        text = TextPrompt(model_dir, job.prompt_text, job.context, job.tokenizer)
     prompt = text.ids if text else random_prompt(job.seed, job.context, _vocab_size(model_dir))
     reference = None
     if job.fidelity_tokens and hasattr(backend, "teacher_forced_logits"):
