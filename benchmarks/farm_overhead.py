@@ -35,7 +35,9 @@ from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
 quiet = Console(quiet=True)
 
 
-def sweep_text(model: Path, name: str, seed: int, contexts: list[int], generation: int) -> str:
+def sweep_text(
+    model: Path | str, name: str, seed: int, contexts: list[int], generation: int
+) -> str:
     return f"""
 name: {name}
 model: {model}
@@ -88,12 +90,14 @@ def main() -> None:
             )
             overheads = [asyncio.run(one_job_overhead(model, redis.url(), str(tmp / "o.db"), seed))
                          for seed in range(args.jobs)]  # fmt: skip
-            print(
-                f"per-job overhead over {args.jobs} one-job sweeps: median {statistics.median(overheads):.2f} s, "
-                f"p10 {sorted(overheads)[len(overheads) // 10]:.2f} s, max {max(overheads):.2f} s"
-            )
+            if overheads:
+                print(
+                    f"per-job overhead over {args.jobs} one-job sweeps: median {statistics.median(overheads):.2f} s, "
+                    f"p10 {sorted(overheads)[len(overheads) // 10]:.2f} s, max {max(overheads):.2f} s"
+                )
 
-            contexts = [16 * (i + 1) for i in range(args.sweep_jobs)]
+            # GPT-2 small, one thread per job: jobs long enough that workers, not the queue, dominate
+            contexts = [32 + 8 * i for i in range(args.sweep_jobs)]
             for count in (1, 2):
                 if count == 2:
                     workers.append(
@@ -102,7 +106,7 @@ def main() -> None:
                         ).start()
                     )
                 plan = parse_sweep(
-                    sweep_text(model, f"scale-{count}", 0, contexts, 256),
+                    sweep_text("random:gpt2", f"scale-{count}", 0, contexts, 64),
                     origin="-",
                     default_name="-",
                 )
