@@ -1,4 +1,7 @@
-"""`farm`: the whistle-stop command line. Each command is a thin wrapper around one function."""
+"""`farm`: the whistle-stop command line. Each command is a thin wrapper around one function.
+
+Running sweeps and workers lives here; reading results in orchestrator/cli_reports.py.
+"""
 
 from __future__ import annotations
 
@@ -8,49 +11,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from worker.pinning import CpuSetError
-
-app = typer.Typer(
-    help="whistle-stop: a benchmark farm for fast GPT inference on CPUs.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-    pretty_exceptions_enable=False,  # a plain traceback: short, and pastes into an issue
+from orchestrator import cli_reports  # noqa: F401  (registers the report commands)
+from orchestrator.cli_common import (
+    DEFAULT_CACHE,
+    BrokerOption,
+    CacheOption,
+    DbOption,
+    QueueOption,
+    app,
+    console,
+    fail,
+    sessions,
 )
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
-
-DbOption = Annotated[
-    str,
-    typer.Option(
-        "--db",
-        help="SQLite file path or any SQLAlchemy URL for the results database.",
-        envvar="FARM_DB_URL",
-    ),
-]
-CacheOption = Annotated[
-    Path,
-    typer.Option(
-        help="Where workers keep materialised models and exported artifacts.",
-        envvar="FARM_CACHE_DIR",
-    ),
-]
-BrokerOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Redis URL of the Celery broker, e.g. redis://host:6379/0. "
-        "Without one, jobs run here on the embedded default.",
-        envvar="FARM_BROKER_URL",
-    ),
-]
-QueueOption = Annotated[str, typer.Option(help="Celery queue the jobs go through.")]
-DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
-    return typer.Exit(code)
+from worker.pinning import CpuSetError
 
 
 @app.command()
@@ -93,7 +67,7 @@ def submit(
     if broker:
         _submit_farm(plan, db, broker, queue, rerun, wait)
         return
-    sessions = _sessions(db)
+    factory = sessions(db)
     console.print(
         f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
         f"{len(cpu_sets)} embedded worker(s) pinned to {_sets(cpu_sets)}"
@@ -101,7 +75,7 @@ def submit(
     try:
         summary = asyncio.run(
             submit_embedded(
-                plan, sessions, cpu_sets=cpu_sets, cache_dir=cache_dir, rerun=rerun, console=console
+                plan, factory, cpu_sets=cpu_sets, cache_dir=cache_dir, rerun=rerun, console=console
             )
         )
     except KeyboardInterrupt:
@@ -121,7 +95,7 @@ def _submit_farm(plan, db: str, broker: str, queue: str, rerun: bool, wait: bool
         summary = asyncio.run(
             submit_farm(
                 plan,
-                lambda: _sessions(db),
+                lambda: sessions(db),
                 broker_url=broker,
                 queue=queue,
                 rerun=rerun,
@@ -223,7 +197,7 @@ def collect(
         raise fail("farm collect needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
     try:
         summary = asyncio.run(
-            collect_results(sweep, _sessions(db), broker_url=broker, wait=wait, console=console)
+            collect_results(sweep, sessions(db), broker_url=broker, wait=wait, console=console)
         )
     except BrokerError as error:
         raise fail(str(error)) from None
@@ -242,7 +216,7 @@ def status(
     from orchestrator.report import ReportError, find_sweep
 
     if "://" in db or Path(db).exists():
-        with _sessions(db)() as session:
+        with sessions(db)() as session:
             try:
                 found = find_sweep(session, sweep)
             except ReportError as error:
@@ -264,178 +238,6 @@ def status(
             console.print("no workers answered")
         for name, running in sorted(workers.items()):
             console.print(f"  {name}: {', '.join(running) or 'idle'}", highlight=False)
-
-
-def _open_existing(db: str):
-    if "://" not in db and not Path(db).exists():
-        raise fail(f"no database at {db}; run `farm submit --grid FILE` first, or pass --db")
-    return _sessions(db)()
-
-
-def _write(text: str, out: Path | None) -> None:
-    if out:
-        out.write_text(text)
-        console.print(f"wrote {out}")
-    else:
-        typer.echo(text, nl=not text.endswith("\n"))
-
-
-@app.command()
-def report(
-    *,
-    sweep: Annotated[
-        list[str] | None, typer.Option(help="Sweep name; repeat for several (default: the latest).")
-    ] = None,
-    all_sweeps: Annotated[bool, typer.Option("--all", help="Every sweep in the database.")] = False,
-    backend: Annotated[
-        list[str] | None, typer.Option(help="Only this backend (name or label); repeatable.")
-    ] = None,
-    host: Annotated[list[str] | None, typer.Option(help="Only results from this host.")] = None,
-    where: Annotated[
-        list[str] | None, typer.Option(help="Only rows where KEY=VALUE, e.g. context=128.")
-    ] = None,
-    group_by: Annotated[
-        str | None, typer.Option(help="One table per value of this column, e.g. host.")
-    ] = None,
-    pivot: Annotated[
-        str | None,
-        typer.Option(help="ROWS:COLUMNS:VALUE, e.g. label:generation:decode_tokens_per_s."),
-    ] = None,
-    baseline: Annotated[
-        str, typer.Option(help="Backend (name or label) the speedup column compares against.")
-    ] = "hf",
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="table, markdown, csv, json or html.")
-    ] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
-    db: DbOption = "farm.db",
-) -> None:
-    """Print results, one row per job, failed jobs included.
-
-    Columns: prefill and decode times, tokens/s, speedup over --baseline, agreement
-    with float32 (teacher-forced top-1, KL), share of the memory roofline, CV (with a
-    noisy flag) and status. HTML is one self-contained page with the plots inline.
-    """
-    from orchestrator.render import FORMATS
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import ReportRequest
-    from orchestrator.reporting import report as make_report
-
-    if format not in FORMATS:
-        raise fail(f"unknown --format {format!r}; use one of: {', '.join(FORMATS)}")
-    request = ReportRequest(
-        sweeps=sweep or [], every=all_sweeps, backends=backend or [], hosts=host or [],
-        where=where or [], group_by=group_by, pivot=pivot, baseline=baseline, fmt=format,
-    )  # fmt: skip
-    with _open_existing(db) as session:
-        try:
-            text = make_report(session, request, console)
-        except ReportError as error:
-            raise fail(str(error)) from None
-    if text is not None:
-        _write(text, out)
-
-
-@app.command()
-def sweeps(*, db: DbOption = "farm.db") -> None:
-    """List the sweeps: when, how many jobs done, failed and pending, and on which hosts."""
-    from orchestrator.reporting import sweeps_table
-
-    with _open_existing(db) as session:
-        console.print(sweeps_table(session))
-
-
-@app.command()
-def show(
-    job: Annotated[str, typer.Argument(help="Job id, or its key (or a unique prefix of it).")],
-    *,
-    db: DbOption = "farm.db",
-) -> None:
-    """Print one job: spec, status, environment, figures, raw samples and error (JSON)."""
-    import json
-
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import show_job
-
-    with _open_existing(db) as session:
-        try:
-            typer.echo(json.dumps(show_job(session, job), indent=2))
-        except ReportError as error:
-            raise fail(str(error)) from None
-
-
-@app.command()
-def plot(
-    *,
-    out: Annotated[Path, typer.Option(help="Directory for the PNG files.")],
-    sweep: Annotated[str | None, typer.Option(help="Sweep name (default: the latest).")] = None,
-    baseline: Annotated[
-        str, typer.Option(help="Backend the speedup labels compare against.")
-    ] = "hf",
-    db: DbOption = "farm.db",
-) -> None:
-    """Write the sweep's figures as PNG: latency against generation length, decode speed,
-    prefill against context, speed against fidelity, and the roofline share.
-
-    A figure whose data is missing (one context size only, say) is skipped, with the reason.
-    """
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import write_plots
-
-    with _open_existing(db) as session:
-        try:
-            lines = write_plots(session, sweep, out, baseline)
-        except ReportError as error:
-            raise fail(str(error)) from None
-    for line in lines:
-        console.print(line, highlight=False)
-
-
-def _fraction(text: str) -> float:
-    """'5%' or '0.05' -> 0.05."""
-    try:
-        return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a fraction; write 5% or 0.05") from None
-
-
-@app.command(name="compare")
-def compare_sweeps(
-    a: Annotated[str, typer.Argument(help="The sweep before (the reference).")],
-    b: Annotated[str, typer.Argument(help="The sweep after.")],
-    *,
-    threshold: Annotated[
-        str, typer.Option(help="Smallest change that counts, e.g. 5% or 0.05.")
-    ] = "5%",
-    fail_above: Annotated[
-        str | None,
-        typer.Option(help="Exit 1 if any regression is worse than this (e.g. 5%): a CI gate."),
-    ] = None,
-    db: DbOption = "farm.db",
-) -> None:
-    """Compare the same jobs in two sweeps, metric by metric, with a significance test
-    (Mann-Whitney U on the raw repeats). Jobs present in only one sweep are listed."""
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import comparison
-
-    limit = _fraction(fail_above) if fail_above else None
-    with _open_existing(db) as session:
-        try:
-            table, notes, worst = comparison(session, a, b, _fraction(threshold))
-        except ReportError as error:
-            raise fail(str(error)) from None
-    render_out = console if console.is_terminal else Console(width=200, file=console.file)
-    render_out.print(table)
-    for note in notes:
-        console.print(note, highlight=False, markup=False)
-    if limit is not None and worst > limit:
-        raise fail(f"a regression of {worst:.1%} is above --fail-above {limit:.1%}", code=1)
-
-
-def _sessions(db: str):
-    from db.session import make_session_factory
-
-    return make_session_factory(db)
 
 
 def _sets(cpu_sets: list[list[int]]) -> str:
