@@ -188,8 +188,10 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(t)
         # inference-time mini-optimization: only forward the lm_head on the very last position
-        x = self.transformer.ln_f(x[:, -1, :])  # (b, n_embd)
-        return self.lm_head(x)  # (b, vocab_size)
+        # (keeping the time dim, as nanoGPT does: exported, the head is then a MatMul, which
+        # dynamic int8 quantization handles, not a Gemm, which it would silently skip)
+        x = self.transformer.ln_f(x[:, [-1], :])  # (b, 1, n_embd)
+        return self.lm_head(x)[:, 0, :]  # (b, vocab_size)
 
     @classmethod
     def from_hf_state_dict(cls, config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:

@@ -147,3 +147,28 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
     monkeypatch.delitem(sys.modules, "backends.onnx", raising=False)
     with pytest.raises(registry.MissingDependencyError, match="pip install onnxruntime"):
         registry.load_class("onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", [False, True])
+def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, fused):
+    import onnx
+
+    from backends.onnx_export import onnx_artifact
+    from backends.weights import weights_digest
+
+    def quantized_matmuls(lm_head: bool) -> int:
+        options = (
+            registry.entry("onnx")
+            .options.model_validate(
+                {"quantize": "int8", "quantize_lm_head": lm_head, "fused_attention": fused}
+            )
+            .model_dump()
+        )
+        artifact = onnx_artifact(
+            tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
+        )
+        ops = [node.op_type for node in onnx.load(str(artifact.path)).graph.node]
+        return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
+
+    assert quantized_matmuls(True) == quantized_matmuls(False) + 1 == 2 * 4 + 1
