@@ -178,6 +178,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
         """idx (B, T) new token ids -> logits (B, vocab) for the next token after them."""
+        return self.lm_head(self.last_hidden(idx, cache))[:, 0, :]
+
+    def last_hidden(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """idx (B, T) -> the final hidden state of the last position, (B, 1, n_embd)."""
         b, t = idx.size()
         past = cache.length if cache is not None else 0
         assert past + t <= self.config.block_size, f"{past + t} tokens > {self.config.block_size}"
@@ -188,10 +192,7 @@ class GPT(nn.Module):
         if cache is not None:
             cache.advance(t)
         # inference-time mini-optimization: only forward the lm_head on the very last position
-        # (keeping the time dim, as nanoGPT does: exported, the head is then a MatMul, which
-        # dynamic int8 quantization handles, not a Gemm, which it would silently skip)
-        x = self.transformer.ln_f(x[:, [-1], :])  # (b, 1, n_embd)
-        return self.lm_head(x)[:, 0, :]  # (b, vocab_size)
+        return self.transformer.ln_f(x[:, [-1], :])  # (b, 1, n_embd)
 
     @classmethod
     def from_hf_state_dict(cls, config: GPTConfig, state: dict[str, torch.Tensor]) -> GPT:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from backends.artifacts import build_once, dir_bytes
 
-EXPORT_FORMAT = 2  # bump when the exported graph changes (2: the LM head is a MatMul)
+EXPORT_FORMAT = 3  # bump when the exported graph changes (3: the LM head, a MatMul on a constant)
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
 
@@ -94,10 +94,14 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
         def __init__(self, gpt):
             super().__init__()
             self.gpt = gpt
+            # The LM head as its own (n_embd, vocab) constant: a MatMul on it is what dynamic
+            # int8 quantizes (a Gemm is skipped), and hidden @ wte.T would export a Transpose
+            # of the 154 MB tied weight that runs on every step.
+            self.register_buffer("head", gpt.lm_head.weight.detach().t().contiguous())
 
         def forward(self, input_ids, past_k, past_v):
             cache = ConcatCache(past_k, past_v)
-            logits = self.gpt(input_ids, cache)
+            logits = (self.gpt.last_hidden(input_ids, cache) @ self.head)[:, 0, :]
             return logits, torch.stack(cache.present_k), torch.stack(cache.present_v)
 
     gpt = load_gpt(model_dir)

@@ -172,3 +172,27 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
         return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
 
     assert quantized_matmuls(True) == quantized_matmuls(False) + 1 == 2 * 4 + 1
+
+
+@pytest.mark.slow
+def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
+    """No per-step work on the 154 MB head weight: its MatMul reads an initializer directly."""
+    import onnx
+
+    from backends.onnx_export import onnx_artifact
+    from backends.weights import weights_digest
+
+    options = registry.entry("onnx").options.model_validate({}).model_dump()
+    graph = onnx.load(
+        str(
+            onnx_artifact(
+                tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
+            ).path
+        )
+    ).graph
+    constants = {init.name for init in graph.initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    node = producers[graph.output[0].name]
+    while node.op_type != "MatMul":
+        node = producers[node.input[0]]
+    assert node.input[1] in constants
