@@ -193,6 +193,6 @@ def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
     constants = {init.name for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
     node = producers[graph.output[0].name]
-    while node.op_type != "MatMul":
+    while node.op_type not in ("MatMul", "Gemm"):
         node = producers[node.input[0]]
     assert node.input[1] in constants
