@@ -46,9 +46,11 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
     versions = {tool: metadata.version(tool) for tool in TOOLS}
     fused = bool(options.get("fused_attention"))
     # The LM head: a float head runs fastest as a Gemm on the tied weight (fp32 GPT-2 small:
-    # 54 against 46 tok/s); a head to be quantized must be a MatMul on its own constant,
-    # since ONNX Runtime's quantizer turns a Gemm into a MatMul it no longer excludes by name.
-    head = "matmul" if options.get("quantize", "none") != "none" else "gemm"
+    # 54 against 46 tok/s); a head to be quantized must be a MatMul on its own constant, and
+    # so must any head under int8, whose quantizer turns a Gemm into a MatMul that it then
+    # no longer excludes by name.
+    quantized_head = options.get("quantize") == "int8" or options.get("quantize_lm_head")
+    head = "matmul" if quantized_head else "gemm"  # int4 leaves a Gemm alone: float it stays
     steps = [("export", {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head})]
     if options.get("optimize"):
         steps.append(("optimize", {}))
