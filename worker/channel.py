@@ -134,8 +134,12 @@ class WorkerChannel:
                 self.redis.delete(key)
 
     def _retrying(self, call, *args, deadline_s: float = 600, **kwargs) -> Any:
-        """Redis may be restarting: retry with backoff instead of losing a result."""
-        started, delay = time.monotonic(), 0.5
+        """Redis may be restarting: retry instead of losing a result.
+
+        The backoff stays short (at most 1 s): a restart takes seconds, and each second
+        spent waiting past it counts against the job's time limit.
+        """
+        started, delay = time.monotonic(), 0.25
         while True:
             try:
                 return call(*args, **kwargs)
@@ -143,7 +147,7 @@ class WorkerChannel:
                 if time.monotonic() - started > deadline_s:
                     raise
                 time.sleep(delay)
-                delay = min(delay * 2, 5)
+                delay = min(delay * 2, 1)
 
 
 def holder_name() -> str:

@@ -2,14 +2,17 @@
 
 The steps, in order: check the CPU set; check the broker; claim the CPUs on this
 host (refusing an overlap with a live worker); pin and size the thread pools
-before anything imports torch; run the Celery worker until it is stopped;
-release the CPUs.
+before anything imports torch; measure the CPU set's memory bandwidth once (in a
+child, so this process never imports torch); run the Celery worker until it is
+stopped; release the CPUs.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -56,6 +59,7 @@ def serve(
     os.environ["OMP_NUM_THREADS"] = str(threads or len(cpu_set))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, FarmSettings()
+    _calibrate_bandwidth(cpu_set, cache_dir)
 
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_claim, args=(channel, cpu_set, node, stop), daemon=True)
@@ -72,6 +76,24 @@ def serve(
             channel.release_cpus(cpu_set, node)
         except redis.RedisError:
             pass  # the claims lapse on their own
+
+
+def _calibrate_bandwidth(cpus: list[int], cache_dir: Path) -> None:
+    """Measure the bandwidth the roofline needs now, not inside the first job.
+
+    It takes seconds once per host and CPU set (then it is cached); inside a job it
+    would eat into that job's time limit and make the first job look slow. The child
+    inherits this process's pinning.
+    """
+    code = (
+        "import sys; from pathlib import Path; from worker.roofline import cached_bandwidth; "
+        "cached_bandwidth(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))"
+    )
+    cpu_list = format_cpu_list(cpus)
+    print(f"memory bandwidth of CPUs {cpu_list}: measuring if not cached ...", flush=True)
+    done = subprocess.run([sys.executable, "-c", code, cpu_list, str(len(cpus)), str(cache_dir)])
+    if done.returncode != 0:  # not fatal: the first job measures it instead
+        print("memory bandwidth: the measurement failed; the first job will retry it")
 
 
 def _node_name(name: str | None, cpus: list[int]) -> str:
