@@ -75,9 +75,14 @@ class StepwiseBackend:
     def step(self, token: int) -> Any:
         raise NotImplementedError
 
+    def reserve(self, total_tokens: int) -> None:
+        """Called before prefill with the length the sequence will reach, for backends
+        whose cache has a fixed capacity (sized once, then reused by later calls)."""
+
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         tokens: list[int] = []
         times: list[float] = []
+        self.reserve(len(prompt) + new_tokens - 1)  # the last token is never fed back
         logits = self.prefill(prompt)
         for index in range(new_tokens):
             token = int(logits.argmax())
@@ -92,6 +97,7 @@ class StepwiseBackend:
         fed in turn (whatever this backend would have chosen): (len(continuation), vocab)."""
         import numpy as np
 
+        self.reserve(len(prompt) + len(continuation) - 1)
         rows = [to_numpy(self.prefill(prompt))]
         for token in continuation[:-1]:
             rows.append(to_numpy(self.step(token)))

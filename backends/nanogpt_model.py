@@ -6,10 +6,11 @@ What differs from nanoGPT, and why:
 - inference only: no dropout, no loss, no optimizer;
 - a KV cache. nanoGPT's generate() re-runs the whole context for every new token,
   so step t costs O(t); with a cache a step feeds one token and reads the keys and
-  values of the earlier ones. Two caches share one interface (`update`):
-  `PreallocatedCache` writes into buffers allocated once (no per-step copies, for
-  eager PyTorch) and `ConcatCache` returns past+new as fresh tensors (the
-  functional form an ONNX graph with past/present inputs and outputs needs);
+  values of the earlier ones. Caches share one interface (`length`, `update`,
+  `advance`): `PreallocatedCache` writes into buffers allocated once (no per-step
+  copies, for eager PyTorch) and `ConcatCache` returns past+new as fresh tensors (the
+  functional form an ONNX graph with past/present inputs and outputs needs; the
+  in-place form for ONNX is `ScatterCache` in backends/onnx_graph.py);
 - greedy decoding lives in backends/base.py, not here.
 Parameter names follow the GPT-2 checkpoint keys (c_attn, c_proj, wte, ln_f), so
 loading a transformers checkpoint is a copy by name (with Conv1D weights transposed).
@@ -70,6 +71,9 @@ class ConcatCache:
         self.present_v.append(v)
         return k, v
 
+    def mask(self, new: int, total: int) -> torch.Tensor:
+        return causal_mask(new, total)
+
     def advance(self, tokens: int) -> None:
         self.length += tokens
 
@@ -102,7 +106,7 @@ class CausalSelfAttention(nn.Module):
             past = cache.length
             k, v = cache.update(layer, k, v)  # (B, nh, past + T, hs)
         if cache is not None and cache.exporting:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, k.size(2)))
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask(T, k.size(2)))
         elif T == 1:
             # one new token may attend to every cached one: no mask at all
             y = F.scaled_dot_product_attention(q, k, v)
@@ -183,9 +187,10 @@ class GPT(nn.Module):
     def last_hidden(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
         """idx (B, T) -> the final hidden state of the last position, (B, 1, n_embd)."""
         b, t = idx.size()
-        past = cache.length if cache is not None else 0
-        assert past + t <= self.config.block_size, f"{past + t} tokens > {self.config.block_size}"
-        pos = torch.arange(past, past + t, dtype=torch.long)  # shape (t)
+        past = cache.length if cache is not None else 0  # an int, or a (1,) tensor in a graph
+        if isinstance(past, int):
+            assert past + t <= self.config.block_size, f"{past + t} > {self.config.block_size}"
+        pos = torch.arange(t, dtype=torch.long) + past  # shape (t)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (b, t, n_embd)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, layer, cache)

@@ -1,9 +1,13 @@
 """`onnx`: our GPT exported with past/present, run by ONNX Runtime in a greedy loop.
 
-The present keys/values a step returns are fed back as the next step's past.
-With `io_binding` (the default) they stay ORT values bound from output to input,
-never converted to numpy in between; `io_binding: false` is the plain `run()`
+`kv_cache: concat`: the present keys/values a step returns are fed back as the next
+step's past. With `io_binding` (the default) they stay ORT values bound from output to
+input, never converted to numpy in between; `io_binding: false` is the plain `run()`
 loop, kept so the difference can be measured rather than assumed.
+
+`kv_cache: in_place`: one buffer per layer for keys and one for values, sized to the
+sequence, each bound as both the past input and the present output, so ONNX Runtime
+writes each new token into it and nothing is copied (see backends/onnx_graph.py).
 """
 
 from __future__ import annotations
@@ -62,12 +66,24 @@ class OnnxBackend(StepwiseBackend):
         )
         self.io_binding = options.get("io_binding", True)
         self.past: tuple[Any, Any] | None = None
+        if options.get("kv_cache") == "in_place":
+            self.in_place = InPlaceCache(self.session, config)
+
+    in_place: InPlaceCache | None = None
+
+    def reserve(self, total_tokens: int) -> None:
+        if self.in_place is not None:
+            self.in_place.reserve(total_tokens)
 
     def prefill(self, prompt: list[int]) -> np.ndarray:
+        if self.in_place is not None:
+            return self.in_place.run(np.array([prompt], dtype=np.int64), start=True)
         empty = ort.OrtValue.ortvalue_from_numpy(self.empty_past)
         return self._run(np.array([prompt], dtype=np.int64), empty, empty)
 
     def step(self, token: int) -> np.ndarray:
+        if self.in_place is not None:
+            return self.in_place.run(np.array([[token]], dtype=np.int64))
         return self._run(np.array([[token]], dtype=np.int64), *self.past)
 
     def _run(self, input_ids: np.ndarray, past_k, past_v) -> np.ndarray:
@@ -91,3 +107,51 @@ class OnnxBackend(StepwiseBackend):
 
 def _numpy(value) -> np.ndarray:
     return value.numpy() if isinstance(value, ort.OrtValue) else value
+
+
+class InPlaceCache:
+    """The per-layer key/value buffers of an in-place graph, bound once as both past input
+    and present output; each run binds only the new ids and where to write them."""
+
+    def __init__(self, session: ort.InferenceSession, config: dict) -> None:
+        self.session, self.block_size = session, config["n_positions"]
+        self.shape = (1, config["n_head"], 0, config["n_embd"] // config["n_head"])
+        self.names = [i.name.removeprefix("past_") for i in session.get_inputs()[2:]]
+        self.capacity, self.length = 0, 0
+        self.binding: ort.IOBinding | None = None
+
+    def reserve(self, total_tokens: int) -> None:
+        """Buffers of exactly this capacity: attention reads the whole buffer every step, so
+        a larger one costs time (a smaller one is grown, with one copy, if a run needs it)."""
+        total_tokens = min(max(total_tokens, 2), self.block_size)
+        if total_tokens != self.capacity:
+            self._allocate(total_tokens, keep=0)
+
+    def run(self, input_ids: np.ndarray, start: bool = False) -> np.ndarray:
+        if start:
+            self.length = 0
+        needed = self.length + input_ids.shape[1]
+        if needed > self.capacity:  # nobody reserved enough: grow, keeping what is written
+            self._allocate(min(max(needed, 2 * self.capacity), self.block_size), self.length)
+        self.ids, self.write_index = input_ids, np.array([self.length], dtype=np.int64)
+        self.binding.bind_cpu_input("input_ids", self.ids)  # ORT reads these arrays in place:
+        self.binding.bind_cpu_input("write_index", self.write_index)  # keep them alive
+        self.session.run_with_iobinding(self.binding)
+        self.length = needed
+        # a copy: the binding reuses its logits buffer, and callers keep earlier rows
+        return self.binding.get_outputs()[0].numpy()[0].copy()
+
+    def _allocate(self, capacity: int, keep: int) -> None:
+        old = self.buffers if self.binding is not None else None
+        shape = (*self.shape[:2], capacity, self.shape[3])
+        self.buffers = [np.zeros(shape, np.float32) for _ in self.names]
+        if old is not None and keep:
+            for new, previous in zip(self.buffers, old, strict=True):
+                new[:, :, :keep] = previous[:, :, :keep]
+        self.binding = self.session.io_binding()
+        self.binding.bind_output("logits", "cpu")  # first: outputs come back in binding order
+        self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]  # shared memory
+        for name, value in zip(self.names, self.values, strict=True):
+            self.binding.bind_ortvalue_input(f"past_{name}", value)
+            self.binding.bind_ortvalue_output(f"present_{name}", value)  # the same memory
+        self.capacity = capacity

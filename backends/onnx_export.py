@@ -51,12 +51,17 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
     # no longer excludes by name.
     quantized_head = options.get("quantize") == "int8" or options.get("quantize_lm_head")
     head = "matmul" if quantized_head else "gemm"  # int4 leaves a Gemm alone: float it stays
-    steps = [("export", {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head})]
+    export = {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head}
+    if options.get("kv_cache") == "in_place":  # the concat form keeps its earlier cache key
+        export |= {"opset": 24, "kv_cache": "in_place"}
+    steps = [("export", export)]
     if options.get("optimize"):
         steps.append(("optimize", {}))
     if options.get("quantize", "none") != "none":
         quantize_keys = ("quantize", "per_channel", "quantize_lm_head")
         quantize = {key: options[key] for key in quantize_keys} | {"op_types": ["MatMul", "Gemm"]}
+        if options.get("reduce_range"):  # absent when off: earlier artifacts keep their keys
+            quantize["reduce_range"] = True
         if options["quantize"] == "int4":
             quantize["accuracy_level"] = 4  # part of the key: a rebuild when it changes
         steps.append(("quantize", quantize))
@@ -87,48 +92,28 @@ def _checked(builder, model_dir: Path, source: Path | None, options: dict, out: 
 
 
 def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> None:
-    """Opset 20 decomposes attention into MatMul/Softmax/...; at opset 23 the exporter
-    emits ONNX's own Attention op (with past key/values), which ONNX Runtime runs fused."""
+    """Opset 20 decomposes attention into MatMul/Softmax/...; from opset 23 the exporter
+    emits ONNX's own Attention op, which ONNX Runtime runs fused. The in-place cache
+    needs opset 24 (TensorScatter)."""
     import torch
 
     from backends.nanogpt import load_gpt
-    from backends.nanogpt_model import ConcatCache
-
-    class WithPast(torch.nn.Module):
-        """(input_ids, past_k, past_v) -> (logits, present_k, present_v)."""
-
-        def __init__(self, gpt, head: str):
-            super().__init__()
-            self.gpt, self.head_form = gpt, head
-            # For a MatMul, the head gets its own (n_embd, vocab) constant: hidden @ wte.T
-            # would export a Transpose of the 154 MB tied weight that runs on every step.
-            self.register_buffer("head", gpt.lm_head.weight.detach().t().contiguous())
-
-        def forward(self, input_ids, past_k, past_v):
-            cache = ConcatCache(past_k, past_v)
-            hidden = self.gpt.last_hidden(input_ids, cache)  # (1, 1, n_embd)
-            if self.head_form == "gemm":
-                logits = torch.nn.functional.linear(hidden[:, 0, :], self.gpt.lm_head.weight)
-            else:
-                logits = (hidden @ self.head)[:, 0, :]
-            return logits, torch.stack(cache.present_k), torch.stack(cache.present_v)
+    from backends.onnx_graph import TRANSLATIONS, ConcatGraph, ScatterGraph, sample_inputs
 
     gpt = load_gpt(model_dir)
-    config = gpt.config
-    head_size = config.n_embd // config.n_head
-    # sample shapes: 4 new tokens after 3 cached ones; both axes are dynamic
-    past = torch.zeros(config.n_layer, 1, config.n_head, 3, head_size)
-    new = torch.export.Dim("new_tokens", min=1, max=config.block_size)
-    cached = torch.export.Dim("past", min=0, max=config.block_size)
+    in_place = options.get("kv_cache") == "in_place"
+    module = (ScatterGraph if in_place else ConcatGraph)(gpt, options["head"]).eval()
+    args, (input_names, output_names), dynamic_shapes = sample_inputs(gpt, in_place)
     torch.onnx.export(
-        WithPast(gpt, options["head"]).eval(),
-        (torch.zeros(1, 4, dtype=torch.long), past, past.clone()),
+        module,
+        args,
         str(out / MODEL_FILE),
         dynamo=True,
-        input_names=["input_ids", "past_k", "past_v"],
-        output_names=["logits", "present_k", "present_v"],
-        dynamic_shapes={"input_ids": {1: new}, "past_k": {3: cached}, "past_v": {3: cached}},
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_shapes=dynamic_shapes,
         opset_version=options["opset"],
+        custom_translation_table=TRANSLATIONS,
         external_data=False,
     )
     (out / "config.json").write_text((model_dir / "config.json").read_text())
@@ -159,6 +144,7 @@ def _quantize(model_dir: Path, source: Path, options: dict, out: Path) -> None:
             str(out / MODEL_FILE),
             weight_type=QuantType.QInt8,
             per_channel=options["per_channel"],
+            reduce_range=options.get("reduce_range", False),
             nodes_to_exclude=keep_float,
             # weight matmuls only: left to its defaults the quantizer takes ONNX's own
             # Attention op for the contrib one and writes an invalid QAttention

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 
 class BackendOptions(BaseModel):
@@ -45,7 +45,27 @@ class OnnxOptions(BackendOptions):
     quantize: Literal["none", "int8", "int4"] = "none"  # dynamic int8, or 4-bit weight-only
     per_channel: bool = False  # int8: one scale per output channel instead of per tensor
     quantize_lm_head: bool = False  # the 50257-wide LM head is the most sensitive layer
+    # int8: 7-bit weights. x86 CPUs without VNNI multiply uint8 x int8 pairs into int16
+    # sums that saturate with full-range weights (large errors, worst per channel)
+    reduce_range: bool = False
     io_binding: bool = True  # keep the KV cache as ORT values between steps
+    # concat: each step returns past + new as a fresh copy; in_place: fixed buffers that
+    # ONNX Runtime updates in place (TensorScatter, opset 24), so decode stays flat in context
+    kv_cache: Literal["concat", "in_place"] = "concat"
+
+    @model_validator(mode="after")
+    def _in_place_needs(self) -> OnnxOptions:
+        if self.kv_cache == "in_place" and not self.fused_attention:
+            raise ValueError(
+                "kv_cache: in_place exports at opset 24, where attention is ONNX's fused "
+                "Attention op; add fused_attention: true"
+            )
+        if self.kv_cache == "in_place" and not self.io_binding:
+            raise ValueError(
+                "kv_cache: in_place updates the cache through bound buffers; "
+                "it needs io_binding: true (the default)"
+            )
+        return self
 
 
 class TorchInt8Options(BackendOptions):

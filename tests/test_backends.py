@@ -26,13 +26,19 @@ FLOAT32 = [
     ("onnx", {"io_binding": False}),
     ("onnx", {"optimize": True}),
     ("onnx", {"fused_attention": True}),
+    ("onnx", {"fused_attention": True, "kv_cache": "in_place"}),
 ]
 QUANTIZED = [
     ("onnx", {"quantize": "int8"}),
     ("onnx", {"optimize": True, "quantize": "int8"}),
-    ("onnx", {"quantize": "int8", "per_channel": True, "quantize_lm_head": True}),
+    # 7-bit weights: full-range int8 per channel saturates on CPUs without VNNI
+    (
+        "onnx",
+        {"quantize": "int8", "per_channel": True, "quantize_lm_head": True, "reduce_range": True},
+    ),  # fmt: skip
     ("onnx", {"quantize": "int4"}),
     ("onnx", {"fused_attention": True, "quantize": "int8", "quantize_lm_head": True}),
+    ("onnx", {"fused_attention": True, "kv_cache": "in_place", "quantize": "int8"}),
     ("torch-int8", {}),
     ("hf", {"dtype": "bfloat16"}),
     ("nanogpt", {"dtype": "bfloat16"}),
@@ -196,3 +202,36 @@ def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
     while node.op_type not in ("MatMul", "Gemm"):
         node = producers[node.input[0]]
     assert node.input[1] in constants
+
+
+@pytest.mark.slow
+def test_the_in_place_cache_is_written_in_place_and_grows_when_short(
+    tiny_model, artifacts, reference
+):
+    """ORT writes each token's keys and values into our own buffers (no present copies);
+    a sequence longer than what was reserved grows the buffers and keeps what they hold."""
+    prompt, ref_tokens, ref_logits = reference
+    backend = build("onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model,
+                    artifacts)  # fmt: skip
+    cache = backend.in_place
+    backend.reserve(len(prompt) + 2)
+    before = [buffer.copy() for buffer in cache.buffers]
+    backend.prefill(prompt)
+    for buffer, old in zip(cache.buffers, before, strict=True):
+        assert not np.array_equal(buffer[:, :, : len(prompt)], old[:, :, : len(prompt)])
+        assert not buffer[:, :, len(prompt) :].any()  # not yet written
+    rows = [backend.step(token) for token in ref_tokens[:-1]]  # past the reserved length
+    assert cache.capacity >= len(prompt) + len(ref_tokens) - 1
+    scale = np.abs(ref_logits).max()
+    np.testing.assert_allclose(np.stack(rows), ref_logits[1:], rtol=0, atol=1e-4 * scale)
+
+
+def test_the_in_place_cache_asks_for_its_prerequisites():
+    from pydantic import ValidationError
+
+    options = registry.entry("onnx").options
+    with pytest.raises(ValidationError, match="add fused_attention: true"):
+        options.model_validate({"kv_cache": "in_place"})
+    with pytest.raises(ValidationError, match="needs io_binding: true"):
+        options.model_validate({"kv_cache": "in_place", "fused_attention": True,
+                                "io_binding": False})  # fmt: skip

@@ -13,7 +13,8 @@ from importlib import metadata
 from pathlib import Path
 
 # Instruction-set features that decide which inference kernels a CPU can run.
-ISA_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+ISA_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+                "amx_int8")  # fmt: skip
 LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "celery", "whistle-stop")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
