@@ -26,6 +26,15 @@ BACKENDS = """
   - {name: onnx, optimize: true, quantize: int8, label: onnx-opt-int8}
   - {name: onnx, quantize: int8, per_channel: true, label: onnx-int8-pc}
   - {name: onnx, quantize: int4, label: onnx-int4}
+  - {name: onnx, fused_attention: true, label: onnx-fused}
+  - {name: onnx, fused_attention: true, kv_cache: in_place, label: onnx-fused-inplace}
+  - {name: onnx, fused_attention: true, quantize: int8, label: onnx-int8-fused}
+  - {name: onnx, fused_attention: true, kv_cache: in_place, quantize: int8,
+     label: onnx-int8-inplace}
+  - {name: onnx, fused_attention: true, kv_cache: in_place, quantize: int8,
+     quantize_lm_head: true, label: onnx-int8-all-inplace}
+  - {name: onnx, fused_attention: true, kv_cache: in_place, quantize: int8, per_channel: true,
+     reduce_range: true, label: onnx-int8-pc7-inplace}
 """
 
 

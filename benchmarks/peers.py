@@ -30,16 +30,17 @@ from backends.sources import parse_model_source
 from backends.weights import materialize
 from worker.prompts import random_prompt
 
+FUSED = {"fused_attention": True, "kv_cache": "in_place"}
 OURS = {
     "transformers eager fp32": ("hf", {}),
-    "onnx fp32": ("onnx", {}),
-    "onnx int8": ("onnx", {"quantize": "int8"}),
-    "onnx int8, fused attention": ("onnx", {"quantize": "int8", "fused_attention": True}),
-    "onnx int8 incl. LM head": (
+    "onnx fp32": ("onnx", FUSED),
+    "onnx int8": ("onnx", {**FUSED, "quantize": "int8"}),
+    "onnx int8, 7-bit per channel": (
         "onnx",
-        {"quantize": "int8", "quantize_lm_head": True, "fused_attention": True},
+        {**FUSED, "quantize": "int8", "per_channel": True, "reduce_range": True},
     ),
-    "onnx int4": ("onnx", {"quantize": "int4", "fused_attention": True}),
+    "onnx int8 incl. LM head": ("onnx", {**FUSED, "quantize": "int8", "quantize_lm_head": True}),
+    "onnx int4": ("onnx", {**FUSED, "quantize": "int4"}),
 }
 
 
@@ -58,6 +59,7 @@ class CTranslate2Int8:
 
     def generate(self, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
         tokens, times = [], []
+        # exactly new_tokens: no end token stops it early
         steps = self.generator.generate_tokens([f"t{i}" for i in prompt], max_length=new_tokens,
                                                sampling_topk=1, end_token=[])  # fmt: skip
         for step in steps:
@@ -87,7 +89,12 @@ def _with_synthetic_vocabulary(model_dir: Path, out: Path) -> Path:
     vocab_size = json.loads((model_dir / "config.json").read_text())["vocab_size"]
     vocab = {f"t{i}": i for i in range(vocab_size)}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="t0").save_pretrained(out)
+    # named special tokens: the converter writes them into its config as strings (a
+    # missing one becomes null, which CTranslate2 refuses); GPT-2's is <|endoftext|>
+    end = f"t{vocab_size - 1}"
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, unk_token="t0", bos_token=end, eos_token=end
+    ).save_pretrained(out)
     return out
 
 

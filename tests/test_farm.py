@@ -27,10 +27,23 @@ TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 LIMITS = {"FARM_JOB_TIME_LIMIT": "6", "FARM_JOB_GRACE": "2", "FARM_MAX_ATTEMPTS": "2"}
 
 
+@pytest.fixture(scope="session")
+def measured_bandwidth(tmp_path_factory) -> Path:
+    """Each CPU set's bandwidth, measured once per session. A worker measures its own at
+    start-up when its cache lacks it, which would add seconds to every worker start."""
+    cache = tmp_path_factory.mktemp("bandwidth-cache")
+    for cpus in ("0", "1") if TWO_CPUS else ("0",):
+        subprocess.run([FARM, "bandwidth", "--cpus", cpus, "--cache-dir", str(cache)],
+                       check=True, env=farm_env(), cwd=ROOT, capture_output=True)  # fmt: skip
+    return cache / "bandwidth"
+
+
 @pytest.fixture
-def farm(tmp_path, tiny_model):
+def farm(tmp_path, tiny_model, measured_bandwidth):
     """Start/stop helpers bound to this test's directory, Redis and database."""
-    return Farm(tmp_path, tiny_model)
+    farm = Farm(tmp_path, tiny_model)
+    shutil.copytree(measured_bandwidth, tmp_path / "cache" / "bandwidth")
+    return farm
 
 
 class Farm:
@@ -93,8 +106,9 @@ class Farm:
         for process in self.submits:
             if process.poll() is None:
                 process.kill()
-        for worker in self.workers:
-            worker.stop()
+        for worker in self.workers:  # the test is over: no need to wait for a warm shutdown
+            if worker.process and worker.process.poll() is None:
+                worker.kill9()
         self.redis.stop()
 
 
@@ -134,6 +148,7 @@ def test_two_pinned_workers_share_a_sweep_on_disjoint_cpus(farm):
 def test_a_real_model_through_the_farm(farm):
     # an ONNX export takes seconds, more on a busy machine: not the 6 s limit of the fault tests
     farm.env = farm_env(**{**LIMITS, "FARM_JOB_TIME_LIMIT": "120"})
+    shutil.rmtree(farm.tmp / "cache" / "bandwidth")  # as on a new host
     farm.worker("0", "w0")
     # the worker measured its CPU set's bandwidth before taking jobs, not inside the first one
     assert [p.name for p in (farm.tmp / "cache" / "bandwidth").iterdir()] == [
