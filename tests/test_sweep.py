@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +134,11 @@ def test_local_model_positions_come_from_its_config(tiny_model):
         )
         == 1
     )
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("examples/*.yaml")),
+                         ids=lambda path: path.name)  # fmt: skip
+def test_every_example_sweep_validates(path):
+    """A typo in a shipped example would otherwise surface only when someone runs it."""
+    sweep = load_sweep(path)
+    assert sweep.jobs and len({job.key for job in sweep.jobs}) == len(sweep.jobs)
