@@ -1,0 +1,79 @@
+"""Decode cost at long context against short (issue #7, goal 5), per ONNX path, in one process.
+
+For each path: warm up, then the median over rounds of the decode step time (ms/token,
+128 greedy tokens) after a 32-token and after a 512-token prompt, and their ratio.
+Contexts alternate within each round, so drift hits both alike. The concatenated cache
+copies past + new every step; the in-place one writes each token into its buffer.
+
+    .venv/bin/python benchmarks/long_context.py [--rounds 4] [--threads 2] [--only LABELS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+from common import CACHE, table
+
+from backends import registry
+from backends.sources import parse_model_source
+from backends.weights import materialize
+from worker.prompts import random_prompt
+
+FUSED = {"fused_attention": True}
+PATHS = {
+    "fp32 concat": FUSED,
+    "fp32 in place": {**FUSED, "kv_cache": "in_place"},
+    "int8 concat": {**FUSED, "quantize": "int8"},
+    "int8 in place": {**FUSED, "kv_cache": "in_place", "quantize": "int8"},
+    "int8+head concat": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
+    "int8+head in place": {
+        **FUSED,
+        "kv_cache": "in_place",
+        "quantize": "int8",
+        "quantize_lm_head": True,
+    },  # fmt: skip
+}
+CONTEXTS = (32, 512)
+
+
+def decode_ms(backend, prompt: list[int], tokens: int) -> float:
+    times = backend.generate(prompt, tokens).token_times
+    return 1e3 * (times[-1] - times[0]) / (len(times) - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--generation", type=int, default=128)
+    parser.add_argument("--only", default=None, help="comma-separated path names")
+    args = parser.parse_args()
+
+    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    prompts = {ctx: random_prompt(0, ctx, 50257) for ctx in CONTEXTS}
+    rows = []
+    for name, options in PATHS.items():
+        if args.only and name not in args.only.split(","):
+            continue
+        full = registry.entry("onnx").options.model_validate(options).model_dump()
+        backend = registry.load_class("onnx")(model_dir, full, args.threads, CACHE)
+        samples: dict[int, list[float]] = {ctx: [] for ctx in CONTEXTS}
+        for round_index in range(args.rounds + 1):  # round 0 warms up
+            for ctx in CONTEXTS:
+                ms = decode_ms(backend, prompts[ctx], args.generation)
+                if round_index:
+                    samples[ctx].append(ms)
+        short, long = (statistics.median(samples[ctx]) for ctx in CONTEXTS)
+        rows.append([name, f"{short:.2f}", f"{long:.2f}", f"{long / short:.2f}x"])
+        print("  " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
+    print(table(["path", "ms/token at 32", "ms/token at 512", "512 / 32"], rows))
+    print(f"random:gpt2, {args.generation} greedy tokens, {args.threads} threads, "
+          f"medians of {args.rounds} rounds")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
