@@ -66,10 +66,8 @@ class OnnxBackend(StepwiseBackend):
         )
         self.io_binding = options.get("io_binding", True)
         self.past: tuple[Any, Any] | None = None
-        if options.get("kv_cache") == "in_place":
-            self.in_place = InPlaceCache(self.session, config)
-
-    in_place: InPlaceCache | None = None
+        in_place = options.get("kv_cache") == "in_place"
+        self.in_place = InPlaceCache(self.session, config) if in_place else None
 
     def reserve(self, total_tokens: int) -> None:
         if self.in_place is not None:
@@ -115,7 +113,7 @@ class InPlaceCache:
 
     def __init__(self, session: ort.InferenceSession, config: dict) -> None:
         self.session, self.block_size = session, config["n_positions"]
-        self.shape = (1, config["n_head"], 0, config["n_embd"] // config["n_head"])
+        self.heads, self.head_size = config["n_head"], config["n_embd"] // config["n_head"]
         self.names = [i.name.removeprefix("past_") for i in session.get_inputs()[2:]]
         self.capacity, self.length = 0, 0
         self.binding: ort.IOBinding | None = None
@@ -143,7 +141,7 @@ class InPlaceCache:
 
     def _allocate(self, capacity: int, keep: int) -> None:
         old = self.buffers if self.binding is not None else None
-        shape = (*self.shape[:2], capacity, self.shape[3])
+        shape = (1, self.heads, capacity, self.head_size)
         self.buffers = [np.zeros(shape, np.float32) for _ in self.names]
         if old is not None and keep:
             for new, previous in zip(self.buffers, old, strict=True):
