@@ -9,8 +9,9 @@ What differs from nanoGPT, and why:
   values of the earlier ones. Caches share one interface (`length`, `update`,
   `advance`): `PreallocatedCache` writes into buffers allocated once (no per-step
   copies, for eager PyTorch) and `ConcatCache` returns past+new as fresh tensors (the
-  functional form an ONNX graph with past/present inputs and outputs needs; the
-  in-place form for ONNX is `ScatterCache` in backends/onnx_graph.py);
+  functional form an ONNX graph with past/present inputs and outputs needs). A cache
+  may also own attention (`attend`): the in-place form for ONNX, `BufferCache` in
+  backends/onnx_graph.py, hands both to one ONNX Runtime kernel;
 - greedy decoding lives in backends/base.py, not here.
 Parameter names follow the GPT-2 checkpoint keys (c_attn, c_proj, wte, ln_f), so
 loading a transformers checkpoint is a copy by name (with Conv1D weights transposed).
@@ -97,6 +98,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, layer: int, cache=None) -> torch.Tensor:
         B, T, C = x.size()  # batch size, new tokens, embedding dimensionality (n_embd)
+        if hasattr(cache, "attend"):  # a fused kernel that owns both the cache and attention
+            return self.c_proj(cache.attend(layer, self.c_attn(x), self.n_head))
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)

@@ -43,6 +43,7 @@ class OnnxBackend(StepwiseBackend):
         artifact = onnx_artifact(
             model_dir, options, cache_dir, weights_digest(model_dir, cache_dir)
         )
+        self.model_path = artifact.path
         matmul_bytes = WEIGHT_BYTES[options.get("quantize", "none")]
         lm_head_bytes = matmul_bytes if options.get("quantize_lm_head") else 4.0
         self.session = ort.InferenceSession(
@@ -119,8 +120,9 @@ class InPlaceCache:
         self.binding: ort.IOBinding | None = None
 
     def reserve(self, total_tokens: int) -> None:
-        """Buffers of exactly this capacity: attention reads the whole buffer every step, so
-        a larger one costs time (a smaller one is grown, with one copy, if a run needs it)."""
+        """Buffers of exactly this capacity: attention reads only the tokens written, so a
+        larger buffer would cost memory, not time (a smaller one is grown, with one copy,
+        if a run needs more)."""
         total_tokens = min(max(total_tokens, 2), self.block_size)
         if total_tokens != self.capacity:
             self._allocate(total_tokens, keep=0)

@@ -53,7 +53,7 @@ def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) 
     head = "matmul" if quantized_head else "gemm"  # int4 leaves a Gemm alone: float it stays
     export = {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head}
     if options.get("kv_cache") == "in_place":  # the concat form keeps its earlier cache key
-        export |= {"opset": 24, "kv_cache": "in_place"}
+        export |= {"kv_cache": "in_place"}
     steps = [("export", export)]
     if options.get("optimize"):
         steps.append(("optimize", {}))
@@ -93,16 +93,16 @@ def _checked(builder, model_dir: Path, source: Path | None, options: dict, out: 
 
 def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> None:
     """Opset 20 decomposes attention into MatMul/Softmax/...; from opset 23 the exporter
-    emits ONNX's own Attention op, which ONNX Runtime runs fused. The in-place cache
-    needs opset 24 (TensorScatter)."""
+    emits ONNX's own Attention op, which ONNX Runtime runs fused. The in-place graph's
+    attention is ONNX Runtime's GroupQueryAttention (backends/onnx_graph.py)."""
     import torch
 
     from backends.nanogpt import load_gpt
-    from backends.onnx_graph import TRANSLATIONS, ConcatGraph, ScatterGraph, sample_inputs
+    from backends.onnx_graph import TRANSLATIONS, ConcatGraph, InPlaceGraph, sample_inputs
 
     gpt = load_gpt(model_dir)
     in_place = options.get("kv_cache") == "in_place"
-    module = (ScatterGraph if in_place else ConcatGraph)(gpt, options["head"]).eval()
+    module = (InPlaceGraph if in_place else ConcatGraph)(gpt, options["head"]).eval()
     args, (input_names, output_names), dynamic_shapes = sample_inputs(gpt, in_place)
     torch.onnx.export(
         module,

@@ -50,15 +50,15 @@ class OnnxOptions(BackendOptions):
     reduce_range: bool = False
     io_binding: bool = True  # keep the KV cache as ORT values between steps
     # concat: each step returns past + new as a fresh copy; in_place: fixed buffers that
-    # ONNX Runtime updates in place (TensorScatter, opset 24), so decode stays flat in context
+    # ONNX Runtime's GroupQueryAttention updates in place, so decode stays flat in context
     kv_cache: Literal["concat", "in_place"] = "concat"
 
     @model_validator(mode="after")
     def _in_place_needs(self) -> OnnxOptions:
         if self.kv_cache == "in_place" and not self.fused_attention:
             raise ValueError(
-                "kv_cache: in_place exports at opset 24, where attention is ONNX's fused "
-                "Attention op; add fused_attention: true"
+                "kv_cache: in_place runs attention as ONNX Runtime's fused "
+                "GroupQueryAttention; add fused_attention: true"
             )
         if self.kv_cache == "in_place" and not self.io_binding:
             raise ValueError(

@@ -9,6 +9,7 @@ position shows up as errors of order 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,29 @@ def test_the_in_place_cache_is_written_in_place_and_grows_when_short(
     assert cache.capacity >= len(prompt) + len(ref_tokens) - 1
     scale = np.abs(ref_logits).max()
     np.testing.assert_allclose(np.stack(rows), ref_logits[1:], rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.slow
+def test_in_place_attention_is_one_group_query_attention_per_layer(
+    tiny_model, artifacts, reference
+):
+    """The in-place graph hands cache and attention to ORT's GroupQueryAttention, which
+    attends over the tokens written only: spare capacity changes nothing in the logits."""
+    import onnx
+
+    prompt, ref_tokens, _ = reference
+    backend = build("onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model,
+                    artifacts)  # fmt: skip
+    model = onnx.load(backend.model_path)
+    ops = [node.op_type for node in model.graph.node]
+    layers = json.loads((tiny_model / "config.json").read_text())["n_layer"]
+    assert ops.count("GroupQueryAttention") == layers
+    assert "Attention" not in ops and "Softmax" not in ops
+    tight = backend.teacher_forced_logits(prompt, ref_tokens)
+    backend.reserve(backend.in_place.block_size)  # the longest the model allows
+    roomy = np.stack([backend.prefill(prompt), *(backend.step(t) for t in ref_tokens[:-1])])
+    assert backend.in_place.capacity == backend.in_place.block_size > len(prompt) + len(ref_tokens)
+    np.testing.assert_allclose(roomy, tight, rtol=0, atol=1e-5)
 
 
 def test_the_in_place_cache_asks_for_its_prerequisites():
