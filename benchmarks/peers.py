@@ -6,9 +6,9 @@ of one timed greedy generation per path, in turn, so drift hits all paths alike.
 Prints decode tokens/s (median over rounds), time to first token, teacher-forced top-1
 agreement with transformers float32, and the ratio to transformers eager.
 
-Peers are optional: `pip install ctranslate2` (and `llama-cpp-python`, which builds
-llama.cpp); a peer that is not installed, or cannot load these weights, is skipped
-with the reason.
+Peers are optional (`pip install -e '.[peers]'`: ctranslate2, llama-cpp-python, which
+builds llama.cpp from source, and gguf, see llama_cpp_peer.py); a peer that is not
+installed, or cannot load these weights, is skipped with the reason.
 
     .venv/bin/python benchmarks/peers.py [--rounds 10] [--context 128] [--generation 128]
 """
@@ -107,12 +107,17 @@ def load_peers(model_dir: Path, threads: int, work: Path) -> tuple[dict, list[st
     except Exception as error:  # a peer's own failure is reported, not fatal
         skipped.append(f"CTranslate2 int8: {type(error).__name__}: {error}")
     try:
-        import llama_cpp  # noqa: F401
+        from llama_cpp_peer import LlamaCpp, quantize_q8_0, write_gguf
 
-        skipped.append("llama.cpp q8_0: converting these weights to GGUF needs llama.cpp's "
-                       "convert_hf_to_gguf.py and a BPE tokenizer; not wired up yet")  # fmt: skip
+        f32 = write_gguf(model_dir, work / "gpt2-f32.gguf")
+        loaded["llama.cpp f32"] = LlamaCpp(f32, threads)
+        q8_0 = quantize_q8_0(f32, work / "gpt2-q8_0.gguf")
+        loaded["llama.cpp q8_0"] = LlamaCpp(q8_0, threads)
     except ImportError:
-        skipped.append("llama.cpp q8_0: not installed (pip install llama-cpp-python builds it)")
+        skipped.append("llama.cpp: not installed (pip install llama-cpp-python gguf; "
+                       "pip builds llama.cpp from source, a few minutes)")  # fmt: skip
+    except Exception as error:
+        skipped.append(f"llama.cpp: {type(error).__name__}: {error}")
     return loaded, skipped
 
 
