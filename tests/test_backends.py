@@ -40,6 +40,15 @@ QUANTIZED = [
     ("onnx", {"quantize": "int4"}),
     ("onnx", {"fused_attention": True, "quantize": "int8", "quantize_lm_head": True}),
     ("onnx", {"fused_attention": True, "kv_cache": "in_place", "quantize": "int8"}),
+    (
+        "onnx",
+        {
+            "fused_attention": True,
+            "kv_cache": "in_place",
+            "quantize": "int4",
+            "quantize_lm_head": True,
+        },
+    ),  # fmt: skip
     ("torch-int8", {}),
     ("hf", {"dtype": "bfloat16"}),
     ("nanogpt", {"dtype": "bfloat16"}),
@@ -87,7 +96,9 @@ def test_reduced_precision_backends_stay_close(name, options, tiny_model, artifa
     backend = build(name, options, tiny_model, artifacts)
     logits = backend.teacher_forced_logits(prompt, ref_tokens)
     error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
-    assert 0 < error < 0.1, f"relative logit error {error}"
+    # 4-bit LM head: 16 levels per block for the layer that decides the token (0.12 here)
+    bound = 0.25 if options.get("quantize") == "int4" and options.get("quantize_lm_head") else 0.1
+    assert 0 < error < bound, f"relative logit error {error}"
     assert len(backend.generate(prompt, NEW_TOKENS).tokens) == NEW_TOKENS
 
 
@@ -157,8 +168,8 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fused", [False, True])
-def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, fused):
+@pytest.mark.parametrize(("quantize", "fused"), [("int8", False), ("int8", True), ("int4", True)])
+def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, quantize, fused):
     import onnx
 
     from backends.onnx_export import onnx_artifact
@@ -168,7 +179,7 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
         options = (
             registry.entry("onnx")
             .options.model_validate(
-                {"quantize": "int8", "quantize_lm_head": lm_head, "fused_attention": fused}
+                {"quantize": quantize, "quantize_lm_head": lm_head, "fused_attention": fused}
             )
             .model_dump()
         )
@@ -176,7 +187,7 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
             tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
         )
         ops = [node.op_type for node in onnx.load(str(artifact.path)).graph.node]
-        return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul") for op in ops)
+        return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits") for op in ops)
 
     assert quantized_matmuls(True) == quantized_matmuls(False) + 1 == 2 * 4 + 1
 
