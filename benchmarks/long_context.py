@@ -22,18 +22,18 @@ from backends.weights import materialize
 from worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True}
+IN_PLACE = {**FUSED, "kv_cache": "in_place"}
+INT8, INT8_ALL = {"quantize": "int8"}, {"quantize": "int8", "quantize_lm_head": True}
+INT4_ALL = {"quantize": "int4", "quantize_lm_head": True}
 PATHS = {
     "fp32 concat": FUSED,
-    "fp32 in place": {**FUSED, "kv_cache": "in_place"},
-    "int8 concat": {**FUSED, "quantize": "int8"},
-    "int8 in place": {**FUSED, "kv_cache": "in_place", "quantize": "int8"},
-    "int8+head concat": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
-    "int8+head in place": {
-        **FUSED,
-        "kv_cache": "in_place",
-        "quantize": "int8",
-        "quantize_lm_head": True,
-    },  # fmt: skip
+    "fp32 in place": IN_PLACE,
+    "int8 concat": {**FUSED, **INT8},
+    "int8 in place": {**IN_PLACE, **INT8},
+    "int8+head concat": {**FUSED, **INT8_ALL},
+    "int8+head in place": {**IN_PLACE, **INT8_ALL},
+    "int4+head concat": {**FUSED, **INT4_ALL},
+    "int4+head in place": {**IN_PLACE, **INT4_ALL},
 }
 CONTEXTS = (32, 512)
 
