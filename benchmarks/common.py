@@ -45,3 +45,38 @@ def table(headings: list[str], rows: list[list[str]]) -> str:
         "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
     return "\n".join(lines)
+
+
+def in_process_arguments(doc: str, rounds: int):
+    """The arguments every in-process comparison takes (parsed), torch's threads set."""
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=rounds, help="timed rounds, after one warm-up"
+    )
+    parser.add_argument("--context", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--generation", type=int, default=128, help="greedy tokens per run")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every path")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
+    """Random GPT-2 small weights, and each named (backend, options) loaded on them:
+    (model_dir, {name: backend})."""
+    from backends import registry
+    from backends.sources import parse_model_source
+    from backends.weights import materialize
+
+    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    loaded = {}
+    for name, (backend, options) in paths.items():
+        full = registry.entry(backend).options.model_validate(options).model_dump()
+        loaded[name] = registry.load_class(backend)(model_dir, full, threads, CACHE)
+    return model_dir, loaded

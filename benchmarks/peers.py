@@ -15,7 +15,6 @@ installed, or cannot load these weights, is skipped with the reason.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -23,11 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, table
+from common import in_process_arguments, load_paths, table
 
-from backends import registry
-from backends.sources import parse_model_source
-from backends.weights import materialize
 from worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True, "kv_cache": "in_place"}
@@ -123,24 +119,9 @@ def load_peers(model_dir: Path, threads: int, work: Path) -> tuple[dict, list[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--generation", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    args = in_process_arguments(__doc__, rounds=10)
+    model_dir, paths = load_paths(OURS, args.threads)
     prompt = random_prompt(0, args.context, 50257)
-    paths = {}
-    for name, (backend, options) in OURS.items():
-        full = registry.entry(backend).options.model_validate(options).model_dump()
-        paths[name] = registry.load_class(backend)(model_dir, full, args.threads, CACHE)
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     peers, skipped = load_peers(model_dir, args.threads, work)
 

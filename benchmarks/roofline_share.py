@@ -12,16 +12,12 @@ and divides by their mean, then reports the median share over rounds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 
-from common import CACHE, table
+from common import in_process_arguments, load_paths, table
 
-from backends import registry
-from backends.sources import parse_model_source
-from backends.weights import materialize
 from worker.prompts import random_prompt
 from worker.roofline import measure_bandwidth, weight_bytes_per_token
 
@@ -35,29 +31,16 @@ PATHS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--generation", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-
-    import torch
-
-    torch.set_num_threads(args.threads)
-    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    args = in_process_arguments(__doc__, rounds=8)
+    model_dir, paths = load_paths(PATHS, args.threads)
     config = json.loads((model_dir / "config.json").read_text())
     prompt = random_prompt(0, args.context, config["vocab_size"])
-    paths, bytes_per_token = {}, {}
-    for name, (backend, options) in PATHS.items():
-        full = registry.entry(backend).options.model_validate(options).model_dump()
-        paths[name] = registry.load_class(backend)(model_dir, full, args.threads, CACHE)
-        report = paths[name].load_report
-        bytes_per_token[name] = weight_bytes_per_token(
-            config, report.matmul_bytes, report.lm_head_bytes
+    bytes_per_token = {
+        name: weight_bytes_per_token(
+            config, path.load_report.matmul_bytes, path.load_report.lm_head_bytes
         )
+        for name, path in paths.items()
+    }
     shares: dict[str, list[float]] = {name: [] for name in paths}
     speeds: dict[str, list[float]] = {name: [] for name in paths}
     bandwidths = []
