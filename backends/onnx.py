@@ -13,6 +13,7 @@ writes each new token into it and nothing is copied (see backends/onnx_graph.py)
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,16 +39,26 @@ def session_options(threads: int) -> ort.SessionOptions:
 
 class OnnxBackend(StepwiseBackend):
     def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+        self,
+        model_dir: Path,
+        options: dict[str, Any],
+        threads: int,
+        cache_dir: Path,
+        tune: Callable[[ort.SessionOptions], None] | None = None,
     ) -> None:
+        """`tune` edits the session options before the session is made (benchmarks of
+        ONNX Runtime's settings use it; jobs never do)."""
         artifact = onnx_artifact(
             model_dir, options, cache_dir, weights_digest(model_dir, cache_dir)
         )
         self.model_path = artifact.path
         matmul_bytes = WEIGHT_BYTES[options.get("quantize", "none")]
         lm_head_bytes = matmul_bytes if options.get("quantize_lm_head") else 4.0
+        settings = session_options(threads)
+        if tune is not None:
+            tune(settings)
         self.session = ort.InferenceSession(
-            str(artifact.path), session_options(threads), providers=["CPUExecutionProvider"]
+            str(artifact.path), settings, providers=["CPUExecutionProvider"]
         )
         extra = {"ort_intra_op_threads": self.session.get_session_options().intra_op_num_threads}
         if artifact.fused_ops is not None:

@@ -67,16 +67,30 @@ def in_process_arguments(doc: str, rounds: int):
     return args
 
 
+def gpt2_small() -> Path:
+    """GPT-2 small with random weights (seed 0): what every benchmark runs."""
+    from backends.sources import parse_model_source
+    from backends.weights import materialize
+
+    return materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+
+
+def full_options(backend: str, options: dict) -> dict:
+    """Options as a job passes them: validated, defaults filled in."""
+    from backends import registry
+
+    return registry.entry(backend).options.model_validate(options).model_dump()
+
+
 def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
     """Random GPT-2 small weights, and each named (backend, options) loaded on them:
     (model_dir, {name: backend})."""
     from backends import registry
-    from backends.sources import parse_model_source
-    from backends.weights import materialize
 
-    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    model_dir = gpt2_small()
     loaded = {}
     for name, (backend, options) in paths.items():
-        full = registry.entry(backend).options.model_validate(options).model_dump()
-        loaded[name] = registry.load_class(backend)(model_dir, full, threads, CACHE)
+        loaded[name] = registry.load_class(backend)(
+            model_dir, full_options(backend, options), threads, CACHE
+        )
     return model_dir, loaded

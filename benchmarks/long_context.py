@@ -14,11 +14,9 @@ import argparse
 import statistics
 import sys
 
-from common import CACHE, table
+from common import CACHE, full_options, gpt2_small, table
 
 from backends import registry
-from backends.sources import parse_model_source
-from backends.weights import materialize
 from worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True}
@@ -53,14 +51,15 @@ def main() -> None:
     parser.add_argument("--only", default=None, help="comma-separated path names")
     args = parser.parse_args()
 
-    model_dir = materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    model_dir = gpt2_small()
     prompts = {ctx: random_prompt(0, ctx, 50257) for ctx in CONTEXTS}
     rows = []
     for name, options in PATHS.items():
         if args.only and name not in args.only.split(","):
             continue
-        full = registry.entry("onnx").options.model_validate(options).model_dump()
-        backend = registry.load_class("onnx")(model_dir, full, args.threads, CACHE)
+        backend = registry.load_class("onnx")(
+            model_dir, full_options("onnx", options), args.threads, CACHE
+        )
         samples: dict[int, list[float]] = {ctx: [] for ctx in CONTEXTS}
         for round_index in range(args.rounds + 1):  # round 0 warms up
             for ctx in CONTEXTS:

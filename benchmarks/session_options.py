@@ -1,0 +1,81 @@
+"""ONNX Runtime's session settings, measured rather than assumed (issue #7): each
+variant against the farm's defaults (all graph optimizations, spinning intra-op
+threads, the memory arena on), on the float32 and the int8 (LM head int8) paths.
+
+Every variant is its own session on the same model file; rounds interleave them, so
+drift hits all alike. Prints decode tokens/s and time to first token (medians).
+
+    .venv/bin/python benchmarks/session_options.py [--rounds 5] [--context 128]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import onnxruntime as ort
+from common import CACHE, full_options, gpt2_small, in_process_arguments, table
+
+from backends.onnx import OnnxBackend
+from worker.prompts import random_prompt
+
+FUSED = {"fused_attention": True, "kv_cache": "in_place"}
+MODELS = {
+    "fp32": {**FUSED},
+    "int8 incl. LM head": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
+}
+LEVELS = ort.GraphOptimizationLevel
+
+
+def _set(**fields):
+    return lambda options: [setattr(options, k, v) for k, v in fields.items()]
+
+
+def _no_spinning(options: ort.SessionOptions) -> None:
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
+VARIANTS = {
+    "defaults": None,
+    "no spinning": _no_spinning,
+    "no memory arena": _set(enable_cpu_mem_arena=False),
+    "no memory pattern": _set(enable_mem_pattern=False),
+    "basic graph optimizations": _set(graph_optimization_level=LEVELS.ORT_ENABLE_BASIC),
+    "extended graph optimizations": _set(graph_optimization_level=LEVELS.ORT_ENABLE_EXTENDED),
+    "1 thread": _set(intra_op_num_threads=1),
+}
+
+
+def main() -> None:
+    args = in_process_arguments(__doc__, rounds=5)
+    rows = []
+    for model, options in MODELS.items():
+        model_dir, full = gpt2_small(), full_options("onnx", options)
+        variants = {
+            name: OnnxBackend(model_dir, full, args.threads, CACHE, tune=tune)
+            for name, tune in VARIANTS.items()
+        }
+        prompt = random_prompt(0, args.context, 50257)
+        speeds = {name: [] for name in variants}
+        ttft = {name: [] for name in variants}
+        for round_index in range(args.rounds + 1):  # round 0 warms up
+            for name, backend in variants.items():
+                start = time.perf_counter()
+                times = backend.generate(prompt, args.generation).token_times
+                if round_index:
+                    speeds[name].append((len(times) - 1) / (times[-1] - times[0]))
+                    ttft[name].append(times[0] - start)
+            print(f"{model}: round {round_index}/{args.rounds}", file=sys.stderr, flush=True)
+        base = statistics.median(speeds["defaults"])
+        for name in variants:
+            speed = statistics.median(speeds[name])
+            rows.append([model, name, f"{speed:.1f}", f"{speed / base:.2f}x",
+                         f"{1e3 * statistics.median(ttft[name]):.0f}"])  # fmt: skip
+    print(table(["path", "session settings", "decode tok/s", "vs defaults", "TTFT ms"], rows))
+    print(f"random:gpt2, context {args.context}, {args.generation} greedy tokens, "
+          f"{args.threads} threads, medians of {args.rounds} interleaved rounds")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
