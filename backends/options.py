@@ -52,6 +52,10 @@ class OnnxOptions(BackendOptions):
     # concat: each step returns past + new as a fresh copy; in_place: fixed buffers that
     # ONNX Runtime's GroupQueryAttention updates in place, so decode stays flat in context
     kv_cache: Literal["concat", "in_place"] = "concat"
+    # int4 + in_place: run the prefill on the same graph quantized to int8 (a second
+    # session over the same cache buffers). Prefill multiplies matrices, where int8
+    # kernels beat 4-bit ones; decode streams weights, where 4 bits read the fewest bytes
+    prefill_int8: bool = False
 
     @model_validator(mode="after")
     def _in_place_needs(self) -> OnnxOptions:
@@ -59,6 +63,11 @@ class OnnxOptions(BackendOptions):
             raise ValueError(
                 "kv_cache: in_place runs attention as ONNX Runtime's fused "
                 "GroupQueryAttention; add fused_attention: true"
+            )
+        if self.prefill_int8 and (self.quantize != "int4" or self.kv_cache != "in_place"):
+            raise ValueError(
+                "prefill_int8 hands the prompt to an int8 copy of an int4 model through "
+                "the shared cache; it needs quantize: int4 and kv_cache: in_place"
             )
         if self.kv_cache == "in_place" and not self.io_binding:
             raise ValueError(

@@ -38,6 +38,10 @@ OURS = {
     "onnx int8 incl. LM head": ("onnx", {**FUSED, "quantize": "int8", "quantize_lm_head": True}),
     "onnx int4": ("onnx", {**FUSED, "quantize": "int4"}),
     "onnx int4 incl. LM head": ("onnx", {**FUSED, "quantize": "int4", "quantize_lm_head": True}),
+    "onnx int4 incl. LM head, int8 prefill": (
+        "onnx",
+        {**FUSED, "quantize": "int4", "quantize_lm_head": True, "prefill_int8": True},
+    ),
 }
 
 

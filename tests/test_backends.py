@@ -29,6 +29,8 @@ FLOAT32 = [
     ("onnx", {"fused_attention": True}),
     ("onnx", {"fused_attention": True, "kv_cache": "in_place"}),
 ]
+INT4_ALL_IN_PLACE = {"fused_attention": True, "kv_cache": "in_place", "quantize": "int4",
+                     "quantize_lm_head": True}  # fmt: skip
 QUANTIZED = [
     ("onnx", {"quantize": "int8"}),
     ("onnx", {"optimize": True, "quantize": "int8"}),
@@ -40,15 +42,8 @@ QUANTIZED = [
     ("onnx", {"quantize": "int4"}),
     ("onnx", {"fused_attention": True, "quantize": "int8", "quantize_lm_head": True}),
     ("onnx", {"fused_attention": True, "kv_cache": "in_place", "quantize": "int8"}),
-    (
-        "onnx",
-        {
-            "fused_attention": True,
-            "kv_cache": "in_place",
-            "quantize": "int4",
-            "quantize_lm_head": True,
-        },
-    ),  # fmt: skip
+    ("onnx", INT4_ALL_IN_PLACE),
+    ("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True}),
     ("torch-int8", {}),
     ("hf", {"dtype": "bfloat16"}),
     ("nanogpt", {"dtype": "bfloat16"}),
@@ -261,12 +256,30 @@ def test_in_place_attention_is_one_group_query_attention_per_layer(
     np.testing.assert_allclose(roomy, tight, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_prefill_int8_runs_the_prompt_on_int8_and_decodes_on_int4(tiny_model, artifacts, reference):
+    """The first logits (and the prompt's cache) come from the int8 copy, the steps after
+    it from the int4 model reading that cache."""
+    prompt, ref_tokens, _ = reference
+    hybrid = build("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True}, tiny_model, artifacts)
+    int8 = build("onnx", {**INT4_ALL_IN_PLACE, "quantize": "int8"}, tiny_model, artifacts)
+    int4 = build("onnx", INT4_ALL_IN_PLACE, tiny_model, artifacts)
+    rows = {name: backend.teacher_forced_logits(prompt, ref_tokens)
+            for name, backend in [("hybrid", hybrid), ("int8", int8), ("int4", int4)]}  # fmt: skip
+    np.testing.assert_array_equal(rows["hybrid"][0], rows["int8"][0])
+    assert not np.allclose(rows["hybrid"][0], rows["int4"][0])
+    assert not np.allclose(rows["hybrid"][1:], rows["int8"][1:])  # decode is not int8's
+    assert hybrid.load_report.extra["prefill_model"] == "int8"
+
+
 def test_the_in_place_cache_asks_for_its_prerequisites():
     from pydantic import ValidationError
 
     options = registry.entry("onnx").options
     with pytest.raises(ValidationError, match="add fused_attention: true"):
         options.model_validate({"kv_cache": "in_place"})
+    with pytest.raises(ValidationError, match="needs quantize: int4 and kv_cache: in_place"):
+        options.model_validate({"quantize": "int8", "prefill_int8": True})
     with pytest.raises(ValidationError, match="needs io_binding: true"):
         options.model_validate({"kv_cache": "in_place", "fused_attention": True,
                                 "io_binding": False})  # fmt: skip
