@@ -52,9 +52,8 @@ class OnnxBackend(StepwiseBackend):
     ) -> None:
         """`tune` edits the session options before the session is made (benchmarks of
         ONNX Runtime's settings use it; jobs never do)."""
-        artifact = onnx_artifact(
-            model_dir, options, cache_dir, weights_digest(model_dir, cache_dir)
-        )
+        digest = weights_digest(model_dir, cache_dir)
+        artifact = onnx_artifact(model_dir, options, cache_dir, digest)
         self.model_path = artifact.path
         matmul_bytes = WEIGHT_BYTES[options.get("quantize", "none")]
         lm_head_bytes = matmul_bytes if options.get("quantize_lm_head") else 4.0
@@ -77,9 +76,8 @@ class OnnxBackend(StepwiseBackend):
             # the same graph quantized to int8, over the same bound cache buffers: prefill is
             # compute-bound, where int8 kernels beat 4-bit ones; decode stays on int4
             prefill_artifact = onnx_artifact(
-                model_dir, {**options, "quantize": "int8"}, cache_dir,
-                weights_digest(model_dir, cache_dir),
-            )  # fmt: skip
+                model_dir, {**options, "quantize": "int8"}, cache_dir, digest
+            )
             prefill_session = ort.InferenceSession(
                 str(prefill_artifact.path), settings, providers=["CPUExecutionProvider"]
             )
@@ -154,6 +152,7 @@ class InPlaceCache:
         config: dict,
         prefill_session: ort.InferenceSession | None = None,
     ) -> None:
+        # without a prefill session both phases run `session`, through one binding
         self.sessions = {"decode": session, "prefill": prefill_session or session}
         self.block_size = config["n_positions"]
         self.heads, self.head_size = config["n_head"], config["n_embd"] // config["n_head"]
@@ -193,11 +192,16 @@ class InPlaceCache:
             for new, previous in zip(self.buffers, old, strict=True):
                 new[:, :, :keep] = previous[:, :, :keep]
         self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]  # shared memory
-        for phase, session in self.sessions.items():
-            binding = session.io_binding()
-            binding.bind_output("logits", "cpu")  # first: outputs come back in binding order
-            for name, value in zip(self.names, self.values, strict=True):
-                binding.bind_ortvalue_input(f"past_{name}", value)
-                binding.bind_ortvalue_output(f"present_{name}", value)  # the same memory
-            self.bindings[phase] = binding
+        decode, prefill = self.sessions["decode"], self.sessions["prefill"]
+        decode_binding = self._bind(decode)
+        prefill_binding = decode_binding if prefill is decode else self._bind(prefill)
+        self.bindings = {"decode": decode_binding, "prefill": prefill_binding}
         self.capacity = capacity
+
+    def _bind(self, session: ort.InferenceSession) -> ort.IOBinding:
+        binding = session.io_binding()
+        binding.bind_output("logits", "cpu")  # first: outputs come back in binding order
+        for name, value in zip(self.names, self.values, strict=True):
+            binding.bind_ortvalue_input(f"past_{name}", value)
+            binding.bind_ortvalue_output(f"present_{name}", value)  # the same memory
+        return binding

@@ -112,8 +112,6 @@ class BufferCache:
 
     It owns attention too (`attend`), because one kernel writes the cache and reads it."""
 
-    exporting = True
-
     def __init__(self, past_k: list[torch.Tensor], past_v: list[torch.Tensor], write_index):
         self.past_k, self.past_v, self.length = past_k, past_v, write_index
         self.present_k: list[torch.Tensor] = []
@@ -127,7 +125,7 @@ class BufferCache:
         return y
 
     def advance(self, tokens: int) -> None:
-        pass
+        pass  # the caller moves write_index between calls
 
 
 def _logits(gpt: GPT, hidden: torch.Tensor, head: torch.Tensor, form: str) -> torch.Tensor:
