@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -11,6 +12,7 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.embedded import LocalWorker  # noqa: E402
 from orchestrator.sweep import parse_sweep  # noqa: E402
+from worker.measure import Repeat  # noqa: E402
 from worker.pinning import available_cpus, parse_cpu_list  # noqa: E402
 
 CACHE = Path("~/.cache/whistle-stop").expanduser()
@@ -94,3 +96,13 @@ def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
             model_dir, full_options(backend, options), threads, CACHE
         )
     return model_dir, loaded
+
+
+def timed(path, prompt: list[int], tokens: int) -> Repeat:
+    """One greedy generation timed as a job times it: an outer timer and each token's
+    time. `path` is one of our backends (a Generation) or a peer ((tokens, times))."""
+    start = time.perf_counter()
+    result = path.generate(prompt, tokens)
+    end = time.perf_counter()
+    times = result.token_times if hasattr(result, "token_times") else result[1]
+    return Repeat(start, end, tuple(times))

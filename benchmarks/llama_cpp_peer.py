@@ -102,18 +102,18 @@ class LlamaCpp:
     one token per llama_decode, like our backends' loop."""
 
     def __init__(self, gguf_path: Path, threads: int, context: int = 1024) -> None:
+        import llama_cpp
         from llama_cpp import Llama
 
         self.path, self.threads, self.context = gguf_path, threads, context
+        self._logits_ith = llama_cpp.llama_get_logits_ith  # looked up once, not per token
         self.llm = Llama(str(gguf_path), n_ctx=context, n_batch=context, n_threads=threads,
                          n_threads_batch=threads, verbose=False)  # fmt: skip
         self.vocab = self.llm.n_vocab()
         self.forced = None  # a second context that keeps every position's logits, on demand
 
     def _last_logits(self) -> np.ndarray:
-        import llama_cpp
-
-        row = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        row = self._logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ctypes.cast(row, ctypes.POINTER(ctypes.c_float)),
                                      shape=(self.vocab,))  # fmt: skip
 

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import sys
 
-from common import CACHE, full_options, gpt2_small, table
+from common import CACHE, full_options, gpt2_small, table, timed
 
 from backends import registry
 from worker.prompts import random_prompt
@@ -37,8 +37,7 @@ CONTEXTS = (32, 512)
 
 
 def decode_ms(backend, prompt: list[int], tokens: int) -> float:
-    times = backend.generate(prompt, tokens).token_times
-    return 1e3 * (times[-1] - times[0]) / (len(times) - 1)
+    return 1e3 / timed(backend, prompt, tokens).decode_tokens_per_s
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import in_process_arguments, load_paths, table
+from common import in_process_arguments, load_paths, table, timed
 
 from worker.prompts import random_prompt
 
@@ -135,13 +135,10 @@ def main() -> None:
     speeds, ttft = {n: [] for n in [*paths, *peers]}, {n: [] for n in [*paths, *peers]}
     for round_index in range(args.rounds + 1):  # round 0 warms up every path
         for name in speeds:
-            path = paths.get(name) or peers[name]
-            start = time.perf_counter()
-            result = path.generate(prompt, args.generation)
-            times = result.token_times if hasattr(result, "token_times") else result[1]
+            run = timed(paths.get(name) or peers[name], prompt, args.generation)
             if round_index:
-                speeds[name].append((len(times) - 1) / (times[-1] - times[0]))
-                ttft[name].append(times[0] - start)
+                speeds[name].append(run.decode_tokens_per_s)
+                ttft[name].append(run.prefill_s)
         print(f"round {round_index}/{args.rounds}", file=sys.stderr)
     base = statistics.median(speeds["transformers eager fp32"])
     rows = []

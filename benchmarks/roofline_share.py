@@ -16,7 +16,7 @@ import json
 import statistics
 import sys
 
-from common import in_process_arguments, load_paths, table
+from common import in_process_arguments, load_paths, table, timed
 
 from worker.prompts import random_prompt
 from worker.roofline import measure_bandwidth, weight_bytes_per_token
@@ -47,10 +47,10 @@ def main() -> None:
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, path in paths.items():
             before = measure_bandwidth(args.threads, 256 * 2**20)["read_bytes_per_s"]
-            times = path.generate(prompt, args.generation).token_times
+            run = timed(path, prompt, args.generation)
             after = measure_bandwidth(args.threads, 256 * 2**20)["read_bytes_per_s"]
             if round_index:
-                speed = (len(times) - 1) / (times[-1] - times[0])
+                speed = run.decode_tokens_per_s
                 bandwidth = (before + after) / 2
                 speeds[name].append(speed)
                 shares[name].append(speed * bytes_per_token[name] / bandwidth)

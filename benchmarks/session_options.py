@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import onnxruntime as ort
-from common import CACHE, full_options, gpt2_small, in_process_arguments, table
+from common import CACHE, full_options, gpt2_small, in_process_arguments, table, timed
 
 from backends.onnx import OnnxBackend
 from worker.prompts import random_prompt
@@ -29,7 +28,13 @@ LEVELS = ort.GraphOptimizationLevel
 
 
 def _set(**fields):
-    return lambda options: [setattr(options, k, v) for k, v in fields.items()]
+    """A `tune` hook that sets these SessionOptions attributes."""
+
+    def tune(options: ort.SessionOptions) -> None:
+        for name, value in fields.items():
+            setattr(options, name, value)
+
+    return tune
 
 
 def _no_spinning(options: ort.SessionOptions) -> None:
@@ -61,11 +66,10 @@ def main() -> None:
         ttft = {name: [] for name in variants}
         for round_index in range(args.rounds + 1):  # round 0 warms up
             for name, backend in variants.items():
-                start = time.perf_counter()
-                times = backend.generate(prompt, args.generation).token_times
+                run = timed(backend, prompt, args.generation)
                 if round_index:
-                    speeds[name].append((len(times) - 1) / (times[-1] - times[0]))
-                    ttft[name].append(times[0] - start)
+                    speeds[name].append(run.decode_tokens_per_s)
+                    ttft[name].append(run.prefill_s)
             print(f"{model}: round {round_index}/{args.rounds}", file=sys.stderr, flush=True)
         base = statistics.median(speeds["defaults"])
         for name in variants:

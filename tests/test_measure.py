@@ -49,6 +49,7 @@ def test_summary_from_known_timestamps():
     assert figures["decode_ms"] == pytest.approx(15.0)
     assert figures["decode_ms_p50"] == pytest.approx(15.0)
     assert figures["decode_tokens_per_s"] == pytest.approx(18 / (9 * 0.010 + 9 * 0.020))
+    assert repeats[1].decode_tokens_per_s == pytest.approx(1 / 0.020)  # one repeat's own
     assert figures["e2e_s"] == pytest.approx((0.19 + 0.30) / 2)
     assert figures["cv"] == pytest.approx(np.std([0.19, 0.30], ddof=1) / 0.245)
     assert figures["noisy"] is True  # a 30% spread is far above 5%
@@ -68,6 +69,7 @@ def test_decode_time_is_never_total_minus_prefill():
     figures = summarize([synthetic(0.0, 0.1, [])], noise_threshold=0.05)
     assert math.isnan(figures["decode_ms"])
     assert math.isnan(figures["decode_tokens_per_s"])
+    assert math.isnan(synthetic(0.0, 0.1, []).decode_tokens_per_s)
 
 
 @pytest.mark.slow

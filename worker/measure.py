@@ -30,6 +30,12 @@ class Repeat:
         return [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
 
     @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first over their intervals (NaN for one token: no decode)."""
+        steps = self.decode_steps_s
+        return len(steps) / sum(steps) if steps else math.nan
+
+    @property
     def end_to_end_s(self) -> float:
         return self.end - self.start
 
