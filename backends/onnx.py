@@ -61,7 +61,7 @@ class OnnxBackend(StepwiseBackend):
         if options.get("prefill_int8"):
             # two sessions, two pools of threads on the same cores: threads left spinning
             # after one session's run would fight the other's (time to first token 78 ms
-            # against 40 ms with this; decode ~2% slower)
+            # against 40 ms with this; decode 2-3% slower)
             settings.add_session_config_entry("session.force_spinning_stop", "1")
         if tune is not None:
             tune(settings)
