@@ -25,11 +25,16 @@ quick: setup
 	$(BIN)/farm submit --grid examples/quick.yaml
 	$(BIN)/farm report --sweep quick
 
-test: setup
+# The tests' own backends (tests/plugin) are installed the way a user's plugin would be.
+$(VENV)/.test-plugin: $(VENV)/.installed tests/plugin/pyproject.toml
+	$(BIN)/python -m pip install --quiet --no-deps -e tests/plugin
+	touch $@
+
+test: setup $(VENV)/.test-plugin
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
-test-fast: setup
+test-fast: setup $(VENV)/.test-plugin
 	$(BIN)/pytest -m "not slow"
 
 lint: setup

@@ -11,7 +11,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from backends.options import BackendOptions
 
 
 @dataclass
@@ -45,17 +48,36 @@ DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0}
 
 
 class Backend(Protocol):
-    """Load or export once, then generate greedily as many times as asked."""
+    """Load or export once, then generate greedily as many times as asked.
+
+    `options` is the backend's own validated options model (backends/options.py), with
+    every default already applied. The registry checks a class has `generate` before
+    anything calls it (backends/registry.py).
+    """
 
     load_report: LoadReport
 
     def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+        self, model_dir: Path, options: BackendOptions, threads: int, cache_dir: Path
     ) -> None: ...
 
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         """Exactly `new_tokens` greedy tokens after `prompt`; no early stop on EOS."""
         ...
+
+
+@runtime_checkable
+class SupportsTeacherForcing(Protocol):
+    """Can return its next-token logits along a given sequence (fidelity, perplexity)."""
+
+    def teacher_forced_logits(self, prompt: list[int], continuation: list[int]) -> Any: ...
+
+
+@runtime_checkable
+class SupportsReserve(Protocol):
+    """Has a fixed-capacity cache, sized once before a sequence of known length."""
+
+    def reserve(self, total_tokens: int) -> None: ...
 
 
 class StepwiseBackend:
@@ -75,14 +97,11 @@ class StepwiseBackend:
     def step(self, token: int) -> Any:
         raise NotImplementedError
 
-    def reserve(self, total_tokens: int) -> None:
-        """Called before prefill with the length the sequence will reach, for backends
-        whose cache has a fixed capacity (sized once, then reused by later calls)."""
-
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         tokens: list[int] = []
         times: list[float] = []
-        self.reserve(len(prompt) + new_tokens - 1)  # the last token is never fed back
+        if isinstance(self, SupportsReserve):  # a fixed-capacity cache, sized once
+            self.reserve(len(prompt) + new_tokens - 1)  # the last token is never fed back
         logits = self.prefill(prompt)
         for index in range(new_tokens):
             token = int(logits.argmax())
@@ -97,7 +116,8 @@ class StepwiseBackend:
         fed in turn (whatever this backend would have chosen): (len(continuation), vocab)."""
         import numpy as np
 
-        self.reserve(len(prompt) + len(continuation) - 1)
+        if isinstance(self, SupportsReserve):
+            self.reserve(len(prompt) + len(continuation) - 1)
         rows = [to_numpy(self.prefill(prompt))]
         for token in continuation[:-1]:
             rows.append(to_numpy(self.step(token)))

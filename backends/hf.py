@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from backends.base import DTYPE_BYTES, Generation, LoadReport, StepwiseBackend
+from backends.options import HFOptions
 from backends.weights import load_hf_model
 
 
@@ -39,14 +39,10 @@ class HFBackend(StepwiseBackend):
     """Timed generation goes through `generate()`, as users run it; prefill/step (a
     plain forward with the model's own cache) serve teacher-forced fidelity checks."""
 
-    def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
-    ) -> None:
-        dtype = options.get("dtype", "float32")
-        self.model = load_hf_model(model_dir, dtype)
-        self.load_report = LoadReport(
-            matmul_bytes=DTYPE_BYTES[dtype], lm_head_bytes=DTYPE_BYTES[dtype]
-        )
+    def __init__(self, model_dir: Path, options: HFOptions, threads: int, cache_dir: Path) -> None:
+        self.model = load_hf_model(model_dir, options.dtype)
+        width = DTYPE_BYTES[options.dtype]
+        self.load_report = LoadReport(matmul_bytes=width, lm_head_bytes=width)
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:

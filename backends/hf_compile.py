@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from backends.hf import HFBackend
+from backends.options import HFCompileOptions
 
 
 class HFCompileBackend(HFBackend):
     def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+        self, model_dir: Path, options: HFCompileOptions, threads: int, cache_dir: Path
     ) -> None:
-        super().__init__(model_dir, {"dtype": options.get("dtype", "float32")}, threads, cache_dir)
-        mode = options.get("mode", "default")
-        self.model.forward = torch.compile(self.model.forward, dynamic=True, mode=mode)
+        super().__init__(model_dir, options, threads, cache_dir)
+        self.model.forward = torch.compile(self.model.forward, dynamic=True, mode=options.mode)
         started = time.perf_counter()
         self.generate([1, 2, 3, 4, 5, 6, 7, 8], 4)  # compiles prefill and decode graphs
         self.load_report.compile_s = time.perf_counter() - started

@@ -7,20 +7,20 @@ re-runs the whole sequence so far, so step t costs O(t) and long generations slo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
 from backends.base import DTYPE_BYTES, LoadReport, StepwiseBackend
+from backends.config import ModelConfig
 from backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache
+from backends.options import NanoGPTOptions
 
 
 def load_gpt(model_dir: Path, dtype: str = "float32") -> GPT:
     """Our GPT with the weights of a transformers GPT-2 directory (safetensors only)."""
-    config = GPTConfig.from_hf(json.loads((model_dir / "config.json").read_text()))
+    config = GPTConfig.from_hf(ModelConfig.from_dir(model_dir))
     state = {}
     for shard in sorted(model_dir.glob("*.safetensors")):
         state.update(load_file(shard))
@@ -29,15 +29,13 @@ def load_gpt(model_dir: Path, dtype: str = "float32") -> GPT:
 
 class NanoGPTBackend(StepwiseBackend):
     def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+        self, model_dir: Path, options: NanoGPTOptions, threads: int, cache_dir: Path
     ) -> None:
-        dtype = options.get("dtype", "float32")
-        self.dtype = getattr(torch, dtype)
-        self.model = load_gpt(model_dir, dtype)
-        self.kv_cache = options.get("kv_cache", True)
-        self.load_report = LoadReport(
-            matmul_bytes=DTYPE_BYTES[dtype], lm_head_bytes=DTYPE_BYTES[dtype]
-        )
+        self.dtype = getattr(torch, options.dtype)
+        self.model = load_gpt(model_dir, options.dtype)
+        self.kv_cache = options.kv_cache
+        width = DTYPE_BYTES[options.dtype]
+        self.load_report = LoadReport(matmul_bytes=width, lm_head_bytes=width)
         self.cache: PreallocatedCache | None = None
         self.sequence: list[int] = []
 

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from backends.config import ModelConfig
+
 
 class PreallocatedCache:
     """Keys and values of every layer in buffers sized for the longest sequence.
@@ -156,15 +158,15 @@ class GPTConfig:
     layer_norm_epsilon: float = 1e-5
 
     @classmethod
-    def from_hf(cls, config: dict) -> GPTConfig:
-        """From a transformers GPT2Config dict (config.json)."""
+    def from_hf(cls, config: ModelConfig) -> GPTConfig:
+        """From a transformers GPT-2 directory's config."""
         return cls(
-            block_size=config["n_positions"],
-            vocab_size=config["vocab_size"],
-            n_layer=config["n_layer"],
-            n_head=config["n_head"],
-            n_embd=config["n_embd"],
-            layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5),
+            block_size=config.n_positions,
+            vocab_size=config.vocab_size,
+            n_layer=config.n_layer,
+            n_head=config.n_head,
+            n_embd=config.n_embd,
+            layer_norm_epsilon=config.raw.get("layer_norm_epsilon", 1e-5),
         )
 
 

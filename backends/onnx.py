@@ -16,7 +16,6 @@ which reads the fewest bytes a token; both sessions bind the same cache buffers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,9 @@ import numpy as np
 import onnxruntime as ort
 
 from backends.base import LoadReport, StepwiseBackend
+from backends.config import ModelConfig
 from backends.onnx_export import onnx_artifact
+from backends.options import OnnxOptions
 from backends.weights import weights_digest
 
 # bytes per weight: int4 is 4 bits plus one float32 scale per block of 32 weights
@@ -45,7 +46,7 @@ class OnnxBackend(StepwiseBackend):
     def __init__(
         self,
         model_dir: Path,
-        options: dict[str, Any],
+        options: OnnxOptions,
         threads: int,
         cache_dir: Path,
         tune: Callable[[ort.SessionOptions], None] | None = None,
@@ -55,10 +56,10 @@ class OnnxBackend(StepwiseBackend):
         digest = weights_digest(model_dir, cache_dir)
         artifact = onnx_artifact(model_dir, options, cache_dir, digest)
         self.model_path = artifact.path
-        matmul_bytes = WEIGHT_BYTES[options.get("quantize", "none")]
-        lm_head_bytes = matmul_bytes if options.get("quantize_lm_head") else 4.0
+        matmul_bytes = WEIGHT_BYTES[options.quantize]
+        lm_head_bytes = matmul_bytes if options.quantize_lm_head else 4.0
         settings = session_options(threads)
-        if options.get("prefill_int8"):
+        if options.prefill_int8:
             # two sessions, two pools of threads on the same cores: threads left spinning
             # after one session's run would fight the other's (time to first token 78 ms
             # against 40 ms with this; decode 2-3% slower)
@@ -72,11 +73,11 @@ class OnnxBackend(StepwiseBackend):
         if artifact.fused_ops is not None:
             extra["fused_ops"] = artifact.fused_ops
         prefill_session, prefill_bytes = None, 0
-        if options.get("prefill_int8"):
+        if options.prefill_int8:
             # the same graph quantized to int8, over the same bound cache buffers: prefill is
             # compute-bound, where int8 kernels beat 4-bit ones; decode stays on int4
             prefill_artifact = onnx_artifact(
-                model_dir, {**options, "quantize": "int8"}, cache_dir, digest
+                model_dir, options.model_copy(update={"quantize": "int8"}), cache_dir, digest
             )
             prefill_session = ort.InferenceSession(
                 str(prefill_artifact.path), settings, providers=["CPUExecutionProvider"]
@@ -91,14 +92,13 @@ class OnnxBackend(StepwiseBackend):
             lm_head_bytes=lm_head_bytes,
             extra=extra,
         )
-        config = json.loads((model_dir / "config.json").read_text())
-        head_size = config["n_embd"] // config["n_head"]
+        config = ModelConfig.from_dir(model_dir)
         self.empty_past = np.zeros(
-            (config["n_layer"], 1, config["n_head"], 0, head_size), np.float32
+            (config.n_layer, 1, config.n_head, 0, config.head_size), np.float32
         )
-        self.io_binding = options.get("io_binding", True)
+        self.io_binding = options.io_binding
         self.past: tuple[Any, Any] | None = None
-        in_place = options.get("kv_cache") == "in_place"
+        in_place = options.kv_cache == "in_place"
         self.in_place = InPlaceCache(self.session, config, prefill_session) if in_place else None
 
     def reserve(self, total_tokens: int) -> None:
@@ -149,13 +149,13 @@ class InPlaceCache:
     def __init__(
         self,
         session: ort.InferenceSession,
-        config: dict,
+        config: ModelConfig,
         prefill_session: ort.InferenceSession | None = None,
     ) -> None:
         # without a prefill session both phases run `session`, through one binding
         self.sessions = {"decode": session, "prefill": prefill_session or session}
-        self.block_size = config["n_positions"]
-        self.heads, self.head_size = config["n_head"], config["n_embd"] // config["n_head"]
+        self.block_size = config.n_positions
+        self.heads, self.head_size = config.n_head, config.head_size
         self.names = [i.name.removeprefix("past_") for i in session.get_inputs()[2:]]
         self.capacity, self.length = 0, 0
         self.bindings: dict[str, ort.IOBinding] = {}

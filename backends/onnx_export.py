@@ -26,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 
 from backends.artifacts import build_once, dir_bytes
+from backends.config import ModelConfig
+from backends.options import OnnxOptions
 
 EXPORT_FORMAT = 4  # bump when the exported graph changes (4: the LM head's form is chosen)
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
@@ -41,28 +43,31 @@ class Artifact:
     fused_ops: dict[str, int] | None = None
 
 
-def onnx_artifact(model_dir: Path, options: dict, cache_dir: Path, digest: str) -> Artifact:
+def onnx_artifact(
+    model_dir: Path, options: OnnxOptions, cache_dir: Path, digest: str
+) -> Artifact:
     """The cached ONNX model for these options, building whatever steps are missing."""
     versions = {tool: metadata.version(tool) for tool in TOOLS}
-    fused = bool(options.get("fused_attention"))
+    fused = options.fused_attention
     # The LM head: a float head runs fastest as a Gemm on the tied weight (fp32 GPT-2 small:
     # 54 against 46 tok/s); a head to be quantized must be a MatMul on its own constant, and
     # so must any head under int8, whose quantizer turns a Gemm into a MatMul that it then
     # no longer excludes by name.
-    quantized_head = options.get("quantize") == "int8" or options.get("quantize_lm_head")
+    quantized_head = options.quantize == "int8" or options.quantize_lm_head
     head = "matmul" if quantized_head else "gemm"  # int4 leaves a Gemm alone: float it stays
     export = {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head}
-    if options.get("kv_cache") == "in_place":  # the concat form keeps its earlier cache key
+    if options.kv_cache == "in_place":  # the concat form keeps its earlier cache key
         export |= {"kv_cache": "in_place"}
     steps = [("export", export)]
-    if options.get("optimize"):
+    if options.optimize:
         steps.append(("optimize", {}))
-    if options.get("quantize", "none") != "none":
-        quantize_keys = ("quantize", "per_channel", "quantize_lm_head")
-        quantize = {key: options[key] for key in quantize_keys} | {"op_types": ["MatMul", "Gemm"]}
-        if options.get("reduce_range"):  # absent when off: earlier artifacts keep their keys
+    if options.quantize != "none":
+        quantize = {"quantize": options.quantize, "per_channel": options.per_channel,
+                    "quantize_lm_head": options.quantize_lm_head,
+                    "op_types": ["MatMul", "Gemm"]}  # fmt: skip
+        if options.reduce_range:  # absent when off: earlier artifacts keep their keys
             quantize["reduce_range"] = True
-        if options["quantize"] == "int4":
+        if options.quantize == "int4":
             quantize["accuracy_level"] = 4  # part of the key: a rebuild when it changes
         steps.append(("quantize", quantize))
 
@@ -122,9 +127,9 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
 def _optimize(model_dir: Path, source: Path, _options: dict, out: Path) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
-    config = json.loads((model_dir / "config.json").read_text())
+    config = ModelConfig.from_dir(model_dir)
     optimized = optimize_model(
-        str(source), model_type="gpt2", num_heads=config["n_head"], hidden_size=config["n_embd"]
+        str(source), model_type="gpt2", num_heads=config.n_head, hidden_size=config.n_embd
     )
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     optimized.save_model_to_file(str(out / MODEL_FILE))

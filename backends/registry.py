@@ -1,25 +1,48 @@
-"""Names users write in a sweep file -> where the backend lives.
+"""Backend names -> backend classes: an allowlist defined by this installation.
 
-The implementation is a ``"module:Class"`` string imported only when a job
-runs, so `farm --help` and sweep validation never import torch.
+A sweep file (or a queue message) names a backend; it never names a module. The
+names are the built-in backends below plus backends installed as Python entry points
+in the group `whistle_stop.backends` (the packaging convention pytest uses for its
+plugins), so what can run is decided by what is installed, not by what a file says.
+Implementations are imported only when a job runs, so `farm --help` and sweep
+validation never import torch.
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from importlib import metadata
 
 from backends import options as opts
+
+ENTRY_POINT_GROUP = "whistle_stop.backends"
+
+
+class UnknownBackendError(KeyError):
+    """A backend name this installation does not have. str() is the message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class MissingDependencyError(ImportError):
+    """A backend's optional dependency is not installed; the message says what to install."""
+
+
+class NotABackendError(TypeError):
+    """What a name resolved to is not a backend class."""
 
 
 @dataclass(frozen=True)
 class BackendEntry:
-    target: str  # "module:Class", imported lazily
+    target: str  # "module:Class", from this file or from installed package metadata
     options: type[opts.BackendOptions]
     summary: str
+    extra: str | None = None  # the pip extra that installs its dependencies
 
 
-REGISTRY: dict[str, BackendEntry] = {
+BUILTIN: dict[str, BackendEntry] = {
     "hf": BackendEntry("backends.hf:HFBackend", opts.HFOptions, "transformers eager generate()"),
     "nanogpt": BackendEntry(
         "backends.nanogpt:NanoGPTBackend", opts.NanoGPTOptions, "our nanoGPT-style module"
@@ -38,52 +61,68 @@ REGISTRY: dict[str, BackendEntry] = {
 }
 
 
+def _plugins() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def names() -> list[str]:
-    return sorted(REGISTRY)
+    """Every backend name this installation can run."""
+    return sorted(set(BUILTIN) | set(_plugins()))
 
 
 def entry(name: str) -> BackendEntry:
-    """The registered backend, or a plugin written as ``package.module:Class``.
+    """The backend registered under `name`. Raises `UnknownBackendError` listing the known.
 
-    A plugin class may carry an ``Options`` pydantic model (a `BackendOptions`
-    subclass); it is imported at validation time, so keep its imports light.
+    A plugin's options model is its class's ``Options`` attribute (a `BackendOptions`
+    subclass); reading it imports the plugin's module, so keep that module's imports light.
     """
-    if name in REGISTRY:
-        return REGISTRY[name]
-    if ":" in name:
-        cls = _import(name)
-        return BackendEntry(name, getattr(cls, "Options", opts.BackendOptions), "plugin")
-    raise KeyError(
-        f"unknown backend {name!r}; known backends: {', '.join(names())} "
-        "(or a plugin as package.module:Class)"
-    )
-
-
-class MissingDependencyError(ImportError):
-    """A backend's optional dependency is not installed; the message says what to install."""
+    if not isinstance(name, str):
+        raise UnknownBackendError(f"a backend is named by a string, not {type(name).__name__}")
+    if name in BUILTIN:
+        return BUILTIN[name]
+    plugin = _plugins().get(name)
+    if plugin is None:
+        hint = ""
+        if ":" in name or "." in name:
+            hint = (
+                " (backends are named, never given as module paths; install a backend "
+                f"of your own as an entry point in the group {ENTRY_POINT_GROUP!r})"
+            )
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; known backends: {', '.join(names())}{hint}"
+        )
+    cls = _checked_class(name, plugin.value)
+    options = getattr(cls, "Options", opts.BackendOptions)
+    if not (isinstance(options, type) and issubclass(options, opts.BackendOptions)):
+        raise NotABackendError(f"backend {name!r}: its Options is not a BackendOptions model")
+    return BackendEntry(plugin.value, options, f"plugin from {plugin.value}")
 
 
 def load_class(name: str) -> type:
-    """Import and return the backend class registered under `name`."""
+    """Import and return the backend class registered under `name`, checked to be one."""
+    return _checked_class(name, entry(name).target)
+
+
+def _checked_class(name: str, target: str) -> type:
+    module_name, _, class_name = target.partition(":")
     try:
-        return _import(entry(name).target)
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         package = (error.name or "").split(".")[0]  # every dependency's module is its pip name
         raise MissingDependencyError(
             f"backend {name!r} needs the package {package!r}, which is not installed "
             f"here: pip install {package}"
         ) from error
+    cls = getattr(module, class_name, None)
+    if not isinstance(cls, type) or not callable(getattr(cls, "generate", None)):
+        raise NotABackendError(
+            f"backend {name!r} resolves to {target}, which is not a backend class "
+            "(a class with a generate() method)"
+        )
+    return cls
 
 
-def _import(target: str) -> type:
-    module_name, _, class_name = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and module_name.startswith(error.name):
-            raise KeyError(f"cannot import backend {target!r}: {error}") from None
-        raise  # the backend's module exists; one of its dependencies is missing
-    try:
-        return getattr(module, class_name)
-    except AttributeError as error:
-        raise KeyError(f"cannot import backend {target!r}: {error}") from None
+def create(name: str, model_dir, options: dict, threads: int, cache_dir):
+    """The backend `name`, built with `options` validated by its own model (defaults applied)."""
+    validated = entry(name).options.model_validate(options)
+    return load_class(name)(model_dir, validated, threads, cache_dir)

@@ -11,10 +11,11 @@ Three kinds of source, as users write them in a sweep file:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from backends.config import ModelConfig, ModelConfigError
 
 # The four published GPT-2 sizes (OpenAI's checkpoints): layers, heads, width.
 GPT2_SIZES: dict[str, dict[str, int]] = {
@@ -79,14 +80,8 @@ def parse_model_source(text: str) -> ModelSource:
 
 
 def _local_source(path: Path) -> ModelSource:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelSourceError(
-            f"model directory {str(path)!r} has no config.json; "
-            "write one with model.save_pretrained(DIR)"
-        )
-    config = json.loads(config_file.read_text())
-    n_positions = int(config.get("n_positions") or config.get("max_position_embeddings") or 0)
-    if n_positions <= 0:
-        raise ModelSourceError(f"{config_file} does not say its maximum positions (n_positions)")
-    return ModelSource("local", str(path.resolve()), n_positions)
+    try:
+        config = ModelConfig.from_dir(path)
+    except ModelConfigError as error:
+        raise ModelSourceError(str(error)) from None
+    return ModelSource("local", str(path.resolve()), config.n_positions)

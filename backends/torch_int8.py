@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from backends.base import LoadReport
 from backends.nanogpt import NanoGPTBackend
+from backends.options import NanoGPTOptions, TorchInt8Options
 
 
 def quantize_linears(model: torch.nn.Module, *, per_channel: bool, lm_head: bool):
@@ -47,17 +47,15 @@ def quantize_linears(model: torch.nn.Module, *, per_channel: bool, lm_head: bool
 
 class TorchInt8Backend(NanoGPTBackend):
     def __init__(
-        self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path
+        self, model_dir: Path, options: TorchInt8Options, threads: int, cache_dir: Path
     ) -> None:
-        super().__init__(model_dir, {"kv_cache": options.get("kv_cache", True)}, threads, cache_dir)
+        float_options = NanoGPTOptions(kv_cache=options.kv_cache)
+        super().__init__(model_dir, float_options, threads, cache_dir)
         count = quantize_linears(
-            self.model,
-            per_channel=options.get("per_channel", False),
-            lm_head=options.get("quantize_lm_head", False),
+            self.model, per_channel=options.per_channel, lm_head=options.quantize_lm_head
         )
-        lm_head = options.get("quantize_lm_head", False)
         self.load_report = LoadReport(
             matmul_bytes=1.0,
-            lm_head_bytes=1.0 if lm_head else 4.0,
+            lm_head_bytes=1.0 if options.quantize_lm_head else 4.0,
             extra={"quantized_linears": count},
         )

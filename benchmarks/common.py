@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.embedded import LocalWorker  # noqa: E402
+
 from orchestrator.sweep import parse_sweep  # noqa: E402
 from worker.measure import Repeat  # noqa: E402
 from worker.pinning import available_cpus, parse_cpu_list  # noqa: E402
@@ -77,11 +78,11 @@ def gpt2_small() -> Path:
     return materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
 
 
-def full_options(backend: str, options: dict) -> dict:
-    """Options as a job passes them: validated, defaults filled in."""
+def full_options(backend: str, options: dict):
+    """Options as a job passes them to its backend: validated, defaults filled in."""
     from backends import registry
 
-    return registry.entry(backend).options.model_validate(options).model_dump()
+    return registry.entry(backend).options.model_validate(options)
 
 
 def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
@@ -92,9 +93,7 @@ def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
     model_dir = gpt2_small()
     loaded = {}
     for name, (backend, options) in paths.items():
-        loaded[name] = registry.load_class(backend)(
-            model_dir, full_options(backend, options), threads, CACHE
-        )
+        loaded[name] = registry.create(backend, model_dir, options, threads, CACHE)
     return model_dir, loaded
 
 

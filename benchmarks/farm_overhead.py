@@ -25,9 +25,10 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from orchestrator.farm import submit_farm  # noqa: E402
+
 from db.models import Job  # noqa: E402
 from db.session import make_session_factory  # noqa: E402
-from orchestrator.farm import submit_farm  # noqa: E402
 from orchestrator.sweep import parse_sweep  # noqa: E402
 from tests.conftest import save_tiny_gpt2  # noqa: E402
 from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402

@@ -14,7 +14,7 @@ import argparse
 import statistics
 import sys
 
-from common import CACHE, full_options, gpt2_small, table, timed
+from common import CACHE, gpt2_small, table, timed
 
 from backends import registry
 from worker.prompts import random_prompt
@@ -56,9 +56,7 @@ def main() -> None:
     for name, options in PATHS.items():
         if args.only and name not in args.only.split(","):
             continue
-        backend = registry.load_class("onnx")(
-            model_dir, full_options("onnx", options), args.threads, CACHE
-        )
+        backend = registry.create("onnx", model_dir, options, args.threads, CACHE)
         samples: dict[int, list[float]] = {ctx: [] for ctx in CONTEXTS}
         for round_index in range(args.rounds + 1):  # round 0 warms up
             for ctx in CONTEXTS:

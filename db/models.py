@@ -6,19 +6,32 @@ filter and sort in SQL; raw per-repeat samples are kept as JSON beside them.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from contract.status import JobStatus
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+# Stored as the enum's values ('done'), in a plain string column every database has.
+StatusColumn = SqlEnum(
+    JobStatus,
+    native_enum=False,
+    length=16,
+    values_callable=lambda statuses: [status.value for status in statuses],
+    validate_strings=True,
+)
 
 
 class Sweep(Base):
@@ -47,7 +60,7 @@ class Job(Base):
     context: Mapped[int]
     generation: Mapped[int]
     threads: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[JobStatus] = mapped_column(StatusColumn, default=JobStatus.PENDING, index=True)
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
@@ -70,7 +83,7 @@ class Environment(Base):
     cpu_features: Mapped[list[Any]]
     logical_cores: Mapped[int]
     physical_cores: Mapped[int]
-    memory_bytes: Mapped[int]
+    memory_bytes: Mapped[int] = mapped_column(BigInteger)  # byte counts pass 2**31: 64-bit
     os: Mapped[str] = mapped_column(String(255))
     kernel: Mapped[str] = mapped_column(String(255))
     container: Mapped[bool]
@@ -114,9 +127,9 @@ class Result(Base):
     compile_s: Mapped[float | None]
     artifact_built: Mapped[bool | None]
     artifact_build_s: Mapped[float | None]
-    artifact_bytes: Mapped[int | None]
-    rss_peak_bytes: Mapped[int]
-    model_rss_bytes: Mapped[int]
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    rss_peak_bytes: Mapped[int] = mapped_column(BigInteger)
+    model_rss_bytes: Mapped[int] = mapped_column(BigInteger)
 
     # agreement with transformers float32 on the same prompt (None: not measured)
     top1_agreement: Mapped[float | None]  # teacher-forced, per position

@@ -9,8 +9,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
 
-DEFAULT_DB = "farm.db"
-
 
 def database_url(path_or_url: str) -> str:
     """A file path becomes a SQLite URL; anything with '://' is used as it is."""

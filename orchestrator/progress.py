@@ -1,4 +1,9 @@
-"""The progress bar every long-running farm command shows."""
+"""What a running sweep shows: a progress bar in a terminal, one plain line per job elsewhere.
+
+A cut-off bar in a log file or a pipe says nothing (`quick ━━ 8/8 failed 0 0:…`), so
+outside a terminal each finished job gets one line: what it was, and its speed or why
+it failed. Everything goes to stderr; stdout is for results.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +18,48 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from contract.status import JobStatus
+from orchestrator.store import Applied
 
-def job_progress(console: Console) -> Progress:
+
+class SweepProgress:
+    """Told about each applied event by the dispatch loop; shows it."""
+
+    def __init__(self, console: Console, name: str, total: int, *, quiet: bool = False) -> None:
+        self.console, self.name, self.total, self.quiet = console, name, total, quiet
+        self.finished = self.failed = 0
+        self.bar: Progress | None = None
+        if console.is_terminal and not quiet and total:
+            self.bar = _bar(console)
+            self.task = self.bar.add_task(name, total=total, failed=0, current="")
+            self.bar.start()
+
+    def update(self, applied: Applied) -> None:
+        if applied.status is JobStatus.RUNNING and self.bar:
+            current = f"{applied.worker}: {applied.describe()}"
+            self.bar.update(self.task, current=current)
+        if applied.status not in (JobStatus.DONE, JobStatus.FAILED):
+            return
+        self.finished += 1
+        self.failed += applied.status is JobStatus.FAILED
+        if self.bar:
+            self.bar.update(self.task, advance=1, failed=self.failed)
+        elif not self.quiet:
+            self.console.print(self._line(applied), highlight=False, markup=False, soft_wrap=True)
+
+    def _line(self, applied: Applied) -> str:
+        done = f"[{self.finished}/{self.total}] {applied.describe()}"
+        if applied.status is JobStatus.FAILED:
+            reason = (applied.error or "").strip().splitlines()
+            return f"{done}: failed: {reason[-1] if reason else 'no reason given'}"
+        return f"{done}: {applied.decode_tokens_per_s or float('nan'):.1f} tok/s"
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def _bar(console: Console) -> Progress:
     """jobs done/total, the job running now, elapsed time and an ETA."""
     return Progress(
         SpinnerColumn(),

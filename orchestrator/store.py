@@ -1,113 +1,171 @@
-"""Every database write the farm makes. Callers open the session and commit.
+"""The only code that writes the farm's database.
 
-`store_result` is idempotent: a result for a job that already has one is
-ignored, so a re-delivered or re-collected result never becomes a second row.
+Each method opens its own session and commits before it returns, so what it wrote
+survives a crash of whatever comes next. Storing a result is idempotent: a result for
+a job that already has one is refused, so a re-delivered or re-collected result never
+becomes a second row.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from contract.jobspec import JobSpec
+from contract.payload import HostFacts, ResultPayload
+from contract.status import UNFINISHED, JobStatus
 from db.models import Environment, Job, Result, Sweep
-from orchestrator.sweep import Sweep as SweepPlan
-
-RESULT_FIELDS = [
-    column.name
-    for column in Result.__table__.columns
-    if column.name not in {"id", "job_id", "environment_id", "worker", "cpus", "created_at"}
-]
+from executors.base import Event, Failed, Finished, PendingJob, Queued, Started
+from orchestrator.sweep import SweepPlan
 
 
-@dataclass
+@dataclass(frozen=True)
 class Recorded:
-    sweep: Sweep
-    to_run: list[Job]
+    to_run: list[PendingJob]
     already_done: int
-    restarted: set[int]  # ids of jobs that had failed (or --rerun): start them afresh
 
 
-def record_sweep(session: Session, plan: SweepPlan, *, rerun: bool = False) -> Recorded:
-    """Create or update the sweep and its jobs; return the jobs that still need to run."""
-    sweep = session.scalar(select(Sweep).where(Sweep.name == plan.name))
-    if sweep is None:
-        sweep = Sweep(name=plan.name, source_text=plan.source_text)
-        session.add(sweep)
-        session.flush()
-    sweep.source_text = plan.source_text
-    existing = {job.key: job for job in sweep.jobs}
-    to_run, already_done, restarted = [], 0, set()
-    for spec in plan.jobs:
-        job = existing.get(spec.key)
-        if job is None:
-            job = Job(
-                sweep=sweep,
-                key=spec.key,
-                spec=spec.to_dict(),
-                label=spec.label,
-                backend=spec.backend,
-                context=spec.context,
-                generation=spec.generation,
-                threads=spec.threads,
-                status="pending",
-                attempts=0,
+@dataclass(frozen=True)
+class Applied:
+    """What an event did to its job (`status` None: the event was stale and ignored)."""
+
+    label: str
+    context: int
+    generation: int
+    threads: int
+    status: JobStatus | None
+    worker: str | None = None
+    error: str | None = None
+    decode_tokens_per_s: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.label} ctx={self.context} gen={self.generation} threads={self.threads}"
+
+
+class Store:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def record_sweep(self, plan: SweepPlan, *, rerun: bool = False) -> Recorded:
+        """Create or update the sweep and its jobs; return the jobs that still need to run."""
+        with self.sessions.begin() as session:
+            sweep = session.scalar(select(Sweep).where(Sweep.name == plan.name))
+            if sweep is None:
+                sweep = Sweep(name=plan.name, source_text=plan.source_text)
+                session.add(sweep)
+                session.flush()
+            sweep.source_text = plan.source_text
+            existing = {job.key: job for job in sweep.jobs}
+            to_run, already_done, restarted = [], 0, set()
+            for spec in plan.jobs:
+                job = existing.get(spec.key)
+                if job is None:
+                    job = _new_job(sweep, spec)
+                    session.add(job)
+                elif job.status == JobStatus.DONE and not rerun:
+                    already_done += 1
+                    continue
+                else:
+                    if job.status == JobStatus.FAILED or rerun:
+                        restarted.add(job.key)
+                    if job.result is not None:  # --rerun: the old figures make way for new ones
+                        session.delete(job.result)
+                        job.result = None
+                job.status, job.error = JobStatus.PENDING, None
+                to_run.append(job)
+            session.flush()
+            pending = [PendingJob(job.id, job.key, job.spec, job.key in restarted)
+                       for job in to_run]  # fmt: skip
+        return Recorded(pending, already_done)
+
+    def apply(self, event: Event) -> Applied | None:
+        """Record one executor event; None if its job is not in this database."""
+        with self.sessions.begin() as session:
+            job = session.get(Job, event.job_id)
+            if job is None:
+                return None
+            changed = _apply(session, job, event)
+            return Applied(
+                job.label, job.context, job.generation, job.threads,
+                job.status if changed else None, job.worker, job.error,
+                job.result.decode_tokens_per_s if job.result else None,
+            )  # fmt: skip
+
+    def release_running(self, job_ids: list[int]) -> None:
+        """Interrupted: jobs that were running go back to pending, to run on the next submit."""
+        with self.sessions.begin() as session:
+            for job_id in job_ids:
+                job = session.get(Job, job_id)
+                if job is not None and job.status == JobStatus.RUNNING:
+                    job.status = JobStatus.PENDING
+
+    def unfinished(self, sweep_name: str) -> list[int]:
+        with self.sessions() as session:
+            query = (
+                select(Job.id)
+                .join(Sweep)
+                .where(Sweep.name == sweep_name, Job.status.in_(UNFINISHED))
+                .order_by(Job.id)
             )
-            session.add(job)
-        elif job.status == "done" and not rerun:
-            already_done += 1
-            continue
-        else:
-            if job.status == "failed" or rerun:
-                restarted.add(job.id)
-            if job.result is not None:  # --rerun: the old figures make way for new ones
-                session.delete(job.result)
-                job.result = None
-        job.status, job.error = "pending", None
-        to_run.append(job)
-    session.flush()
-    return Recorded(sweep, to_run, already_done, restarted)
+            return list(session.scalars(query))
 
 
-def mark_running(session: Session, job: Job, worker: str) -> None:
-    job.status, job.worker = "running", worker
-    job.attempts += 1
+def _new_job(sweep: Sweep, spec: JobSpec) -> Job:
+    return Job(
+        sweep=sweep,
+        key=spec.key,
+        spec=spec.to_dict(),
+        label=spec.label,
+        backend=spec.backend,
+        context=spec.context,
+        generation=spec.generation,
+        threads=spec.threads,
+        status=JobStatus.PENDING,
+        attempts=0,
+    )
 
 
-def store_result(session: Session, job: Job, payload: dict[str, Any]) -> bool:
-    """Record a worker's payload on `job`. Returns False if the job already had a result."""
-    if job.result is not None or job.status == "done":
-        return False
-    job.worker = payload.get("worker")
-    if payload.get("status") != "done":
-        job.status = "failed"
-        job.error = payload.get("error") or "failed without an error message"
+def _apply(session: Session, job: Job, event: Event) -> bool:
+    if isinstance(event, Queued):
+        if job.status == JobStatus.PENDING:
+            job.status = JobStatus.QUEUED
         return True
-    environment = _environment(session, payload["environment"])
-    figures = {**payload["metrics"]}
-    figures.update(
-        samples=payload["samples"],
-        tokens=payload["tokens"],
-        pinning_violations=payload["pinning_violations"],
-    )
+    if isinstance(event, Started):
+        if job.status not in UNFINISHED:
+            return False  # a late 'started' of a job that has its result already
+        job.status, job.worker = JobStatus.RUNNING, event.worker
+        job.attempts = max(job.attempts + 1, event.attempt)
+        return True
+    assert isinstance(event, Finished | Failed)
+    return store_result(session, job, event.result)
+
+
+def store_result(session: Session, job: Job, payload: ResultPayload) -> bool:
+    """Record a worker's payload on `job`. Returns False if the job already had a result."""
+    if job.result is not None or job.status == JobStatus.DONE:
+        return False
+    job.worker = payload.worker
+    job.attempts = max(job.attempts, payload.attempt)
+    if payload.status == JobStatus.FAILED:
+        job.status = JobStatus.FAILED
+        job.error = payload.error or "failed without an error message"
+        return True
+    assert payload.metrics is not None and payload.environment is not None
     job.result = Result(
-        environment=environment,
-        worker=payload["worker"],
-        cpus=payload["cpus"],
-        **{name: figures.get(name) for name in RESULT_FIELDS},
+        environment=_environment(session, payload.environment),
+        worker=payload.worker,
+        cpus=payload.cpus or "",
+        **asdict(payload.metrics),
     )
-    job.status, job.error = "done", None
+    job.status, job.error = JobStatus.DONE, None
     return True
 
 
-def _environment(session: Session, facts: dict[str, Any]) -> Environment:
-    found = session.scalar(
-        select(Environment).where(Environment.fingerprint == facts["fingerprint"])
-    )
+def _environment(session: Session, facts: HostFacts) -> Environment:
+    found = session.scalar(select(Environment).where(Environment.fingerprint == facts.fingerprint))
     if found is None:
-        columns = {c.name for c in Environment.__table__.columns} - {"id"}
-        found = Environment(**{name: facts.get(name) for name in columns})
+        found = Environment(**asdict(facts))
         session.add(found)
     return found

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backends import registry
 from backends.sources import ModelSourceError, parse_model_source
-from worker.jobspec import JobSpec
+from contract.jobspec import JobSpec
 
 PositiveInts = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
 
@@ -87,8 +87,8 @@ def _backend_choice(item: Any, index: int) -> BackendChoice:
     label = fields.pop("label", None)
     try:
         entry = registry.entry(name)
-    except KeyError as error:
-        raise ValueError(error.args[0]) from None
+    except (registry.UnknownBackendError, registry.NotABackendError) as error:
+        raise ValueError(str(error)) from None
     valid = sorted(entry.options.model_fields)
     for key in fields:
         if key not in valid:
@@ -105,13 +105,15 @@ def _backend_choice(item: Any, index: int) -> BackendChoice:
 
 
 @dataclass(frozen=True)
-class Sweep:
+class SweepPlan:
+    """A validated sweep: its name, the file as submitted, and its jobs."""
+
     name: str
     source_text: str
     jobs: tuple[JobSpec, ...]
 
 
-def load_sweep(path: Path) -> Sweep:
+def load_sweep(path: Path) -> SweepPlan:
     """Read, validate and expand a sweep file. Raises `SweepError`; has no side effects."""
     try:
         text = path.read_text()
@@ -122,7 +124,7 @@ def load_sweep(path: Path) -> Sweep:
     return parse_sweep(text, origin=str(path), default_name=path.stem)
 
 
-def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
+def parse_sweep(text: str, *, origin: str, default_name: str) -> SweepPlan:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -146,7 +148,7 @@ def parse_sweep(text: str, *, origin: str, default_name: str) -> Sweep:
             f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond the "
             f"model's {source.n_positions} positions; lower the largest context or length"
         )
-    return Sweep(name=sweep.name or default_name, source_text=text, jobs=jobs)
+    return SweepPlan(name=sweep.name or default_name, source_text=text, jobs=jobs)
 
 
 def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Worker processes started by tests import `tests.fault_backends`.
+# Worker processes started by tests import the project from this checkout.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 

@@ -81,7 +81,7 @@ def _pings(client: redis.Redis) -> bool:
 
 def farm_env(**settings: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)  # workers import tests.fault_backends
+    env["PYTHONPATH"] = str(ROOT)  # workers import the project from this checkout
     env.update(settings)
     return env
 

@@ -51,8 +51,7 @@ QUANTIZED = [
 
 
 def build(name: str, options: dict, model_dir: Path, cache_dir: Path):
-    full = registry.entry(name).options.model_validate(options).model_dump()
-    return registry.load_class(name)(model_dir, full, 1, cache_dir)
+    return registry.create(name, model_dir, options, 1, cache_dir)
 
 
 @pytest.fixture(scope="module")

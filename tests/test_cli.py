@@ -10,7 +10,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from cli import app
 
 COMMANDS = [
     "submit",
@@ -29,7 +29,7 @@ COMMANDS = [
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])
 def test_help_never_imports_torch(args):
     code = (
-        "import sys\nfrom orchestrator.cli import app\n"
+        "import sys\nfrom cli import app\n"
         f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'matplotlib') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
@@ -44,7 +44,7 @@ def test_help_never_imports_torch(args):
 def test_bandwidth_reads_the_cache(tmp_path):
     import os
 
-    from worker.pinning import format_cpu_list
+    from contract.cpus import format_cpu_list
 
     cpus = format_cpu_list(sorted(os.sched_getaffinity(0)))
     cached = tmp_path / "bandwidth" / f"{socket.gethostname()}-cpus{cpus}.json"

@@ -9,7 +9,7 @@ import click
 import typer
 import yaml
 
-from orchestrator.cli import app
+from cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,7 +21,7 @@ from db.models import Job, Result
 from tests.farm_harness import FARM, ROOT, FarmWorker, RedisServer, farm_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
-FAULT = "tests.fault_backends:FaultBackend"
+FAULT = "fault"  # tests/plugin, installed as an entry point
 TWO_CPUS = len(os.sched_getaffinity(0)) >= 2
 # Short limits so lost jobs come back quickly: hard limit 8 s, visibility timeout 16 s.
 LIMITS = {"FARM_JOB_TIME_LIMIT": "6", "FARM_JOB_GRACE": "2", "FARM_MAX_ATTEMPTS": "2"}
@@ -269,7 +269,8 @@ def test_bad_messages_are_rejected_and_the_worker_keeps_serving(farm):
                          headers={"task": "whistle_stop.run_job", "id": "pickled"})  # fmt: skip
         producer.publish("{not json", content_type="application/json", content_encoding="utf-8",
                          headers={"task": "whistle_stop.run_job", "id": "garbled"})  # fmt: skip
-    from worker.celery_app import TASK_NAME, make_app
+    from contract.queue import TASK_NAME
+    from executors.celery import make_app
 
     make_app(farm.redis.url()).send_task(
         TASK_NAME, args=["farm", 999, {"bogus": True}], queue="farm"

@@ -75,7 +75,7 @@ def test_decode_time_is_never_total_minus_prefill():
 @pytest.mark.slow
 def test_token_clock_agrees_with_the_outer_wall_clock(tiny_model: Path, tmp_path):
     """Sum of per-token intervals plus prefill within 2% of an outer timer, on a real model."""
-    from worker.jobspec import JobSpec
+    from contract.jobspec import JobSpec
     from worker.runner import run_job
 
     spec = JobSpec(model=str(tiny_model), backend="hf", label="hf", options=(("dtype", "float32"),),
@@ -83,8 +83,8 @@ def test_token_clock_agrees_with_the_outer_wall_clock(tiny_model: Path, tmp_path
                    max_repeats=5, noise_threshold=0.05, fidelity_tokens=8, eval_text=None,
                    eval_tokens=16, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
     payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="test")
-    assert payload["status"] == "done", payload["error"]
-    assert payload["metrics"]["timer_gap"] < 0.02
-    assert payload["metrics"]["repeats"] == 5
-    assert len(payload["tokens"]) == 32
-    assert payload["metrics"]["top1_agreement"] == 1.0  # hf against itself
+    assert payload.status == "done", payload.error
+    assert payload.metrics.timer_gap < 0.02
+    assert payload.metrics.repeats == 5
+    assert len(payload.metrics.tokens) == 32
+    assert payload.metrics.top1_agreement == 1.0  # hf against itself

@@ -25,7 +25,7 @@ _spec.loader.exec_module(peer)
 
 @pytest.mark.slow
 def test_llama_cpp_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path):
-    hf = registry.load_class("hf")(tiny_model, {"dtype": "float32"}, 1, tmp_path / "cache")
+    hf = registry.create("hf", tiny_model, {"dtype": "float32"}, 1, tmp_path / "cache")
     prompt = [5, 9, 1, 3, 7, 11]
     ref_tokens = hf.generate(prompt, 12).tokens
     ref_logits = hf.teacher_forced_logits(prompt, ref_tokens)

@@ -63,7 +63,7 @@ def test_sliding_window_perplexity_matches_a_direct_computation(
 ):
     ids = token_ids(model_with_tokenizer, TEXT, limit=60)
     assert len(ids) == 60
-    backend = registry.load_class("hf")(model_with_tokenizer, {"dtype": "float32"}, 1, tmp_path)
+    backend = registry.create("hf", model_with_tokenizer, {"dtype": "float32"}, 1, tmp_path)
     measured = perplexity(backend, ids, window)
     assert measured == pytest.approx(
         math.exp(direct_nll(model_with_tokenizer, ids, window)), rel=1e-5
@@ -73,7 +73,7 @@ def test_sliding_window_perplexity_matches_a_direct_computation(
 
 @pytest.mark.slow
 def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tmp_path):
-    from worker.jobspec import JobSpec
+    from contract.jobspec import JobSpec
     from worker.runner import run_job
 
     deltas = {}
@@ -85,9 +85,9 @@ def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tm
                        fidelity_tokens=4, eval_text=str(model_with_tokenizer / "eval.txt"),
                        eval_tokens=50, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
         payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="t")
-        assert payload["status"] == "done", payload["error"]
-        assert np.isfinite(payload["metrics"]["perplexity"])
-        deltas[backend] = payload["metrics"]["perplexity_delta"]
+        assert payload.status == "done", payload.error
+        assert np.isfinite(payload.metrics.perplexity)
+        deltas[backend] = payload.metrics.perplexity_delta
     assert deltas["hf"] == 0.0
     assert abs(deltas["nanogpt"]) < 1e-3
     assert deltas["torch-int8"] != 0.0
@@ -122,8 +122,8 @@ def test_a_text_prompt_times_tokenization_and_detokenization(model_with_tokenize
     [job] = sweep.jobs
     assert job.prompt_text == "the farm measures fast inference" and job.tokenizer == "fast"
     payload = run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")
-    assert payload["status"] == "done", payload["error"]
-    assert payload["metrics"]["tokenize_ms"] > 0 and payload["metrics"]["detokenize_ms"] > 0
+    assert payload.status == "done", payload.error
+    assert payload.metrics.tokenize_ms > 0 and payload.metrics.detokenize_ms > 0
 
 
 @pytest.mark.parametrize(
@@ -180,6 +180,6 @@ def test_the_tokenizer_axis_runs_fast_and_slow(model_with_tokenizer, tmp_path):
         job.tokenizer: run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")
         for job in sweep.jobs
     }
-    assert all(p["status"] == "done" for p in payloads.values()), payloads
-    assert payloads["fast"]["tokens"] == payloads["slow"]["tokens"]  # the same prompt ids
-    assert all(p["metrics"]["tokenize_ms"] > 0 for p in payloads.values())
+    assert all(p.status == "done" for p in payloads.values()), payloads
+    assert payloads["fast"].metrics.tokens == payloads["slow"].metrics.tokens  # the same prompt ids
+    assert all(p.metrics.tokenize_ms > 0 for p in payloads.values())

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from worker.pinning import CpuSetError, format_cpu_list, parse_cpu_list, threads_outside
+from contract.cpus import CpuSetError, format_cpu_list, parse_cpu_list
+from worker.pinning import threads_outside
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
+from contract.payload import ResultPayload
 from db.session import make_session_factory
-from orchestrator import store
-from orchestrator.cli import app
+from executors.base import outcome
+from orchestrator.store import Store
 from orchestrator.sweep import parse_sweep
 
 runner = CliRunner()
@@ -26,10 +28,10 @@ AGREEMENT = {"hf": 1.0, "onnx": 1.0, "onnx[quantize=int8]": 0.95}
 
 def payload(
     label: str, context: int, generation: int, slowdown: float = 1.0, failed: bool = False
-) -> dict:
+) -> ResultPayload:
     """A result whose figures follow from SPEED: decode steps of 1/speed seconds, 5 repeats."""
     if failed:
-        return {"status": "failed", "worker": "w", "error": "Traceback ...\nRuntimeError: boom"}
+        return ResultPayload.failed("w", "Traceback ...\nRuntimeError: boom")
     step = slowdown / SPEED[label]
     prefill = 0.001 * context * slowdown
     e2e = [prefill + step * (generation - 1) * (1 + 0.001 * i) for i in range(5)]
@@ -47,8 +49,9 @@ def payload(
         "e2e_s": e2e,
         "decode_steps_s": [[step * (1 + 0.002 * i)] * (generation - 1) for i in range(5)],
     }
-    return {"status": "done", "worker": "w@box", "cpus": "0-1", "environment": ENVIRONMENT,
-            "metrics": metrics, "samples": samples, "tokens": [1] * generation, "pinning_violations": []}  # fmt: skip
+    metrics |= {"samples": samples, "tokens": [1] * generation, "pinning_violations": []}
+    return ResultPayload.from_dict({"status": "done", "worker": "w@box", "cpus": "0-1",
+                                    "environment": ENVIRONMENT, "metrics": metrics})  # fmt: skip
 
 
 SWEEP = """
@@ -62,19 +65,13 @@ threads: [2]
 def fill(
     db: Path, name: str, *, slowdown: dict[str, float] | None = None, fail: str | None = None
 ) -> None:
-    sessions = make_session_factory(str(db))
+    farm_store = Store(make_session_factory(str(db)))
     plan = parse_sweep(SWEEP, origin="s.yaml", default_name=name)
-    with sessions.begin() as session:
-        for job in store.record_sweep(session, plan).to_run:
-            factor = (slowdown or {}).get(job.label, 1.0)
-            result = payload(
-                job.label,
-                job.context,
-                job.generation,
-                factor,
-                failed=job.label == fail and job.context == 32,
-            )
-            store.store_result(session, job, result)
+    for job in farm_store.record_sweep(plan).to_run:
+        label, context, generation = job.spec["label"], job.spec["context"], job.spec["generation"]
+        factor = (slowdown or {}).get(label, 1.0)
+        result = payload(label, context, generation, factor, failed=label == fail and context == 32)
+        farm_store.apply(outcome(job.id, result))
 
 
 @pytest.fixture
@@ -164,15 +161,14 @@ def test_plots_are_valid_pngs(db, tmp_path):
 
 def test_plots_without_their_data_are_skipped(tmp_path):
     db = tmp_path / "one.db"
-    sessions = make_session_factory(str(db))
+    farm_store = Store(make_session_factory(str(db)))
     plan = parse_sweep(
         "backends: [hf]\ncontext_sizes: [32]\ngeneration_lengths: [16]",
         origin="s",
         default_name="one",
     )
-    with sessions.begin() as session:
-        [job] = store.record_sweep(session, plan).to_run
-        store.store_result(session, job, payload("hf", 32, 16))
+    [job] = farm_store.record_sweep(plan).to_run
+    farm_store.apply(outcome(job.id, payload("hf", 32, 16)))
     output = farm("plot", "--db", str(db), "--out", str(tmp_path / "plots"))
     assert "skipped latency_vs_generation: needs at least two generation lengths" in output
     assert "skipped prefill_vs_context: needs at least two context sizes" in output

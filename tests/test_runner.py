@@ -6,11 +6,12 @@ import json
 
 import pytest
 
+from backends.config import ModelConfig
+from contract.jobspec import JobSpec
 from worker import roofline
-from worker.jobspec import JobSpec
 from worker.runner import run_job
 
-FAULT = "tests.fault_backends:FaultBackend"
+FAULT = "fault"  # tests/plugin, installed as an entry point
 
 
 def spec(model, backend=FAULT, threads=1, **options) -> dict:
@@ -23,8 +24,8 @@ def spec(model, backend=FAULT, threads=1, **options) -> dict:
 def test_a_backend_that_changes_its_thread_count_is_flagged(tiny_model, tmp_path):
     payload = run_job(spec(tiny_model, torch_threads=3, mode="ok", step_s=0.001, sleep_s=0),
                       cache_dir=tmp_path, worker_name="t")  # fmt: skip
-    assert payload["status"] == "done", payload["error"]
-    assert "torch runs 3 threads, job asked for 1" in payload["pinning_violations"]
+    assert payload.status == "done", payload.error
+    assert "torch runs 3 threads, job asked for 1" in payload.metrics.pinning_violations
 
 
 def test_more_threads_than_cpus_is_flagged(tiny_model, tmp_path):
@@ -33,25 +34,25 @@ def test_more_threads_than_cpus_is_flagged(tiny_model, tmp_path):
     threads = len(os.sched_getaffinity(0)) + 1
     payload = run_job(spec(tiny_model, threads=threads, mode="ok", step_s=0.001, sleep_s=0, torch_threads=0),
                       cache_dir=tmp_path, worker_name="t")  # fmt: skip
-    assert any("oversubscribe" in v for v in payload["pinning_violations"])
+    assert any("oversubscribe" in v for v in payload.metrics.pinning_violations)
 
 
 def test_a_well_pinned_job_has_no_violations(tiny_model, tmp_path):
     payload = run_job(
         spec(tiny_model, backend="hf", dtype="float32"), cache_dir=tmp_path, worker_name="t"
     )
-    assert payload["status"] == "done", payload["error"]
-    assert payload["pinning_violations"] == []
-    metrics = payload["metrics"]
-    assert metrics["roofline_tokens_per_s"] == pytest.approx(
-        metrics["bandwidth_bytes_per_s"] / metrics["weight_bytes_per_token"]
+    assert payload.status == "done", payload.error
+    assert payload.metrics.pinning_violations == []
+    metrics = payload.metrics
+    assert metrics.roofline_tokens_per_s == pytest.approx(
+        metrics.bandwidth_bytes_per_s / metrics.weight_bytes_per_token
     )
-    assert metrics["roofline_fraction"] == pytest.approx(
-        metrics["decode_tokens_per_s"] / metrics["roofline_tokens_per_s"]
+    assert metrics.roofline_fraction == pytest.approx(
+        metrics.decode_tokens_per_s / metrics.roofline_tokens_per_s
     )
 
 
-GPT2 = {"n_embd": 768, "n_layer": 12, "vocab_size": 50257}
+GPT2 = ModelConfig(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)
 
 
 def test_weight_bytes_of_gpt2_small():

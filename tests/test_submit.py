@@ -11,11 +11,11 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
+from cli import app
 from db.models import Job, Result, Sweep
-from orchestrator.cli import app
 
 runner = CliRunner()
-FAULT = "tests.fault_backends:FaultBackend"
+FAULT = "fault"  # tests/plugin, installed as an entry point
 
 
 def write_sweep(path, text: str):
@@ -60,8 +60,9 @@ def test_tiny_sweep_end_to_end_with_failures(tmp_path, tiny_model, db_path, cach
     result = farm(
         "submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir)
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # some jobs failed: the documented code
     assert "4 done, 4 failed" in result.output
+    assert "4 job(s) failed; see why with: farm report --sweep tiny" in result.output
 
     stored = rows(db_path)
     assert len(stored) == 8
@@ -233,5 +234,5 @@ def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path, tiny_model, db_p
     resumed = subprocess.run(
         args, env=farm_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
     )
-    assert resumed.returncode == 0 and "already done: skipped" in resumed.stdout
+    assert resumed.returncode == 0 and "already done: skipped" in resumed.stderr  # status line
     assert statuses() == ["done", "done"]

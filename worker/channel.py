@@ -1,17 +1,6 @@
-"""What workers and the orchestrator share in Redis, beside Celery's own queue.
+"""The worker's side of Redis: publish results, count attempts, hold leases, claim CPUs.
 
-- `farm:results:<sweep>`: a stream of `started` and `result` entries. The
-  orchestrator reads it with a consumer group and acknowledges an entry only
-  after committing it to SQLite, so a result that lands while no orchestrator
-  runs waits here instead of being lost.
-- `farm:done:<task>`: set together with the result entry; a re-delivered copy
-  of a finished job is dropped instead of run again.
-- `farm:attempts:<task>`: incremented at each start; past the limit the job is
-  failed instead of crashing another worker.
-- `farm:lease:<task>`: held, with a heartbeat, by the one process running the job;
-  a second delivery waits for it to finish or to die.
-- `farm:cpu:<host>:<cpu>`: claimed by a worker for each CPU of its set, so two
-  workers on one host cannot share a CPU.
+The key names and what each means are in contract/queue.py.
 """
 
 from __future__ import annotations
@@ -28,22 +17,18 @@ from typing import Any
 
 import redis
 
-GROUP = "farm-orchestrator"
+from contract.payload import ResultPayload
+from contract.queue import (
+    DONE_TTL_S,
+    EntryKind,
+    attempts_key,
+    cpu_claim_key,
+    done_key,
+    lease_key,
+    results_stream,
+)
+
 LEASE_TTL_S = 15  # a dead holder's lease lapses this long after its last heartbeat
-DONE_TTL_S = 30 * 24 * 3600  # longer than any sweep
-
-
-def results_stream(sweep: str) -> str:
-    return f"farm:results:{sweep}"
-
-
-def task_id_for(sweep: str, job_key: str) -> str:
-    """The deterministic Celery task id of a job: the same sweep and key, the same id."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"whistle-stop:{sweep}:{job_key}"))
-
-
-def job_state_keys(task_id: str) -> list[str]:
-    return [f"farm:done:{task_id}", f"farm:attempts:{task_id}", f"farm:lease:{task_id}"]
 
 
 class WorkerChannel:
@@ -53,20 +38,27 @@ class WorkerChannel:
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
 
     def is_done(self, task_id: str) -> bool:
-        return bool(self._retrying(self.redis.exists, f"farm:done:{task_id}"))
+        return bool(self._retrying(self.redis.exists, done_key(task_id)))
 
     def count_attempt(self, task_id: str) -> int:
-        return int(self._retrying(self.redis.incr, f"farm:attempts:{task_id}"))
+        return int(self._retrying(self.redis.incr, attempts_key(task_id)))
 
-    def publish(self, sweep: str, kind: str, job_id: int, task_id: str, payload: dict) -> None:
-        """Append to the sweep's stream; a result also marks the task done, atomically."""
-        entry = {"kind": kind, "job_id": job_id, "task_id": task_id, "payload": json.dumps(payload)}
+    def started(self, sweep: str, job_id: int, task_id: str, worker: str, attempt: int) -> None:
+        payload = {"worker": worker, "attempt": attempt}
+        self._publish(sweep, EntryKind.STARTED, job_id, task_id, json.dumps(payload))
+
+    def result(self, sweep: str, job_id: int, task_id: str, result: ResultPayload) -> None:
+        """Append the result to the sweep's stream and mark the task done, atomically."""
+        self._publish(sweep, EntryKind.RESULT, job_id, task_id, result.to_json())
+
+    def _publish(self, sweep: str, kind: EntryKind, job_id: int, task_id: str, payload: str):
+        entry = {"kind": kind.value, "job_id": job_id, "task_id": task_id, "payload": payload}
 
         def send() -> None:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(results_stream(sweep), entry)
-                if kind == "result":
-                    pipe.set(f"farm:done:{task_id}", "1", ex=DONE_TTL_S)
+                if kind is EntryKind.RESULT:
+                    pipe.set(done_key(task_id), "1", ex=DONE_TTL_S)
                 pipe.execute()
 
         self._retrying(send)
@@ -75,7 +67,7 @@ class WorkerChannel:
     def lease(self, task_id: str, holder: str) -> Iterator[bool]:
         """Hold the job's lease while running it. Yields False if another live process
         finished the job while we waited (then this delivery is a duplicate)."""
-        key = f"farm:lease:{task_id}"
+        key = lease_key(task_id)
         while not self._retrying(self.redis.set, key, holder, nx=True, ex=LEASE_TTL_S):
             if self.is_done(task_id):
                 yield False
@@ -112,7 +104,7 @@ class WorkerChannel:
         host = socket.gethostname()
         conflicts = []
         for cpu in cpus:
-            key = f"farm:cpu:{host}:{cpu}"
+            key = cpu_claim_key(host, cpu)
             if not self.redis.set(key, node, nx=True, ex=ttl_s):
                 holder = (self.redis.get(key) or b"?").decode()
                 if holder != node:
@@ -124,12 +116,12 @@ class WorkerChannel:
     def renew_cpus(self, cpus: list[int], node: str, ttl_s: int = 30) -> None:
         host = socket.gethostname()
         for cpu in cpus:
-            self.redis.set(f"farm:cpu:{host}:{cpu}", node, ex=ttl_s)
+            self.redis.set(cpu_claim_key(host, cpu), node, ex=ttl_s)
 
     def release_cpus(self, cpus: list[int], node: str) -> None:
         host = socket.gethostname()
         for cpu in cpus:
-            key = f"farm:cpu:{host}:{cpu}"
+            key = cpu_claim_key(host, cpu)
             if self.redis.get(key) == node.encode():
                 self.redis.delete(key)
 

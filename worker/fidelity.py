@@ -28,8 +28,9 @@ def reference(
 
     def build(out: Path) -> None:
         from backends.hf import HFBackend
+        from backends.options import HFOptions
 
-        hf = HFBackend(model_dir, {"dtype": "float32"}, 0, cache_dir)
+        hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
         tokens = hf.generate(prompt, generation).tokens
         logits = hf.teacher_forced_logits(prompt, tokens)
         np.savez(out / "reference.npz", tokens=np.array(tokens), logits=logits)
@@ -48,8 +49,8 @@ def compare(
         ref_logits[:positions].astype(np.float64),
         logits[:positions].astype(np.float64),
     )
-    ref_logp = _log_softmax(ref_logits)
-    logp = _log_softmax(logits)
+    ref_logp = log_softmax(ref_logits)
+    logp = log_softmax(logits)
     kl = (np.exp(ref_logp) * (ref_logp - logp)).sum(axis=1)
     divergence = next(
         (i for i, (a, b) in enumerate(zip(ref_tokens, tokens, strict=False)) if a != b),
@@ -64,7 +65,8 @@ def compare(
     }
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax of (positions, vocab) logits, stable for large values."""
     shifted = x - x.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
@@ -80,8 +82,9 @@ def reference_perplexity(
 
     def build(out: Path) -> None:
         from backends.hf import HFBackend
+        from backends.options import HFOptions
 
-        hf = HFBackend(model_dir, {"dtype": "float32"}, 0, cache_dir)
+        hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
         (out / "perplexity.json").write_text(json.dumps(perplexity(hf, ids, window)))
 
     build_once(final, build)

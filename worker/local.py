@@ -16,7 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from worker.pinning import parse_cpu_list, pin_process
+from contract.cpus import parse_cpu_list
+from worker.pinning import pin_process
 
 
 def main() -> None:
@@ -45,7 +46,7 @@ def main() -> None:
         except json.JSONDecodeError as error:
             spec = {"malformed": str(error)}
         result = run_job(spec, cache_dir=args.cache_dir, worker_name=args.name)
-        results.write(json.dumps(result) + "\n")
+        results.write(result.to_json() + "\n")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from contract.figures import decode_tokens_per_s
+
 
 @dataclass(frozen=True)
 class Repeat:
@@ -32,8 +34,7 @@ class Repeat:
     @property
     def decode_tokens_per_s(self) -> float:
         """Tokens after the first over their intervals (NaN for one token: no decode)."""
-        steps = self.decode_steps_s
-        return len(steps) / sum(steps) if steps else math.nan
+        return decode_tokens_per_s(self.decode_steps_s)
 
     @property
     def end_to_end_s(self) -> float:
@@ -71,7 +72,6 @@ def summarize(repeats: list[Repeat], noise_threshold: float) -> dict[str, float 
     prefill = [r.prefill_s for r in repeats]
     steps = [step for r in repeats for step in r.decode_steps_s]
     end_to_end = [r.end_to_end_s for r in repeats]
-    decode_total = sum(steps)
     mean_e2e = statistics.fmean(end_to_end)
     stdev_e2e = statistics.stdev(end_to_end) if len(end_to_end) > 1 else 0.0
     cv = stdev_e2e / mean_e2e if mean_e2e > 0 else 0.0
@@ -83,7 +83,7 @@ def summarize(repeats: list[Repeat], noise_threshold: float) -> dict[str, float 
         "decode_ms_p50": 1e3 * percentile(steps, 50),
         "decode_ms_p90": 1e3 * percentile(steps, 90),
         "decode_ms_p99": 1e3 * percentile(steps, 99),
-        "decode_tokens_per_s": len(steps) / decode_total if decode_total > 0 else math.nan,
+        "decode_tokens_per_s": decode_tokens_per_s(steps),
         "e2e_s": mean_e2e,
         "e2e_s_p50": percentile(end_to_end, 50),
         "e2e_s_p90": percentile(end_to_end, 90),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from worker.fidelity import log_softmax
+
 
 def load_eval_text(source: str) -> str:
     """A local file, or `datasets:NAME[:CONFIG]` (e.g. datasets:wikitext:wikitext-2-raw-v1)."""
@@ -49,13 +51,8 @@ def perplexity(backend, ids: list[int], window: int) -> float:
         logits = backend.teacher_forced_logits(ids[begin : begin + 1], ids[begin + 1 : end])
         targets = np.array(ids[begin + 1 : end])
         first_new = scored - begin  # positions already scored by the previous window
-        logp = _log_softmax(logits[first_new:].astype(np.float64))
+        logp = log_softmax(logits[first_new:].astype(np.float64))
         nll -= logp[np.arange(len(logp)), targets[first_new:]].sum()
         scored = end - 1
         begin += stride
     return math.exp(nll / scored)
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))

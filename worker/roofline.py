@@ -15,16 +15,18 @@ import socket
 import time
 from pathlib import Path
 
+from backends.config import ModelConfig
 
-def weight_bytes_per_token(config: dict, matmul_bytes: float, lm_head_bytes: float) -> float:
-    """Bytes of weights one decode step reads, for a GPT-2 config (config.json dict).
+
+def weight_bytes_per_token(config: ModelConfig, matmul_bytes: float, lm_head_bytes: float) -> float:
+    """Bytes of weights one decode step reads, for a GPT-2 config.
 
     Per layer: the four projections (12 d^2 weights) at `matmul_bytes` each, plus
     biases and layer norms (13 d) in float32. Then the LM head (vocab x d, tied to
     the token embedding) at `lm_head_bytes`, the final layer norm, and one row each
     of the token and position embeddings.
     """
-    d, layers, vocab = config["n_embd"], config["n_layer"], config["vocab_size"]
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
     per_layer = 12 * d * d * matmul_bytes + 13 * d * 4
     return layers * per_layer + vocab * d * lm_head_bytes + 2 * d * 4 + 2 * d * 4
 

@@ -16,33 +16,38 @@ from pathlib import Path
 from typing import Any
 
 from backends import registry
+from backends.base import SupportsTeacherForcing
+from backends.config import ModelConfig
 from backends.sources import parse_model_source
 from backends.weights import materialize, weights_digest
+from contract.cpus import format_cpu_list
+from contract.figures import roofline_fraction, roofline_tokens_per_s
+from contract.jobspec import JobSpec
+from contract.payload import HostFacts, Metrics, ResultPayload
+from contract.status import JobStatus
 from worker import fidelity, measure, perplexity, roofline
 from worker.environment import host_environment
-from worker.jobspec import JobSpec
-from worker.pinning import format_cpu_list, threads_outside
+from worker.pinning import threads_outside
 from worker.prompts import TextPrompt, random_prompt
 
 
-def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> dict[str, Any]:
+def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> ResultPayload:
     """Measure one job and return its result payload (status `done` or `failed`)."""
     started = time.time()
     cpus = sorted(os.sched_getaffinity(0))
-    base = {
+    known: dict[str, Any] = {
         "worker": worker_name,
         "cpus": format_cpu_list(cpus),
-        "environment": host_environment(),
+        "environment": HostFacts.from_dict(host_environment()),
         "started_at": started,
     }
     try:
         job = JobSpec.from_dict(spec)
-        base["key"] = job.key
-        figures = _measure(job, cpus, cache_dir)
-        return {**base, "status": "done", "error": None, "finished_at": time.time(), **figures}
+        known["key"] = job.key
+        metrics = _measure(job, cpus, cache_dir)
+        return ResultPayload(JobStatus.DONE, metrics=metrics, finished_at=time.time(), **known)
     except Exception:
-        failed = {"status": "failed", "error": traceback.format_exc(), "finished_at": time.time()}
-        return {**base, "key": base.get("key"), **failed}
+        return ResultPayload.failed(error=traceback.format_exc(), finished_at=time.time(), **known)
 
 
 def preload() -> None:
@@ -52,7 +57,7 @@ def preload() -> None:
     import transformers.models.gpt2.modeling_gpt2  # noqa: F401
 
 
-def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
+def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     import torch  # after pinning: OpenMP sizes its pool from the affinity mask
 
     torch.set_num_threads(job.threads)
@@ -63,16 +68,17 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
 
     rss_before_load = _rss_bytes()
     clock = time.perf_counter()
-    backend = registry.load_class(job.backend)(model_dir, dict(job.options), job.threads, cache_dir)
+    backend = registry.create(job.backend, model_dir, dict(job.options), job.threads, cache_dir)
     load_s = time.perf_counter() - clock
     model_rss_bytes = _rss_bytes() - rss_before_load
 
     text = None
     if job.prompt_text:
         text = TextPrompt(model_dir, job.prompt_text, job.context, job.tokenizer)
-    prompt = text.ids if text else random_prompt(job.seed, job.context, _vocab_size(model_dir))
+    config = ModelConfig.from_dir(model_dir)
+    prompt = text.ids if text else random_prompt(job.seed, job.context, config.vocab_size)
     reference = None
-    if job.fidelity_tokens and hasattr(backend, "teacher_forced_logits"):
+    if job.fidelity_tokens and isinstance(backend, SupportsTeacherForcing):
         digest = weights_digest(model_dir, cache_dir)
         reference = fidelity.reference(model_dir, digest, prompt, job.generation, cache_dir)
     for _ in range(job.warmups):
@@ -94,33 +100,31 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> dict[str, Any]:
         checked = ref_tokens[: job.fidelity_tokens]
         logits = backend.teacher_forced_logits(prompt, checked)
         figures = fidelity.compare(ref_tokens, ref_logits[: len(checked)], logits, tokens)
-    if job.eval_text and hasattr(backend, "teacher_forced_logits"):
-        figures.update(_perplexity(job, backend, model_dir, cache_dir))
+    if job.eval_text and isinstance(backend, SupportsTeacherForcing):
+        figures.update(_perplexity(job, backend, model_dir, config, cache_dir))
 
     report = backend.load_report
     summary = measure.summarize(repeats, job.noise_threshold)
-    figures.update(_roofline(model_dir, report, summary["decode_tokens_per_s"], cpus, cache_dir))
-    return {
-        "metrics": {
-            **summary,
-            "materialize_s": materialize_s,
-            "load_s": load_s,
-            "compile_s": report.compile_s,
-            "artifact_built": report.artifact_built,
-            "artifact_build_s": report.artifact_build_s,
-            "artifact_bytes": report.artifact_bytes,
-            "rss_peak_bytes": rss_peak_bytes,
-            "model_rss_bytes": model_rss_bytes,
-            "torch_threads": torch.get_num_threads(),
-            "load_extra": report.extra,
-            "remeasured": bool(remeasured),
-            **text_s,
-            **figures,
-        },
-        "samples": measure.raw_samples(repeats),
-        "tokens": tokens,
-        "pinning_violations": _pinning_violations(job, cpus, torch.get_num_threads(), report.extra),
-    }
+    figures.update(_roofline(config, report, summary["decode_tokens_per_s"], cpus, cache_dir))
+    return Metrics(
+        **summary,
+        materialize_s=materialize_s,
+        load_s=load_s,
+        compile_s=report.compile_s,
+        artifact_built=report.artifact_built,
+        artifact_build_s=report.artifact_build_s,
+        artifact_bytes=report.artifact_bytes,
+        rss_peak_bytes=rss_peak_bytes,
+        model_rss_bytes=model_rss_bytes,
+        torch_threads=torch.get_num_threads(),
+        load_extra=report.extra,
+        remeasured=bool(remeasured),
+        samples=measure.raw_samples(repeats),
+        tokens=tokens,
+        pinning_violations=_pinning_violations(job, cpus, torch.get_num_threads(), report.extra),
+        **text_s,
+        **figures,
+    )
 
 
 def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None):
@@ -156,7 +160,7 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | 
 
 
 def _roofline(
-    model_dir: Path, report, decode_tokens_per_s: float, cpus: list[int], cache_dir: Path
+    config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int], cache_dir: Path
 ):
     """Bytes read per token, the bandwidth bound, and how much of it this job reached."""
     import torch
@@ -165,21 +169,23 @@ def _roofline(
     bandwidth = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
     torch.set_num_threads(threads)  # the measurement used the whole CPU set
     weight_bytes = roofline.weight_bytes_per_token(
-        _config(model_dir), report.matmul_bytes, report.lm_head_bytes
+        config, report.matmul_bytes, report.lm_head_bytes
     )
-    bound = bandwidth["read_bytes_per_s"] / weight_bytes
+    read = bandwidth["read_bytes_per_s"]
     return {
         "weight_bytes_per_token": weight_bytes,
-        "bandwidth_bytes_per_s": bandwidth["read_bytes_per_s"],
-        "roofline_tokens_per_s": bound,
-        "roofline_fraction": decode_tokens_per_s / bound,
+        "bandwidth_bytes_per_s": read,
+        "roofline_tokens_per_s": roofline_tokens_per_s(read, weight_bytes),
+        "roofline_fraction": roofline_fraction(decode_tokens_per_s, read, weight_bytes),
     }
 
 
-def _perplexity(job: JobSpec, backend, model_dir: Path, cache_dir: Path) -> dict[str, float]:
+def _perplexity(
+    job: JobSpec, backend, model_dir: Path, config: ModelConfig, cache_dir: Path
+) -> dict[str, float]:
     text = perplexity.load_eval_text(job.eval_text)
     ids = perplexity.token_ids(model_dir, text, job.eval_tokens)
-    window = _config(model_dir)["n_positions"]
+    window = config.n_positions
     measured = perplexity.perplexity(backend, ids, window)
     digest = weights_digest(model_dir, cache_dir)
     reference = fidelity.reference_perplexity(model_dir, digest, ids, window, cache_dir)
@@ -198,16 +204,6 @@ def _pinning_violations(
     if job.threads > len(cpus):
         violations.append(f"{job.threads} threads oversubscribe {len(cpus)} CPUs")
     return violations
-
-
-def _config(model_dir: Path) -> dict[str, Any]:
-    import json
-
-    return json.loads((model_dir / "config.json").read_text())
-
-
-def _vocab_size(model_dir: Path) -> int:
-    return int(_config(model_dir)["vocab_size"])
 
 
 def _status_kib(field: str) -> int:

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
 
-from worker.pinning import format_cpu_list, parse_cpu_list, pin_process
+from contract.cpus import format_cpu_list, parse_cpu_list
+from worker.pinning import pin_process
 
 
 class WorkerStartError(RuntimeError):
@@ -36,7 +35,8 @@ def serve(
 ) -> None:
     import redis
 
-    from worker.celery_app import CONTEXT, FarmSettings, make_app
+    from contract.queue import FarmSettings
+    from worker.celery_app import CONTEXT, make_app
     from worker.channel import WorkerChannel
 
     cpu_set = parse_cpu_list(cpus)  # CpuSetError names the valid CPUs
@@ -82,18 +82,16 @@ def _calibrate_bandwidth(cpus: list[int], cache_dir: Path) -> None:
     """Measure the bandwidth the roofline needs now, not inside the first job.
 
     It takes seconds once per host and CPU set (then it is cached); inside a job it
-    would eat into that job's time limit and make the first job look slow. The child
-    inherits this process's pinning.
+    would eat into that job's time limit and make the first job look slow.
     """
-    code = (
-        "import sys; from pathlib import Path; from worker.roofline import cached_bandwidth; "
-        "cached_bandwidth(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]))"
-    )
-    cpu_list = format_cpu_list(cpus)
-    print(f"memory bandwidth of CPUs {cpu_list}: measuring if not cached ...", flush=True)
-    done = subprocess.run([sys.executable, "-c", code, cpu_list, str(len(cpus)), str(cache_dir)])
-    if done.returncode != 0:  # not fatal: the first job measures it instead
-        print("memory bandwidth: the measurement failed; the first job will retry it")
+    from worker.bandwidth import measure_in_child
+
+    print(f"memory bandwidth of CPUs {format_cpu_list(cpus)}: measuring if not cached ...",
+          flush=True)  # fmt: skip
+    try:
+        measure_in_child(cpus, cache_dir)
+    except RuntimeError as error:  # not fatal: the first job measures it instead
+        print(f"memory bandwidth: {error}; the first job will retry it")
 
 
 def _node_name(name: str | None, cpus: list[int]) -> str:

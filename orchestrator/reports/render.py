@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from contract.status import JobStatus
+
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
 # (row key, heading, format) in display order; `sweep` and `host` join when they vary.
@@ -58,7 +60,7 @@ def failures(rows: list[dict[str, Any]]) -> list[str]:
     return [
         f"failed: {row['label']} ctx={row['context']} gen={row['generation']}: {row['error']}"
         for row in rows
-        if row["status"] == "failed"
+        if row["status"] == JobStatus.FAILED
     ]
 
 
@@ -93,7 +95,7 @@ def render_rows(rows: list[dict[str, Any]], fmt: str, title: str) -> str | Table
     if fmt == "markdown":
         notes = failures(rows)
         return to_markdown(headings, body) + ("\n" + "\n".join(notes) + "\n" if notes else "")
-    styles = {i: "red" for i, row in enumerate(rows) if row["status"] == "failed"}
+    styles = {i: "red" for i, row in enumerate(rows) if row["status"] == JobStatus.FAILED}
     return to_table(title, headings, body, styles)
 
 
@@ -130,7 +132,7 @@ def render_html(
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "td:first-child{text-align:left}"
-        "tr.failed{color:#b00}img{max-width:100%;margin:1em 0}</style></head><body>",
+        "tr.fail,p.fail{color:#b00}img{max-width:100%;margin:1em 0}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     for heading, rows in sections:
@@ -141,11 +143,11 @@ def render_html(
             "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns) + "</tr>"
         )
         for row in rows:
-            css = " class='failed'" if row["status"] == "failed" else ""
+            css = " class='fail'" if row["status"] == JobStatus.FAILED else ""
             cells = "".join(f"<td>{html.escape(cell(row, k, s))}</td>" for k, _, s in columns)
             parts.append(f"<tr{css}>{cells}</tr>")
         parts.append("</table>")
-        parts += [f"<p class='failed'>{html.escape(line)}</p>" for line in failures(rows)]
+        parts += [f"<p class='fail'>{html.escape(line)}</p>" for line in failures(rows)]
     for name, png in images.items():
         data = base64.b64encode(png).decode()
         parts.append(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from orchestrator.cli_common import DbOption, app, console, fail, open_existing, write
+from cli.common import DEFAULT_DB, DbOption, app, console, fail, open_existing, write
 
 
 @app.command()
@@ -39,7 +39,7 @@ def report(
         str, typer.Option("--format", "-f", help="table, markdown, csv, json or html.")
     ] = "table",
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
-    db: DbOption = "farm.db",
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Print results, one row per job, failed jobs included.
 
@@ -47,10 +47,10 @@ def report(
     with float32 (teacher-forced top-1, KL), share of the memory roofline, CV (with a
     noisy flag) and status. HTML is one self-contained page with the plots inline.
     """
-    from orchestrator.render import FORMATS
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import ReportRequest
-    from orchestrator.reporting import report as make_report
+    from orchestrator.reports.query import ReportError
+    from orchestrator.reports.render import FORMATS
+    from orchestrator.reports.views import ReportRequest
+    from orchestrator.reports.views import report as make_report
 
     if format not in FORMATS:
         raise fail(f"unknown --format {format!r}; use one of: {', '.join(FORMATS)}")
@@ -68,9 +68,9 @@ def report(
 
 
 @app.command()
-def sweeps(*, db: DbOption = "farm.db") -> None:
+def sweeps(*, db: DbOption = DEFAULT_DB) -> None:
     """List the sweeps: when, how many jobs done, failed and pending, and on which hosts."""
-    from orchestrator.reporting import sweeps_table
+    from orchestrator.reports.views import sweeps_table
 
     with open_existing(db) as session:
         console.print(sweeps_table(session))
@@ -80,13 +80,13 @@ def sweeps(*, db: DbOption = "farm.db") -> None:
 def show(
     job: Annotated[str, typer.Argument(help="Job id, or its key (or a unique prefix of it).")],
     *,
-    db: DbOption = "farm.db",
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Print one job: spec, status, environment, figures, raw samples and error (JSON)."""
     import json
 
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import show_job
+    from orchestrator.reports.query import ReportError
+    from orchestrator.reports.views import show_job
 
     with open_existing(db) as session:
         try:
@@ -103,15 +103,15 @@ def plot(
     baseline: Annotated[
         str, typer.Option(help="Backend the speedup labels compare against.")
     ] = "hf",
-    db: DbOption = "farm.db",
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Write the sweep's figures as PNG: latency against generation length, decode speed,
     prefill against context, speed against fidelity, and the roofline share.
 
     A figure whose data is missing (one context size only, say) is skipped, with the reason.
     """
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import write_plots
+    from orchestrator.reports.query import ReportError
+    from orchestrator.reports.views import write_plots
 
     with open_existing(db) as session:
         try:
@@ -142,12 +142,12 @@ def compare_sweeps(
         str | None,
         typer.Option(help="Exit 1 if any regression is worse than this (e.g. 5%): a CI gate."),
     ] = None,
-    db: DbOption = "farm.db",
+    db: DbOption = DEFAULT_DB,
 ) -> None:
     """Compare the same jobs in two sweeps, metric by metric, with a significance test
     (Mann-Whitney U on the raw repeats). Jobs present in only one sweep are listed."""
-    from orchestrator.report import ReportError
-    from orchestrator.reporting import comparison
+    from orchestrator.reports.query import ReportError
+    from orchestrator.reports.views import comparison
 
     limit = _fraction(fail_above) if fail_above else None
     with open_existing(db) as session:

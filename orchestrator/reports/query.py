@@ -9,20 +9,17 @@ from collections import defaultdict
 from statistics import fmean
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from contract.status import JobStatus
 from db.models import Job, Result, Sweep
 
-# Result columns every row carries (None for a job without a result).
-FIGURES = (
-    "prefill_ms", "prefill_ms_p50", "decode_ms", "decode_ms_p50", "decode_ms_p90", "decode_ms_p99",
-    "decode_tokens_per_s", "e2e_s", "e2e_s_p50", "e2e_s_stdev", "cv", "noisy", "remeasured",
-    "top1_agreement", "mean_kl", "max_logit_diff", "first_divergence", "perplexity",
-    "perplexity_delta", "roofline_fraction", "roofline_tokens_per_s", "weight_bytes_per_token",
-    "rss_peak_bytes", "load_s", "compile_s", "artifact_bytes", "artifact_built",
-    "tokenize_ms", "detokenize_ms", "torch_threads",
-)  # fmt: skip
+# Every figure a result stores, as a row column (None for a job without a result); the
+# raw samples, tokens and violations stay out of rows (`farm show` has them).
+NOT_IN_ROWS = {"id", "job_id", "environment_id", "worker", "cpus", "created_at", "samples",
+               "tokens", "pinning_violations", "load_extra"}  # fmt: skip
+FIGURES = tuple(c.name for c in Result.__table__.columns if c.name not in NOT_IN_ROWS)
 
 
 class ReportError(LookupError):
@@ -54,6 +51,12 @@ def find_sweep(session: Session, name: str | None) -> Sweep:
         known = ", ".join(session.scalars(select(Sweep.name)).all()) or "none"
         raise ReportError(f"no sweep named {name!r}; known sweeps: {known}")
     return sweep
+
+
+def status_counts(session: Session, sweep: Sweep) -> dict[str, int]:
+    """How many of the sweep's jobs are in each state, counted by the database."""
+    query = select(Job.status, func.count()).where(Job.sweep_id == sweep.id).group_by(Job.status)
+    return {str(status): count for status, count in session.execute(query)}
 
 
 def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[dict[str, Any]]:
@@ -98,7 +101,7 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
     def cell(row):
         return (row["sweep"], row["context"], row["generation"], row["threads"], row["host"])
 
-    done = [r for r in rows if r["status"] == "done"]
+    done = [r for r in rows if r["status"] == JobStatus.DONE]
     reference = {cell(r): r for r in done if r["backend"] == baseline}
     reference |= {cell(r): r for r in done if r["label"] == baseline}  # a label is more exact
     for row in rows:

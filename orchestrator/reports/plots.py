@@ -13,6 +13,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from contract.figures import decode_tokens_per_s
+from contract.status import JobStatus
+
 Rows = list[dict[str, Any]]
 Samples = dict[str, dict[str, list]]  # job key -> raw per-repeat samples
 
@@ -53,7 +56,7 @@ def _finish(figure, axis, *, grid: str = "both", legend: bool = True, **labels) 
 
 
 def _done(rows: Rows) -> Rows:
-    return [r for r in rows if r["status"] == "done"]
+    return [r for r in rows if r["status"] == JobStatus.DONE]
 
 
 def _stdev(values: list[float]) -> float:
@@ -123,7 +126,7 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
 
 def _repeat_speeds(raw: dict[str, list]) -> list[float]:
     """Decode tokens/s of each timed repeat, from its per-token intervals."""
-    return [len(steps) / sum(steps) for steps in raw.get("decode_steps_s", []) if steps]
+    return [decode_tokens_per_s(steps) for steps in raw.get("decode_steps_s", []) if steps]
 
 
 def prefill_vs_context(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:

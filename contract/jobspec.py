@@ -1,4 +1,4 @@
-"""The job spec: the contract between the orchestrator (which makes it) and a worker.
+"""The job spec: what the orchestrator asks a worker to measure.
 
 It travels as JSON. `from_dict` is strict, so a malformed spec from a broker is
 rejected before any work starts.

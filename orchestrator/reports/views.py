@@ -13,10 +13,11 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from contract.status import JobStatus
 from db.models import Job, Sweep
-from orchestrator import plots, render
-from orchestrator.compare import compare
-from orchestrator.report import (
+from orchestrator.reports import plots, render
+from orchestrator.reports.compare import compare
+from orchestrator.reports.query import (
     ReportError,
     apply_filters,
     find_sweep,
@@ -98,15 +99,23 @@ def write_plots(session: Session, sweep_name: str | None, out: Path, baseline: s
 
 def sweeps_table(session: Session) -> Table:
     table = Table(title="sweeps")
-    for heading in ("name", "created", "jobs", "done", "failed", "pending", "hosts"):
+    for heading in (
+        "name",
+        "created",
+        "jobs",
+        JobStatus.DONE,
+        JobStatus.FAILED,
+        "unfinished",
+        "hosts",
+    ):
         table.add_column(heading)
     for sweep in session.scalars(select(Sweep).order_by(Sweep.id)):
         states = [job.status for job in sweep.jobs]
         hosts = sorted({job.result.environment.hostname for job in sweep.jobs if job.result})
         table.add_row(
             sweep.name, f"{sweep.created_at:%Y-%m-%d %H:%M}", str(len(states)),
-            str(states.count("done")), str(states.count("failed")),
-            str(len(states) - states.count("done") - states.count("failed")),
+            str(states.count(JobStatus.DONE)), str(states.count(JobStatus.FAILED)),
+            str(len(states) - states.count(JobStatus.DONE) - states.count(JobStatus.FAILED)),
             ", ".join(hosts) or "-",
         )  # fmt: skip
     return table

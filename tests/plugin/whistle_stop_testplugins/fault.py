@@ -1,7 +1,7 @@
 """A backend plugin for tests that fails on purpose, to drive failure paths through
 real worker processes (the embedded pool and real Celery workers).
 
-Used in sweeps as ``name: tests.fault_backends:FaultBackend`` with ``mode:``.
+Used in sweeps as ``name: fault`` with ``mode:`` (an entry point of this package).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from backends.base import Generation, LoadReport
 from backends.options import BackendOptions
@@ -29,8 +29,8 @@ class FaultBackend:
 
     Options = FaultOptions
 
-    def __init__(self, model_dir: Path, options: dict[str, Any], threads: int, cache_dir: Path):
-        self.options = FaultOptions(**options)
+    def __init__(self, model_dir: Path, options: FaultOptions, threads: int, cache_dir: Path):
+        self.options = options
         self.load_report = LoadReport()
         if self.options.mode == "raise":
             raise RuntimeError("fault backend asked to raise")

@@ -17,6 +17,8 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
+DEFAULT_DB = "farm.db"  # in the current directory, like git's .git
+
 DbOption = Annotated[
     str,
     typer.Option(
@@ -41,6 +43,9 @@ BrokerOption = Annotated[
     ),
 ]
 QueueOption = Annotated[str, typer.Option(help="Celery queue the jobs go through.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress or status lines; errors only.")
+]
 DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
 
 
@@ -50,6 +55,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def sessions(db: str):
+    """The session factory of a database this command may create or upgrade."""
     from db.session import make_session_factory
 
     return make_session_factory(db)

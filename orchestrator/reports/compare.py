@@ -16,8 +16,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from contract.figures import decode_tokens_per_s
+from contract.status import JobStatus
 from db.models import Sweep
-from orchestrator.report import result_rows
+from orchestrator.reports.query import result_rows
 
 # metric -> (raw sample key, higher is better)
 METRICS = {
@@ -67,7 +69,7 @@ def compare(session: Session, a: Sweep, b: Sweep, *, threshold: float) -> Compar
     changes, not_compared = [], []
     for key in sorted(set(rows_a) & set(rows_b), key=lambda k: _describe(rows_a[k])):
         before, after = rows_a[key], rows_b[key]
-        if before["status"] != "done" or after["status"] != "done":
+        if before["status"] != JobStatus.DONE or after["status"] != JobStatus.DONE:
             states = f"{a.name}: {before['status']}, {b.name}: {after['status']}"
             not_compared.append(f"{_describe(before, label=True)} ({states})")
             continue
@@ -110,7 +112,7 @@ def _samples(session: Session, sweeps: list[Sweep]) -> dict[tuple[int, str], dic
 def _raw(samples: dict, key: str) -> list[float]:
     values = samples.get(key, [])
     if key == "decode_steps_s":  # per repeat: tokens/s from its intervals
-        return [len(steps) / sum(steps) for steps in values if steps]
+        return [decode_tokens_per_s(steps) for steps in values if steps]
     return list(values)
 
 

@@ -1,0 +1,183 @@
+"""`farm submit`, `collect` and `status`: running sweeps and watching them."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import (
+    DEFAULT_CACHE,
+    DEFAULT_DB,
+    BrokerOption,
+    CacheOption,
+    DbOption,
+    QueueOption,
+    QuietOption,
+    app,
+    errors,
+    fail,
+    open_existing,
+    sessions,
+)
+from contract.cpus import CpuSetError
+
+
+@app.command()
+def submit(
+    *,
+    grid: Annotated[Path, typer.Option(help="The sweep YAML file (see examples/).")],
+    db: DbOption = DEFAULT_DB,
+    broker: BrokerOption = None,
+    queue: QueueOption = "farm",
+    wait: Annotated[
+        bool,
+        typer.Option(help="With a broker: wait for the results (--no-wait: enqueue and exit)."),
+    ] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Embedded mode: split this machine's CPUs into N pinned workers."),
+    ] = None,
+    cpus: Annotated[
+        list[str] | None,
+        typer.Option(help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1."),
+    ] = None,
+    rerun: Annotated[bool, typer.Option(help="Run jobs again even if already done.")] = False,
+    cache_dir: CacheOption = DEFAULT_CACHE,
+    quiet: QuietOption = False,
+) -> None:
+    """Expand a sweep file into jobs and run them, storing each result as it lands.
+
+    With no broker configured, jobs run on this machine in pinned worker
+    processes (the embedded default): nothing to install, no server. With
+    --broker, jobs go to `farm worker` processes through Celery and Redis.
+    Re-submitting a sweep skips the jobs already done. Exits 3 if any job failed.
+    """
+    from executors.local import plan_cpu_sets
+    from orchestrator.sweep import SweepError, load_sweep
+
+    try:
+        plan = load_sweep(grid)
+        cpu_sets = None if broker else plan_cpu_sets(workers, cpus)
+    except (SweepError, CpuSetError) as error:
+        raise fail(str(error)) from None
+    summary = asyncio_run(_submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun, wait,
+                                  quiet), plan.name, detached=bool(broker))  # fmt: skip
+    if broker and not wait:
+        errors.print(f"collect the results later with: farm collect --sweep {plan.name}",
+                     highlight=False)  # fmt: skip
+        return
+    _finish(summary)
+
+
+async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun, wait, quiet):
+    from executors.celery import CeleryExecutor
+    from executors.local import LocalExecutor
+    from orchestrator.dispatch import run_sweep
+    from orchestrator.store import Store
+
+    # the broker is checked before the database is even opened: nothing written if it is away
+    if broker:
+        executor = await CeleryExecutor.open(broker, queue)
+    else:
+        executor = LocalExecutor(cpu_sets, cache_dir)
+    try:
+        store = Store(sessions(db))
+        if not quiet:
+            errors.print(f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
+                         f"{executor.describe()}", highlight=False)  # fmt: skip
+        return await run_sweep(plan, store, executor, errors, rerun=rerun, wait=wait, quiet=quiet)
+    finally:
+        await executor.aclose()
+
+
+def asyncio_run(coroutine, sweep: str, *, detached: bool):
+    """Run a command's coroutine; a broker that does not answer or Ctrl-C is one line."""
+    from executors.celery import BrokerError
+
+    try:
+        return asyncio.run(coroutine)
+    except BrokerError as error:
+        raise fail(str(error), 3) from None
+    except KeyboardInterrupt:
+        if detached:
+            raise fail(
+                f"stopped waiting; the jobs go on: farm collect --sweep {sweep}", 130
+            ) from None
+        raise fail(
+            "interrupted; finished results are kept, submit again to run the rest", 130
+        ) from None
+
+
+def _finish(summary) -> None:
+    errors.print(
+        f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped.", highlight=False
+    )
+    if summary.failed:
+        raise fail(f"{summary.failed} job(s) failed; see why with: farm report --sweep "
+                   f"{summary.sweep} (failed rows end the table), or farm show KEY", 3)  # fmt: skip
+    errors.print(f"See the results with: farm report --sweep {summary.sweep}", highlight=False)
+
+
+@app.command()
+def collect(
+    *,
+    sweep: Annotated[str, typer.Option(help="The sweep whose results to store.")],
+    db: DbOption = DEFAULT_DB,
+    broker: BrokerOption = None,
+    queue: QueueOption = "farm",
+    wait: Annotated[
+        bool, typer.Option(help="Wait for unfinished jobs too (--no-wait: store what is there).")
+    ] = True,
+) -> None:
+    """Store results that finished while no `farm submit` was watching."""
+    if not broker:
+        raise fail("farm collect needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
+
+    async def run():
+        from executors.celery import CeleryExecutor
+        from orchestrator.dispatch import collect as collect_results
+        from orchestrator.store import Store
+
+        executor = await CeleryExecutor.open(broker, queue)
+        try:
+            return await collect_results(sweep, Store(sessions(db)), executor, errors, wait=wait)
+        finally:
+            await executor.aclose()
+
+    summary = asyncio_run(run(), sweep, detached=True)
+    errors.print(f"stored {summary.done} done and {summary.failed} failed result(s)",
+                 highlight=False)  # fmt: skip
+
+
+@app.command()
+def status(
+    *,
+    sweep: Annotated[str | None, typer.Option(help="Sweep name (default: the latest).")] = None,
+    db: DbOption = DEFAULT_DB,
+    broker: BrokerOption = None,
+    queue: QueueOption = "farm",
+) -> None:
+    """Jobs by state; with a broker, the queue depth and what each worker is running."""
+    from orchestrator.reports.query import ReportError, find_sweep, status_counts
+
+    if not broker or "://" in db or Path(db).exists():
+        with open_existing(db) as session:
+            try:
+                found = find_sweep(session, sweep)
+            except ReportError as error:
+                raise fail(str(error)) from None
+            counts = status_counts(session, found)
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        typer.echo(f"sweep {found.name}: {states or 'no jobs'}")
+    if broker:
+        from executors.celery import farm_status
+
+        depth, workers = asyncio_run(farm_status(broker, queue), sweep or "", detached=True)
+        typer.echo(f"queue {queue!r}: {depth} job(s) waiting")
+        if not workers:
+            typer.echo("no workers answered")
+        for name, running in sorted(workers.items()):
+            typer.echo(f"  {name}: {', '.join(running) or 'idle'}")

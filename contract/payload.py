@@ -1,0 +1,167 @@
+"""What a worker sends back for one job: a typed payload, JSON on the wire.
+
+`Metrics` has exactly the figures a `Result` row stores and `HostFacts` exactly the
+columns of an `Environment` row (tests/test_contract.py holds both to that), so a new
+figure cannot be lost between the worker and the database. Parsing is strict: a
+missing or unknown field is an error naming it, never a silent NULL or a silent drop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any
+
+from contract.status import JobStatus
+
+
+class MalformedPayloadError(ValueError):
+    """A payload that is not what `ResultPayload.to_json()` produces."""
+
+
+def _strict(cls, data: Any, what: str) -> dict[str, Any]:
+    """`data`'s fields for `cls`: required ones present, none unknown."""
+    if not isinstance(data, dict):
+        raise MalformedPayloadError(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    required = {
+        f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+    }
+    missing, extra = sorted(required - set(data)), sorted(set(data) - known)
+    if missing or extra:
+        raise MalformedPayloadError(
+            f"{what}: missing {missing}, unexpected {extra} (do the orchestrator and the "
+            "worker run the same version of whistle-stop?)"
+        )
+    return data
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """Where a job ran: host, CPU and software. Deduplicated by `fingerprint`."""
+
+    fingerprint: str
+    hostname: str
+    cpu_model: str
+    cpu_features: list[str]
+    logical_cores: int
+    physical_cores: int
+    memory_bytes: int
+    os: str
+    kernel: str
+    container: bool
+    python: str
+    versions: dict[str, str | None]
+    git_revision: str | None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> HostFacts:
+        return cls(**_strict(cls, data, "environment"))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Every figure of one measured job, named as its `Result` column."""
+
+    # timing (worker/measure.py summarize)
+    repeats: int
+    prefill_ms: float
+    prefill_ms_p50: float
+    decode_ms: float
+    decode_ms_p50: float
+    decode_ms_p90: float
+    decode_ms_p99: float
+    decode_tokens_per_s: float
+    e2e_s: float
+    e2e_s_p50: float
+    e2e_s_p90: float
+    e2e_s_stdev: float
+    cv: float
+    noisy: bool
+    timer_gap: float
+    # loading and memory
+    materialize_s: float
+    load_s: float
+    rss_peak_bytes: int
+    model_rss_bytes: int
+    torch_threads: int
+    load_extra: dict[str, Any]
+    # raw figures kept beside the summary
+    samples: dict[str, list]
+    tokens: list[int]
+    pinning_violations: list[str]
+    remeasured: bool = False
+    compile_s: float | None = None
+    artifact_built: bool | None = None
+    artifact_build_s: float | None = None
+    artifact_bytes: int | None = None
+    # fidelity against transformers float32 (worker/fidelity.py)
+    top1_agreement: float | None = None
+    mean_kl: float | None = None
+    max_logit_diff: float | None = None
+    first_divergence: int | None = None
+    fidelity_positions: int | None = None
+    # the bandwidth roofline (worker/roofline.py)
+    weight_bytes_per_token: float | None = None
+    bandwidth_bytes_per_s: float | None = None
+    roofline_tokens_per_s: float | None = None
+    roofline_fraction: float | None = None
+    # text prompts and perplexity
+    tokenize_ms: float | None = None
+    detokenize_ms: float | None = None
+    perplexity: float | None = None
+    perplexity_delta: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Metrics:
+        return cls(**_strict(cls, data, "metrics"))
+
+
+@dataclass(frozen=True)
+class ResultPayload:
+    """The outcome of one attempt at one job: `done` with metrics, or `failed` with why."""
+
+    status: JobStatus
+    worker: str
+    error: str | None = None
+    cpus: str | None = None  # the CPU list the job really ran on
+    key: str | None = None
+    attempt: int = 1
+    started_at: float | None = None
+    finished_at: float | None = None
+    environment: HostFacts | None = None
+    metrics: Metrics | None = None
+
+    def __post_init__(self) -> None:
+        if self.status not in (JobStatus.DONE, JobStatus.FAILED):
+            raise MalformedPayloadError(f"a result's status is done or failed, not {self.status}")
+        if self.status is JobStatus.DONE and (self.metrics is None or self.environment is None):
+            raise MalformedPayloadError("a done result carries its metrics and environment")
+
+    @classmethod
+    def failed(cls, worker: str, error: str, **known: Any) -> ResultPayload:
+        return cls(status=JobStatus.FAILED, worker=worker, error=error, **known)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ResultPayload:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise MalformedPayloadError(f"a result payload is not JSON: {error}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ResultPayload:
+        data = dict(_strict(cls, data, "result payload"))
+        try:
+            data["status"] = JobStatus(data["status"])
+        except ValueError:
+            raise MalformedPayloadError(f"unknown result status {data['status']!r}") from None
+        if data.get("environment") is not None:
+            data["environment"] = HostFacts.from_dict(data["environment"])
+        if data.get("metrics") is not None:
+            data["metrics"] = Metrics.from_dict(data["metrics"])
+        return cls(**data)

@@ -1,0 +1,86 @@
+"""The seam between the orchestrator and whatever runs the jobs.
+
+An executor takes jobs and yields typed events as they happen; it never touches the
+database. `orchestrator/dispatch.py` consumes the events and hands them to the store,
+so everything written about a job is written once, whichever executor ran it (in the
+spirit of optimum-benchmark's launchers: one `launch`, many ways to launch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from contract.payload import ResultPayload
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A job the store says must run."""
+
+    id: int
+    key: str
+    spec: dict[str, Any]
+    restart: bool = False  # it failed before, or --rerun: any state left from before is cleared
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Handed to a broker; some worker will start it."""
+
+    job_id: int
+
+
+@dataclass(frozen=True)
+class Started:
+    job_id: int
+    worker: str
+    attempt: int = 1
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Measured: the payload's status is done."""
+
+    job_id: int
+    result: ResultPayload
+
+
+@dataclass(frozen=True)
+class Failed:
+    """Not measured: the payload's status is failed, and its error says why."""
+
+    job_id: int
+    result: ResultPayload
+
+
+Event = Queued | Started | Finished | Failed
+
+
+def outcome(job_id: int, result: ResultPayload) -> Finished | Failed:
+    return Finished(job_id, result) if result.status == "done" else Failed(job_id, result)
+
+
+class Executor(Protocol):
+    """Runs jobs somewhere and says what happens to them."""
+
+    # True when jobs go on without the orchestrator (a broker's workers); False when
+    # they die with it (the local pool), so an interrupted sweep puts them back to pending
+    detached: bool
+
+    def describe(self) -> str:
+        """Where the jobs run, for the line printed before a sweep starts."""
+        ...
+
+    def run(self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool) -> AsyncIterator[Event]:
+        """Start `jobs`; yield their events until each has finished (or, if `wait` is
+        false and the executor is detached, once each is queued)."""
+        ...
+
+    def follow(self, sweep: str, job_ids: Sequence[int], *, wait: bool) -> AsyncIterator[Event]:
+        """Events of jobs started earlier: those that landed while nobody watched, then,
+        with `wait`, the rest until every one of `job_ids` has finished."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,199 @@
+"""The Celery executor: jobs go to `farm worker`s through Redis; results come back in a stream.
+
+Results come back through the sweep's Redis stream (contract/queue.py), read with
+`redis.asyncio` in a consumer group. An entry is acknowledged only after the event it
+became has been handed back to the caller and the caller asked for the next one (the
+dispatch loop stores each event before it asks), so a crash between storing and
+acknowledging re-reads the entry, and the idempotent store ignores it: every job ends
+with exactly one result row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Sequence
+
+import redis.asyncio as aioredis
+from kombu.utils.url import maybe_sanitize_url
+
+from contract.payload import MalformedPayloadError, ResultPayload
+from contract.queue import (
+    RESULTS_GROUP,
+    TASK_NAME,
+    EntryKind,
+    FarmSettings,
+    celery_config,
+    enqueued_key,
+    job_state_keys,
+    results_stream,
+    task_id_for,
+)
+from executors.base import Event, Failed, Finished, PendingJob, Queued, Started, outcome
+
+CONSUMER = "orchestrator"  # one orchestrator per sweep at a time: its pending entries are ours
+ENQUEUED_TTL_S = 30 * 24 * 3600
+
+
+class BrokerError(RuntimeError):
+    """The broker did not answer. The message never includes a password."""
+
+
+def redacted(url: str) -> str:
+    return maybe_sanitize_url(url)
+
+
+async def connect(url: str) -> aioredis.Redis:
+    client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=15)
+    try:
+        await asyncio.wait_for(client.ping(), timeout=5)
+    except (TimeoutError, OSError, aioredis.RedisError) as error:
+        await client.aclose()
+        raise BrokerError(
+            f"the broker at {redacted(url)} does not answer ({type(error).__name__}); "
+            "start Redis (e.g. `docker compose up -d redis`) or fix --broker / FARM_BROKER_URL"
+        ) from None
+    return client
+
+
+def make_app(broker_url: str):
+    """A Celery app that can publish the farm's task (the worker defines what it does)."""
+    from celery import Celery
+
+    app = Celery("whistle_stop")
+    app.conf.update(celery_config(broker_url, FarmSettings()))
+    return app
+
+
+class CeleryExecutor:
+    """Publish jobs on a Celery queue and follow the sweep's result stream."""
+
+    detached = True
+
+    def __init__(self, client: aioredis.Redis, broker_url: str, queue: str) -> None:
+        self.client, self.broker_url, self.queue = client, broker_url, queue
+
+    @classmethod
+    async def open(cls, broker_url: str, queue: str) -> CeleryExecutor:
+        """Connect first: a broker that does not answer is refused before anything else."""
+        return cls(await connect(broker_url), broker_url, queue)
+
+    def describe(self) -> str:
+        return f"Celery workers via {redacted(self.broker_url)} queue {self.queue!r}"
+
+    async def run(
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool = True
+    ) -> AsyncIterator[Event]:
+        for job_id in await self._publish(sweep, jobs):
+            yield Queued(job_id)
+        if wait:
+            async for event in self.follow(sweep, [job.id for job in jobs], wait=True):
+                yield event
+
+    async def _publish(self, sweep: str, jobs: Sequence[PendingJob]) -> list[int]:
+        """Publish each job once; return the ids of every job now in flight.
+
+        A job whose marker is in Redis (beside the queue that holds it) was published
+        before: it is queued, running, or finished with its result waiting in the
+        stream, so it is not published again after an orchestrator crash. Only a job
+        that failed (or --rerun) starts afresh, its Redis state cleared.
+        """
+        app = make_app(self.broker_url)
+        for job in jobs:
+            task_id = task_id_for(sweep, job.key)
+            marker = enqueued_key(task_id)
+            if job.restart or not await self.client.exists(marker):
+                await self.client.delete(marker, *job_state_keys(task_id))
+                await asyncio.to_thread(
+                    app.send_task, TASK_NAME, args=[sweep, job.id, job.spec], task_id=task_id,
+                    queue=self.queue,
+                )  # fmt: skip
+                await self.client.set(marker, "1", ex=ENQUEUED_TTL_S)
+        return [job.id for job in jobs]
+
+    async def follow(
+        self, sweep: str, job_ids: Sequence[int], *, wait: bool
+    ) -> AsyncIterator[Event]:
+        """What is in the stream already (ours but unacknowledged, then new), then, with
+        `wait`, block on the stream (no polling loop of our own) until each job finished."""
+        outstanding = set(job_ids)
+        await self._ensure_group(sweep)
+        for start in ("0", ">"):
+            while entries := await self._read(sweep, start, block_ms=None):
+                for entry_id, fields in entries:
+                    for event in _events(fields):
+                        outstanding.discard(_finished_id(event))
+                        yield event
+                    await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
+                if start == "0" and len(entries) < 100:
+                    break
+        while wait and outstanding:
+            try:
+                entries = await self._read(sweep, ">", block_ms=5000)
+            except (OSError, aioredis.ConnectionError, aioredis.TimeoutError):
+                await asyncio.sleep(2)  # the broker is restarting: read again
+                continue
+            for entry_id, fields in entries:
+                for event in _events(fields):
+                    outstanding.discard(_finished_id(event))
+                    yield event
+                await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
+
+    async def _ensure_group(self, sweep: str) -> None:
+        try:
+            await self.client.xgroup_create(results_stream(sweep), RESULTS_GROUP, id="0",
+                                            mkstream=True)  # fmt: skip
+        except aioredis.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    async def _read(self, sweep: str, start: str, block_ms: int | None):
+        if block_ms is not None:
+            await self._ensure_group(sweep)  # the stream may be new after a broker restart
+        reply = await self.client.xreadgroup(
+            RESULTS_GROUP, CONSUMER, {results_stream(sweep): start}, count=100, block=block_ms
+        )
+        return reply[0][1] if reply else []
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _events(fields: dict[bytes, bytes]) -> list[Event]:
+    """A stream entry as an event; none for an entry that is not one of ours."""
+    try:
+        kind = EntryKind(fields[b"kind"].decode())
+        job_id = int(fields[b"job_id"])
+        if kind is EntryKind.STARTED:
+            started = json.loads(fields[b"payload"])
+            return [Started(job_id, str(started["worker"]), int(started.get("attempt", 1)))]
+        return [outcome(job_id, ResultPayload.from_json(fields[b"payload"]))]
+    except (KeyError, ValueError, TypeError, MalformedPayloadError):
+        return []  # not an entry a worker of this version wrote: acknowledged and dropped
+
+
+def _finished_id(event: Event) -> int | None:
+    return event.job_id if isinstance(event, Finished | Failed) else None
+
+
+async def farm_status(broker_url: str, queue: str) -> tuple[int, dict[str, list[str]]]:
+    """Queue depth and live workers with what each is running (Celery remote control)."""
+    client = await connect(broker_url)
+    try:
+        depth = await client.llen(queue)
+    finally:
+        await client.aclose()
+    inspect = make_app(broker_url).control.inspect(timeout=1.5)
+    active = await asyncio.to_thread(inspect.active) or {}
+    workers = {name: [_describe_task(task) for task in tasks] for name, tasks in active.items()}
+    return depth, workers
+
+
+def _describe_task(task: dict) -> str:
+    args = task.get("args") or []
+    if len(args) == 3 and isinstance(args[2], dict):
+        sweep, spec = args[0], args[2]
+        return (
+            f"{sweep}: {spec.get('label')} ctx={spec.get('context')} gen={spec.get('generation')}"
+        )
+    return str(task.get("name"))

@@ -1,0 +1,184 @@
+"""The embedded executor: pinned local worker processes fed by asyncio, no server needed.
+
+Each worker slot runs `python -m worker.local` pinned to one CPU set; the job goes
+down its stdin and the result comes back on its stdout as one JSON line. Every job
+gets a fresh process, as on a Celery worker (one child per job): its peak memory is
+its own and its thread pools are sized for it alone. A process that dies mid-job
+fails that job, and the rest go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
+from contract.payload import MalformedPayloadError, ResultPayload
+from executors.base import Event, PendingJob, Started, outcome
+
+# Big enough for a result line with every per-token sample of a long generation.
+LINE_LIMIT = 64 * 1024 * 1024
+
+
+class LocalWorker:
+    """One pinned child process per job, and the pipe to it."""
+
+    def __init__(self, name: str, cpus: list[int], cache_dir: Path, log_dir: Path) -> None:
+        self.name, self.cpus, self.cache_dir, self.log_dir = name, cpus, cache_dir, log_dir
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    async def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker.local",
+            "--cpus", format_cpu_list(self.cpus),
+            "--name", self.name,
+            "--cache-dir", str(self.cache_dir),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            limit=LINE_LIMIT,
+            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"},
+        )  # fmt: skip
+        log.close()
+
+    async def run(self, spec: dict[str, Any]) -> ResultPayload:
+        """Run one job in a fresh process; its payload, or a failed one if the process died."""
+        await self.start()
+        try:
+            return await self._exchange(spec)
+        finally:
+            await self.stop()
+
+    async def _exchange(self, spec: dict[str, Any]) -> ResultPayload:
+        assert self.process and self.process.stdin and self.process.stdout
+        try:
+            self.process.stdin.write((json.dumps(spec) + "\n").encode())
+            await self.process.stdin.drain()
+            line = await self.process.stdout.readline()
+        except (BrokenPipeError, ConnectionResetError):
+            line = b""
+        if line:
+            try:
+                return ResultPayload.from_json(line)
+            except MalformedPayloadError as error:
+                return self._failed(f"worker process {self.name} answered nonsense: {error}")
+        code = await self.process.wait()
+        return self._failed(
+            f"worker process {self.name} died during the job ({_exit(code)}); see {self.log_path}"
+        )
+
+    def _failed(self, error: str) -> ResultPayload:
+        return ResultPayload.failed(self.name, error, cpus=format_cpu_list(self.cpus))
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout=10)
+        except (TimeoutError, asyncio.CancelledError):
+            self.process.kill()
+            await self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+
+
+def _exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+class LocalExecutor:
+    """Jobs on this machine, one pinned worker process per CPU set at a time."""
+
+    detached = False
+
+    def __init__(self, cpu_sets: list[list[int]], cache_dir: Path) -> None:
+        self.workers = [
+            LocalWorker(f"local-{i}", cpus, cache_dir, cache_dir / "logs")
+            for i, cpus in enumerate(cpu_sets)
+        ]
+
+    def describe(self) -> str:
+        sets = " ".join(f"[{format_cpu_list(w.cpus)}]" for w in self.workers)
+        return f"{len(self.workers)} embedded worker(s) pinned to {sets}"
+
+    async def run(
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool = True
+    ) -> AsyncIterator[Event]:
+        """Each worker takes the next job when its last one is done. On cancellation
+        (Ctrl-C) every worker process is killed at once."""
+        todo: asyncio.Queue[PendingJob] = asyncio.Queue()
+        for job in jobs:
+            todo.put_nowait(job)
+        events: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        async def serve(worker: LocalWorker) -> None:
+            while not todo.empty():
+                job = todo.get_nowait()
+                await events.put(Started(job.id, worker.name))
+                await events.put(outcome(job.id, await worker.run(job.spec)))
+
+        async def serve_all() -> None:
+            try:
+                await asyncio.gather(*(serve(worker) for worker in self.workers))
+            finally:
+                await events.put(None)
+
+        runner = asyncio.create_task(serve_all())
+        try:
+            while (event := await events.get()) is not None:
+                yield event
+            await runner  # re-raise what a worker slot raised, if anything
+        finally:
+            runner.cancel()
+            for worker in self.workers:
+                worker.kill()
+
+    async def follow(
+        self, sweep: str, job_ids: Sequence[int], *, wait: bool
+    ) -> AsyncIterator[Event]:
+        """Nothing outlives the orchestrator here: there is never anything to follow."""
+        return
+        yield  # an async generator that yields nothing
+
+    async def aclose(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+
+def plan_cpu_sets(workers: int | None, cpus: list[str] | None) -> list[list[int]]:
+    """Explicit `--cpus` sets, or the available CPUs split evenly into `workers` sets."""
+    if cpus:
+        sets = [parse_cpu_list(text) for text in cpus]
+        seen: set[int] = set()
+        for cpu_set in sets:
+            if seen & set(cpu_set):
+                raise CpuSetError(
+                    f"CPU sets overlap on {format_cpu_list(sorted(seen & set(cpu_set)))}"
+                )
+            seen |= set(cpu_set)
+        return sets
+    available = available_cpus()
+    count = workers or 1
+    if not 1 <= count <= len(available):
+        raise CpuSetError(f"--workers must be between 1 and {len(available)} here")
+    size = len(available) // count
+    return [available[i * size : (i + 1) * size] for i in range(count)]

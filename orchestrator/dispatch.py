@@ -1,0 +1,97 @@
+"""The dispatch loop: a plan, an executor and the store, written once for every executor.
+
+    record the sweep -> executor.run(jobs) -> each event to the store -> a summary
+
+The executor says what happens (queued, started, finished, failed); the store
+records it the moment it happens, so Ctrl-C (or a crash) keeps everything that
+finished; the progress display shows it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from rich.console import Console
+
+from contract.status import JobStatus
+from executors.base import Event, Executor
+from orchestrator.progress import SweepProgress
+from orchestrator.store import Store
+from orchestrator.sweep import SweepPlan
+
+
+@dataclass
+class SweepSummary:
+    sweep: str
+    ran: int = 0  # handed to the executor this time
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # done before; not run again
+
+
+async def run_sweep(
+    plan: SweepPlan,
+    store: Store,
+    executor: Executor,
+    console: Console,
+    *,
+    rerun: bool = False,
+    wait: bool = True,
+    quiet: bool = False,
+) -> SweepSummary:
+    """Run every job of `plan` that is not done yet (all of them with `rerun`)."""
+    summary = SweepSummary(plan.name)
+    # results that landed while nobody watched, so that their jobs count as done below
+    await _consume(executor.follow(plan.name, [], wait=False), store, summary, None)
+    recorded = store.record_sweep(plan, rerun=rerun)
+    summary.skipped, summary.ran = recorded.already_done, len(recorded.to_run)
+    if recorded.already_done and not quiet:
+        console.print(
+            f"{recorded.already_done} job(s) of sweep {plan.name!r} already done: skipped "
+            "(--rerun runs them again)",
+            highlight=False,
+        )
+    if not recorded.to_run:
+        return summary
+    progress = SweepProgress(console, plan.name, len(recorded.to_run), quiet=quiet or not wait)
+    events = executor.run(plan.name, recorded.to_run, wait=wait)
+    try:
+        await _consume(events, store, summary, progress)
+    except asyncio.CancelledError:
+        if not executor.detached:  # the jobs died with us: they run again on the next submit
+            store.release_running([job.id for job in recorded.to_run])
+        raise
+    finally:
+        progress.close()
+    return summary
+
+
+async def collect(
+    sweep: str, store: Store, executor: Executor, console: Console, *, wait: bool
+) -> SweepSummary:
+    """Store the results of jobs started earlier; with `wait`, those still to come too."""
+    summary = SweepSummary(sweep)
+    await _consume(executor.follow(sweep, [], wait=False), store, summary, None)
+    unfinished = store.unfinished(sweep)
+    if wait and unfinished:
+        progress = SweepProgress(console, sweep, len(unfinished))
+        try:
+            await _consume(executor.follow(sweep, unfinished, wait=True), store, summary, progress)
+        finally:
+            progress.close()
+    return summary
+
+
+async def _consume(
+    events: AsyncIterator[Event], store: Store, summary: SweepSummary, progress
+) -> None:
+    async for event in events:
+        applied = store.apply(event)
+        if applied is None or applied.status is None:
+            continue  # another database's job, or a duplicate: nothing changed
+        summary.done += applied.status is JobStatus.DONE
+        summary.failed += applied.status is JobStatus.FAILED
+        if progress is not None:
+            progress.update(applied)

@@ -1,0 +1,1 @@
+"""Test backends, found by the farm through entry points (see pyproject.toml)."""
