@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 class BackendOptions(BaseModel):
     """Base for every backend's options: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a sweep file's `true` is not 1 and "4" is not a number
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class HFOptions(BackendOptions):

@@ -10,11 +10,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.embedded import LocalWorker  # noqa: E402
-
+from contract.cpus import available_cpus, parse_cpu_list  # noqa: E402
+from executors.local import LocalWorker  # noqa: E402
 from orchestrator.sweep import parse_sweep  # noqa: E402
 from worker.measure import Repeat  # noqa: E402
-from worker.pinning import available_cpus, parse_cpu_list  # noqa: E402
 
 CACHE = Path("~/.cache/whistle-stop").expanduser()
 

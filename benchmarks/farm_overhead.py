@@ -25,15 +25,25 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.farm import submit_farm  # noqa: E402
-
 from db.models import Job  # noqa: E402
 from db.session import make_session_factory  # noqa: E402
+from executors.celery import CeleryExecutor  # noqa: E402
+from orchestrator.dispatch import run_sweep  # noqa: E402
+from orchestrator.store import Store  # noqa: E402
 from orchestrator.sweep import parse_sweep  # noqa: E402
 from tests.conftest import save_tiny_gpt2  # noqa: E402
 from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
 
 quiet = Console(quiet=True)
+
+
+async def submit_farm(plan, db: str, broker: str) -> None:
+    """What `farm submit --broker` does: the Celery executor under the dispatch loop."""
+    executor = await CeleryExecutor.open(broker, "farm")
+    try:
+        await run_sweep(plan, Store(make_session_factory(db)), executor, quiet)
+    finally:
+        await executor.aclose()
 
 
 def sweep_text(
@@ -58,8 +68,7 @@ async def one_job_overhead(model: Path, broker: str, db: str, seed: int) -> floa
         sweep_text(model, f"overhead-{seed}", seed, [8], 4), origin="-", default_name="-"
     )
     started = time.time()
-    await submit_farm(plan, lambda: make_session_factory(db), broker_url=broker, queue="farm",
-                      rerun=False, wait=True, console=quiet)  # fmt: skip
+    await submit_farm(plan, db, broker)
     stored = time.time()
     with make_session_factory(db)() as session:
         job = session.query(Job).filter(Job.key == plan.jobs[0].key).one()
@@ -112,8 +121,7 @@ def main() -> None:
                     default_name="-",
                 )
                 started = time.time()
-                asyncio.run(submit_farm(plan, lambda: make_session_factory(str(tmp / "s.db")), broker_url=redis.url(),
-                                        queue="farm", rerun=False, wait=True, console=quiet))  # fmt: skip
+                asyncio.run(submit_farm(plan, str(tmp / "s.db"), redis.url()))
                 print(
                     f"sweep of {len(plan.jobs)} jobs on {count} worker(s): {time.time() - started:.1f} s wall"
                 )

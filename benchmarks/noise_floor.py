@@ -35,11 +35,11 @@ repeats: 5
 fidelity_tokens: 0
 """)
     payloads = run([job.to_dict()] * args.runs, args.cpus)
-    failed = [p["error"] for p in payloads if p["status"] != "done"]
+    failed = [p.error for p in payloads if p.status != "done"]
     if failed:
         raise SystemExit(f"a run failed: {failed[0]}")
-    e2e = [statistics.median(p["samples"]["e2e_s"]) for p in payloads]
-    decode = [p["metrics"]["decode_ms_p50"] for p in payloads]
+    e2e = [statistics.median(p.metrics.samples["e2e_s"]) for p in payloads]
+    decode = [p.metrics.decode_ms_p50 for p in payloads]
     rows = [[str(i), f"{e * 1e3:.1f}", f"{d:.2f}", f"{p['metrics']['cv']:.1%}"]
             for i, (e, d, p) in enumerate(zip(e2e, decode, payloads, strict=True), 1)]  # fmt: skip
     print(table(["run", "median e2e ms", "decode p50 ms", "cv within run"], rows))
@@ -49,7 +49,7 @@ fidelity_tokens: 0
               f"{(max(values) - min(values)) / middle:.1%}, stdev/mean = "
               f"{statistics.stdev(values) / statistics.fmean(values):.1%}")  # fmt: skip
     print(f"job: {job.label} ctx={job.context} gen={job.generation} threads={job.threads}, "
-          f"{job.repeats} repeats per run, cpus={payloads[0]['cpus']}")  # fmt: skip
+          f"{job.repeats} repeats per run, cpus={payloads[0].cpus}")  # fmt: skip
 
 
 if __name__ == "__main__":

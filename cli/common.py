@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     help="whistle-stop: a benchmark farm for fast GPT inference on CPUs.",
@@ -50,21 +51,30 @@ DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    errors.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    """Print one `error:` line on stderr (the message is never read as markup) and return
+    the exit to raise."""
+    errors.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
     return typer.Exit(code)
 
 
 def sessions(db: str):
     """The session factory of a database this command may create or upgrade."""
-    from db.session import make_session_factory
+    from db.session import DatabaseError, make_session_factory
 
-    return make_session_factory(db)
+    try:
+        return make_session_factory(db)
+    except DatabaseError as error:
+        raise fail(str(error)) from None
 
 
 def open_existing(db: str):
-    if "://" not in db and not Path(db).exists():
-        raise fail(f"no database at {db}; run `farm submit --grid FILE` first, or pass --db")
-    return sessions(db)()
+    """A read-only session on an existing whistle-stop database: reading never writes."""
+    from db.session import DatabaseError, open_readonly
+
+    try:
+        return open_readonly(db)()
+    except DatabaseError as error:
+        raise fail(str(error)) from None
 
 
 def write(text: str, out: Path | None) -> None:

@@ -45,6 +45,9 @@ def submit(
         typer.Option(help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1."),
     ] = None,
     rerun: Annotated[bool, typer.Option(help="Run jobs again even if already done.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Run a grid of more than 10,000 jobs without asking.")
+    ] = False,
     cache_dir: CacheOption = DEFAULT_CACHE,
     quiet: QuietOption = False,
 ) -> None:
@@ -56,10 +59,10 @@ def submit(
     Re-submitting a sweep skips the jobs already done. Exits 3 if any job failed.
     """
     from executors.local import plan_cpu_sets
-    from orchestrator.sweep import SweepError, load_sweep
+    from orchestrator.sweep import MAX_JOBS, SweepError, load_sweep
 
     try:
-        plan = load_sweep(grid)
+        plan = load_sweep(grid, max_jobs=None if yes else MAX_JOBS)
         cpu_sets = None if broker else plan_cpu_sets(workers, cpus)
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
@@ -100,7 +103,7 @@ def asyncio_run(coroutine, sweep: str, *, detached: bool):
     try:
         return asyncio.run(coroutine)
     except BrokerError as error:
-        raise fail(str(error), 3) from None
+        raise fail(str(error)) from None  # a wrong URL or password: nothing was written
     except KeyboardInterrupt:
         if detached:
             raise fail(

@@ -11,6 +11,32 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+# JSON types each field must have on the wire (bool is never an int; an int is a float)
+FIELD_TYPES = {
+    "model": "a string", "backend": "a string", "label": "a string", "options": "an object",
+    "context": "an integer", "generation": "an integer", "threads": "an integer",
+    "warmups": "an integer", "repeats": "an integer", "min_duration_s": "a number",
+    "max_repeats": "an integer", "noise_threshold": "a number", "fidelity_tokens": "an integer",
+    "eval_text": "a string or null", "eval_tokens": "an integer", "rerun_noisy": "a boolean",
+    "prompt_text": "a string or null", "tokenizer": "a string", "seed": "an integer",
+}  # fmt: skip
+COUNTS = ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
+          "fidelity_tokens", "eval_tokens")  # fmt: skip
+
+
+def _is(value: Any, kind: str) -> bool:
+    if kind == "a boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return {
+        "a string": isinstance(value, str),
+        "an object": isinstance(value, dict),
+        "an integer": isinstance(value, int),
+        "a number": isinstance(value, int | float),
+        "a string or null": value is None or isinstance(value, str),
+    }[kind]
+
 
 class MalformedJobError(ValueError):
     """A job spec that is not what `JobSpec.to_dict()` produces."""
@@ -64,10 +90,12 @@ class JobSpec:
                 f"job spec fields wrong: missing {missing}, unexpected {extra} (do the "
                 "orchestrator and this worker run the same version of whistle-stop?)"
             )
-        if not isinstance(data["options"], dict):
-            raise MalformedJobError("job spec options must be a JSON object")
-        for name in ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
-                     "fidelity_tokens", "eval_tokens"):  # fmt: skip
-            if not isinstance(data[name], int) or data[name] < 0:
-                raise MalformedJobError(f"job spec {name} must be a non-negative integer")
+        for name, kind in FIELD_TYPES.items():
+            if not _is(data[name], kind):
+                raise MalformedJobError(f"job spec {name} must be {kind}, not {data[name]!r:.40}")
+        if not all(isinstance(key, str) for key in data["options"]):
+            raise MalformedJobError("job spec options must have string keys")
+        for name in COUNTS:
+            if data[name] < 0:
+                raise MalformedJobError(f"job spec {name} must not be negative")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})

@@ -80,6 +80,9 @@ class FarmSettings:
     time_limit_s: float = field(default_factory=lambda: _env_float("FARM_JOB_TIME_LIMIT", 3600))
     grace_s: float = field(default_factory=lambda: _env_float("FARM_JOB_GRACE", 60))
     max_attempts: int = field(default_factory=lambda: int(os.environ.get("FARM_MAX_ATTEMPTS", 3)))
+    # a running job's lease lapses this long after its worker's last heartbeat; whoever
+    # watches the sweep then hands the job to another worker (executors/celery.py)
+    lease_s: float = field(default_factory=lambda: _env_float("FARM_LEASE_S", 30))
 
     @property
     def hard_limit_s(self) -> float:
@@ -131,3 +134,18 @@ def celery_config(broker_url: str, settings: FarmSettings) -> dict:
         "worker_hijack_root_logger": True,
         "worker_redirect_stdouts_level": "INFO",
     }
+
+
+def broker_problem(redacted_url: str, error: BaseException) -> str:
+    """One line for a broker that cannot be used, with what to do about it."""
+    text = str(error)
+    kind = type(error).__name__
+    if "Authentication" in kind or "NOAUTH" in text or "WRONGPASS" in text:
+        return (
+            f"the broker at {redacted_url} refused the password ({text.strip() or kind}); "
+            "put the right one in the URL: redis://:PASSWORD@HOST:6379/0"
+        )
+    return (
+        f"the broker at {redacted_url} does not answer ({kind}); start Redis "
+        "(e.g. `docker compose up -d redis`) or fix --broker / FARM_BROKER_URL"
+    )

@@ -64,6 +64,8 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(default=0)
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    # attempts whose worker was lost: [{"worker", "at" (ISO time), "why"}, ...]
+    lost_attempts: Mapped[list[Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -108,11 +110,11 @@ class Result(Base):
     repeats: Mapped[int]
     prefill_ms: Mapped[float]
     prefill_ms_p50: Mapped[float]
-    decode_ms: Mapped[float]
-    decode_ms_p50: Mapped[float]
-    decode_ms_p90: Mapped[float]
-    decode_ms_p99: Mapped[float]
-    decode_tokens_per_s: Mapped[float]
+    decode_ms: Mapped[float | None]  # None: a one-token generation has no decode step
+    decode_ms_p50: Mapped[float | None]
+    decode_ms_p90: Mapped[float | None]
+    decode_ms_p99: Mapped[float | None]
+    decode_tokens_per_s: Mapped[float | None]
     e2e_s: Mapped[float]
     e2e_s_p50: Mapped[float]
     e2e_s_p90: Mapped[float]

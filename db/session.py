@@ -1,13 +1,32 @@
-"""The engine and session factory: SQLite by default, any SQLAlchemy URL accepted."""
+"""Engines and session factories: SQLite by default, PostgreSQL (or any SQLAlchemy URL).
+
+Two ways in:
+- `make_session_factory` for commands whose job is to write (`submit`, `collect`):
+  it creates the schema, or adds the columns a newer version has.
+- `open_readonly` for commands that only read (`report`, `show`, ...): a SQLite file
+  is opened with `mode=ro`, nothing is created, no pragma is written, and a file that
+  is not a whistle-stop database is refused in one line.
+Both raise `DatabaseError` with a message a user can act on.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, literal
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
+
+TABLES = {table.name for table in Base.metadata.sorted_tables}
+
+
+class DatabaseError(RuntimeError):
+    """The database cannot be used; the message says why and what to do, in one line."""
 
 
 def database_url(path_or_url: str) -> str:
@@ -17,15 +36,56 @@ def database_url(path_or_url: str) -> str:
     return f"sqlite:///{Path(path_or_url).expanduser()}"
 
 
+def _json(value: Any) -> str:
+    """JSON that every database accepts: NaN and infinities (a one-token generation has
+    no decode step) become null, since PostgreSQL's JSON has no NaN."""
+    return json.dumps(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _engine(url: str, **options: Any) -> Engine:
+    try:
+        engine = create_engine(url, json_serializer=_json, **options)
+    except sa_exc.NoSuchModuleError:
+        scheme = url.split("://", 1)[0]
+        raise DatabaseError(
+            f"unknown database URL scheme {scheme!r}; use a file path, sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST/DB"
+        ) from None
+    except ModuleNotFoundError as error:
+        raise DatabaseError(
+            f"the database driver {error.name!r} for {url.split('://', 1)[0]} is not installed: "
+            "pip install -e '.[postgres]' (psycopg) for PostgreSQL"
+        ) from None
+    except sa_exc.ArgumentError as error:
+        raise DatabaseError(f"not a database URL: {error}") from None
+    return engine
+
+
 def make_engine(path_or_url: str, *, create: bool = True) -> Engine:
     """An engine with the schema created. SQLite gets WAL and a busy timeout:
     readers (`farm report`) never block the writer, and brief locks are waited out."""
-    engine = create_engine(database_url(path_or_url))
+    url = database_url(path_or_url)
+    if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).is_dir():
+        raise DatabaseError(f"{path_or_url} is a directory, not a database file")
+    engine = _engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        Base.metadata.create_all(engine)
-        upgrade_schema(engine)
+        try:
+            Base.metadata.create_all(engine)
+            upgrade_schema(engine)
+        except sa_exc.DatabaseError as error:
+            raise DatabaseError(f"{path_or_url}: {_reason(error)}") from None
     return engine
 
 
@@ -46,12 +106,14 @@ def upgrade_schema(engine: Engine) -> list[str]:
                 kind = column.type.compile(dialect=engine.dialect)
                 default = column.default.arg if column.default is not None else None
                 if default is not None and not callable(default):
-                    value = int(default) if isinstance(default, bool) else repr(default)
+                    value = literal(default, column.type).compile(
+                        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
+                    )
                     clause = f" NOT NULL DEFAULT {value}"
                 elif column.nullable:
                     clause = ""
                 else:
-                    raise RuntimeError(
+                    raise DatabaseError(
                         f"the database lacks the required column {table.name}.{column.name}; "
                         "it was written by an incompatible whistle-stop: start a new one with --db"
                     )
@@ -66,9 +128,60 @@ def make_session_factory(path_or_url: str) -> sessionmaker[Session]:
     return sessionmaker(make_engine(path_or_url), expire_on_commit=False)
 
 
+def open_readonly(path_or_url: str) -> sessionmaker[Session]:
+    """Sessions on an existing whistle-stop database that can change nothing in it."""
+    url = database_url(path_or_url)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.exists():
+            raise DatabaseError(
+                f"no database at {path_or_url}; run `farm submit --grid FILE` first, or pass --db"
+            )
+        if path.is_dir():
+            raise DatabaseError(f"{path_or_url} is a directory, not a database file")
+        # a URI filename with mode=ro: SQLite itself refuses every write
+        url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    engine = _engine(url)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_read_pragmas)
+    _check_schema(engine, path_or_url)
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _check_schema(engine: Engine, name: str) -> None:
+    try:
+        inspector = inspect(engine)
+        tables = set(inspector.get_table_names())
+        if not TABLES <= tables:
+            missing = ", ".join(sorted(TABLES - tables))
+            raise DatabaseError(f"{name} is not a whistle-stop database (no table {missing})")
+        for table in Base.metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            lacking = [c.name for c in table.columns if c.name not in present]
+            if lacking:
+                raise DatabaseError(
+                    f"{name} was written by an older whistle-stop (no {table.name}."
+                    f"{lacking[0]}); upgrade it by submitting to it once: farm submit --db {name}"
+                )
+    except sa_exc.DBAPIError as error:
+        raise DatabaseError(f"{name}: {_reason(error)}") from None
+
+
+def _reason(error: sa_exc.DBAPIError) -> str:
+    """The driver's own one-line reason ('file is not a database', 'connection refused')."""
+    text = str(error.orig) if error.orig is not None else str(error)
+    return " ".join(text.split("\n")[0].split()) or type(error).__name__
+
+
 def _sqlite_pragmas(connection, _record) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_read_pragmas(connection, _record) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")  # a writer's brief lock is waited out
     cursor.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from contract.payload import ResultPayload
+from contract.status import JobStatus
 
 
 @dataclass(frozen=True)
@@ -55,11 +56,21 @@ class Failed:
     result: ResultPayload
 
 
-Event = Queued | Started | Finished | Failed
+@dataclass(frozen=True)
+class Lost:
+    """Its worker stopped renewing the lease (died, froze, lost the network): the job was
+    handed to the queue again, as a new attempt."""
+
+    job_id: int
+    worker: str | None
+    why: str
+
+
+Event = Queued | Started | Finished | Failed | Lost
 
 
 def outcome(job_id: int, result: ResultPayload) -> Finished | Failed:
-    return Finished(job_id, result) if result.status == "done" else Failed(job_id, result)
+    return Finished(job_id, result) if result.status is JobStatus.DONE else Failed(job_id, result)
 
 
 class Executor(Protocol):
@@ -78,9 +89,9 @@ class Executor(Protocol):
         false and the executor is detached, once each is queued)."""
         ...
 
-    def follow(self, sweep: str, job_ids: Sequence[int], *, wait: bool) -> AsyncIterator[Event]:
+    def follow(self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool) -> AsyncIterator[Event]:
         """Events of jobs started earlier: those that landed while nobody watched, then,
-        with `wait`, the rest until every one of `job_ids` has finished."""
+        with `wait`, the rest until every one of `jobs` has finished."""
         ...
 
     async def aclose(self) -> None: ...

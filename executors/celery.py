@@ -23,15 +23,20 @@ from contract.queue import (
     TASK_NAME,
     EntryKind,
     FarmSettings,
+    attempts_key,
+    broker_problem,
     celery_config,
+    done_key,
     enqueued_key,
     job_state_keys,
+    lease_key,
     results_stream,
     task_id_for,
 )
-from executors.base import Event, Failed, Finished, PendingJob, Queued, Started, outcome
+from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, Started, outcome
 
 CONSUMER = "orchestrator"  # one orchestrator per sweep at a time: its pending entries are ours
+LOOK_EVERY_S = 5  # how often a watcher looks for lost jobs (and how long a read blocks)
 ENQUEUED_TTL_S = 30 * 24 * 3600
 
 
@@ -49,10 +54,7 @@ async def connect(url: str) -> aioredis.Redis:
         await asyncio.wait_for(client.ping(), timeout=5)
     except (TimeoutError, OSError, aioredis.RedisError) as error:
         await client.aclose()
-        raise BrokerError(
-            f"the broker at {redacted(url)} does not answer ({type(error).__name__}); "
-            "start Redis (e.g. `docker compose up -d redis`) or fix --broker / FARM_BROKER_URL"
-        ) from None
+        raise BrokerError(broker_problem(redacted(url), error)) from None
     return client
 
 
@@ -87,7 +89,7 @@ class CeleryExecutor:
         for job_id in await self._publish(sweep, jobs):
             yield Queued(job_id)
         if wait:
-            async for event in self.follow(sweep, [job.id for job in jobs], wait=True):
+            async for event in self.follow(sweep, jobs, wait=True):
                 yield event
 
     async def _publish(self, sweep: str, jobs: Sequence[PendingJob]) -> list[int]:
@@ -112,32 +114,45 @@ class CeleryExecutor:
         return [job.id for job in jobs]
 
     async def follow(
-        self, sweep: str, job_ids: Sequence[int], *, wait: bool
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
     ) -> AsyncIterator[Event]:
         """What is in the stream already (ours but unacknowledged, then new), then, with
-        `wait`, block on the stream (no polling loop of our own) until each job finished."""
-        outstanding = set(job_ids)
+        `wait`, block on the stream (no polling loop of our own) until each job finished,
+        handing a job whose worker was lost back to the queue along the way."""
         await self._ensure_group(sweep)
+        outstanding = {job.id: job for job in jobs}
+        watch = LeaseWatch(self, sweep)
         for start in ("0", ">"):
             while entries := await self._read(sweep, start, block_ms=None):
                 for entry_id, fields in entries:
                     for event in _events(fields):
-                        outstanding.discard(_finished_id(event))
+                        watch.saw(event, outstanding)
                         yield event
                     await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
                 if start == "0" and len(entries) < 100:
                     break
         while wait and outstanding:
             try:
-                entries = await self._read(sweep, ">", block_ms=5000)
+                entries = await self._read(sweep, ">", block_ms=watch.wait_ms())
+                lost = await watch.lost(outstanding.values())
             except (OSError, aioredis.ConnectionError, aioredis.TimeoutError):
                 await asyncio.sleep(2)  # the broker is restarting: read again
                 continue
+            for event in lost:
+                yield event
             for entry_id, fields in entries:
                 for event in _events(fields):
-                    outstanding.discard(_finished_id(event))
+                    watch.saw(event, outstanding)
                     yield event
                 await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
+
+    async def republish(self, sweep: str, job: PendingJob) -> None:
+        """The job's message again, with its own task id: a new attempt of the same job."""
+        app = make_app(self.broker_url)
+        await asyncio.to_thread(
+            app.send_task, TASK_NAME, args=[sweep, job.id, job.spec],
+            task_id=task_id_for(sweep, job.key), queue=self.queue,
+        )  # fmt: skip
 
     async def _ensure_group(self, sweep: str) -> None:
         try:
@@ -159,6 +174,67 @@ class CeleryExecutor:
         await self.client.aclose()
 
 
+class LeaseWatch:
+    """Notices a running job whose lease lapsed, and hands it back to the queue.
+
+    A worker renews its job's lease every third of FARM_LEASE_S; a worker that dies
+    (power cut, OOM kill, lost VM) stops renewing, and the lease lapses. Without this,
+    the job would come back only after the broker's visibility timeout (hours). A job
+    counts as lost when it has started (its attempt counter exists) and has neither a
+    lease nor a result on two looks in a row (the first look may fall between a worker
+    counting its attempt and taking the lease). It is then published again: the attempt
+    check fails it after FARM_MAX_ATTEMPTS, and the done marker drops any stale copy the
+    broker hands out later.
+    """
+
+    def __init__(self, executor: CeleryExecutor, sweep: str) -> None:
+        self.executor, self.sweep = executor, sweep
+        self.settings = FarmSettings()
+        self.workers: dict[int, str] = {}  # job id -> the worker that last started it
+        self.suspects: set[int] = set()
+        self.handed_back: dict[int, int] = {}  # job id -> its attempts when handed back
+        self.last_look = 0.0
+
+    def saw(self, event: Event, outstanding: dict[int, PendingJob]) -> None:
+        if isinstance(event, Started):
+            self.workers[event.job_id] = event.worker
+        if isinstance(event, Finished | Failed):
+            outstanding.pop(event.job_id, None)
+
+    def wait_ms(self) -> int:
+        """How long to block on the stream: a suspect is looked at again after a second."""
+        return 1000 if self.suspects else LOOK_EVERY_S * 1000
+
+    async def lost(self, jobs) -> list[Event]:
+        now = asyncio.get_running_loop().time()
+        if now - self.last_look < self.wait_ms() / 1000:
+            return []
+        self.last_look = now
+        jobs = list(jobs)
+        async with self.executor.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                task_id = task_id_for(self.sweep, job.key)
+                pipe.get(attempts_key(task_id)).exists(lease_key(task_id)).exists(done_key(task_id))
+            replies = await pipe.execute()
+        events: list[Event] = []
+        for index, job in enumerate(jobs):
+            attempts, leased, done = replies[3 * index : 3 * index + 3]
+            started = int(attempts or 0)
+            if not started or leased or done or started <= self.handed_back.get(job.id, 0):
+                self.suspects.discard(job.id)
+                continue
+            if job.id not in self.suspects:
+                self.suspects.add(job.id)
+                continue
+            self.suspects.discard(job.id)
+            self.handed_back[job.id] = started
+            await self.executor.republish(self.sweep, job)
+            why = (f"no heartbeat for {self.settings.lease_s:g} s (FARM_LEASE_S): the worker "
+                   f"died, froze or lost its network; attempt {started + 1} queued")  # fmt: skip
+            events.append(Lost(job.id, self.workers.get(job.id), why))
+        return events
+
+
 def _events(fields: dict[bytes, bytes]) -> list[Event]:
     """A stream entry as an event; none for an entry that is not one of ours."""
     try:
@@ -170,10 +246,6 @@ def _events(fields: dict[bytes, bytes]) -> list[Event]:
         return [outcome(job_id, ResultPayload.from_json(fields[b"payload"]))]
     except (KeyError, ValueError, TypeError, MalformedPayloadError):
         return []  # not an entry a worker of this version wrote: acknowledged and dropped
-
-
-def _finished_id(event: Event) -> int | None:
-    return event.job_id if isinstance(event, Finished | Failed) else None
 
 
 async def farm_status(broker_url: str, queue: str) -> tuple[int, dict[str, list[str]]]:

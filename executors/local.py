@@ -153,7 +153,7 @@ class LocalExecutor:
                 worker.kill()
 
     async def follow(
-        self, sweep: str, job_ids: Sequence[int], *, wait: bool
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
     ) -> AsyncIterator[Event]:
         """Nothing outlives the orchestrator here: there is never anything to follow."""
         return

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from contract.status import JobStatus
-from executors.base import Event, Executor
+from executors.base import Event, Executor, Failed, Finished, Lost
 from orchestrator.progress import SweepProgress
 from orchestrator.store import Store
 from orchestrator.sweep import SweepPlan
@@ -89,8 +89,16 @@ async def _consume(
 ) -> None:
     async for event in events:
         applied = store.apply(event)
-        if applied is None or applied.status is None:
-            continue  # another database's job, or a duplicate: nothing changed
+        if applied is None:
+            continue  # a job of another database
+        if applied.status is None:  # first committed result wins; say what was refused
+            if isinstance(event, Finished | Failed) and progress is not None:
+                progress.note(f"ignored a late result for {applied.describe()} from "
+                              f"{event.result.worker}: the job has its result already")  # fmt: skip
+            continue
+        if isinstance(event, Lost) and progress is not None:
+            progress.note(f"lost {applied.describe()} on {event.worker or 'a worker'}: "
+                          f"{event.why}")  # fmt: skip
         summary.done += applied.status is JobStatus.DONE
         summary.failed += applied.status is JobStatus.FAILED
         if progress is not None:

@@ -47,6 +47,12 @@ class SweepProgress:
         elif not self.quiet:
             self.console.print(self._line(applied), highlight=False, markup=False, soft_wrap=True)
 
+    def note(self, text: str) -> None:
+        """A line that stays (above the bar in a terminal), e.g. a lost worker."""
+        if not self.quiet:
+            printer = self.bar.console if self.bar else self.console
+            printer.print(text, highlight=False, markup=False, soft_wrap=True)
+
     def _line(self, applied: Applied) -> str:
         done = f"[{self.finished}/{self.total}] {applied.describe()}"
         if applied.status is JobStatus.FAILED:

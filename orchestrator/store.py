@@ -8,6 +8,7 @@ becomes a second row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
@@ -16,8 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.jobspec import JobSpec
 from contract.payload import HostFacts, ResultPayload
 from contract.status import UNFINISHED, JobStatus
-from db.models import Environment, Job, Result, Sweep
-from executors.base import Event, Failed, Finished, PendingJob, Queued, Started
+from db.models import Environment, Job, Result, Sweep, utcnow
+from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, Started
 from orchestrator.sweep import SweepPlan
 
 
@@ -101,15 +102,15 @@ class Store:
                 if job is not None and job.status == JobStatus.RUNNING:
                     job.status = JobStatus.PENDING
 
-    def unfinished(self, sweep_name: str) -> list[int]:
+    def unfinished(self, sweep_name: str) -> list[PendingJob]:
         with self.sessions() as session:
             query = (
-                select(Job.id)
+                select(Job)
                 .join(Sweep)
                 .where(Sweep.name == sweep_name, Job.status.in_(UNFINISHED))
                 .order_by(Job.id)
             )
-            return list(session.scalars(query))
+            return [PendingJob(job.id, job.key, job.spec) for job in session.scalars(query)]
 
 
 def _new_job(sweep: Sweep, spec: JobSpec) -> Job:
@@ -138,6 +139,14 @@ def _apply(session: Session, job: Job, event: Event) -> bool:
         job.status, job.worker = JobStatus.RUNNING, event.worker
         job.attempts = max(job.attempts + 1, event.attempt)
         return True
+    if isinstance(event, Lost):
+        if job.status not in UNFINISHED:
+            return False  # it finished after all: nothing was lost
+        lost = {"worker": event.worker, "at": utcnow().isoformat(timespec="seconds"),
+                "why": event.why}  # fmt: skip
+        job.lost_attempts = [*(job.lost_attempts or []), lost]  # a new list: JSON is replaced
+        job.status = JobStatus.QUEUED
+        return True
     assert isinstance(event, Finished | Failed)
     return store_result(session, job, event.result)
 
@@ -146,6 +155,8 @@ def store_result(session: Session, job: Job, payload: ResultPayload) -> bool:
     """Record a worker's payload on `job`. Returns False if the job already had a result."""
     if job.result is not None or job.status == JobStatus.DONE:
         return False
+    if payload.key is not None and payload.key != job.key:
+        return False  # a result for another spec under this job's id: not this job's
     job.worker = payload.worker
     job.attempts = max(job.attempts, payload.attempt)
     if payload.status == JobStatus.FAILED:
@@ -157,10 +168,16 @@ def store_result(session: Session, job: Job, payload: ResultPayload) -> bool:
         environment=_environment(session, payload.environment),
         worker=payload.worker,
         cpus=payload.cpus or "",
-        **asdict(payload.metrics),
+        **{name: _stored(value) for name, value in asdict(payload.metrics).items()},
     )
     job.status, job.error = JobStatus.DONE, None
     return True
+
+
+def _stored(value):
+    """A figure as every database stores it alike: NaN (no decode step in a one-token
+    generation) becomes NULL, which SQLite would make it anyway."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _environment(session: Session, facts: HostFacts) -> Environment:

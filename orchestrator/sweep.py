@@ -8,23 +8,31 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from backends import registry
 from backends.sources import ModelSourceError, parse_model_source
 from contract.jobspec import JobSpec
+from orchestrator.sweep_text import SweepTextError, parse_yaml, read_text
 
 PositiveInts = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
 
 
+MAX_JOBS = 10_000  # a bigger grid is more often a typo than a plan: it needs --yes
+
+
 class SweepError(ValueError):
     """A sweep file that cannot be run. The message names the file, the field and the fix."""
+
+
+class TooManyJobsError(SweepError):
+    """A valid grid bigger than the caller allowed."""
 
 
 class BackendChoice(BaseModel):
@@ -44,7 +52,8 @@ def _default_threads() -> list[int]:
 class SweepFile(BaseModel):
     """What a sweep YAML file may say. Every key is optional except `backends`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: true is not 1, 1.5 is not an int, "4" is not a number, a string is not a list
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str | None = Field(None, description="sweep name; defaults to the file's stem")
     model: str = Field("random:gpt2", description="random:gpt2, a local directory, or a hub id")
@@ -85,6 +94,8 @@ def _backend_choice(item: Any, index: int) -> BackendChoice:
     fields = dict(item)
     name = fields.pop("name")
     label = fields.pop("label", None)
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"backends[{index}].label must be a string")
     try:
         entry = registry.entry(name)
     except (registry.UnknownBackendError, registry.NotABackendError) as error:
@@ -113,22 +124,24 @@ class SweepPlan:
     jobs: tuple[JobSpec, ...]
 
 
-def load_sweep(path: Path) -> SweepPlan:
+def load_sweep(path: Path, *, max_jobs: int | None = MAX_JOBS) -> SweepPlan:
     """Read, validate and expand a sweep file. Raises `SweepError`; has no side effects."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SweepError(f"{path}: no such file; pass the path of a sweep YAML file") from None
-    except OSError as error:
-        raise SweepError(f"{path}: cannot read it ({error.strerror})") from None
-    return parse_sweep(text, origin=str(path), default_name=path.stem)
+        text = read_text(path)
+    except SweepTextError as error:
+        raise SweepError(str(error)) from None
+    return parse_sweep(text, origin=str(path), default_name=path.stem, max_jobs=max_jobs)
 
 
-def parse_sweep(text: str, *, origin: str, default_name: str) -> SweepPlan:
+def parse_sweep(
+    text: str, *, origin: str, default_name: str, max_jobs: int | None = MAX_JOBS
+) -> SweepPlan:
+    """Validate and expand sweep text. A grid of more than `max_jobs` jobs (None: no limit)
+    raises `TooManyJobsError`, before any job is built."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise SweepError(f"{origin}: invalid YAML: {error}") from None
+        data = parse_yaml(text, origin)
+    except SweepTextError as error:
+        raise SweepError(str(error)) from None
     if not isinstance(data, dict):
         raise SweepError(f"{origin}: expected a mapping of keys (model:, backends:, ...)")
     try:
@@ -141,6 +154,12 @@ def parse_sweep(text: str, *, origin: str, default_name: str) -> SweepPlan:
         raise SweepError(f"{origin}: model: {error}") from None
     _check_eval_text(origin, sweep, source)
     sweep = _resolve_prompt(origin, sweep, source)
+    cells = grid_size(sweep)
+    if max_jobs is not None and cells > max_jobs:
+        raise TooManyJobsError(
+            f"{origin}: the grid expands to {cells:,} jobs, more than {max_jobs:,}; "
+            "check its axes, or pass --yes to run them all"
+        )
     jobs = expand(sweep)
     longest = max(job.context + job.generation for job in jobs)
     if longest > source.n_positions:
@@ -198,10 +217,20 @@ def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
     return sweep
 
 
+def _tokenizers(sweep: SweepFile) -> list[str]:
+    return list(sweep.tokenizers) if sweep.prompt == "text" else ["fast"]
+
+
+def grid_size(sweep: SweepFile) -> int:
+    """How many cells the grid has (before identical cells are merged)."""
+    axes = (sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads)
+    return len(_tokenizers(sweep)) * math.prod(len(axis) for axis in axes)
+
+
 def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
     """The grid: the product of backends x context x generation x threads, deduplicated."""
     jobs: dict[str, JobSpec] = {}
-    tokenizers = sweep.tokenizers if sweep.prompt == "text" else ["fast"]
+    tokenizers = _tokenizers(sweep)
     for backend, context, generation, threads, tokenizer in itertools.product(
         sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads, tokenizers
     ):
@@ -231,7 +260,7 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
 
 
 def _describe(origin: str, error: ValidationError) -> str:
-    """One readable line per problem: `file: field: what is wrong (fix)`."""
+    """One line: `file: field: what is wrong (fix); next field: ...`."""
     lines = []
     known = list(SweepFile.model_fields)
     for problem in error.errors():
@@ -239,8 +268,8 @@ def _describe(origin: str, error: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(problem["loc"][-1]), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(known)}"
-            lines.append(f"{origin}: unknown key {where!r} ({hint})")
+            lines.append(f"unknown key {where!r} ({hint})")
         else:
             message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"{origin}: {where}: {message}")
-    return "\n".join(lines)
+            lines.append(f"{where}: {message}")
+    return f"{origin}: " + "; ".join(lines)

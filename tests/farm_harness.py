@@ -39,23 +39,29 @@ def wait_for(condition, timeout: float, what: str, interval: float = 0.2):
 class RedisServer:
     """redis-server with an append-only file, so a kill -9 and restart keeps the queue."""
 
-    def __init__(self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",)) -> None:
+    def __init__(
+        self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = ""
+    ) -> None:
         self.directory, self.binds, self.port = directory, binds, free_port()
+        self.password = password
         self.process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
-    def url(self, host: str = "127.0.0.1") -> str:
-        return f"redis://{host}:{self.port}/0"
+    def url(self, host: str = "127.0.0.1", password: str | None = None) -> str:
+        secret = self.password if password is None else password
+        return f"redis://{':' + secret + '@' if secret else ''}{host}:{self.port}/0"
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", *self.binds,
              "--save", "", "--appendonly", "yes", "--appendfsync", "always",
              "--dir", str(self.directory), "--protected-mode", "no",
-             "--logfile", str(self.directory / "redis.log")],
+             "--logfile", str(self.directory / "redis.log"),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        client = redis.Redis(port=self.port, password=self.password or None,
+                             socket_connect_timeout=1)  # fmt: skip
         wait_for(lambda: _pings(client), 15, "redis-server to answer")
 
     def kill(self) -> None:
@@ -120,6 +126,13 @@ class FarmWorker:
         """The whole worker at once, job included, as when its machine dies."""
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
+
+    def freeze(self) -> None:
+        """SIGSTOP the whole worker, job included: a machine that stops answering."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
 
     def terminate(self, timeout: float = 60) -> None:
         """SIGTERM to the Celery parent: a warm shutdown that finishes the running job."""

@@ -40,3 +40,15 @@ def test_workers_have_disjoint_cpusets_matching_their_pinning():
 def test_redis_keeps_an_append_only_file():
     redis = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]
     assert "--appendonly" in redis["command"]
+
+
+def test_redis_asks_for_a_password_that_is_not_in_the_file():
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password.startswith("${REDIS_PASSWORD")  # from .env, never committed
+    for name, service in services.items():
+        if "--broker" in service.get("command", []):
+            url = service["command"][service["command"].index("--broker") + 1]
+            assert url.startswith("redis://:${REDIS_PASSWORD}@"), name
+    assert ".env" in (ROOT / ".gitignore").read_text().split()

@@ -47,9 +47,10 @@ def farm(tmp_path, tiny_model, measured_bandwidth):
 
 
 class Farm:
-    def __init__(self, tmp_path: Path, model: Path, binds: tuple[str, ...] = ("127.0.0.1",)):
+    def __init__(self, tmp_path: Path, model: Path, binds: tuple[str, ...] = ("127.0.0.1",),
+                 password: str = ""):  # fmt: skip
         self.tmp, self.model = tmp_path, model
-        self.redis = RedisServer(tmp_path / "redis", binds)
+        self.redis = RedisServer(tmp_path / "redis", binds, password)
         self.redis.start()
         self.db = tmp_path / "farm.db"
         self.env = farm_env(**LIMITS)
@@ -80,10 +81,11 @@ class Farm:
         self.submits.append(process)
         return process
 
-    def run(self, grid: Path, *extra: str, timeout: float = 180) -> str:
+    def run(self, grid: Path, *extra: str, timeout: float = 180, code: int = 0) -> str:
+        """Submit and wait; `code` 3 when some job is meant to fail."""
         process = self.submit(grid, *extra)
         output, _ = process.communicate(timeout=timeout)
-        assert process.returncode == 0, output
+        assert process.returncode == code, output
         return output
 
     def jobs(self) -> list[tuple[Job, Result | None]]:
@@ -176,6 +178,68 @@ def test_kill9_worker_mid_job_completes_on_another_worker_once(farm):
     assert "succeeded" in survivor.log_text()
 
 
+def _show(farm: Farm, key: str) -> dict:
+    shown = subprocess.run([FARM, "show", key, "--db", str(farm.db)], capture_output=True,
+                           text=True, env=farm.env, cwd=ROOT, check=True)  # fmt: skip
+    return json.loads(shown.stdout)
+
+
+def test_a_lost_worker_costs_its_lease_not_hours_with_default_limits(tmp_path, tiny_model,
+                                                                     measured_bandwidth):  # fmt: skip
+    """SIGKILL a worker's whole process group mid-job, with every limit at its default:
+    the job comes back once its lease lapses (FARM_LEASE_S, 30 s), runs on the survivor,
+    and the lost attempt is on the job for `farm show`."""
+    farm = Farm(tmp_path, tiny_model)
+    farm.env = farm_env()  # default limits: a 3660 s hard limit, so the broker would wait 2 h
+    shutil.copytree(measured_bandwidth, tmp_path / "cache" / "bandwidth")
+    try:
+        victim = farm.worker("0", "victim")
+        survivor = farm.worker("1" if TWO_CPUS else "0", "survivor", start=False)
+        submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
+        wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
+        victim.kill9()
+        killed = time.monotonic()
+        survivor.start()
+        output, _ = submit.communicate(timeout=180)
+        took = time.monotonic() - killed
+        assert submit.returncode == 0, output
+        assert took < 30 + 20, f"{took:.0f} s from the kill to the result"  # lease + job
+        assert "lost slow ctx=8 gen=5 threads=1 on victim@" in output
+        assert_exactly_one_result_each(farm)
+        [(job, result)] = farm.jobs()
+        assert result.worker.startswith("survivor@") and job.attempts == 2
+        [lost] = _show(farm, job.key)["lost_attempts"]
+        assert lost["worker"].startswith("victim@") and "no heartbeat for 30 s" in lost["why"]
+    finally:
+        farm.close()
+
+
+def test_a_frozen_worker_that_wakes_up_late_adds_no_second_result(farm):
+    """SIGSTOP a worker past its lease: the job finishes elsewhere; SIGCONT: the frozen
+    job finishes too and publishes, and the store refuses its late result."""
+    if not TWO_CPUS:  # the frozen worker holds the one CPU: no survivor could claim it
+        pytest.skip("needs two CPUs: a survivor beside the frozen worker")
+    farm.env["FARM_LEASE_S"] = "6"
+    frozen = farm.worker("0", "frozen")
+    submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
+    wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
+    frozen.freeze()
+    farm.worker("1", "survivor")
+    output, _ = submit.communicate(timeout=180)
+    assert submit.returncode == 0, output
+    frozen.thaw()
+    wait_for(lambda: frozen.log_text().count("succeeded") >= 1, 60, "the frozen job to end")
+    collected = subprocess.run(
+        [FARM, "collect", "--sweep", "farm", "--no-wait", "--broker", farm.redis.url(),
+         "--db", str(farm.db)], capture_output=True, text=True, env=farm.env, cwd=ROOT,
+    )  # fmt: skip
+    assert collected.returncode == 0, collected.stderr
+    assert "stored 0 done and 0 failed" in collected.stderr
+    assert_exactly_one_result_each(farm)
+    [(job, result)] = farm.jobs()
+    assert result.worker.startswith("survivor@") and len(job.lost_attempts) == 1
+
+
 def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
     worker = farm.worker("0", "w0")
     submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
@@ -231,7 +295,7 @@ def test_killed_submit_then_resubmit_runs_only_what_is_missing(farm):
 
 def test_a_job_that_crashes_its_worker_is_failed_after_n_tries(farm):
     worker = farm.worker("0", "w0")
-    farm.run(farm.sweep([{"name": FAULT, "mode": "crash", "label": "crasher"}, ok("fine")]))
+    farm.run(farm.sweep([{"name": FAULT, "mode": "crash", "label": "crasher"}, ok("fine")]), code=3)
     by_label = {job.label: job for job, _ in farm.jobs()}
     assert by_label["fine"].status == "done"
     crasher = by_label["crasher"]
@@ -247,7 +311,7 @@ def test_time_limits_fail_the_job_and_the_worker_goes_on(farm):
         {"name": FAULT, "mode": "hang", "sleep_s": 30, "label": "hard"},
         ok("after"),
     ]
-    farm.run(farm.sweep(backends))
+    farm.run(farm.sweep(backends), code=3)
     by_label = {job.label: job for job, _ in farm.jobs()}
     assert by_label["after"].status == "done"
     assert by_label["soft"].status == "failed" and "SoftTimeLimitExceeded" in by_label["soft"].error
@@ -290,6 +354,81 @@ def test_bad_messages_are_rejected_and_the_worker_keeps_serving(farm):
         or "Can't decode" in log
     )
     assert worker.process.poll() is None
+
+
+def test_forged_messages_are_dropped_without_running_anything(farm, tmp_path):
+    """Messages naming callables, modules and wrong types: each logged and dropped, nothing
+    imported (the payload module would leave a marker), and the worker serves on."""
+    import redis
+
+    from contract.jobspec import JobSpec
+    from contract.payload import ResultPayload
+    from contract.queue import TASK_NAME, task_id_for
+    from executors.celery import make_app
+
+    marker = tmp_path / "marker"
+    farm.env["WHISTLE_STOP_PAYLOAD_MARKER"] = str(marker)
+    worker = farm.worker("0", "w0")
+    spec = json.loads(json.dumps(_good_spec(farm.model)))
+    forged = [
+        ["farm", 1, {**spec, "backend": "os:system"}],
+        ["farm", 2, {**spec, "backend": "whistle_stop_testplugins.payload:Touch"}],
+        ["farm", 3, {**spec, "context": True}],
+        ["farm", 4, {**spec, "options": {"mode": ["crash"]}, "backend": FAULT}],
+        ["farm", 5],
+    ]
+    app = make_app(farm.redis.url())
+    for args in forged:  # random task ids: not the ids their sweep and spec make
+        app.send_task(TASK_NAME, args=args, queue="farm")
+    app.send_task(TASK_NAME, args=["farm", 6, spec], kwargs={"shell": "rm -rf /"}, queue="farm")
+    # well-formed, with the right task id, naming a backend no worker has: failed, with why
+    unknown = {**spec, "backend": "os:system"}
+    ghost_task = task_id_for("ghost", JobSpec.from_dict(unknown).key)
+    app.send_task(TASK_NAME, args=["ghost", 99, unknown], task_id=ghost_task, queue="farm")
+    farm.run(farm.sweep([ok("after")]))
+    assert_exactly_one_result_each(farm)
+    log = worker.log_text()
+    assert log.count("dropped job message") == 6, log  # malformed: dropped unheard
+    [(_, entry)] = redis.Redis.from_url(farm.redis.url()).xrange("farm:results:ghost")
+    failed = ResultPayload.from_json(entry[b"payload"])
+    assert failed.status == "failed" and "'os:system' is not installed on worker w0@" in failed.error
+    assert not marker.exists()  # the payload module was never imported, its class never called
+    assert worker.process.poll() is None
+
+
+def _good_spec(model: Path) -> dict:
+    from contract.jobspec import JobSpec
+
+    return JobSpec(model=str(model), backend=FAULT, label="x", options=(("mode", "ok"),),
+                   context=8, generation=5, threads=1, warmups=0, repeats=1, min_duration_s=0.0,
+                   max_repeats=1, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
+                   eval_tokens=2, rerun_noisy=False, prompt_text=None, tokenizer="fast",
+                   seed=0).to_dict()  # fmt: skip
+
+
+def test_a_password_protected_broker(tmp_path, tiny_model, measured_bandwidth):
+    """The farm runs end to end through a Redis that wants a password; a worker given the
+    wrong one stops at once with one line naming the problem (and not the password)."""
+    farm = Farm(tmp_path, tiny_model, password="s3cret-pass")
+    shutil.copytree(measured_bandwidth, tmp_path / "cache" / "bandwidth")
+    try:
+        wrong = farm.worker("0", "intruder", broker=farm.redis.url(password="guess"), start=False)
+        wrong.start(wait=False)
+        assert wrong.process.wait(60) == 2
+        lines = [line for line in wrong.log_text().splitlines() if line.strip()]
+        assert len(lines) == 1 and "refused the password" in lines[0], lines
+        assert "guess" not in lines[0] and "s3cret" not in lines[0]
+        farm.worker("0", "w0")
+        farm.run(farm.sweep([ok("guarded")]))
+        assert_exactly_one_result_each(farm)
+        no_password = subprocess.run(
+            [FARM, "submit", "--grid", str(farm.sweep([ok("x")], name="other")),
+             "--broker", farm.redis.url(password=""), "--db", str(farm.db)],
+            capture_output=True, text=True, env=farm.env, cwd=ROOT, timeout=60,
+        )  # fmt: skip
+        assert no_password.returncode == 2 and "refused the password" in no_password.stderr
+    finally:
+        farm.close()
 
 
 def test_an_overlapping_cpu_set_is_refused(farm):

@@ -19,9 +19,13 @@ from pathlib import Path
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
+from celery.utils.log import get_task_logger
 
+from contract.jobspec import JobSpec
 from contract.payload import ResultPayload
 from contract.queue import TASK_NAME, FarmSettings, celery_config
+
+logger = get_task_logger(__name__)
 
 
 @dataclass
@@ -42,15 +46,16 @@ class FarmTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         from billiard.exceptions import TimeLimitExceeded
 
-        if isinstance(exc, TimeLimitExceeded) and len(args) == 3:
-            sweep, job_id, _ = args
+        if isinstance(exc, TimeLimitExceeded) and len(args) == 3 and isinstance(args[0], str):
+            sweep, job_id, spec = args
             error = (f"TimeLimitExceeded: the job passed the hard time limit of "
                      f"{CONTEXT.settings.hard_limit_s:g} s and was killed")  # fmt: skip
-            _channel(self.app).result(sweep, job_id, task_id, _failed(error))
+            key = JobSpec.from_dict(spec).key  # it was accepted before it ran
+            _channel(self.app).result(sweep, job_id, task_id, _failed(error, key))
 
 
-def _failed(error: str) -> ResultPayload:
-    return ResultPayload.failed(CONTEXT.name, error)
+def _failed(error: str, key: str | None) -> ResultPayload:
+    return ResultPayload.failed(CONTEXT.name, error, key=key)
 
 
 def make_app(broker_url: str, settings: FarmSettings | None = None) -> Celery:
@@ -60,16 +65,34 @@ def make_app(broker_url: str, settings: FarmSettings | None = None) -> Celery:
     return app
 
 
-def run_job_task(self: Task, sweep: str, job_id: int, spec: dict) -> str:
-    """Run one job unless it is done already, crashed too often, or running elsewhere.
+def run_job_task(self: Task, *args, **kwargs) -> str:
+    """Run one job unless it is malformed, done already, crashed too often, or running
+    elsewhere.
 
-    Whatever goes wrong outside the job itself (a time limit while waiting for a
-    lease, say) still ends as a failed result, never as silence. Losing the broker
-    is not such a failure: the job is delivered again once it is back.
+    The broker is a trust boundary: a message whose arguments are not (sweep, job id,
+    job spec) of this version's schema is logged and dropped (acknowledged, nothing
+    published, nothing imported). A well-formed job naming a backend this worker does
+    not have fails with that reason. Whatever goes wrong outside the job itself (a time
+    limit while waiting for a lease, say) still ends as a failed result, never as
+    silence. Losing the broker is not such a failure: the job is delivered again.
     """
     import redis
 
-    channel, task_id = _channel(self.app), self.request.id
+    from worker.messages import RejectedMessage, accept
+
+    task_id = self.request.id
+    try:
+        sweep, job_id, spec = accept(task_id, args, kwargs)
+    except RejectedMessage as rejected:
+        logger.error("dropped job message %s: %s", task_id, rejected)
+        return f"rejected: {rejected}"
+    channel = _channel(self.app)
+    installed = registry_names()
+    if spec.backend not in installed:
+        error = (f"backend {spec.backend!r} is not installed on worker {CONTEXT.name}; "
+                 f"it has: {', '.join(installed)}")  # fmt: skip
+        channel.result(sweep, job_id, task_id, _failed(error, spec.key))
+        return "failed: unknown backend"
     try:
         return _run_once(channel, task_id, sweep, job_id, spec)
     except redis.RedisError:
@@ -78,11 +101,11 @@ def run_job_task(self: Task, sweep: str, job_id: int, spec: dict) -> str:
         import traceback
 
         error_text = f"{type(error).__name__} outside the job: {traceback.format_exc()}"
-        channel.result(sweep, job_id, task_id, _failed(error_text))
+        channel.result(sweep, job_id, task_id, _failed(error_text, spec.key))
         raise
 
 
-def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: dict) -> str:
+def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> str:
     from worker.channel import holder_name
     from worker.runner import run_job
 
@@ -92,21 +115,27 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: dict) -> str
     limit = CONTEXT.settings.max_attempts
     if attempt > limit:
         error = f"WorkerLost: the job crashed its worker {limit} time(s); not tried again"
-        channel.result(sweep, job_id, task_id, _failed(error))
+        channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: too many attempts"
     with channel.lease(task_id, holder_name()) as mine:
         if not mine:
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
-        result = run_job(spec, cache_dir=CONTEXT.cache_dir, worker_name=CONTEXT.name)
+        result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir, worker_name=CONTEXT.name)
         channel.result(sweep, job_id, task_id, replace(result, attempt=attempt))
     return result.status
+
+
+def registry_names() -> list[str]:
+    from backends.registry import names
+
+    return names()
 
 
 def _channel(app: Celery):
     from worker.channel import WorkerChannel
 
-    return WorkerChannel(app.conf.broker_url)
+    return WorkerChannel(app.conf.broker_url, CONTEXT.settings.lease_s)
 
 
 @worker_process_init.connect

@@ -28,14 +28,13 @@ from contract.queue import (
     results_stream,
 )
 
-LEASE_TTL_S = 15  # a dead holder's lease lapses this long after its last heartbeat
-
 
 class WorkerChannel:
     """The worker's side: publish, count attempts, hold leases, claim CPUs."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lease_s: float = 30) -> None:
         self.redis = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        self.lease_s = max(1, round(lease_s))  # a dead holder's lease lapses this long after
 
     def is_done(self, task_id: str) -> bool:
         return bool(self._retrying(self.redis.exists, done_key(task_id)))
@@ -68,7 +67,7 @@ class WorkerChannel:
         """Hold the job's lease while running it. Yields False if another live process
         finished the job while we waited (then this delivery is a duplicate)."""
         key = lease_key(task_id)
-        while not self._retrying(self.redis.set, key, holder, nx=True, ex=LEASE_TTL_S):
+        while not self._retrying(self.redis.set, key, holder, nx=True, ex=self.lease_s):
             if self.is_done(task_id):
                 yield False
                 return
@@ -92,10 +91,10 @@ class WorkerChannel:
                 pass  # the lease lapses by itself; never mask the job's own outcome
 
     def _renew(self, key: str, holder: str, stop: threading.Event) -> None:
-        while not stop.wait(LEASE_TTL_S / 3):
+        while not stop.wait(self.lease_s / 3):
             try:
                 if self.redis.get(key) == holder.encode():
-                    self.redis.expire(key, LEASE_TTL_S)
+                    self.redis.expire(key, self.lease_s)
             except redis.RedisError:
                 pass  # the broker is away; the next beat tries again
 

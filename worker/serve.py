@@ -17,6 +17,7 @@ from pathlib import Path
 from kombu.utils.url import maybe_sanitize_url
 
 from contract.cpus import format_cpu_list, parse_cpu_list
+from contract.queue import broker_problem
 from worker.pinning import pin_process
 
 
@@ -45,10 +46,7 @@ def serve(
     try:
         conflicts = channel.claim_cpus(cpu_set, node)
     except redis.RedisError as error:
-        raise WorkerStartError(
-            f"the broker at {maybe_sanitize_url(broker_url)} does not answer "
-            f"({type(error).__name__}); start Redis or fix --broker / FARM_BROKER_URL"
-        ) from None
+        raise WorkerStartError(broker_problem(maybe_sanitize_url(broker_url), error)) from None
     if conflicts:
         raise WorkerStartError(
             "; ".join(conflicts) + f". Give this worker other CPUs (this host has "

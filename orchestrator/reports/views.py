@@ -138,6 +138,7 @@ def show_job(session: Session, reference: str) -> dict[str, Any]:
     shown: dict[str, Any] = {
         "id": job.id, "sweep": job.sweep.name, "key": job.key, "status": job.status,
         "attempts": job.attempts, "worker": job.worker, "spec": job.spec, "error": job.error,
+        "lost_attempts": job.lost_attempts or [],
     }  # fmt: skip
     if job.result:
         result = job.result

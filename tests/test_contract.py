@@ -1,0 +1,117 @@
+"""The typed contract: what crosses a process boundary matches what the database stores,
+and the package boundaries the README draws hold in the import graph."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from contract.payload import HostFacts, MalformedPayloadError, Metrics, ResultPayload
+from contract.status import JobStatus
+from db.models import Environment, Result
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("cli", "contract", "executors", "orchestrator", "worker", "backends", "db")
+RESULT_HEADER = {"id", "job_id", "environment_id", "worker", "cpus", "created_at"}
+
+
+def test_metrics_fields_are_the_result_columns():
+    fields = {f.name for f in dataclasses.fields(Metrics)}
+    columns = {c.name for c in Result.__table__.columns} - RESULT_HEADER
+    assert fields == columns, (sorted(fields - columns), sorted(columns - fields))
+
+
+def test_host_facts_are_the_environment_columns():
+    fields = {f.name for f in dataclasses.fields(HostFacts)}
+    assert fields == {c.name for c in Environment.__table__.columns} - {"id"}
+
+
+def _metrics(**changes) -> dict:
+    figures = {f.name: 1.0 for f in dataclasses.fields(Metrics)}
+    figures |= {"noisy": False, "remeasured": False, "repeats": 3, "load_extra": {},
+                "samples": {}, "tokens": [1, 2], "pinning_violations": []}  # fmt: skip
+    return figures | changes
+
+
+def _environment() -> dict:
+    return {f.name: None for f in dataclasses.fields(HostFacts)} | {"fingerprint": "f"}
+
+
+def test_a_payload_survives_the_wire():
+    sent = ResultPayload.from_dict(
+        {"status": "done", "worker": "w", "environment": _environment(), "metrics": _metrics()}
+    )
+    received = ResultPayload.from_json(sent.to_json())
+    assert received == sent
+    assert received.status is JobStatus.DONE and isinstance(received.metrics, Metrics)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p["metrics"].pop("decode_tokens_per_s"), "missing ['decode_tokens_per_s']"),
+        (lambda p: p["metrics"].update(new_figure=1), "unexpected ['new_figure']"),
+        (lambda p: p.update(status="finished"), "unknown result status 'finished'"),
+        (lambda p: p.update(metrics=None), "carries its metrics"),
+        (lambda p: p.pop("worker"), "missing ['worker']"),
+        (lambda p: p.update(status="pending"), "done or failed"),
+    ],
+)
+def test_a_malformed_payload_is_refused_naming_the_field(change, message):
+    payload = {"status": "done", "worker": "w", "environment": _environment(), "metrics": _metrics()}
+    change(payload)
+    with pytest.raises(MalformedPayloadError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        ResultPayload.from_json(json.dumps(payload))
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            found[".".join(path.relative_to(ROOT).with_suffix("").parts)] = path
+    return found
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_import_graph_keeps_the_boundaries():
+    """Workers and executors never touch the database; the orchestrator and the CLI reach
+    the worker only through the contract (the CLI may start `farm worker`, nothing more)."""
+    allowed_worker_imports = {"cli.worker": {"worker.serve", "worker.bandwidth"}}
+    problems = []
+    for module, path in _modules().items():
+        package = module.split(".")[0]
+        for imported in _imports(path):
+            top = imported.split(".")[0]
+            if package in ("worker", "executors", "backends", "contract") and top == "db":
+                problems.append(f"{module} imports {imported}")
+            if package in ("orchestrator", "executors", "cli") and top == "worker":
+                if imported not in allowed_worker_imports.get(module, set()):
+                    problems.append(f"{module} imports {imported}")
+            if package == "contract" and top not in ("contract",) and top in PACKAGES:
+                problems.append(f"{module} imports {imported}")
+    assert problems == []
+
+
+def test_statuses_are_spelled_only_by_the_enum():
+    statuses = {status.value for status in JobStatus}
+    found = []
+    for module, path in _modules().items():
+        if module == "contract.status":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and node.value in statuses:
+                found.append(f"{module}:{node.lineno} {node.value!r}")
+    assert found == []

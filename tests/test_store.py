@@ -1,0 +1,131 @@
+"""The store, the only writer, on SQLite and on PostgreSQL alike."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+from sqlalchemy import create_engine, inspect, select, text
+
+from contract.status import JobStatus
+from db.models import Environment, Job, Result
+from db.session import make_engine, make_session_factory, upgrade_schema
+from executors.base import Failed, Finished, Queued, Started
+from orchestrator.reports.query import find_sweep, status_counts
+from orchestrator.store import Store
+from orchestrator.sweep import parse_sweep
+from tests.test_report import ENVIRONMENT, payload
+
+SWEEP = "backends: [hf, nanogpt]\ncontext_sizes: [32]\ngeneration_lengths: [16]\n"
+
+
+def _store(url: str) -> Store:
+    return Store(make_session_factory(url))
+
+
+def test_events_move_jobs_and_a_second_result_is_refused(any_db):
+    store = _store(any_db)
+    plan = parse_sweep(SWEEP, origin="s", default_name="s")
+    hf, nano = store.record_sweep(plan).to_run
+    assert store.apply(Queued(hf.id)).status is JobStatus.QUEUED
+    assert store.apply(Started(hf.id, "w1", attempt=1)).status is JobStatus.RUNNING
+    done = store.apply(Finished(hf.id, payload("hf", 32, 16)))
+    assert done.status is JobStatus.DONE and done.decode_tokens_per_s == pytest.approx(25.0)
+    assert store.apply(Finished(hf.id, payload("hf", 32, 16))).status is None  # a duplicate
+    assert store.apply(Started(hf.id, "late", attempt=2)).status is None  # a late start
+    store.apply(Started(nano.id, "w2"))
+    failed = payload("hf", 32, 16, failed=True)
+    assert store.apply(Failed(nano.id, failed)).status is JobStatus.FAILED
+    with store.sessions() as session:
+        sweep = find_sweep(session, "s")
+        assert status_counts(session, sweep) == {"done": 1, "failed": 1}
+        assert session.scalar(select(Job.error).where(Job.id == nano.id)).endswith("boom")
+    again = store.record_sweep(plan)
+    assert [job.id for job in again.to_run] == [nano.id] and again.to_run[0].restart
+    assert again.already_done == 1
+
+
+def test_interrupted_jobs_go_back_to_pending(any_db):
+    store = _store(any_db)
+    [job] = store.record_sweep(parse_sweep("backends: [hf]", origin="s", default_name="s")).to_run
+    store.apply(Started(job.id, "w"))
+    assert [pending.id for pending in store.unfinished("s")] == [job.id]
+    store.release_running([job.id])
+    with store.sessions() as session:
+        assert session.get(Job, job.id).status is JobStatus.PENDING
+
+
+def test_byte_counts_past_32_bits_and_missing_figures(any_db):
+    """25 GB of memory and a 6 GB artifact (GPT-2 XL) fit; a NaN figure (a one-token
+    generation has no decode step) is stored as NULL, in its column and inside JSON."""
+    from dataclasses import replace
+
+    store = _store(any_db)
+    [job] = store.record_sweep(parse_sweep("backends: [hf]", origin="s", default_name="s")).to_run
+    result = payload("hf", 128, 16)
+    metrics = replace(result.metrics, artifact_bytes=6_000_000_000, rss_peak_bytes=25 * 2**30,
+                      decode_ms_p99=math.nan, load_extra={"nan": math.nan})  # fmt: skip
+    environment = replace(result.environment, memory_bytes=25 * 2**30)
+    store.apply(Finished(job.id, replace(result, metrics=metrics, environment=environment)))
+    with store.sessions() as session:
+        stored = session.scalar(select(Result))
+        assert stored.artifact_bytes == 6_000_000_000 and stored.rss_peak_bytes == 25 * 2**30
+        assert stored.decode_ms_p99 is None and stored.load_extra == {"nan": None}
+        assert session.scalar(select(Environment.memory_bytes)) == 25 * 2**30
+
+
+def test_an_older_database_is_upgraded_in_place(any_db):
+    """A database written before `remeasured` existed gains it, with its default."""
+    engine = make_engine(any_db)
+    store = _store(any_db)
+    [job] = store.record_sweep(parse_sweep("backends: [hf]", origin="s", default_name="s")).to_run
+    store.apply(Finished(job.id, payload("hf", 32, 16)))
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE results DROP COLUMN remeasured"))
+    assert upgrade_schema(make_engine(any_db, create=False)) == ["results.remeasured"]
+    with store.sessions() as session:
+        assert session.scalar(select(Result.remeasured)) is False
+    assert "remeasured" in {c["name"] for c in inspect(create_engine(
+        make_engine(any_db).url)).get_columns("results")}  # fmt: skip
+
+
+def test_environment_fixture_matches_the_contract():
+    from contract.payload import HostFacts
+
+    assert HostFacts.from_dict(ENVIRONMENT).hostname == "box"
+
+
+@pytest.mark.slow
+def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_model):
+    """Two `farm submit` processes write different sweeps to one database while
+    `farm report` reads it: all succeed, and every job has its one result."""
+    from tests.farm_harness import FARM, ROOT, farm_env
+
+    procs = []
+    for name in ("left", "right"):
+        grid = tmp_path / f"{name}.yaml"
+        grid.write_text(f"name: {name}\nmodel: {tiny_model}\nbackends:\n  - name: fault\n"
+                        "    step_s: 0.01\ncontext_sizes: [8, 16]\ngeneration_lengths: [4]\n"
+                        "threads: [1]\nwarmups: 0\nrepeats: 1\nfidelity_tokens: 0\n")  # fmt: skip
+        cpus = "0" if name == "left" else "1"
+        procs.append(subprocess.Popen(
+            [FARM, "submit", "--grid", str(grid), "--db", pg_url, "--cpus", cpus,
+             "--cache-dir", str(tmp_path / f"cache-{name}")],
+            env=farm_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        ))  # fmt: skip
+    reads = 0
+    while any(p.poll() is None for p in procs):
+        report = subprocess.run([FARM, "status", "--db", pg_url], env=farm_env(), cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert report.returncode in (0, 2), report.stderr  # 2: no sweep recorded yet
+        reads += report.returncode == 0
+    for process in procs:
+        output = process.communicate()[0]
+        assert process.returncode == 0, output
+    assert reads >= 1
+    for name in ("left", "right"):
+        report = subprocess.run([FARM, "report", "--db", pg_url, "--sweep", name, "-f", "csv"],
+                                env=farm_env(), cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        assert report.returncode == 0, report.stderr
+        assert report.stdout.count(",done,") == 2, report.stdout
