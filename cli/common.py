@@ -2,19 +2,65 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperGroup
+
+# typer carries its own click; its usage errors are the base class of its BadParameter
+UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class OneLineErrors(TyperGroup):
+    """A usage error (unknown option, bad value) is one `error:` line on stderr, exit 2,
+    like every other error of the farm, instead of a boxed usage panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as error:
+            if type(error).__name__ == "NoArgsIsHelpError":
+                sys.exit(0)  # `farm` alone: the help was shown, as asked
+            command = error.ctx.command_path if error.ctx else "farm"
+            fail(f"{error.format_message().replace('Value error, ', '')} (see {command} -h)")
+            sys.exit(2)
+        except typer.Abort:
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     help="whistle-stop: a benchmark farm for fast GPT inference on CPUs.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,  # a plain traceback: short, and pastes into an issue
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"whistle-stop {version('whistle-stop')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = None,
+) -> None:
+    """whistle-stop: a benchmark farm for fast GPT inference on CPUs."""
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 
@@ -75,11 +121,3 @@ def open_existing(db: str):
         return open_readonly(db)()
     except DatabaseError as error:
         raise fail(str(error)) from None
-
-
-def write(text: str, out: Path | None) -> None:
-    if out:
-        out.write_text(text)
-        console.print(f"wrote {out}")
-    else:
-        typer.echo(text, nl=not text.endswith("\n"))

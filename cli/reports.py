@@ -1,66 +1,134 @@
-"""`farm report`, `sweeps`, `show`, `plot` and `compare`: reading what the farm measured."""
+"""`farm report`, `sweeps`, `show`, `plot` and `compare`: reading what the farm measured.
+
+Every one of them opens the database read-only: reading never creates or changes a file
+(except the one `--out` names).
+"""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from cli.common import DEFAULT_DB, DbOption, app, console, fail, open_existing, write
+from cli.common import DEFAULT_DB, DbOption, app, console, errors, fail, open_existing
+
+
+class Format(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+    html = "html"
+
+
+FormatOption = Annotated[
+    Format,
+    typer.Option("--format", "-f", case_sensitive=False, help="How to print the results."),
+]
+SweepsOption = Annotated[
+    list[str] | None,
+    typer.Option("--sweep", help="Sweep name; repeat for several (default: the latest)."),
+]
+AllOption = Annotated[bool, typer.Option("--all", help="Every sweep in the database.")]
+BaselineOption = Annotated[
+    str, typer.Option(help="Backend (name or label) the speedup compares against.")
+]
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """`--columns a,b --columns c` -> [a, b, c]."""
+    return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
+
+
+def _check_out(out: Path | None, *, directory: bool = False) -> None:
+    """Refuse an --out that cannot be written, before anything is read."""
+    if out is None:
+        return
+    if directory:
+        if out.exists() and not out.is_dir():
+            raise fail(f"--out {out} is a file; farm plot writes a directory of PNG files")
+        return
+    if out.is_dir():
+        raise fail(f"--out {out} is a directory; name a file, e.g. {out / 'report.html'}")
+    if not out.parent.is_dir():
+        raise fail(f"--out {out}: no directory {out.parent}; create it first")
+
+
+def write(text: str, out: Path | None) -> None:
+    if out is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        out.write_text(text)
+    except OSError as error:
+        raise fail(f"--out {out}: cannot write it ({error.strerror})") from None
+    errors.print(f"wrote {out}", highlight=False)
 
 
 @app.command()
 def report(
     *,
-    sweep: Annotated[
-        list[str] | None, typer.Option(help="Sweep name; repeat for several (default: the latest).")
-    ] = None,
-    all_sweeps: Annotated[bool, typer.Option("--all", help="Every sweep in the database.")] = False,
+    sweep: SweepsOption = None,
+    all_sweeps: AllOption = False,
     backend: Annotated[
         list[str] | None, typer.Option(help="Only this backend (name or label); repeatable.")
     ] = None,
     host: Annotated[list[str] | None, typer.Option(help="Only results from this host.")] = None,
     where: Annotated[
-        list[str] | None, typer.Option(help="Only rows where KEY=VALUE, e.g. context=128.")
-    ] = None,
+        list[str] | None,
+        typer.Option(
+            help="Only rows where COLUMN OP VALUE, OP one of = != < <= > >=; "
+            "e.g. ctx=128 or 'tok/s>100'. Repeatable."
+        ),
+    ] = None,  # fmt: skip
     group_by: Annotated[
         str | None, typer.Option(help="One table per value of this column, e.g. host.")
     ] = None,
     pivot: Annotated[
         str | None,
-        typer.Option(help="ROWS:COLUMNS:VALUE, e.g. label:generation:decode_tokens_per_s."),
+        typer.Option(help="ROWS:COLUMNS:VALUE, e.g. label:gen:tok/s (mean over the rest)."),
     ] = None,
-    baseline: Annotated[
-        str, typer.Option(help="Backend (name or label) the speedup column compares against.")
-    ] = "hf",
-    format: Annotated[
-        str, typer.Option("--format", "-f", help="table, markdown, csv, json or html.")
-    ] = "table",
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    columns: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Columns to show, e.g. backend,ctx,tok/s,key, or all "
+            "(default: as many as the terminal fits)."
+        ),
+    ] = None,  # fmt: skip
+    sort: Annotated[
+        list[str] | None, typer.Option(help="Sort by this column; -COLUMN for descending.")
+    ] = None,
+    baseline: BaselineOption = "hf",
+    format: FormatOption = Format.table,
+    out: Annotated[
+        Path | None, typer.Option(help="Write to this file (markdown, csv, json, html).")
+    ] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Print results, one row per job, failed jobs included.
 
     Columns: prefill and decode times, tokens/s, speedup over --baseline, agreement
     with float32 (teacher-forced top-1, KL), share of the memory roofline, CV (with a
-    noisy flag) and status. HTML is one self-contained page with the plots inline.
+    noisy flag), status and the job key (`farm show KEY`). A terminal table shows the
+    columns that fit; numbers are never cut. HTML is one page with the plots inline.
     """
     from orchestrator.reports.query import ReportError
-    from orchestrator.reports.render import FORMATS
     from orchestrator.reports.views import ReportRequest
     from orchestrator.reports.views import report as make_report
 
-    if format not in FORMATS:
-        raise fail(f"unknown --format {format!r}; use one of: {', '.join(FORMATS)}")
+    if out is not None and format is Format.table:
+        raise fail("--out writes markdown, csv, json or html: add -f markdown (or csv, ...)")
+    _check_out(out)
     request = ReportRequest(
         sweeps=sweep or [], every=all_sweeps, backends=backend or [], hosts=host or [],
-        where=where or [], group_by=group_by, pivot=pivot, baseline=baseline, fmt=format,
+        where=where or [], group_by=group_by, pivot=pivot, baseline=baseline,
+        fmt=format.value, columns=_split(columns), sort=_split(sort), width=console.width,
     )  # fmt: skip
     with open_existing(db) as session:
         try:
-            text = make_report(session, request, console)
+            text = make_report(session, request, console, errors)
         except ReportError as error:
             raise fail(str(error)) from None
     if text is not None:
@@ -69,7 +137,7 @@ def report(
 
 @app.command()
 def sweeps(*, db: DbOption = DEFAULT_DB) -> None:
-    """List the sweeps: when, how many jobs done, failed and pending, and on which hosts."""
+    """List the sweeps: when, how many jobs done, failed and unfinished, and on which hosts."""
     from orchestrator.reports.views import sweeps_table
 
     with open_existing(db) as session:
@@ -78,11 +146,13 @@ def sweeps(*, db: DbOption = DEFAULT_DB) -> None:
 
 @app.command()
 def show(
-    job: Annotated[str, typer.Argument(help="Job id, or its key (or a unique prefix of it).")],
+    job: Annotated[str, typer.Argument(help="Job id, key, unique key prefix, or SWEEP/KEY.")],
     *,
+    sweep: Annotated[str | None, typer.Option(help="Look in this sweep only.")] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Print one job: spec, status, environment, figures, raw samples and error (JSON)."""
+    """Print one job: spec, status, lost attempts, environment, figures, raw samples and
+    error (JSON). The same spec in two sweeps is one key twice: name it SWEEP/KEY."""
     import json
 
     from orchestrator.reports.query import ReportError
@@ -90,7 +160,7 @@ def show(
 
     with open_existing(db) as session:
         try:
-            typer.echo(json.dumps(show_job(session, job), indent=2))
+            typer.echo(json.dumps(show_job(session, job, sweep), indent=2))
         except ReportError as error:
             raise fail(str(error)) from None
 
@@ -99,27 +169,28 @@ def show(
 def plot(
     *,
     out: Annotated[Path, typer.Option(help="Directory for the PNG files.")],
-    sweep: Annotated[str | None, typer.Option(help="Sweep name (default: the latest).")] = None,
-    baseline: Annotated[
-        str, typer.Option(help="Backend the speedup labels compare against.")
-    ] = "hf",
+    sweep: SweepsOption = None,
+    all_sweeps: AllOption = False,
+    baseline: BaselineOption = "hf",
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Write the sweep's figures as PNG: latency against generation length, decode speed,
-    prefill against context, speed against fidelity, and the roofline share.
+    """Write the sweep's figures as PNG: latency against generation length, decode speed
+    in every cell, prefill against context, speed against fidelity (mean KL, log axis,
+    with the Pareto front), and the roofline share. Several sweeps are drawn side by side.
 
     A figure whose data is missing (one context size only, say) is skipped, with the reason.
     """
     from orchestrator.reports.query import ReportError
     from orchestrator.reports.views import write_plots
 
+    _check_out(out, directory=True)
     with open_existing(db) as session:
         try:
-            lines = write_plots(session, sweep, out, baseline)
+            lines = write_plots(session, sweep or [], all_sweeps, out, baseline)
         except ReportError as error:
             raise fail(str(error)) from None
     for line in lines:
-        console.print(line, highlight=False)
+        errors.print(line, highlight=False, markup=False)
 
 
 def _fraction(text: str) -> float:
@@ -136,28 +207,69 @@ def compare_sweeps(
     b: Annotated[str, typer.Argument(help="The sweep after.")],
     *,
     threshold: Annotated[
-        str, typer.Option(help="Smallest change that counts, e.g. 5% or 0.05.")
+        str, typer.Option(help="Smallest speed change that counts, e.g. 5% or 0.05.")
     ] = "5%",
     fail_above: Annotated[
         str | None,
-        typer.Option(help="Exit 1 if any regression is worse than this (e.g. 5%): a CI gate."),
-    ] = None,
+        typer.Option(
+            help="Exit 1 if a speed regression is worse than this (e.g. 5%), or any "
+            "job got less faithful, newly failed or went missing: a CI gate."
+        ),
+    ] = None,  # fmt: skip
+    allow_missing: Annotated[
+        bool, typer.Option(help="With --fail-above: jobs missing from B do not fail the gate.")
+    ] = False,
+    fidelity_threshold: Annotated[
+        float, typer.Option(help="Top-1 agreement falling by more than this is a regression.")
+    ] = 0.01,
+    kl_factor: Annotated[
+        float, typer.Option(help="Mean KL growing more than this many times is a regression.")
+    ] = 2.0,
+    only_changes: Annotated[
+        bool, typer.Option(help="Leave out the metrics that did not change.")
+    ] = False,
+    format: FormatOption = Format.table,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Compare the same jobs in two sweeps, metric by metric, with a significance test
-    (Mann-Whitney U on the raw repeats). Jobs present in only one sweep are listed."""
+    """Compare the same jobs in two sweeps, metric by metric: speed with a significance
+    test (Mann-Whitney U on the raw repeats), fidelity by threshold. The last line counts
+    regressions, improvements, unchanged, newly failed and missing jobs."""
     from orchestrator.reports.query import ReportError
-    from orchestrator.reports.views import comparison
+    from orchestrator.reports.views import comparison, comparison_notes, render_comparison
 
+    if format is Format.html:
+        raise fail("farm compare prints table, markdown, csv or json")
     limit = _fraction(fail_above) if fail_above else None
+    threshold_value = _fraction(threshold)
     with open_existing(db) as session:
         try:
-            table, notes, worst = comparison(session, a, b, _fraction(threshold))
+            result = comparison(
+                session, a, b, threshold=threshold_value,
+                fidelity_threshold=fidelity_threshold, kl_factor=kl_factor,
+            )  # fmt: skip
         except ReportError as error:
             raise fail(str(error)) from None
-    render_out = console if console.is_terminal else Console(width=200, file=console.file)
-    render_out.print(table)
-    for note in notes:
-        console.print(note, highlight=False, markup=False)
-    if limit is not None and worst > limit:
-        raise fail(f"a regression of {worst:.1%} is above --fail-above {limit:.1%}", code=1)
+    output = render_comparison(result, a, b, format.value, threshold=threshold_value,
+                               only_changes=only_changes, width=console.width)  # fmt: skip
+    if isinstance(output, str):
+        write(output, None)
+    else:
+        console.print(output)
+    if format is Format.table:
+        for note in comparison_notes(result, a, b):
+            errors.print(note, highlight=False, markup=False, soft_wrap=True)
+        errors.print(result.summary(), highlight=False)
+    if limit is None:
+        return
+    reasons = []
+    if result.worst_regression() > limit:
+        reasons.append(f"a regression of {result.worst_regression():.1%} is above --fail-above "
+                       f"{limit:.1%}")  # fmt: skip
+    if result.fidelity_regressions():
+        reasons.append(f"{len(result.fidelity_regressions())} fidelity regression(s)")
+    if result.newly_failed:
+        reasons.append(f"{len(result.newly_failed)} job(s) newly failed")
+    if result.only_in_a and not allow_missing:
+        reasons.append(f"{len(result.only_in_a)} job(s) missing from {b} (--allow-missing)")
+    if reasons:
+        raise fail("; ".join(reasons), code=1)

@@ -139,8 +139,11 @@ def open_readonly(path_or_url: str) -> sessionmaker[Session]:
             )
         if path.is_dir():
             raise DatabaseError(f"{path_or_url} is a directory, not a database file")
-        # a URI filename with mode=ro: SQLite itself refuses every write
-        url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+        # A URI filename with mode=ro: SQLite itself refuses every write. A database at
+        # rest (no -wal file: no writer has it open) is opened immutable, or SQLite would
+        # leave -wal and -shm files beside it; one in use shares its writer's.
+        at_rest = not path.with_name(path.name + "-wal").exists()
+        url = f"sqlite:///file:{path.resolve()}?mode=ro{'&immutable=1' if at_rest else ''}&uri=true"
     engine = _engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_read_pragmas)

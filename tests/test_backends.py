@@ -175,7 +175,6 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
             .options.model_validate(
                 {"quantize": quantize, "quantize_lm_head": lm_head, "fused_attention": fused}
             )
-            .model_dump()
         )
         artifact = onnx_artifact(
             tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
@@ -194,7 +193,7 @@ def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
     from backends.onnx_export import onnx_artifact
     from backends.weights import weights_digest
 
-    options = registry.entry("onnx").options.model_validate({}).model_dump()
+    options = registry.entry("onnx").options.model_validate({})
     graph = onnx.load(
         str(
             onnx_artifact(

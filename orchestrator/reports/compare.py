@@ -30,6 +30,10 @@ METRICS = {
 ALPHA = 0.05
 
 
+FIDELITY = ("top1_agreement", "mean_kl")  # compared by threshold (no per-repeat samples)
+KL_NOISE = 1e-6  # KL below this is float rounding, not a change
+
+
 @dataclass
 class Change:
     label: str
@@ -37,41 +41,67 @@ class Change:
     metric: str
     before: float
     after: float
-    p_value: float | None  # None: too few samples to test
+    p_value: float | None  # None: too few samples to test (or a fidelity figure)
     verdict: str  # "regression" | "improvement" | "same"
 
     @property
     def ratio(self) -> float:
-        return self.after / self.before
+        return self.after / self.before if self.before else math.inf
 
 
 @dataclass
 class Comparison:
     changes: list[Change]
-    only_in_a: list[str]
+    only_in_a: list[str]  # missing in B
     only_in_b: list[str]
     not_compared: list[str]  # in both, but not done in both
+    newly_failed: list[str]  # done in A, not done in B
 
     @property
     def regressions(self) -> list[Change]:
         return [c for c in self.changes if c.verdict == "regression"]
 
     def worst_regression(self) -> float:
-        """The largest relative loss among regressions (0.2 = 20% worse), 0 if none."""
-        losses = [_loss(c) for c in self.regressions]
+        """The largest relative loss among speed regressions (0.2 = 20% worse), 0 if none."""
+        losses = [_loss(c) for c in self.regressions if c.metric in METRICS]
         return max(losses, default=0.0)
 
+    def fidelity_regressions(self) -> list[Change]:
+        return [c for c in self.regressions if c.metric in FIDELITY]
 
-def compare(session: Session, a: Sweep, b: Sweep, *, threshold: float) -> Comparison:
+    def summary(self) -> str:
+        verdicts = [c.verdict for c in self.changes]
+        counts = [
+            (verdicts.count("regression"), "regression", "regressions"),
+            (verdicts.count("improvement"), "improvement", "improvements"),
+            (verdicts.count("same"), "unchanged", "unchanged"),
+            (len(self.newly_failed), "newly failed", "newly failed"),
+            (len(self.only_in_a), "missing", "missing"),
+        ]
+        return ", ".join(f"{n} {one if n == 1 else many}" for n, one, many in counts)
+
+
+def compare(
+    session: Session, a: Sweep, b: Sweep, *, threshold: float, fidelity_threshold: float = 0.01,
+    kl_factor: float = 2.0,
+) -> Comparison:  # fmt: skip
+    """Every job of A against the same job in B, in a fixed order (backend, cell, metric).
+
+    Speed: a change passing `threshold` with p < 0.05 (or too few samples to test).
+    Fidelity: top-1 agreement falling by more than `fidelity_threshold` (absolute), or
+    mean KL growing by more than `kl_factor` times, is a regression; the reverse an
+    improvement. A job done in A that failed in B, or is missing from B, is listed.
+    """
     rows_a = {r["key"]: r for r in result_rows(session, [a], baseline="hf")}
     rows_b = {r["key"]: r for r in result_rows(session, [b], baseline="hf")}
     samples = _samples(session, [a, b])
-    changes, not_compared = [], []
-    for key in sorted(set(rows_a) & set(rows_b), key=lambda k: _describe(rows_a[k])):
+    changes, not_compared, newly_failed = [], [], []
+    for key in sorted(set(rows_a) & set(rows_b), key=lambda k: _order(rows_a[k])):
         before, after = rows_a[key], rows_b[key]
         if before["status"] != JobStatus.DONE or after["status"] != JobStatus.DONE:
             states = f"{a.name}: {before['status']}, {b.name}: {after['status']}"
-            not_compared.append(f"{_describe(before, label=True)} ({states})")
+            note = f"{_describe(before, label=True)} ({states})"
+            (newly_failed if before["status"] == JobStatus.DONE else not_compared).append(note)
             continue
         for metric, (raw_key, higher_better) in METRICS.items():
             x = _raw(samples[(a.id, key)], raw_key)
@@ -86,9 +116,33 @@ def compare(session: Session, a: Sweep, b: Sweep, *, threshold: float) -> Compar
                 verdict = "improvement" if better else "regression"
             changes.append(Change(before["label"], _describe(before), metric, before[metric],
                                   after[metric], p_value, verdict))  # fmt: skip
+        changes += _fidelity(before, after, fidelity_threshold, kl_factor)
     only_a = [_describe(rows_a[k], label=True) for k in set(rows_a) - set(rows_b)]
     only_b = [_describe(rows_b[k], label=True) for k in set(rows_b) - set(rows_a)]
-    return Comparison(changes, sorted(only_a), sorted(only_b), not_compared)
+    return Comparison(changes, sorted(only_a), sorted(only_b), not_compared, newly_failed)
+
+
+def _fidelity(before: dict, after: dict, threshold: float, kl_factor: float) -> list[Change]:
+    changes = []
+    top1 = before["top1_agreement"], after["top1_agreement"]
+    if None not in top1:
+        drop = top1[0] - top1[1]
+        verdict = "same"
+        if abs(drop) > threshold:
+            verdict = "regression" if drop > 0 else "improvement"
+        changes.append(Change(before["label"], _describe(before), "top1_agreement", *top1, None,
+                              verdict))  # fmt: skip
+    kl = before["mean_kl"], after["mean_kl"]
+    if None not in kl:
+        low, high = (max(value, KL_NOISE) for value in kl)
+        verdict = "regression" if high > kl_factor * low else (
+            "improvement" if low > kl_factor * high else "same")  # fmt: skip
+        changes.append(Change(before["label"], _describe(before), "mean_kl", *kl, None, verdict))
+    return changes
+
+
+def _order(row: dict[str, Any]) -> tuple:
+    return (row["label"], row["context"], row["generation"], row["threads"])
 
 
 def _loss(change: Change) -> float:

@@ -86,42 +86,46 @@ def latency_vs_generation(rows: Rows, samples: Samples, baseline: str) -> tuple[
         )
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    figure.suptitle("End-to-end latency against generation length")
-    return _png(figure), "ok"
-
-
-def _largest_cell(rows: Rows) -> tuple[int, int]:
-    """The (context, generation) cell that most backends share, largest first."""
-    counts = defaultdict(set)
-    for r in rows:
-        counts[(r["context"], r["generation"])].add(r["label"])
-    return max(counts, key=lambda c: (len(counts[c]), c))
+    title = "End-to-end latency against generation length (mean and s.d. over repeats)"
+    figure.suptitle(title)
+    return _png(figure), title
 
 
 def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    """One panel per (context, generation) cell: every cell, not just the biggest."""
     rows = _done(rows)
     if not rows:
         return None, "no finished jobs"
-    context, generation = _largest_cell(rows)
-    cell = sorted((r for r in rows if (r["context"], r["generation"]) == (context, generation)),
-                  key=lambda r: r["decode_tokens_per_s"])  # fmt: skip
-    per_repeat = [_repeat_speeds(samples.get(r["key"], {})) for r in cell]
+    cells = sorted({(r["context"], r["generation"]) for r in rows})
+    labels = sorted({r["label"] for r in rows})
+    columns = min(3, len(cells))
+    lines = -(-len(cells) // columns)
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(8, 0.5 * len(cell) + 1.5))
-    values = [r["decode_tokens_per_s"] for r in cell]
-    errors = [_stdev(v) for v in per_repeat]
-    bars = axis.barh([r["label"] for r in cell], values, xerr=errors, capsize=3)
-    for bar, row, error in zip(bars, cell, errors, strict=True):
-        note = f"{row['speedup']:.2f}x" if row["speedup"] else ""
-        end = bar.get_width() + error  # after the error bar, not on it
-        axis.text(end, bar.get_y() + bar.get_height() / 2, f"  {note}", va="center", fontsize=8)
-    axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.15)
-    title = (
-        f"Decode speed at context {context}, {generation} tokens (labels: speedup over {baseline})"
-    )
-    return _finish(
-        figure, axis, grid="x", legend=False, xlabel="decode tokens/s", title=title
-    ), "ok"
+    figure, axes = plt.subplots(
+        lines, columns, figsize=(5.5 * columns, (0.4 * len(labels) + 1.2) * lines),
+        squeeze=False, sharey=True,
+    )  # fmt: skip
+    for axis, (context, generation) in zip(axes.flat, cells, strict=False):
+        here = (context, generation)
+        cell = {r["label"]: r for r in rows if (r["context"], r["generation"]) == here}
+        values = [cell[l]["decode_tokens_per_s"] if l in cell else 0 for l in labels]  # noqa: E741
+        errors = [_stdev(_repeat_speeds(samples.get(cell[l]["key"], {}))) if l in cell else 0
+                  for l in labels]  # noqa: E741  # fmt: skip
+        bars = axis.barh(labels, values, xerr=errors, capsize=3)
+        for bar, label, error in zip(bars, labels, errors, strict=True):
+            speedup = cell.get(label, {}).get("speedup")
+            note = f"  {speedup:.2f}x" if speedup else ""
+            axis.text(bar.get_width() + error, bar.get_y() + bar.get_height() / 2, note,
+                      va="center", fontsize=7)  # fmt: skip
+        axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.2 or 1)
+        axis.set(title=f"context {context}, {generation} tokens", xlabel="decode tokens/s")
+        axis.grid(axis="x", alpha=0.3)
+    for axis in list(axes.flat)[len(cells):]:
+        axis.set_visible(False)
+    title = f"Decode speed in every cell (labels: speedup over {baseline}; bars: median job)"
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _png(figure), title
 
 
 def _repeat_speeds(raw: dict[str, list]) -> list[float]:
@@ -147,10 +151,11 @@ def prefill_vs_context(rows: Rows, samples: Samples, baseline: str) -> tuple[byt
             means = [statistics.fmean(by_context[c]) for c in x]
             spread = [_stdev(by_context[c]) for c in x]
             axis.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=label)
+    title = "Prefill time against context size (mean and s.d. over repeats)"
     return _finish(
         figure, axis, xlabel="context (prompt tokens)", ylabel="time to first token (ms)",
-        title="Prefill time against context size",
-    ), "ok"  # fmt: skip
+        title=title,
+    ), title  # fmt: skip
 
 
 def _per_backend(rows: Rows, key: str) -> dict[str, float]:
@@ -161,30 +166,38 @@ def _per_backend(rows: Rows, key: str) -> dict[str, float]:
     return {label: statistics.fmean(v) for label, v in values.items()}
 
 
+KL_FLOOR = 1e-10  # float32 against itself is exactly 0: drawn here on the log axis
+
+
 def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    """Mean KL from float32 (log axis; lower is better) against decode speed, with the
+    Pareto front. Top-1 on random weights is flat at 1.000, so KL tells paths apart."""
     rows = _done(rows)
-    agreement = _per_backend(rows, "top1_agreement")
+    kl = _per_backend(rows, "mean_kl")
     speed = _per_backend(rows, "decode_tokens_per_s")
-    labels = [label for label in agreement if label in speed]
+    labels = [label for label in kl if label in speed]
     if len(labels) < 2:
-        return None, "needs fidelity figures for at least two backends"
-    points = sorted(((speed[l], agreement[l], l) for l in labels), reverse=True)  # noqa: E741
-    front, best = [], -1.0
-    for s, a, label in points:  # fastest first: on the front if more faithful than all faster
-        if a > best:
-            front.append((s, a, label))
-            best = a
+        return None, "needs fidelity figures (mean KL) for at least two backends"
+    points = sorted(((speed[l], max(kl[l], KL_FLOOR), l) for l in labels), reverse=True)  # noqa: E741
+    front, best = [], float("inf")
+    for s, k, label in points:  # fastest first: on the front if closer than all faster
+        if k < best:
+            front.append((s, k, label))
+            best = k
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    axis.set_yscale("log")
     axis.scatter([p[0] for p in points], [p[1] for p in points], zorder=3)
-    for index, (s, a, label) in enumerate(sorted(points)):  # alternate sides: close points
+    for index, (s, k, label) in enumerate(sorted(points)):  # alternate sides: close points
         offset = (4, 6) if index % 2 == 0 else (4, -12)
-        axis.annotate(label, (s, a), textcoords="offset points", xytext=offset, fontsize=8)
+        exact = " (exact)" if kl[label] <= KL_FLOOR else ""
+        axis.annotate(label + exact, (s, k), textcoords="offset points", xytext=offset, fontsize=8)
     axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
+    title = "Speed against fidelity (means over each backend's cells)"
     return _finish(
-        figure, axis, xlabel="decode tokens/s (mean over the sweep's cells)",
-        ylabel="teacher-forced top-1 agreement with float32", title="Speed against fidelity",
-    ), "ok"  # fmt: skip
+        figure, axis, xlabel="decode tokens/s", title=title,
+        ylabel="mean KL from transformers float32 (log; lower is closer)",
+    ), title  # fmt: skip
 
 
 def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
@@ -196,12 +209,12 @@ def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     figure, axis = plt.subplots(figsize=(8, 0.5 * len(labels) + 1.5))
     axis.barh(labels, [100 * fractions[l] for l in labels])  # noqa: E741
     axis.axvline(100, color="r", linestyle="--", label="memory-bandwidth bound")
+    title = "Decode speed against the memory-bandwidth roofline (mean over each backend's cells)"
     return _finish(
-        figure, axis, grid="x", xlabel="achieved share of the roofline (%)",
-        title="Decode speed against the memory-bandwidth roofline",
-    ), "ok"  # fmt: skip
+        figure, axis, grid="x", xlabel="achieved share of the roofline (%)", title=title,
+    ), title  # fmt: skip
 
 
 def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:
-    """name -> (PNG bytes, "ok") or (None, why it was skipped)."""
+    """name -> (PNG bytes, its title) or (None, why it was skipped)."""
     return {name: draw(rows, samples, baseline) for name, draw in figures().items()}

@@ -5,6 +5,7 @@ Rendering (table, markdown, CSV, JSON, HTML) lives in orchestrator/render.py.
 
 from __future__ import annotations
 
+import operator
 from collections import defaultdict
 from statistics import fmean
 from typing import Any
@@ -14,12 +15,17 @@ from sqlalchemy.orm import Session, selectinload
 
 from contract.status import JobStatus
 from db.models import Job, Result, Sweep
+from orchestrator.reports.columns import resolve
 
 # Every figure a result stores, as a row column (None for a job without a result); the
 # raw samples, tokens and violations stay out of rows (`farm show` has them).
 NOT_IN_ROWS = {"id", "job_id", "environment_id", "worker", "cpus", "created_at", "samples",
                "tokens", "pinning_violations", "load_extra"}  # fmt: skip
 FIGURES = tuple(c.name for c in Result.__table__.columns if c.name not in NOT_IN_ROWS)
+
+
+EMPTY_ROW_KEYS = ("sweep", "key", "label", "backend", "context", "generation", "threads", "status",
+                  *FIGURES, "speedup", "host")  # fmt: skip
 
 
 class ReportError(LookupError):
@@ -110,24 +116,97 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
         row["speedup"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"] if ok else None
 
 
+OPERATORS = {  # longest first, so `<=` is not read as `<`
+    "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
+    "=": operator.eq, "<": operator.lt, ">": operator.gt,
+}  # fmt: skip
+
+
 def apply_filters(
     rows: list[dict[str, Any]], *, backends: list[str], hosts: list[str], where: list[str]
 ) -> list[dict[str, Any]]:
-    """Keep rows whose backend (name or label) and host match, and every `key=value`."""
-    conditions = []
-    for clause in where:
-        key, sep, value = clause.partition("=")
-        if not sep or not rows or key not in rows[0]:
-            known = ", ".join(rows[0]) if rows else "none"
-            raise ReportError(f"--where {clause!r}: use KEY=VALUE with a KEY among: {known}")
-        conditions.append((key, value))
+    """Keep rows whose backend (name or label) and host match, and every `--where` clause.
+
+    A clause is COLUMN OP VALUE with OP among = != < <= > >=, COLUMN a row key or a
+    heading (`tok/s`); an unknown backend, host or column is an error naming the known.
+    """
+    _known("--backend", backends, {r["backend"] for r in rows} | {r["label"] for r in rows})
+    _known("--host", hosts, {r["host"] for r in rows if r["host"]})
+    conditions = [_condition(clause, rows) for clause in where]
     return [
         row
         for row in rows
         if (not backends or row["backend"] in backends or row["label"] in backends)
         and (not hosts or row["host"] in hosts)
-        and all(str(row[key]) == value for key, value in conditions)
+        and all(test(row) for test in conditions)
     ]
+
+
+def _known(option: str, wanted: list[str], known: set[str]) -> None:
+    unknown = [name for name in wanted if name not in known]
+    if unknown and known:
+        raise ReportError(
+            f"{option} {unknown[0]!r} is not in these sweeps; known: {', '.join(sorted(known))}"
+        )
+
+
+def _condition(clause: str, rows: list[dict[str, Any]]):
+    keys = list(rows[0]) if rows else list(EMPTY_ROW_KEYS)
+    symbol = next((s for s in OPERATORS if s in clause), None)
+    if symbol is None:
+        raise ReportError(f"--where {clause!r}: write COLUMN=VALUE (or != < <= > >=)")
+    name, _, text = clause.partition(symbol)
+    compare = OPERATORS[symbol]
+    try:
+        key = resolve(name.strip(), keys)
+    except KeyError:
+        raise ReportError(
+            f"--where {clause!r}: no column {name.strip()!r}; use one of: {', '.join(keys)}"
+        ) from None
+    text = text.strip()
+    sample = next((r[key] for r in rows if r[key] is not None), None)
+    if isinstance(sample, int | float) and not isinstance(sample, bool):
+        try:
+            value: Any = float(text)
+        except ValueError:
+            raise ReportError(f"--where {clause!r}: {key} is a number, not {text!r}") from None
+    else:
+        value = text
+        if symbol not in ("=", "!="):
+            raise ReportError(f"--where {clause!r}: {key} is text; use = or !=")
+
+    def test(row: dict[str, Any]) -> bool:
+        cell = row[key]
+        if cell is None:
+            return symbol == "!="
+        return bool(compare(cell if isinstance(value, float) else str(cell), value))
+
+    return test
+
+
+def check_baseline(rows: list[dict[str, Any]], baseline: str) -> None:
+    """An unknown --baseline is an error (every speedup would silently be '-')."""
+    known = {r["backend"] for r in rows} | {r["label"] for r in rows}
+    if rows and baseline not in known and baseline != "hf":
+        raise ReportError(f"--baseline {baseline!r} is not in these sweeps; known: "
+                          f"{', '.join(sorted(known))}")  # fmt: skip
+
+
+def sort_rows(rows: list[dict[str, Any]], spec: list[str]) -> list[dict[str, Any]]:
+    """`--sort tok/s` (ascending) or `--sort -tok/s` (descending); several apply in turn."""
+    keys = list(rows[0]) if rows else []
+    for item in reversed(spec):
+        descending = item.startswith("-")
+        try:
+            key = resolve(item.lstrip("-"), keys)
+        except KeyError:
+            raise ReportError(f"--sort {item!r}: no such column; use one of: "
+                              f"{', '.join(keys)}") from None  # fmt: skip
+        present = [r for r in rows if r[key] is not None]
+        missing = [r for r in rows if r[key] is None]  # always last
+        present.sort(key=lambda r: r[key], reverse=descending)
+        rows = present + missing
+    return rows
 
 
 def group_rows(rows: list[dict[str, Any]], field: str | None) -> dict[str, list[dict[str, Any]]]:
@@ -141,16 +220,23 @@ def group_rows(rows: list[dict[str, Any]], field: str | None) -> dict[str, list[
     return dict(groups)
 
 
-def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[Any]]]:
-    """`ROWS:COLUMNS:VALUE`, e.g. label:generation:decode_tokens_per_s -> headings, cells.
-
-    A cell holds the mean of VALUE over the matching done rows (None if there are none).
-    """
+def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[Any]], str]:
+    """`ROWS:COLUMNS:VALUE`, e.g. label:generation:tok/s -> headings, cells, and a line
+    saying what a cell is: the mean of VALUE over the matching rows (None if none)."""
     parts = spec.split(":")
-    if len(parts) != 3 or (rows and any(part not in rows[0] for part in parts)):
-        known = ", ".join(rows[0]) if rows else "none"
-        raise ReportError(f"--pivot {spec!r}: write ROWS:COLUMNS:VALUE with columns among: {known}")
-    row_key, column_key, value_key = parts
+    keys = list(rows[0]) if rows else list(EMPTY_ROW_KEYS)
+    try:
+        if len(parts) != 3:
+            raise KeyError(spec)
+        row_key, column_key, value_key = (resolve(part, keys) for part in parts)
+    except KeyError:
+        raise ReportError(
+            f"--pivot {spec!r}: write ROWS:COLUMNS:VALUE with columns among: {', '.join(keys)}"
+        ) from None
+    values = [r[value_key] for r in rows if r[value_key] is not None]
+    if any(not isinstance(v, int | float) or isinstance(v, bool) for v in values):
+        raise ReportError(f"--pivot {spec!r}: {value_key} is not a number; pick a figure "
+                          "such as decode_tokens_per_s")  # fmt: skip
     cells: dict[tuple, list[float]] = defaultdict(list)
     for row in rows:
         if row[value_key] is not None:
@@ -158,6 +244,12 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
     row_values = sorted({row[row_key] for row in rows}, key=str)
     column_values = sorted({row[column_key] for row in rows}, key=lambda v: (str(type(v)), v))
     headings = [f"{row_key} \\ {column_key}", *map(str, column_values)]
+    others = [k for k in ("sweep", "context", "generation", "threads", "host")
+              if k not in (row_key, column_key)
+              and len({r[k] for r in rows if r[k] is not None}) > 1]  # fmt: skip
+    meaning = f"each cell: mean {value_key} over the matching jobs" + (
+        f" (averaged over {', '.join(others)})" if others else ""
+    )
     body = [
         [
             value,
@@ -165,4 +257,4 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
         ]
         for value in row_values
     ]
-    return headings, body
+    return headings, body, meaning

@@ -1,5 +1,5 @@
-"""Rows -> text: a rich table in the terminal, markdown, CSV, JSON, or a self-contained
-HTML page with the plots embedded as data URIs."""
+"""Rows -> text: a rich table that fits the terminal, markdown, CSV, JSON, or a
+self-contained HTML page with the plots embedded as data URIs."""
 
 from __future__ import annotations
 
@@ -8,57 +8,23 @@ import csv
 import html
 import io
 import json
-import math
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from contract.status import JobStatus
+from orchestrator.reports.columns import Column, cell, columns_for, fit
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
-
-# (row key, heading, format) in display order; `sweep` and `host` join when they vary.
-COLUMNS: list[tuple[str, str, str]] = [
-    ("label", "backend", "{}"),
-    ("context", "context", "{}"),
-    ("generation", "gen", "{}"),
-    ("threads", "threads", "{}"),
-    ("prefill_ms_p50", "prefill ms", "{:.1f}"),
-    ("decode_ms_p50", "decode ms p50", "{:.2f}"),
-    ("decode_ms_p90", "p90", "{:.2f}"),
-    ("decode_tokens_per_s", "tok/s", "{:.1f}"),
-    ("e2e_s", "e2e s", "{:.3f}"),
-    ("speedup", "speedup", "{:.2f}x"),
-    ("top1_agreement", "top-1", "{:.3f}"),
-    ("mean_kl", "KL", "{:.1e}"),
-    ("roofline_fraction", "roofline", "{:.0%}"),
-    ("cv", "cv", "{:.1%}"),
-    ("status", "status", "{}"),
-]
-
-
-def columns_for(rows: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    extra = [(k, k, "{}") for k in ("sweep", "host") if len({r[k] for r in rows if r[k]}) > 1]
-    return extra + COLUMNS
-
-
-def cell(row: dict[str, Any], key: str, spec: str) -> str:
-    value = row.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    text = spec.format(value)
-    if key == "cv" and row.get("noisy"):
-        text += " noisy"
-    if key == "status" and row.get("pinning_ok") is False:
-        text += " (pinning!)"
-    return text
 
 
 def failures(rows: list[dict[str, Any]]) -> list[str]:
     return [
-        f"failed: {row['label']} ctx={row['context']} gen={row['generation']}: {row['error']}"
+        f"failed: {row['label']} ctx={row['context']} gen={row['generation']} "
+        f"(key {row['key']}): {row['error']}"
         for row in rows
         if row["status"] == JobStatus.FAILED
     ]
@@ -70,36 +36,60 @@ def to_markdown(headings: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def to_table(title: str, headings: list[str], body: list[list[str]], styles=None) -> Table:
-    table = Table(title=title)
-    for index, heading in enumerate(headings):
-        table.add_column(heading, justify="left" if index == 0 else "right")
+def to_table(
+    title: str, columns: list[Column], body: list[list[str]], styles=None, width: int | None = None
+) -> Table:
+    """A compact table; only the first (label) column may be shortened, never a number.
+
+    With `width`, the first column gets what the others leave, so nothing else is cut."""
+    # columns one space apart (the box's separator), no padding: 9 columns fit in 80
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 0))
+    needs = [max([len(c.heading), *(len(line[i]) for line in body)]) for i, c in enumerate(columns)]
+    room = None if width is None else max(12, width - sum(n + 1 for n in needs[1:]))
+    for index, (column, need) in enumerate(zip(columns, needs, strict=True)):
+        if index == 0:
+            table.add_column(column.heading, justify="left", no_wrap=True, overflow="ellipsis",
+                             min_width=min(need, 12), max_width=room)  # fmt: skip
+        else:
+            table.add_column(column.heading, justify="right", no_wrap=True, min_width=need)
     for index, line in enumerate(body):
         table.add_row(*map(Text, line), style=(styles or {}).get(index))
     return table
 
 
-def render_rows(rows: list[dict[str, Any]], fmt: str, title: str) -> str | Table:
-    """The per-job report in one format: text, or a rich Table for the terminal."""
+def render_rows(
+    rows: list[dict[str, Any]], fmt: str, title: str, *, width: int = 80,
+    names: list[str] | None = None,
+) -> str | Table:  # fmt: skip
+    """The per-job report in one format: text, or a rich Table for a terminal `width` wide."""
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
     if fmt == "csv":
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["key"])
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else EMPTY_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
         return out.getvalue()
-    columns = columns_for(rows)
-    headings = [heading for _, heading, _ in columns]
-    body = [[cell(row, key, spec) for key, _, spec in columns] for row in rows]
+    columns = columns_for(rows, names)
     if fmt == "markdown":
+        body = [[cell(row, c) for c in columns] for row in rows]
         notes = failures(rows)
+        headings = [c.heading for c in columns]
         return to_markdown(headings, body) + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    if not names:
+        columns = fit(columns, rows, width)
+    body = [[cell(row, c) for c in columns] for row in rows]
     styles = {i: "red" for i, row in enumerate(rows) if row["status"] == JobStatus.FAILED}
-    return to_table(title, headings, body, styles)
+    return to_table(title, columns, body, styles, width=None if names else width)
 
 
-def render_pivot(headings: list[str], body: list[list[Any]], fmt: str, title: str) -> str | Table:
+# the columns of an empty CSV: what a report with rows would have (see query.job_row)
+EMPTY_FIELDS = ["sweep", "key", "label", "backend", "context", "generation", "threads", "status"]
+
+
+def render_pivot(
+    headings: list[str], body: list[list[Any]], fmt: str, title: str
+) -> str | Table:
     text = [
         [str(line[0])] + [("-" if v is None else f"{v:.4g}") for v in line[1:]] for line in body
     ]
@@ -111,28 +101,33 @@ def render_pivot(headings: list[str], body: list[list[Any]], fmt: str, title: st
         return out.getvalue()
     if fmt == "markdown":
         return to_markdown(headings, text)
-    return to_table(title, headings, text)
+    columns = [Column(h, h, "{}", 0) for h in headings]
+    return to_table(title, columns, text)
 
 
 def print_table(console: Console, renderable: Table, rows: list[dict[str, Any]]) -> None:
-    # Piped output has no terminal width to fit; never squeeze figures into ellipses.
-    out = console if console.is_terminal else Console(width=240, file=console.file)
-    out.print(renderable)
+    console.print(renderable)
     for line in failures(rows):
-        out.print(line, style="red", markup=False, highlight=False)
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def render_html(
-    title: str, sections: list[tuple[str, list[dict[str, Any]]]], images: dict[str, bytes]
+    title: str,
+    sections: list[tuple[str, list[dict[str, Any]]]],
+    images: dict[str, tuple[str, bytes]],
+    notes: list[str],
+    provenance: list[tuple[str, str]],
 ) -> str:
-    """One self-contained page: a table per section and every plot inline (data URIs)."""
+    """One self-contained page: a table per section, every plot inline (data URIs), what
+    was skipped or failed, a legend of the columns, and where the figures came from."""
     parts = [
         "<!doctype html>",
         f"<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
         "td:first-child{text-align:left}"
-        "tr.fail,p.fail{color:#b00}img{max-width:100%;margin:1em 0}</style></head><body>",
+        "tr.fail,p.fail{color:#b00}img{max-width:100%;margin:1em 0}dt{font-weight:bold}</style>"
+        "</head><body>",
         f"<h1>{html.escape(title)}</h1>",
     ]
     for heading, rows in sections:
@@ -140,19 +135,37 @@ def render_html(
         if heading:
             parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts.append(
-            "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns) + "</tr>"
+            "<table><tr>" + "".join(f"<th>{html.escape(c.heading)}</th>" for c in columns) + "</tr>"
         )
         for row in rows:
             css = " class='fail'" if row["status"] == JobStatus.FAILED else ""
-            cells = "".join(f"<td>{html.escape(cell(row, k, s))}</td>" for k, _, s in columns)
+            cells = "".join(f"<td>{html.escape(cell(row, c))}</td>" for c in columns)
             parts.append(f"<tr{css}>{cells}</tr>")
         parts.append("</table>")
         parts += [f"<p class='fail'>{html.escape(line)}</p>" for line in failures(rows)]
-    for name, png in images.items():
+    for name, (caption, png) in images.items():
         data = base64.b64encode(png).decode()
         parts.append(
-            f"<h2>{html.escape(name)}</h2>"
+            f"<h2>{html.escape(caption)}</h2>"
             f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
         )
-    parts.append("</body></html>")
+    parts += [f"<p>{html.escape(note)}</p>" for note in notes]
+    parts.append("<h2>Columns</h2><dl>")
+    parts += [f"<dt>{html.escape(h)}</dt><dd>{html.escape(m)}</dd>" for h, m in LEGEND]
+    parts.append("</dl><h2>Where these figures come from</h2><dl>")
+    parts += [f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in provenance]
+    parts.append("</dl></body></html>")
     return "\n".join(parts)
+
+
+LEGEND = (
+    ("backend", "the backend and its options (label)"),
+    ("ctx, gen, thr", "prompt tokens, generated tokens, threads"),
+    ("prefill ms", "time to first token, median over repeats"),
+    ("decode ms, p90", "interval between tokens, median and 90th percentile"),
+    ("tok/s", "decode tokens per second: tokens after the first over their intervals"),
+    ("speedup", "tok/s against the baseline backend in the same cell and host"),
+    ("top-1, KL", "teacher-forced agreement with transformers float32; mean KL divergence"),
+    ("roofline", "share of the memory-bandwidth bound on decode speed"),
+    ("e2e s, cv", "one generation end to end (mean), its coefficient of variation"),
+)

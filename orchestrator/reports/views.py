@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -16,15 +17,19 @@ from sqlalchemy.orm import Session
 from contract.status import JobStatus
 from db.models import Job, Sweep
 from orchestrator.reports import plots, render
-from orchestrator.reports.compare import compare
+from orchestrator.reports.columns import BY_NAME, COLUMNS, Column, resolve
+from orchestrator.reports.compare import Change, Comparison, compare
 from orchestrator.reports.query import (
+    EMPTY_ROW_KEYS,
     ReportError,
     apply_filters,
+    check_baseline,
     find_sweep,
     find_sweeps,
     group_rows,
     pivot,
     result_rows,
+    sort_rows,
 )
 
 
@@ -39,35 +44,63 @@ class ReportRequest:
     pivot: str | None = None
     baseline: str = "hf"
     fmt: str = "table"
+    columns: list[str] = field(default_factory=list)
+    sort: list[str] = field(default_factory=list)
+    width: int = 80
 
 
-def report(session: Session, request: ReportRequest, console: Console) -> str | None:
-    """Text for the chosen format; the table format prints itself and returns None."""
+def report(
+    session: Session, request: ReportRequest, console: Console, notes: Console
+) -> str | None:
+    """Text for the chosen format; the table format prints itself and returns None.
+
+    What the reader should know but is not a result (no rows matched, what a pivot
+    cell means) goes to `notes` (stderr)."""
     sweeps = find_sweeps(session, request.sweeps, every=request.every)
     rows = result_rows(session, sweeps, request.baseline)
+    check_baseline(rows, request.baseline)
     rows = apply_filters(rows, backends=request.backends, hosts=request.hosts, where=request.where)
+    rows = sort_rows(rows, request.sort)
+    names = _column_names(rows, request.columns)
     title = "sweep " + ", ".join(s.name for s in sweeps)
+    if not rows:
+        notes.print("no jobs match; drop a filter (--backend, --host, --where) to see more",
+                    highlight=False)  # fmt: skip
     if request.fmt == "html":
-        images = {
-            name: png
-            for name, (png, _) in draw(session, sweeps, rows, request.baseline).items()
-            if png
-        }
+        figures = draw(session, sweeps, rows, request.baseline)
+        images = {name: (caption, png) for name, (png, caption) in figures.items() if png}
+        skipped = [f"not drawn: {name}: {why}" for name, (png, why) in figures.items() if not png]
         sections = list(group_rows(rows, request.group_by).items())
-        return render.render_html(title, sections, images)
+        return render.render_html(title, sections, images, skipped, provenance(sweeps))
     if request.pivot:
-        headings, body = pivot(rows, request.pivot)
-        output = render.render_pivot(headings, body, request.fmt, title)
+        headings, body, meaning = pivot(rows, request.pivot)
+        notes.print(meaning, highlight=False)
+        output = render.render_pivot(headings, body, request.fmt, f"{title}: {meaning}")
         return _emit(output, rows, console)
     texts = []
     for heading, group in group_rows(rows, request.group_by).items():
-        output = render.render_rows(group, request.fmt, f"{title} {heading}".strip())
+        output = render.render_rows(group, request.fmt, f"{title} {heading}".strip(),
+                                    width=request.width, names=names)  # fmt: skip
         text = _emit(output, group, console)
         if text is not None:
             texts.append(
                 (f"## {heading}\n\n" if heading and request.fmt == "markdown" else "") + text
             )
     return "\n".join(texts) if texts else None
+
+
+def _column_names(rows: list[dict[str, Any]], wanted: list[str]) -> list[str] | None:
+    """`--columns tok/s,top-1` or `--columns all`; None: chosen by the terminal's width."""
+    if not wanted:
+        return None
+    if wanted == ["all"]:
+        return [c.key for c in COLUMNS]
+    keys = list(rows[0]) if rows else list(EMPTY_ROW_KEYS)
+    try:
+        return [resolve(name, keys) for name in wanted]
+    except KeyError as error:
+        raise ReportError(f"--columns: no column {error.args[0]!r}; use keys or headings: "
+                          f"{', '.join(c.heading for c in COLUMNS)}, or all") from None  # fmt: skip
 
 
 def _emit(output: str | Table, rows: list[dict[str, Any]], console: Console) -> str | None:
@@ -77,23 +110,60 @@ def _emit(output: str | Table, rows: list[dict[str, Any]], console: Console) -> 
     return output
 
 
+def provenance(sweeps: list[Sweep]) -> list[tuple[str, str]]:
+    """Hosts, CPUs, models, versions, revisions and dates behind these sweeps' results."""
+    environments = {job.result.environment for s in sweeps for job in s.jobs if job.result}
+    models = sorted({job.spec.get("model", "?") for s in sweeps for job in s.jobs})
+    dates = sorted(job.result.created_at for s in sweeps for job in s.jobs if job.result)
+
+    def joined(values) -> str:
+        return ", ".join(sorted({str(v) for v in values if v is not None})) or "-"
+
+    versions = joined(f"{k} {v}" for e in environments for k, v in (e.versions or {}).items())
+    return [
+        ("hosts", joined(e.hostname for e in environments)),
+        ("CPUs", joined(f"{e.cpu_model} ({' '.join(e.cpu_features)})" for e in environments)),
+        ("models", ", ".join(models) or "-"),
+        ("versions", versions),
+        ("git revisions", joined(e.git_revision for e in environments)),
+        ("measured", f"{dates[0]:%Y-%m-%d %H:%M} to {dates[-1]:%Y-%m-%d %H:%M} UTC"
+         if dates else "-"),
+    ]  # fmt: skip
+
+
 def draw(session: Session, sweeps: list[Sweep], rows, baseline: str):
-    samples = {job.key: job.result.samples for s in sweeps for job in s.jobs if job.result}
+    """Every figure; with several sweeps each backend is drawn once per sweep
+    ("sweep: label"), so two runs of one backend are never averaged together."""
+    samples = {f"{s.name}/{job.key}": job.result.samples
+               for s in sweeps for job in s.jobs if job.result}  # fmt: skip
+    several = len(sweeps) > 1
+    rows = [
+        {**row, "key": f"{row['sweep']}/{row['key']}",
+         "label": f"{row['sweep']}: {row['label']}" if several else row["label"]}
+        for row in rows
+    ]  # fmt: skip
     return plots.draw_all(rows, samples, baseline)
 
 
-def write_plots(session: Session, sweep_name: str | None, out: Path, baseline: str) -> list[str]:
+def write_plots(
+    session: Session, sweep_names: list[str], every: bool, out: Path, baseline: str
+) -> list[str]:
     """Write each figure as DIR/NAME.png; return one line per figure (written or skipped)."""
-    sweep = find_sweep(session, sweep_name)
-    rows = result_rows(session, [sweep], baseline)
+    sweeps = find_sweeps(session, sweep_names, every=every)
+    rows = result_rows(session, sweeps, baseline)
+    check_baseline(rows, baseline)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
-    for name, (png, why) in draw(session, [sweep], rows, baseline).items():
+    for name, (png, why) in draw(session, sweeps, rows, baseline).items():
         if png is None:
             lines.append(f"skipped {name}: {why}")
         else:
             (out / f"{name}.png").write_bytes(png)
             lines.append(f"wrote {out / (name + '.png')}")
+    failed = [r for r in rows if r["status"] == JobStatus.FAILED]
+    if failed:
+        lines.append(f"not plotted: {len(failed)} failed job(s): "
+                     + ", ".join(sorted({r["label"] for r in failed})))  # fmt: skip
     return lines
 
 
@@ -121,19 +191,32 @@ def sweeps_table(session: Session) -> Table:
     return table
 
 
-def show_job(session: Session, reference: str) -> dict[str, Any]:
-    """One job by id or key prefix: spec, status, environment, figures, raw samples, error."""
-    query = select(Job).where(Job.key.startswith(reference))
+def show_job(session: Session, reference: str, sweep: str | None = None) -> dict[str, Any]:
+    """One job by id, key, key prefix, or SWEEP/KEY: spec, status, lost attempts,
+    environment, figures, raw samples, error."""
+    if sweep is None and "/" in reference:
+        sweep, _, reference = reference.rpartition("/")
+    query = select(Job).join(Sweep).where(Job.key.startswith(reference))
     if reference.isdigit():
-        query = select(Job).where((Job.id == int(reference)) | Job.key.startswith(reference))
-    jobs = session.scalars(query).all()
+        query = select(Job).join(Sweep).where(
+            (Job.id == int(reference)) | Job.key.startswith(reference)
+        )
+    if sweep is not None:
+        find_sweep(session, sweep)  # an unknown sweep says which exist
+        query = query.where(Sweep.name == sweep)
+    jobs = session.scalars(query.order_by(Job.id)).all()
     if not jobs:
         raise ReportError(
-            f"no job with id or key {reference!r}; see the key column of `farm report -f json`"
+            f"no job with id or key {reference!r}"
+            + (f" in sweep {sweep!r}" if sweep else "")
+            + "; the key column of `farm report --columns key,backend` lists them"
         )
     if len(jobs) > 1:
         names = ", ".join(f"{job.sweep.name}/{job.key}" for job in jobs[:5])
-        raise ReportError(f"{reference!r} matches {len(jobs)} jobs ({names}); give more of the key")
+        raise ReportError(
+            f"{reference!r} matches {len(jobs)} jobs ({names}); "
+            "name one as SWEEP/KEY, e.g. farm show " + f"{jobs[0].sweep.name}/{jobs[0].key}"
+        )
     job = jobs[0]
     shown: dict[str, Any] = {
         "id": job.id, "sweep": job.sweep.name, "key": job.key, "status": job.status,
@@ -153,20 +236,58 @@ def show_job(session: Session, reference: str) -> dict[str, Any]:
 
 
 def comparison(
-    session: Session, a: str, b: str, threshold: float
-) -> tuple[Table, list[str], float]:
-    """The comparison table, notes (jobs in one sweep only), and the worst regression."""
-    result = compare(session, find_sweep(session, a), find_sweep(session, b), threshold=threshold)
-    table = Table(title=f"{a} -> {b} (threshold {threshold:.0%}, Mann-Whitney U, alpha 0.05)")
-    for heading in ("backend", "cell", "metric", a, b, "ratio", "p", "verdict"):
-        table.add_column(heading)
-    styles = {"regression": "red", "improvement": "green", "same": None}
-    for change in result.changes:
+    session: Session, a: str, b: str, *, threshold: float, fidelity_threshold: float,
+    kl_factor: float,
+) -> Comparison:  # fmt: skip
+    return compare(session, find_sweep(session, a), find_sweep(session, b), threshold=threshold,
+                   fidelity_threshold=fidelity_threshold, kl_factor=kl_factor)  # fmt: skip
+
+
+def render_comparison(
+    result: Comparison, a: str, b: str, fmt: str, *, threshold: float, only_changes: bool,
+    width: int = 80,
+) -> str | Table:  # fmt: skip
+    """The comparison in one format; changes first by backend, cell, metric (a fixed order)."""
+    changes = [c for c in result.changes if c.verdict != "same" or not only_changes]
+    headings = ["backend", "cell", "metric", a, b, "ratio", "p", "verdict"]
+
+    def line(change: Change, short: bool = False) -> list[str]:
         p_text = "-" if change.p_value is None else f"{change.p_value:.3f}"
-        figures = (f"{change.before:.4g}", f"{change.after:.4g}", f"{change.ratio:.3f}", p_text)
-        table.add_row(escape(change.label), change.cell, change.metric, *figures, change.verdict,
-                      style=styles[change.verdict])  # fmt: skip
-    notes = [f"only in {a}: {name}" for name in result.only_in_a]
+        metric = BY_NAME[change.metric].heading if short and change.metric in BY_NAME else (
+            "prefill ms" if short and change.metric == "prefill_ms" else change.metric)  # fmt: skip
+        cell = change.cell.replace("ctx=", "").replace(" gen=", "/").replace(" threads=", "/")
+        return [change.label, cell if short else change.cell, metric, f"{change.before:.4g}",
+                f"{change.after:.4g}", f"{change.ratio:.3f}", p_text, change.verdict]  # fmt: skip
+
+    if fmt == "json":
+        return json.dumps({
+            "a": a, "b": b, "summary": result.summary(),
+            "changes": [dict(zip(headings[:3] + ["before", "after", "ratio", "p", "verdict"],
+                                 [c.label, c.cell, c.metric, c.before, c.after, c.ratio,
+                                  c.p_value, c.verdict], strict=True)) for c in changes],
+            "newly_failed": result.newly_failed, "missing": result.only_in_a,
+            "only_in_b": result.only_in_b, "not_compared": result.not_compared,
+        }, indent=2, default=str)  # fmt: skip
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out).writerows([headings, *(line(c) for c in changes)])
+        return out.getvalue()
+    if fmt == "markdown":
+        notes = "".join(f"- {note}\n" for note in comparison_notes(result, a, b))
+        return (render.to_markdown(headings, [line(c) for c in changes])
+                + f"\n{result.summary()}\n" + (f"\n{notes}" if notes else ""))  # fmt: skip
+    title = f"{a} -> {b} (threshold {threshold:.0%}, Mann-Whitney U, alpha 0.05)"
+    styles = {i: {"regression": "red", "improvement": "green"}.get(c.verdict)
+              for i, c in enumerate(changes)}  # fmt: skip
+    headings[1] = "ctx/gen/thr"
+    columns = [Column(h, h, "{}", 0) for h in headings]
+    body = [line(c, short=True) for c in changes]
+    return render.to_table(title, columns, body, styles, width=width)
+
+
+def comparison_notes(result: Comparison, a: str, b: str) -> list[str]:
+    notes = [f"newly failed in {b}: {name}" for name in result.newly_failed]
+    notes += [f"missing in {b} (only in {a}): {name}" for name in result.only_in_a]
     notes += [f"only in {b}: {name}" for name in result.only_in_b]
     notes += [f"not compared: {name}" for name in result.not_compared]
-    return table, notes, result.worst_regression()
+    return notes
