@@ -23,6 +23,14 @@ def worker(
         str | None, typer.Option(help="Worker name (default: farm-cpus<LIST>@<host>).")
     ] = None,
     cache_dir: CacheOption = DEFAULT_CACHE,
+    jobs_per_child: Annotated[
+        int,
+        typer.Option(help="Jobs one child process runs before a fresh one (0: no limit). "
+                     "Keep 1 for measurements; more only for no-op load tests."),
+    ] = 1,
+    preload: Annotated[
+        bool, typer.Option(help="Import torch in each child before its job (outside its time).")
+    ] = True,
 ) -> None:
     """Serve jobs from the broker, one at a time, pinned to a CPU set.
 
@@ -37,7 +45,7 @@ def worker(
         raise fail("farm worker needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
     try:
         serve(broker_url=broker, cpus=cpus, threads=threads, queue=queue, name=name,
-              cache_dir=cache_dir)  # fmt: skip
+              cache_dir=cache_dir, jobs_per_child=jobs_per_child, preload=preload)  # fmt: skip
     except (CpuSetError, WorkerStartError) as error:
         raise fail(str(error)) from None
 

@@ -1,6 +1,7 @@
 """The seam between the orchestrator and whatever runs the jobs.
 
-An executor takes jobs and yields typed events as they happen; it never touches the
+An executor takes jobs and yields typed events as they happen (in batches of those that
+arrived together); it never touches the
 database. `orchestrator/dispatch.py` consumes the events and hands them to the store,
 so everything written about a job is written once, whichever executor ran it (in the
 spirit of optimum-benchmark's launchers: one `launch`, many ways to launch).
@@ -84,12 +85,18 @@ class Executor(Protocol):
         """Where the jobs run, for the line printed before a sweep starts."""
         ...
 
-    def run(self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool) -> AsyncIterator[Event]:
+    def run(
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
+    ) -> AsyncIterator[list[Event]]:
         """Start `jobs`; yield their events until each has finished (or, if `wait` is
-        false and the executor is detached, once each is queued)."""
+        false and the executor is detached, once each is queued). Events come in batches
+        of those that arrived together; the caller stores a batch in one transaction
+        before it asks for the next."""
         ...
 
-    def follow(self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool) -> AsyncIterator[Event]:
+    def follow(
+        self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
+    ) -> AsyncIterator[list[Event]]:
         """Events of jobs started earlier: those that landed while nobody watched, then,
         with `wait`, the rest until every one of `jobs` has finished."""
         ...

@@ -37,6 +37,8 @@ from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, St
 
 CONSUMER = "orchestrator"  # one orchestrator per sweep at a time: its pending entries are ours
 LOOK_EVERY_S = 5  # how often a watcher looks for lost jobs (and how long a read blocks)
+READ_COUNT = 500  # stream entries per read: one batch, one transaction in the store
+PUBLISH_BATCH = 1000  # jobs published per round trip
 ENQUEUED_TTL_S = 30 * 24 * 3600
 
 
@@ -85,12 +87,13 @@ class CeleryExecutor:
 
     async def run(
         self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool = True
-    ) -> AsyncIterator[Event]:
-        for job_id in await self._publish(sweep, jobs):
-            yield Queued(job_id)
+    ) -> AsyncIterator[list[Event]]:
+        for start in range(0, len(jobs), PUBLISH_BATCH):
+            published = await self._publish(sweep, jobs[start : start + PUBLISH_BATCH])
+            yield [Queued(job_id) for job_id in published]
         if wait:
-            async for event in self.follow(sweep, jobs, wait=True):
-                yield event
+            async for batch in self.follow(sweep, jobs, wait=True):
+                yield batch
 
     async def _publish(self, sweep: str, jobs: Sequence[PendingJob]) -> list[int]:
         """Publish each job once; return the ids of every job now in flight.
@@ -101,35 +104,48 @@ class CeleryExecutor:
         that failed (or --rerun) starts afresh, its Redis state cleared.
         """
         app = make_app(self.broker_url)
-        for job in jobs:
-            task_id = task_id_for(sweep, job.key)
-            marker = enqueued_key(task_id)
-            if job.restart or not await self.client.exists(marker):
-                await self.client.delete(marker, *job_state_keys(task_id))
-                await asyncio.to_thread(
-                    app.send_task, TASK_NAME, args=[sweep, job.id, job.spec], task_id=task_id,
-                    queue=self.queue,
-                )  # fmt: skip
-                await self.client.set(marker, "1", ex=ENQUEUED_TTL_S)
+        task_ids = [task_id_for(sweep, job.key) for job in jobs]
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.exists(enqueued_key(task_id))
+            in_flight = await pipe.execute()
+        fresh = [(job, task_id) for job, task_id, marked in zip(jobs, task_ids, in_flight,
+                 strict=True) if job.restart or not marked]  # fmt: skip
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _, task_id in fresh:
+                pipe.delete(enqueued_key(task_id), *job_state_keys(task_id))
+            await pipe.execute()
+
+        def send_all() -> None:  # one thread for the batch: kombu's publish is blocking
+            with app.producer_or_acquire() as producer:
+                for job, task_id in fresh:
+                    app.send_task(TASK_NAME, args=[sweep, job.id, job.spec], task_id=task_id,
+                                  queue=self.queue, producer=producer)  # fmt: skip
+
+        await asyncio.to_thread(send_all)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for _, task_id in fresh:
+                pipe.set(enqueued_key(task_id), "1", ex=ENQUEUED_TTL_S)
+            await pipe.execute()
         return [job.id for job in jobs]
 
     async def follow(
         self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[list[Event]]:
         """What is in the stream already (ours but unacknowledged, then new), then, with
         `wait`, block on the stream (no polling loop of our own) until each job finished,
-        handing a job whose worker was lost back to the queue along the way."""
+        handing a job whose worker was lost back to the queue along the way.
+
+        Each stream read is one batch; its entries are acknowledged once the caller has
+        stored the batch (when it asks for the next one)."""
         await self._ensure_group(sweep)
         outstanding = {job.id: job for job in jobs}
         watch = LeaseWatch(self, sweep)
         for start in ("0", ">"):
             while entries := await self._read(sweep, start, block_ms=None):
-                for entry_id, fields in entries:
-                    for event in _events(fields):
-                        watch.saw(event, outstanding)
-                        yield event
-                    await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
-                if start == "0" and len(entries) < 100:
+                yield self._batch(entries, watch, outstanding)
+                await self._ack(sweep, entries)
+                if start == "0" and len(entries) < READ_COUNT:
                     break
         while wait and outstanding:
             try:
@@ -138,13 +154,21 @@ class CeleryExecutor:
             except (OSError, aioredis.ConnectionError, aioredis.TimeoutError):
                 await asyncio.sleep(2)  # the broker is restarting: read again
                 continue
-            for event in lost:
-                yield event
-            for entry_id, fields in entries:
-                for event in _events(fields):
-                    watch.saw(event, outstanding)
-                    yield event
-                await self.client.xack(results_stream(sweep), RESULTS_GROUP, entry_id)
+            if lost:
+                yield lost
+            if entries:
+                yield self._batch(entries, watch, outstanding)
+                await self._ack(sweep, entries)
+
+    @staticmethod
+    def _batch(entries, watch: LeaseWatch, outstanding: dict[int, PendingJob]) -> list[Event]:
+        batch = [event for _, fields in entries for event in _events(fields)]
+        for event in batch:
+            watch.saw(event, outstanding)
+        return batch
+
+    async def _ack(self, sweep: str, entries) -> None:
+        await self.client.xack(results_stream(sweep), RESULTS_GROUP, *(eid for eid, _ in entries))
 
     async def republish(self, sweep: str, job: PendingJob) -> None:
         """The job's message again, with its own task id: a new attempt of the same job."""
@@ -166,7 +190,11 @@ class CeleryExecutor:
         if block_ms is not None:
             await self._ensure_group(sweep)  # the stream may be new after a broker restart
         reply = await self.client.xreadgroup(
-            RESULTS_GROUP, CONSUMER, {results_stream(sweep): start}, count=100, block=block_ms
+            RESULTS_GROUP,
+            CONSUMER,
+            {results_stream(sweep): start},
+            count=READ_COUNT,
+            block=block_ms,
         )
         return reply[0][1] if reply else []
 

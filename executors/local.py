@@ -122,7 +122,7 @@ class LocalExecutor:
 
     async def run(
         self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool = True
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[list[Event]]:
         """Each worker takes the next job when its last one is done. On cancellation
         (Ctrl-C) every worker process is killed at once."""
         todo: asyncio.Queue[PendingJob] = asyncio.Queue()
@@ -145,7 +145,7 @@ class LocalExecutor:
         runner = asyncio.create_task(serve_all())
         try:
             while (event := await events.get()) is not None:
-                yield event
+                yield [event]
             await runner  # re-raise what a worker slot raised, if anything
         finally:
             runner.cancel()
@@ -154,7 +154,7 @@ class LocalExecutor:
 
     async def follow(
         self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncIterator[list[Event]]:
         """Nothing outlives the orchestrator here: there is never anything to follow."""
         return
         yield  # an async generator that yields nothing

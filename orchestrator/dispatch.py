@@ -85,21 +85,21 @@ async def collect(
 
 
 async def _consume(
-    events: AsyncIterator[Event], store: Store, summary: SweepSummary, progress
+    batches: AsyncIterator[list[Event]], store: Store, summary: SweepSummary, progress
 ) -> None:
-    async for event in events:
-        applied = store.apply(event)
-        if applied is None:
-            continue  # a job of another database
-        if applied.status is None:  # first committed result wins; say what was refused
-            if isinstance(event, Finished | Failed) and progress is not None:
-                progress.note(f"ignored a late result for {applied.describe()} from "
-                              f"{event.result.worker}: the job has its result already")  # fmt: skip
-            continue
-        if isinstance(event, Lost) and progress is not None:
-            progress.note(f"lost {applied.describe()} on {event.worker or 'a worker'}: "
-                          f"{event.why}")  # fmt: skip
-        summary.done += applied.status is JobStatus.DONE
-        summary.failed += applied.status is JobStatus.FAILED
-        if progress is not None:
-            progress.update(applied)
+    async for events in batches:
+        for event, applied in zip(events, store.apply_many(events), strict=True):
+            if applied is None:
+                continue  # a job of another database
+            if applied.status is None:  # first committed result wins; say what was refused
+                if isinstance(event, Finished | Failed) and progress is not None:
+                    late = f"{applied.describe()} from {event.result.worker}"
+                    progress.note(f"ignored a late result for {late}: the job has its result")
+                continue
+            if isinstance(event, Lost) and progress is not None:
+                progress.note(f"lost {applied.describe()} on {event.worker or 'a worker'}: "
+                              f"{event.why}")  # fmt: skip
+            summary.done += applied.status is JobStatus.DONE
+            summary.failed += applied.status is JobStatus.FAILED
+            if progress is not None:
+                progress.update(applied)

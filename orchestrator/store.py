@@ -83,16 +83,27 @@ class Store:
 
     def apply(self, event: Event) -> Applied | None:
         """Record one executor event; None if its job is not in this database."""
+        return self.apply_many([event])[0]
+
+    def apply_many(self, events: list[Event]) -> list[Applied | None]:
+        """Record events that arrived together, in one transaction (committed on return)."""
+        applied: list[Applied | None] = []
         with self.sessions.begin() as session:
-            job = session.get(Job, event.job_id)
-            if job is None:
-                return None
-            changed = _apply(session, job, event)
-            return Applied(
-                job.label, job.context, job.generation, job.threads,
-                job.status if changed else None, job.worker, job.error,
-                job.result.decode_tokens_per_s if job.result else None,
-            )  # fmt: skip
+            jobs = {job.id: job for job in session.scalars(
+                select(Job).where(Job.id.in_({event.job_id for event in events}))
+            )}  # fmt: skip
+            for event in events:
+                job = jobs.get(event.job_id)
+                if job is None:
+                    applied.append(None)
+                    continue
+                changed = _apply(session, job, event)
+                applied.append(Applied(
+                    job.label, job.context, job.generation, job.threads,
+                    job.status if changed else None, job.worker, job.error,
+                    job.result.decode_tokens_per_s if job.result else None,
+                ))  # fmt: skip
+        return applied
 
     def release_running(self, job_ids: list[int]) -> None:
         """Interrupted: jobs that were running go back to pending, to run on the next submit."""

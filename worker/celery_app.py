@@ -35,6 +35,7 @@ class WorkerContext:
     name: str = "worker"
     cache_dir: Path = Path("~/.cache/whistle-stop").expanduser()
     settings: FarmSettings = field(default_factory=FarmSettings)
+    preload: bool = True  # import torch in each child before its job (off: no-op backends)
 
 
 CONTEXT = WorkerContext()
@@ -151,4 +152,5 @@ def _child_start(**_kwargs) -> None:
     from worker.runner import preload
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    preload()
+    if CONTEXT.preload:
+        preload()

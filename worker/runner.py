@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -58,9 +59,7 @@ def preload() -> None:
 
 
 def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
-    import torch  # after pinning: OpenMP sizes its pool from the affinity mask
-
-    torch.set_num_threads(job.threads)
+    _size_torch_pool(job.threads)
 
     clock = time.perf_counter()
     model_dir = materialize(parse_model_source(job.model), cache_dir, job.seed)
@@ -116,12 +115,12 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         artifact_bytes=report.artifact_bytes,
         rss_peak_bytes=rss_peak_bytes,
         model_rss_bytes=model_rss_bytes,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=_torch_threads(),
         load_extra=report.extra,
         remeasured=bool(remeasured),
         samples=measure.raw_samples(repeats),
         tokens=tokens,
-        pinning_violations=_pinning_violations(job, cpus, torch.get_num_threads(), report.extra),
+        pinning_violations=_pinning_violations(job, cpus, _torch_threads(), report.extra),
         **text_s,
         **figures,
     )
@@ -163,11 +162,10 @@ def _roofline(
     config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int], cache_dir: Path
 ):
     """Bytes read per token, the bandwidth bound, and how much of it this job reached."""
-    import torch
-
-    threads = torch.get_num_threads()
+    threads = _torch_threads()
     bandwidth = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
-    torch.set_num_threads(threads)  # the measurement used the whole CPU set
+    if threads:
+        _size_torch_pool(threads)  # a measurement (not cached yet) used the whole CPU set
     weight_bytes = roofline.weight_bytes_per_token(
         config, report.matmul_bytes, report.lm_head_bytes
     )
@@ -196,7 +194,7 @@ def _pinning_violations(
     job: JobSpec, cpus: list[int], torch_threads: int, extra: dict[str, Any]
 ) -> list[str]:
     violations = [f"thread {entry} outside CPU set" for entry in threads_outside(cpus)]
-    if torch_threads != job.threads:
+    if torch_threads and torch_threads != job.threads:
         violations.append(f"torch runs {torch_threads} threads, job asked for {job.threads}")
     ort_threads = extra.get("ort_intra_op_threads")
     if ort_threads is not None and ort_threads != job.threads:
@@ -204,6 +202,20 @@ def _pinning_violations(
     if job.threads > len(cpus):
         violations.append(f"{job.threads} threads oversubscribe {len(cpus)} CPUs")
     return violations
+
+
+def _size_torch_pool(threads: int) -> None:
+    """The job's thread budget, for torch if it is loaded (the preload, or a backend that
+    needs it) and for OpenMP pools started later. A backend without torch leaves it out."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
+def _torch_threads() -> int:
+    """torch's intra-op threads, or 0 if no torch was loaded for this job."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else 0
 
 
 def _status_kib(field: str) -> int:

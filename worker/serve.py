@@ -33,6 +33,8 @@ def serve(
     queue: str,
     name: str | None,
     cache_dir: Path,
+    jobs_per_child: int = 1,
+    preload: bool = True,
 ) -> None:
     import redis
 
@@ -57,14 +59,19 @@ def serve(
     os.environ["OMP_NUM_THREADS"] = str(threads or len(cpu_set))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, FarmSettings()
+    CONTEXT.preload = preload
     _calibrate_bandwidth(cpu_set, cache_dir)
 
     stop = threading.Event()
     keeper = threading.Thread(target=_keep_claim, args=(channel, cpu_set, node, stop), daemon=True)
     keeper.start()
     try:
-        make_app(broker_url).worker_main([
-            "worker", "--pool=prefork", "--concurrency=1", "--max-tasks-per-child=1",
+        app = make_app(broker_url)
+        # 1 (the default): a fresh process per job, its pools and peak memory its own;
+        # more only for backends that do not measure anything (the scale benchmark)
+        app.conf.worker_max_tasks_per_child = jobs_per_child or None
+        app.worker_main([
+            "worker", "--pool=prefork", "--concurrency=1",
             f"--queues={queue}", f"--hostname={node}", "--loglevel=INFO",
             "--without-mingle", "--without-gossip",
         ])  # fmt: skip
