@@ -43,9 +43,7 @@ class Artifact:
     fused_ops: dict[str, int] | None = None
 
 
-def onnx_artifact(
-    model_dir: Path, options: OnnxOptions, cache_dir: Path, digest: str
-) -> Artifact:
+def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest: str) -> Artifact:
     """The cached ONNX model for these options, building whatever steps are missing."""
     versions = {tool: metadata.version(tool) for tool in TOOLS}
     fused = options.fused_attention

@@ -10,6 +10,7 @@ validation never import torch.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -61,6 +62,7 @@ BUILTIN: dict[str, BackendEntry] = {
 }
 
 
+@functools.cache  # what is installed does not change while a process runs
 def _plugins() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 

@@ -82,9 +82,7 @@ fidelity_tokens: 64
                      f"{m.cv:.1%}"])  # fmt: skip
     print(table(["backend", "prefill ms", "decode ms/tok p50", "tok/s", "vs hf", "roofline", "artifact",
                  "top-1 agree", "mean KL", "cv"], rows))  # fmt: skip
-    bandwidth = next(
-        p.metrics.bandwidth_bytes_per_s for p in payloads if p.status == "done"
-    )
+    bandwidth = next(p.metrics.bandwidth_bytes_per_s for p in payloads if p.status == "done")
     print(f"random:gpt2, context {args.context}, {args.generation} new tokens, {args.threads} threads, "
           f"{args.repeats} repeats; memory read bandwidth {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
 

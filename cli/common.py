@@ -61,6 +61,8 @@ def _main(
     ] = None,
 ) -> None:
     """whistle-stop: a benchmark farm for fast GPT inference on CPUs."""
+
+
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)
 

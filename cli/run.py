@@ -134,8 +134,10 @@ def collect(
     wait: Annotated[
         bool, typer.Option(help="Wait for unfinished jobs too (--no-wait: store what is there).")
     ] = True,
+    quiet: QuietOption = False,
 ) -> None:
-    """Store results that finished while no `farm submit` was watching."""
+    """Store results that finished while no `farm submit` was watching; while waiting for
+    the rest, hand back the jobs of lost workers (see FARM_LEASE_S)."""
     if not broker:
         raise fail("farm collect needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
 
@@ -146,13 +148,16 @@ def collect(
 
         executor = await CeleryExecutor.open(broker, queue)
         try:
-            return await collect_results(sweep, Store(sessions(db)), executor, errors, wait=wait)
+            return await collect_results(
+                sweep, Store(sessions(db)), executor, errors, wait=wait, quiet=quiet
+            )
         finally:
             await executor.aclose()
 
     summary = asyncio_run(run(), sweep, detached=True)
-    errors.print(f"stored {summary.done} done and {summary.failed} failed result(s)",
-                 highlight=False)  # fmt: skip
+    if not quiet:
+        errors.print(f"stored {summary.done} done and {summary.failed} failed result(s)",
+                     highlight=False)  # fmt: skip
 
 
 @app.command()

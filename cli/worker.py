@@ -25,8 +25,10 @@ def worker(
     cache_dir: CacheOption = DEFAULT_CACHE,
     jobs_per_child: Annotated[
         int,
-        typer.Option(help="Jobs one child process runs before a fresh one (0: no limit). "
-                     "Keep 1 for measurements; more only for no-op load tests."),
+        typer.Option(
+            help="Jobs one child process runs before a fresh one (0: no limit). "
+            "Keep 1 for measurements; more only for no-op load tests."
+        ),
     ] = 1,
     preload: Annotated[
         bool, typer.Option(help="Import torch in each child before its job (outside its time).")

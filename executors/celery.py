@@ -38,6 +38,7 @@ from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, St
 CONSUMER = "orchestrator"  # one orchestrator per sweep at a time: its pending entries are ours
 LOOK_EVERY_S = 5  # how often a watcher looks for lost jobs (and how long a read blocks)
 READ_COUNT = 500  # stream entries per read: one batch, one transaction in the store
+COALESCE_MS = 20  # after a read finds entries, how long to wait for more to join them
 PUBLISH_BATCH = 1000  # jobs published per round trip
 ENQUEUED_TTL_S = 30 * 24 * 3600
 
@@ -187,15 +188,25 @@ class CeleryExecutor:
                 raise
 
     async def _read(self, sweep: str, start: str, block_ms: int | None):
-        if block_ms is not None:
-            await self._ensure_group(sweep)  # the stream may be new after a broker restart
-        reply = await self.client.xreadgroup(
-            RESULTS_GROUP,
-            CONSUMER,
-            {results_stream(sweep): start},
-            count=READ_COUNT,
-            block=block_ms,
-        )
+        """Entries of the sweep's stream. A blocking read that finds some waits a few ms
+        more for their neighbours, so a busy farm writes one transaction per handful of
+        results rather than one per result."""
+        entries = await self._read_once(sweep, start, block_ms)
+        if block_ms is not None and 0 < len(entries) < READ_COUNT:
+            entries += await self._read_once(sweep, start, COALESCE_MS, READ_COUNT - len(entries))
+        return entries
+
+    async def _read_once(self, sweep: str, start: str, block_ms: int | None, count=READ_COUNT):
+        streams = {results_stream(sweep): start}
+        try:
+            reply = await self.client.xreadgroup(
+                RESULTS_GROUP, CONSUMER, streams, count=count, block=block_ms
+            )
+        except aioredis.ResponseError as error:
+            if "NOGROUP" not in str(error):
+                raise
+            await self._ensure_group(sweep)  # the stream is new after a broker restart
+            return []
         return reply[0][1] if reply else []
 
     async def aclose(self) -> None:
@@ -222,12 +233,20 @@ class LeaseWatch:
         self.suspects: set[int] = set()
         self.handed_back: dict[int, int] = {}  # job id -> its attempts when handed back
         self.last_look = 0.0
+        # jobs that may be running: all of them at the first look (some may have started
+        # before this watch began), then those seen starting; a look costs one round trip
+        # for these only, not for the whole sweep
+        self.running: set[int] | None = None
 
     def saw(self, event: Event, outstanding: dict[int, PendingJob]) -> None:
         if isinstance(event, Started):
             self.workers[event.job_id] = event.worker
+            if self.running is not None:
+                self.running.add(event.job_id)
         if isinstance(event, Finished | Failed):
             outstanding.pop(event.job_id, None)
+            if self.running is not None:
+                self.running.discard(event.job_id)
 
     def wait_ms(self) -> int:
         """How long to block on the stream: a suspect is looked at again after a second."""
@@ -238,16 +257,19 @@ class LeaseWatch:
         if now - self.last_look < self.wait_ms() / 1000:
             return []
         self.last_look = now
-        jobs = list(jobs)
+        jobs = [job for job in jobs if self.running is None or job.id in self.running]
         async with self.executor.client.pipeline(transaction=False) as pipe:
             for job in jobs:
                 task_id = task_id_for(self.sweep, job.key)
                 pipe.get(attempts_key(task_id)).exists(lease_key(task_id)).exists(done_key(task_id))
             replies = await pipe.execute()
         events: list[Event] = []
+        first_look, self.running = self.running is None, self.running or set()
         for index, job in enumerate(jobs):
             attempts, leased, done = replies[3 * index : 3 * index + 3]
             started = int(attempts or 0)
+            if first_look and started and not done:
+                self.running.add(job.id)
             if not started or leased or done or started <= self.handed_back.get(job.id, 0):
                 self.suspects.discard(job.id)
                 continue

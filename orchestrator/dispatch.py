@@ -44,7 +44,8 @@ async def run_sweep(
     """Run every job of `plan` that is not done yet (all of them with `rerun`)."""
     summary = SweepSummary(plan.name)
     # results that landed while nobody watched, so that their jobs count as done below
-    await _consume(executor.follow(plan.name, [], wait=False), store, summary, None)
+    backlog = SweepProgress(console, plan.name, 0, quiet=quiet)  # notes only, no bar
+    await _consume(executor.follow(plan.name, [], wait=False), store, summary, backlog)
     recorded = store.record_sweep(plan, rerun=rerun)
     summary.skipped, summary.ran = recorded.already_done, len(recorded.to_run)
     if recorded.already_done and not quiet:
@@ -69,14 +70,16 @@ async def run_sweep(
 
 
 async def collect(
-    sweep: str, store: Store, executor: Executor, console: Console, *, wait: bool
-) -> SweepSummary:
+    sweep: str, store: Store, executor: Executor, console: Console, *, wait: bool,
+    quiet: bool = False,
+) -> SweepSummary:  # fmt: skip
     """Store the results of jobs started earlier; with `wait`, those still to come too."""
     summary = SweepSummary(sweep)
-    await _consume(executor.follow(sweep, [], wait=False), store, summary, None)
+    backlog = SweepProgress(console, sweep, 0, quiet=quiet)  # notes only, no bar
+    await _consume(executor.follow(sweep, [], wait=False), store, summary, backlog)
     unfinished = store.unfinished(sweep)
     if wait and unfinished:
-        progress = SweepProgress(console, sweep, len(unfinished))
+        progress = SweepProgress(console, sweep, len(unfinished), quiet=quiet)
         try:
             await _consume(executor.follow(sweep, unfinished, wait=True), store, summary, progress)
         finally:
@@ -85,21 +88,23 @@ async def collect(
 
 
 async def _consume(
-    batches: AsyncIterator[list[Event]], store: Store, summary: SweepSummary, progress
+    batches: AsyncIterator[list[Event]],
+    store: Store,
+    summary: SweepSummary,
+    progress: SweepProgress,
 ) -> None:
     async for events in batches:
         for event, applied in zip(events, store.apply_many(events), strict=True):
             if applied is None:
                 continue  # a job of another database
             if applied.status is None:  # first committed result wins; say what was refused
-                if isinstance(event, Finished | Failed) and progress is not None:
+                if isinstance(event, Finished | Failed):
                     late = f"{applied.describe()} from {event.result.worker}"
                     progress.note(f"ignored a late result for {late}: the job has its result")
                 continue
-            if isinstance(event, Lost) and progress is not None:
+            if isinstance(event, Lost):
                 progress.note(f"lost {applied.describe()} on {event.worker or 'a worker'}: "
                               f"{event.why}")  # fmt: skip
             summary.done += applied.status is JobStatus.DONE
             summary.failed += applied.status is JobStatus.FAILED
-            if progress is not None:
-                progress.update(applied)
+            progress.update(applied)

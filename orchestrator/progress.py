@@ -54,7 +54,8 @@ class SweepProgress:
             printer.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def _line(self, applied: Applied) -> str:
-        done = f"[{self.finished}/{self.total}] {applied.describe()}"
+        count = f"{self.finished}/{self.total}" if self.total else "stored"  # 0: a backlog
+        done = f"[{count}] {applied.describe()}"
         if applied.status is JobStatus.FAILED:
             reason = (applied.error or "").strip().splitlines()
             return f"{done}: failed: {reason[-1] if reason else 'no reason given'}"

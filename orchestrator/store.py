@@ -9,10 +9,10 @@ becomes a second row.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from contract.jobspec import JobSpec
 from contract.payload import HostFacts, ResultPayload
@@ -88,16 +88,17 @@ class Store:
     def apply_many(self, events: list[Event]) -> list[Applied | None]:
         """Record events that arrived together, in one transaction (committed on return)."""
         applied: list[Applied | None] = []
-        with self.sessions.begin() as session:
-            jobs = {job.id: job for job in session.scalars(
-                select(Job).where(Job.id.in_({event.job_id for event in events}))
-            )}  # fmt: skip
+        with self.sessions.begin() as session, session.no_autoflush:
+            # the batch's jobs with their results in two queries, not one query per event
+            query = select(Job).where(Job.id.in_({e.job_id for e in events}))
+            jobs = {job.id: job for job in session.scalars(query.options(selectinload(Job.result)))}
+            environments = Environments(session)
             for event in events:
                 job = jobs.get(event.job_id)
                 if job is None:
                     applied.append(None)
                     continue
-                changed = _apply(session, job, event)
+                changed = _apply(session, job, event, environments)
                 applied.append(Applied(
                     job.label, job.context, job.generation, job.threads,
                     job.status if changed else None, job.worker, job.error,
@@ -139,7 +140,25 @@ def _new_job(sweep: Sweep, spec: JobSpec) -> Job:
     )
 
 
-def _apply(session: Session, job: Job, event: Event) -> bool:
+class Environments:
+    """Environment rows by fingerprint, looked up once per transaction (a batch of results
+    from a few hosts names the same few environments over and over)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session, self.known = session, {}
+
+    def row(self, facts: HostFacts) -> Environment:
+        if facts.fingerprint not in self.known:
+            query = select(Environment).where(Environment.fingerprint == facts.fingerprint)
+            found = self.session.scalar(query)
+            if found is None:
+                found = Environment(**asdict(facts))
+                self.session.add(found)
+            self.known[facts.fingerprint] = found
+        return self.known[facts.fingerprint]
+
+
+def _apply(session: Session, job: Job, event: Event, environments: Environments) -> bool:
     if isinstance(event, Queued):
         if job.status == JobStatus.PENDING:
             job.status = JobStatus.QUEUED
@@ -159,10 +178,10 @@ def _apply(session: Session, job: Job, event: Event) -> bool:
         job.status = JobStatus.QUEUED
         return True
     assert isinstance(event, Finished | Failed)
-    return store_result(session, job, event.result)
+    return store_result(job, event.result, environments)
 
 
-def store_result(session: Session, job: Job, payload: ResultPayload) -> bool:
+def store_result(job: Job, payload: ResultPayload, environments: Environments) -> bool:
     """Record a worker's payload on `job`. Returns False if the job already had a result."""
     if job.result is not None or job.status == JobStatus.DONE:
         return False
@@ -176,10 +195,11 @@ def store_result(session: Session, job: Job, payload: ResultPayload) -> bool:
         return True
     assert payload.metrics is not None and payload.environment is not None
     job.result = Result(
-        environment=_environment(session, payload.environment),
+        environment=environments.row(payload.environment),
         worker=payload.worker,
         cpus=payload.cpus or "",
-        **{name: _stored(value) for name, value in asdict(payload.metrics).items()},
+        # field by field, not asdict(): that would deep-copy every raw sample list
+        **{f.name: _stored(getattr(payload.metrics, f.name)) for f in fields(payload.metrics)},
     )
     job.status, job.error = JobStatus.DONE, None
     return True
@@ -189,11 +209,3 @@ def _stored(value):
     """A figure as every database stores it alike: NaN (no decode step in a one-token
     generation) becomes NULL, which SQLite would make it anyway."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-def _environment(session: Session, facts: HostFacts) -> Environment:
-    found = session.scalar(select(Environment).where(Environment.fingerprint == facts.fingerprint))
-    if found is None:
-        found = Environment(**asdict(facts))
-        session.add(found)
-    return found

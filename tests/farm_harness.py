@@ -40,10 +40,11 @@ class RedisServer:
     """redis-server with an append-only file, so a kill -9 and restart keeps the queue."""
 
     def __init__(
-        self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = ""
-    ) -> None:
+        self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = "",
+        fsync: str = "always",
+    ) -> None:  # fmt: skip
         self.directory, self.binds, self.port = directory, binds, free_port()
-        self.password = password
+        self.password, self.fsync = password, fsync
         self.process: subprocess.Popen | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
@@ -54,7 +55,7 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", *self.binds,
-             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
+             "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync,
              "--dir", str(self.directory), "--protected-mode", "no",
              "--logfile", str(self.directory / "redis.log"),
              *(["--requirepass", self.password] if self.password else [])],
@@ -96,9 +97,10 @@ class FarmWorker:
     """One `farm worker` process group (Celery parent + its job child)."""
 
     def __init__(self, broker: str, cpus: str, name: str, log: Path, cache: Path,
-                 env: dict[str, str], prefix: tuple[str, ...] = ()) -> None:  # fmt: skip
+                 env: dict[str, str], prefix: tuple[str, ...] = (),
+                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
         self.args = [*prefix, FARM, "worker", "--broker", broker, "--cpus", cpus,
-                     "--name", name, "--cache-dir", str(cache)]  # fmt: skip
+                     "--name", name, "--cache-dir", str(cache), *extra]  # fmt: skip
         self.name, self.log, self.env = name, log, env
         self.process: subprocess.Popen | None = None
 
@@ -145,3 +147,36 @@ class FarmWorker:
                 self.terminate(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill9()
+
+
+def noop_workers(broker: str, count: int, directory: Path, env: dict[str, str]) -> list[FarmWorker]:
+    """`count` workers of the no-op kind (no torch preload, one child for many jobs), each
+    under a hostname of its own (a UTS namespace, so each claims its CPU on its own
+    'machine'), spread over this machine's CPUs. Their bandwidth cache is filled first,
+    from one real measurement, so starting sixteen does not measure sixteen times."""
+    import json
+    import socket
+
+    cpus = sorted(os.sched_getaffinity(0))
+    cache = directory / "cache"
+    (cache / "bandwidth").mkdir(parents=True, exist_ok=True)
+    figures = {"read_bytes_per_s": 2e10, "copy_bytes_per_s": 2e10, "threads": 1,
+               "measured_at": time.time(), "note": "placeholder: no-op jobs read no weights"}  # fmt: skip
+    workers = []
+    for index in range(count):
+        host, cpu = f"noop{index}", str(cpus[index % len(cpus)])
+        (cache / "bandwidth" / f"{host}-cpus{cpu}.json").write_text(
+            json.dumps({**figures, "host": host, "cpus": cpu})
+        )
+        prefix = ("unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh")
+        workers.append(FarmWorker(broker, cpu, f"n{index}", directory / f"n{index}.log", cache,
+                                  env, prefix, ("--jobs-per-child", "0", "--no-preload")))  # fmt: skip
+    assert socket.gethostname() not in {f"noop{i}" for i in range(count)}
+    for worker in workers:
+        worker.start(wait=False)
+    for worker in workers:
+        wait_for(
+            lambda w=worker: "ready." in w.log_text() or w._died(), 120, f"{worker.name} ready"
+        )
+        assert not worker._died(), worker.log_text()
+    return workers

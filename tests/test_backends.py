@@ -170,11 +170,8 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
     from backends.weights import weights_digest
 
     def quantized_matmuls(lm_head: bool) -> int:
-        options = (
-            registry.entry("onnx")
-            .options.model_validate(
-                {"quantize": quantize, "quantize_lm_head": lm_head, "fused_attention": fused}
-            )
+        options = registry.entry("onnx").options.model_validate(
+            {"quantize": quantize, "quantize_lm_head": lm_head, "fused_attention": fused}
         )
         artifact = onnx_artifact(
             tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)

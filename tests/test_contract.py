@@ -62,9 +62,16 @@ def test_a_payload_survives_the_wire():
     ],
 )
 def test_a_malformed_payload_is_refused_naming_the_field(change, message):
-    payload = {"status": "done", "worker": "w", "environment": _environment(), "metrics": _metrics()}
+    payload = {
+        "status": "done",
+        "worker": "w",
+        "environment": _environment(),
+        "metrics": _metrics(),
+    }
     change(payload)
-    with pytest.raises(MalformedPayloadError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        MalformedPayloadError, match=message.replace("[", r"\[").replace("]", r"\]")
+    ):
         ResultPayload.from_json(json.dumps(payload))
 
 

@@ -391,7 +391,9 @@ def test_forged_messages_are_dropped_without_running_anything(farm, tmp_path):
     assert log.count("dropped job message") == 6, log  # malformed: dropped unheard
     [(_, entry)] = redis.Redis.from_url(farm.redis.url()).xrange("farm:results:ghost")
     failed = ResultPayload.from_json(entry[b"payload"])
-    assert failed.status == "failed" and "'os:system' is not installed on worker w0@" in failed.error
+    assert (
+        failed.status == "failed" and "'os:system' is not installed on worker w0@" in failed.error
+    )
     assert not marker.exists()  # the payload module was never imported, its class never called
     assert worker.process.poll() is None
 

@@ -85,7 +85,9 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("args, code, message", BAD, ids=[" ".join(a[:3]) + f" {m[:20]}" for a, _, m in BAD])
+@pytest.mark.parametrize(
+    "args, code, message", BAD, ids=[" ".join(a[:3]) + f" {m[:20]}" for a, _, m in BAD]
+)
 def test_a_bad_read_is_one_line_and_changes_nothing(args, code, message, farm_db, tmp_path):
     files = _other_files(tmp_path)
     names = {"db": str(farm_db), "dir": str(tmp_path), **{k: str(v) for k, v in files.items()}}
@@ -143,7 +145,9 @@ def test_the_pivot_says_what_a_cell_is(farm_db):
     result = runner.invoke(app, ["report", "--db", str(farm_db), "--pivot", "label:gen:tok/s",
                                  "-f", "markdown"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "mean decode_tokens_per_s over the matching jobs (averaged over context)" in result.stderr
+    assert (
+        "mean decode_tokens_per_s over the matching jobs (averaged over context)" in result.stderr
+    )
 
 
 def test_out_writes_every_text_format(farm_db, tmp_path):

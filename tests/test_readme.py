@@ -20,7 +20,9 @@ def test_the_layout_section_matches_the_tree():
     top = {
         path.name
         for path in ROOT.iterdir()
-        if path.is_dir() and not path.name.startswith(".") and path.name not in IGNORED
+        if path.is_dir()
+        and not path.name.startswith(".")
+        and path.name not in IGNORED
         and not path.name.endswith(".egg-info")
     }
     assert top <= listed, f"in the tree but not in the README: {sorted(top - listed)}"

@@ -99,9 +99,7 @@ def test_csv_json_and_markdown_parse_back(db):
     markdown = farm("report", "--db", str(db), "-f", "markdown")
     header = markdown.splitlines()[0]
     assert (
-        header.startswith("| backend | ctx | gen |")
-        and "roofline" in header
-        and "top-1" in header
+        header.startswith("| backend | ctx | gen |") and "roofline" in header and "top-1" in header
     )
     assert "failed: onnx ctx=32" in markdown and "RuntimeError: boom" in markdown
 

@@ -91,3 +91,10 @@ def test_bandwidth_is_measured_once_per_host_and_cpu_set(tmp_path, monkeypatch):
 def test_real_bandwidth_measurement_is_plausible():
     figures = roofline.measure_bandwidth(threads=1, size_bytes=64 * 2**20, repeats=2)
     assert 1e8 < figures["read_bytes_per_s"] < 1e12
+
+
+def test_repeats_that_choose_other_tokens_fail_the_job(tiny_model, tmp_path):
+    payload = run_job(spec(tiny_model, mode="vary", step_s=0.001, sleep_s=0, torch_threads=0),
+                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    assert payload.status == "failed"
+    assert "repeat 2 chose other greedy tokens than repeat 1, first at position 1" in payload.error

@@ -99,7 +99,7 @@ def test_environment_fixture_matches_the_contract():
 @pytest.mark.slow
 def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_model):
     """Two `farm submit` processes write different sweeps to one database while
-    `farm report` reads it: all succeed, and every job has its one result."""
+    `farm report` reads it, again and again: all succeed, and every job has its result."""
     from tests.farm_harness import FARM, ROOT, farm_env
 
     procs = []
@@ -116,8 +116,9 @@ def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_m
         ))  # fmt: skip
     reads = 0
     while any(p.poll() is None for p in procs):
-        report = subprocess.run([FARM, "status", "--db", pg_url], env=farm_env(), cwd=ROOT,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        report = subprocess.run([FARM, "report", "--all", "-f", "csv", "--db", pg_url],
+                                env=farm_env(), cwd=ROOT, capture_output=True, text=True,
+                                timeout=60)  # fmt: skip
         assert report.returncode in (0, 2), report.stderr  # 2: no sweep recorded yet
         reads += report.returncode == 0
     for process in procs:

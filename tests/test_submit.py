@@ -65,7 +65,9 @@ def test_tiny_sweep_end_to_end_with_failures(tmp_path, tiny_model, db_path, cach
     assert "4 job(s) failed; see why with: farm report --sweep tiny" in result.output
     # no terminal here: one plain line per finished job, not a cut-off progress bar
     assert "[1/8] hf ctx=8 gen=4 threads=1: " in result.stderr and "━" not in result.output
-    assert "[8/8] " in result.stderr and "failed: RuntimeError: fault backend asked" in result.stderr
+    assert (
+        "[8/8] " in result.stderr and "failed: RuntimeError: fault backend asked" in result.stderr
+    )
 
     stored = rows(db_path)
     assert len(stored) == 8

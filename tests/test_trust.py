@@ -17,11 +17,15 @@ from worker.messages import RejectedMessage, accept
 
 runner = CliRunner()
 GOOD = "backends: [hf]\ncontext_sizes: [8]\ngeneration_lengths: [4]\n"
-BOMB = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
-    f'{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},'
-    f'*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]\n'
-    for i in range(8)
-) + "backends: [hf]\n"
+BOMB = (
+    'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n'
+    + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
+        f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]\n"
+        for i in range(8)
+    )
+    + "backends: [hf]\n"
+)
 
 HOSTILE = {
     "module path as backend": ("backends: ['os:system']\n", "backends are named, never given as module paths"),

@@ -149,6 +149,7 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | 
         if text:
             decode_s.append(text.time_decode(generation.tokens))
         repeats.append(measure.Repeat(start, end, tuple(generation.token_times)))
+        _check_same_tokens(tokens, generation.tokens, len(repeats))
         tokens = generation.tokens
         measured_s += end - start
     text_s = {}
@@ -156,6 +157,22 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | 
         text_s = {"tokenize_ms": 1e3 * sum(encode_s) / len(encode_s),
                   "detokenize_ms": 1e3 * sum(decode_s) / len(decode_s)}  # fmt: skip
     return repeats, tokens, text_s
+
+
+def _check_same_tokens(earlier: list[int], tokens: list[int], repeat: int) -> None:
+    """Greedy decoding of one prompt is deterministic: every repeat must choose the same
+    tokens. A backend that does not must say so, or its figures time different work."""
+    if not earlier:
+        return
+    position = next((i for i, (a, b) in enumerate(zip(earlier, tokens, strict=False)) if a != b),
+                    None)  # fmt: skip
+    if position is not None or len(earlier) != len(tokens):
+        where = position if position is not None else min(len(earlier), len(tokens))
+        raise RuntimeError(
+            f"repeat {repeat} chose other greedy tokens than repeat 1, first at position "
+            f"{where} ({earlier[where] if where < len(earlier) else '-'} then "
+            f"{tokens[where] if where < len(tokens) else '-'}): the backend is not deterministic"
+        )
 
 
 def _roofline(

@@ -77,6 +77,7 @@ def fit(columns: list[Column], rows: list[dict[str, Any]], width: int) -> list[C
 
     Only the backend label may be shortened (counted here at up to 18 characters).
     """
+
     def need(column: Column) -> int:
         cells = [len(cell(row, column)) for row in rows]
         wide = max([len(column.heading), *cells])

@@ -120,7 +120,7 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
         axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.2 or 1)
         axis.set(title=f"context {context}, {generation} tokens", xlabel="decode tokens/s")
         axis.grid(axis="x", alpha=0.3)
-    for axis in list(axes.flat)[len(cells):]:
+    for axis in list(axes.flat)[len(cells) :]:
         axis.set_visible(False)
     title = f"Decode speed in every cell (labels: speedup over {baseline}; bars: median job)"
     figure.suptitle(title)

@@ -87,9 +87,7 @@ def render_rows(
 EMPTY_FIELDS = ["sweep", "key", "label", "backend", "context", "generation", "threads", "status"]
 
 
-def render_pivot(
-    headings: list[str], body: list[list[Any]], fmt: str, title: str
-) -> str | Table:
+def render_pivot(headings: list[str], body: list[list[Any]], fmt: str, title: str) -> str | Table:
     text = [
         [str(line[0])] + [("-" if v is None else f"{v:.4g}") for v in line[1:]] for line in body
     ]

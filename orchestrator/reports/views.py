@@ -198,8 +198,10 @@ def show_job(session: Session, reference: str, sweep: str | None = None) -> dict
         sweep, _, reference = reference.rpartition("/")
     query = select(Job).join(Sweep).where(Job.key.startswith(reference))
     if reference.isdigit():
-        query = select(Job).join(Sweep).where(
-            (Job.id == int(reference)) | Job.key.startswith(reference)
+        query = (
+            select(Job)
+            .join(Sweep)
+            .where((Job.id == int(reference)) | Job.key.startswith(reference))
         )
     if sweep is not None:
         find_sweep(session, sweep)  # an unknown sweep says which exist

@@ -17,7 +17,7 @@ from backends.options import BackendOptions
 
 
 class FaultOptions(BackendOptions):
-    mode: Literal["ok", "raise", "crash", "sleep", "hang"] = "ok"
+    mode: Literal["ok", "raise", "crash", "sleep", "hang", "vary"] = "ok"
     step_s: float = 0.001  # time per generated token
     sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
     torch_threads: int = 0  # if set, change torch's thread count behind the runner's back
@@ -25,7 +25,8 @@ class FaultOptions(BackendOptions):
 
 class FaultBackend:
     """Generates deterministic tokens, or on request: raises, kills its own process,
-    sleeps (interruptible by a soft time limit), or hangs (deaf to it, like a stuck C call)."""
+    sleeps (interruptible by a soft time limit), hangs (deaf to it, like a stuck C call),
+    or varies its tokens from call to call."""
 
     Options = FaultOptions
 
@@ -55,4 +56,7 @@ class FaultBackend:
         for _ in range(new_tokens):
             time.sleep(self.options.step_s)
             times.append(time.perf_counter())
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.options.mode == "vary":  # greedy tokens that change from call to call
+            return Generation(tokens=[1, *[self.calls] * (new_tokens - 1)], token_times=times)
         return Generation(tokens=[1] * new_tokens, token_times=times)
