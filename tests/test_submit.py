@@ -156,7 +156,7 @@ def test_report_formats_parse_back(tmp_path, tiny_model, db_path, cache_dir):
     assert "hf[dtype=bfloat16]" in table.output and "tok/s" in table.output
     out = tmp_path / "report.md"
     farm("report", "--db", str(db_path), "-f", "markdown", "--out", str(out))
-    assert out.read_text().splitlines()[0].startswith("| backend | context |")
+    assert out.read_text().splitlines()[0].startswith("| backend | ctx | gen |")
 
 
 @pytest.mark.parametrize(
