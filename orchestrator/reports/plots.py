@@ -190,7 +190,7 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     axis.scatter([p[0] for p in points], [p[1] for p in points], zorder=3)
     for index, (s, k, label) in enumerate(sorted(points)):  # alternate sides: close points
         offset = (4, 6) if index % 2 == 0 else (4, -12)
-        exact = " (exact)" if kl[label] <= KL_FLOOR else ""
+        exact = " (exact)" if kl[label] == 0 else f" (KL {kl[label]:.0e})" if k == KL_FLOOR else ""
         axis.annotate(label + exact, (s, k), textcoords="offset points", xytext=offset, fontsize=8)
     axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
     title = "Speed against fidelity (means over each backend's cells)"
