@@ -16,13 +16,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, literal
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.models import Base
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
+SCHEMA_LOCK = 4729_0001  # the PostgreSQL advisory lock held while the schema is made
 
 
 class DatabaseError(RuntimeError):
@@ -82,45 +83,51 @@ def make_engine(path_or_url: str, *, create: bool = True) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
         try:
-            Base.metadata.create_all(engine)
-            upgrade_schema(engine)
+            with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    # two submits meeting a new database: one creates the schema while the
+                    # other waits, instead of both racing to CREATE the same tables
+                    connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                Base.metadata.create_all(connection)
+                upgrade_schema(connection)
         except sa_exc.DatabaseError as error:
             raise DatabaseError(f"{path_or_url}: {_reason(error)}") from None
     return engine
 
 
-def upgrade_schema(engine: Engine) -> list[str]:
-    """Add columns that this version's models have and the database lacks.
+def upgrade_schema(connection: Connection) -> list[str]:
+    """Add columns that this version's models have and the database lacks, in the
+    caller's transaction.
 
     Additive only: a newer whistle-stop can read and extend a database written by an
     older one. Returns the columns added ("table.column").
     """
     added = []
-    inspector = inspect(engine)
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {column["name"] for column in inspector.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in present:
-                    continue
-                kind = column.type.compile(dialect=engine.dialect)
-                default = column.default.arg if column.default is not None else None
-                if default is not None and not callable(default):
-                    value = literal(default, column.type).compile(
-                        dialect=engine.dialect, compile_kwargs={"literal_binds": True}
-                    )
-                    clause = f" NOT NULL DEFAULT {value}"
-                elif column.nullable:
-                    clause = ""
-                else:
-                    raise DatabaseError(
-                        f"the database lacks the required column {table.name}.{column.name}; "
-                        "it was written by an incompatible whistle-stop: start a new one with --db"
-                    )
-                connection.exec_driver_sql(
-                    f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'
+    inspector = inspect(connection)
+    dialect = connection.dialect
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            kind = column.type.compile(dialect=dialect)
+            default = column.default.arg if column.default is not None else None
+            if default is not None and not callable(default):
+                value = literal(default, column.type).compile(
+                    dialect=dialect, compile_kwargs={"literal_binds": True}
                 )
-                added.append(f"{table.name}.{column.name}")
+                clause = f" NOT NULL DEFAULT {value}"
+            elif column.nullable:
+                clause = ""
+            else:
+                raise DatabaseError(
+                    f"the database lacks the required column {table.name}.{column.name}; "
+                    "it was written by an incompatible whistle-stop: start a new one with --db"
+                )
+            connection.exec_driver_sql(
+                f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{clause}'
+            )
+            added.append(f"{table.name}.{column.name}")
     return added
 
 

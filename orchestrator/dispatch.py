@@ -43,9 +43,10 @@ async def run_sweep(
 ) -> SweepSummary:
     """Run every job of `plan` that is not done yet (all of them with `rerun`)."""
     summary = SweepSummary(plan.name)
-    # results that landed while nobody watched, so that their jobs count as done below
+    # results that landed while nobody watched: stored first, so that their jobs count as
+    # done (skipped) below rather than run again
     backlog = SweepProgress(console, plan.name, 0, quiet=quiet)  # notes only, no bar
-    await _consume(executor.follow(plan.name, [], wait=False), store, summary, backlog)
+    await _consume(executor.follow(plan.name, [], wait=False), store, SweepSummary(""), backlog)
     recorded = store.record_sweep(plan, rerun=rerun)
     summary.skipped, summary.ran = recorded.already_done, len(recorded.to_run)
     if recorded.already_done and not quiet:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import time
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
@@ -83,7 +84,8 @@ def test_an_older_database_is_upgraded_in_place(any_db):
     store.apply(Finished(job.id, payload("hf", 32, 16)))
     with engine.begin() as connection:
         connection.execute(text("ALTER TABLE results DROP COLUMN remeasured"))
-    assert upgrade_schema(make_engine(any_db, create=False)) == ["results.remeasured"]
+    with make_engine(any_db, create=False).begin() as connection:
+        assert upgrade_schema(connection) == ["results.remeasured"]
     with store.sessions() as session:
         assert session.scalar(select(Result.remeasured)) is False
     assert "remeasured" in {c["name"] for c in inspect(create_engine(
@@ -114,15 +116,16 @@ def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_m
              "--cache-dir", str(tmp_path / f"cache-{name}")],
             env=farm_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         ))  # fmt: skip
-    reads = 0
+    reads, deadline = 0, time.monotonic() + 180
     while any(p.poll() is None for p in procs):
+        assert time.monotonic() < deadline, [p.args for p in procs if p.poll() is None]
         report = subprocess.run([FARM, "report", "--all", "-f", "csv", "--db", pg_url],
                                 env=farm_env(), cwd=ROOT, capture_output=True, text=True,
                                 timeout=60)  # fmt: skip
         assert report.returncode in (0, 2), report.stderr  # 2: no sweep recorded yet
         reads += report.returncode == 0
     for process in procs:
-        output = process.communicate()[0]
+        output = process.communicate(timeout=120)[0]
         assert process.returncode == 0, output
     assert reads >= 1
     for name in ("left", "right"):
