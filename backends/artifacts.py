@@ -7,6 +7,7 @@ name and only renamed into place when complete.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from collections.abc import Callable
@@ -41,3 +42,17 @@ def build_once(final: Path, build: Callable[[Path], None]) -> bool:
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def source_digest(*modules: str) -> str:
+    """A hash of these modules' source files (`backends.onnx_export`, ...): part of an
+    artifact's key, so editing the code that builds an artifact builds it again instead of
+    reusing one made by older code."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for module in modules:
+        spec = importlib.util.find_spec(module)
+        assert spec is not None and spec.origin is not None, module
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()[:16]

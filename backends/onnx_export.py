@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from backends.artifacts import build_once, dir_bytes
+from backends.artifacts import build_once, dir_bytes, source_digest
 from backends.config import ModelConfig
 from backends.options import OnnxOptions
 
-EXPORT_FORMAT = 4  # bump when the exported graph changes (4: the LM head's form is chosen)
+# the code that writes, rewrites and quantizes the graph: its source is in every key
+EXPORTER = ("backends.onnx_export", "backends.onnx_graph", "backends.nanogpt_model")
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
 
@@ -53,7 +54,7 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
     # no longer excludes by name.
     quantized_head = options.quantize == "int8" or options.quantize_lm_head
     head = "matmul" if quantized_head else "gemm"  # int4 leaves a Gemm alone: float it stays
-    export = {"format": EXPORT_FORMAT, "opset": 23 if fused else 20, "head": head}
+    export = {"source": source_digest(*EXPORTER), "opset": 23 if fused else 20, "head": head}
     if options.kv_cache == "in_place":  # the concat form keeps its earlier cache key
         export |= {"kv_cache": "in_place"}
     steps = [("export", export)]

@@ -84,3 +84,19 @@ class TorchInt8Options(BackendOptions):
     per_channel: bool = False
     quantize_lm_head: bool = False
     kv_cache: bool = True
+
+
+class CTranslate2Options(BackendOptions):
+    """`compute_type`: float32, int8 (int8 weights and GEMMs, activations quantized on
+    the fly), int8_float32 (the same, float32 elsewhere), bfloat16 (CPUs with AVX-512
+    bf16 or AMX)."""
+
+    compute_type: Literal["float32", "int8", "int8_float32", "bfloat16"] = "int8"
+
+
+class LlamaCppOptions(BackendOptions):
+    """`quant`: the GGUF's weights (f32, f16, q8_0, q4_0, q4_K_M); `flash_attn`: llama.cpp's
+    fused attention kernel."""
+
+    quant: Literal["f32", "f16", "q8_0", "q4_0", "q4_K_M"] = "q8_0"
+    flash_attn: bool = False

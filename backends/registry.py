@@ -59,6 +59,19 @@ BUILTIN: dict[str, BackendEntry] = {
     "torch-int8": BackendEntry(
         "backends.torch_int8:TorchInt8Backend", opts.TorchInt8Options, "PyTorch dynamic int8"
     ),
+    # the engines a user would pick instead: optional, each behind its own extra
+    "ctranslate2": BackendEntry(
+        "backends.ct2:CTranslate2Backend",
+        opts.CTranslate2Options,
+        "CTranslate2's Generator",
+        extra="ctranslate2",
+    ),
+    "llama-cpp": BackendEntry(
+        "backends.llamacpp:LlamaCppBackend",
+        opts.LlamaCppOptions,
+        "llama.cpp on a GGUF file",
+        extra="llama-cpp",
+    ),
 }
 
 
@@ -102,15 +115,28 @@ def entry(name: str) -> BackendEntry:
 
 def load_class(name: str) -> type:
     """Import and return the backend class registered under `name`, checked to be one."""
-    return _checked_class(name, entry(name).target)
+    found = entry(name)
+    return _checked_class(name, found.target, found.extra)
 
 
-def _checked_class(name: str, target: str) -> type:
+def check_extra(name: str) -> None:
+    """For a backend behind an extra: raise `MissingDependencyError` (one line naming the
+    extra) if it cannot load here. The built-in paths are not imported (torch is slow)."""
+    if entry(name).extra:
+        load_class(name)
+
+
+def _checked_class(name: str, target: str, extra: str | None = None) -> type:
     module_name, _, class_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         package = (error.name or "").split(".")[0]  # every dependency's module is its pip name
+        if extra:
+            raise MissingDependencyError(
+                f"backend {name!r} needs the {extra!r} extra, not installed here: "
+                f"pip install -e '.[{extra}]' (in whistle-stop's checkout)"
+            ) from error
         raise MissingDependencyError(
             f"backend {name!r} needs the package {package!r}, which is not installed "
             f"here: pip install {package}"

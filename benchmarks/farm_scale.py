@@ -55,7 +55,7 @@ def sweep_text(model: Path, name: str, jobs: int, step_s: float) -> str:
     contexts = list(range(1, -(-jobs // len(generations)) + 1))
     return (f"name: {name}\nmodel: {model}\nbackends:\n  - name: noop\n    step_s: {step_s}\n"
             f"context_sizes: {contexts}\ngeneration_lengths: {generations}\nthreads: [1]\n"
-            "warmups: 0\nrepeats: 1\nfidelity_tokens: 0\n")  # fmt: skip
+            "warmups: 0\nrepeats: 1\nfidelity_tokens: 0\nbandwidth: host\n")  # fmt: skip
 
 
 class TimedStore(Store):

@@ -1,55 +1,105 @@
-"""The farm's own noise floor: the same job 10 times on one pinned worker.
+"""The farm's noise floor, and how stable its verdicts are, over separate sweeps.
 
-Each run is a fresh pinned process (as in the farm) that measures the job with its
-repeats; the spread of the per-run medians across runs is the noise a comparison
-between two results must beat.
+Runs a sweep file S times through the real `farm submit` (the embedded pool, as a user
+would), each time with `control: true` (a second copy of the baseline) and the given
+number of rounds, then prints per cell and sweep:
+  - the control's ratio to the baseline (1.00 on a perfect machine: the noise floor);
+  - with --best LABEL, that path's speedup over the baseline, and its spread across sweeps.
 
-    .venv/bin/python benchmarks/noise_floor.py [--runs 10] [--cpus 0-1]
+    .venv/bin/python benchmarks/noise_floor.py examples/quick.yaml --sweeps 3 --rounds 3
+    .venv/bin/python benchmarks/noise_floor.py examples/quick.yaml --sweeps 3 --rounds 1  # sequential
+    .venv/bin/python benchmarks/noise_floor.py examples/fastest.yaml --best onnx-int4-all \
+        --backends hf,onnx-int4-all,onnx-int8-all --contexts 128
+
+Nothing else may run on the machine meanwhile: it is what is being measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import tempfile
+from pathlib import Path
 
-from common import jobs_from_yaml, run, table
+import yaml
+from common import ROOT, table
+
+from db.session import open_readonly
+from orchestrator.reports.query import find_sweeps, result_rows
+
+
+def sweep_file(source: Path, args, index: int, directory: Path) -> Path:
+    data = yaml.safe_load(source.read_text())
+    data.update(name=f"nf{index}", rounds=args.rounds, control=True)
+    if args.backends:
+        wanted = args.backends.split(",")
+        data["backends"] = [b for b in data["backends"] if _label(b) in wanted]
+    if args.contexts:
+        data["context_sizes"] = [int(c) for c in args.contexts.split(",")]
+    path = directory / f"nf{index}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _label(entry) -> str:
+    if isinstance(entry, str):
+        return entry
+    return entry.get("label", entry["name"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--cpus", default=None, help="CPU set of the worker (default: all)")
-    parser.add_argument("--backend", default="hf")
+    parser.add_argument("sweep", type=Path, nargs="?", default=ROOT / "examples/quick.yaml")
+    parser.add_argument("--sweeps", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--best", default=None, help="a label whose speedup to follow")
+    parser.add_argument("--backends", default=None, help="only these labels (comma-separated)")
+    parser.add_argument("--contexts", default=None, help="only these contexts")
+    parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
     args = parser.parse_args()
-    threads = len(args.cpus.split(",")) if args.cpus and "-" not in args.cpus else None
-    [job] = jobs_from_yaml(f"""
-model: random:gpt2
-backends: [{args.backend}]
-context_sizes: [128]
-generation_lengths: [32]
-{"threads: [" + str(threads) + "]" if threads else ""}
-warmups: 1
-repeats: 5
-fidelity_tokens: 0
-""")
-    payloads = run([job.to_dict()] * args.runs, args.cpus)
-    failed = [p.error for p in payloads if p.status != "done"]
-    if failed:
-        raise SystemExit(f"a run failed: {failed[0]}")
-    e2e = [statistics.median(p.metrics.samples["e2e_s"]) for p in payloads]
-    decode = [p.metrics.decode_ms_p50 for p in payloads]
-    rows = [[str(i), f"{e * 1e3:.1f}", f"{d:.2f}", f"{p['metrics']['cv']:.1%}"]
-            for i, (e, d, p) in enumerate(zip(e2e, decode, payloads, strict=True), 1)]  # fmt: skip
-    print(table(["run", "median e2e ms", "decode p50 ms", "cv within run"], rows))
-    for name, values in (("median end-to-end", e2e), ("decode step p50", decode)):
-        middle = statistics.median(values)
-        print(f"{name}: spread of the {len(values)} medians (max-min)/median = "
-              f"{(max(values) - min(values)) / middle:.1%}, stdev/mean = "
-              f"{statistics.stdev(values) / statistics.fmean(values):.1%}")  # fmt: skip
-    print(f"job: {job.label} ctx={job.context} gen={job.generation} threads={job.threads}, "
-          f"{job.repeats} repeats per run, cpus={payloads[0].cpus}")  # fmt: skip
+    directory = Path(tempfile.mkdtemp(prefix="noise-floor-"))
+    db = args.keep or directory / "farm.db"
+    for index in range(1, args.sweeps + 1):
+        grid = sweep_file(args.sweep, args, index, directory)
+        print(f"sweep {index}/{args.sweeps}: farm submit --grid {grid} (rounds {args.rounds})",
+              flush=True)  # fmt: skip
+        subprocess.run([str(ROOT / ".venv/bin/farm"), "submit", "--grid", str(grid), "--db",
+                        str(db), "-q"], check=False, cwd=ROOT)  # fmt: skip
+    with open_readonly(str(db))() as session:
+        sweeps = find_sweeps(session, None, every=True)
+        baseline = sweeps[0].baseline or "hf"
+        rows = result_rows(session, sweeps, baseline)
+
+    def cells(label: str) -> dict[tuple, dict[str, float]]:
+        found: dict[tuple, dict[str, float]] = {}
+        for row in rows:
+            if row["label"] == label and row["speedup"] is not None:
+                cell = (row["context"], row["generation"], row["threads"])
+                found.setdefault(cell, {})[row["sweep"]] = row["speedup"]
+        return found
+
+    names = [s.name for s in sweeps]
+    for label, what in ((f"{baseline}-control", "control / baseline (the noise floor)"),
+                        (args.best, f"speedup of {args.best} over {baseline}")):  # fmt: skip
+        if label is None:
+            continue
+        found = cells(label)
+        lines, every = [], []
+        for (context, generation, threads), ratios in sorted(found.items()):
+            values = [ratios[n] for n in names if n in ratios]
+            every += values
+            spread = (max(values) - min(values)) / statistics.median(values)
+            lines.append([f"{context}/{generation}/{threads}", *(f"{v:.3f}" for v in values),
+                          f"{spread:.1%}"])  # fmt: skip
+        print(f"\n{what}, rounds: {args.rounds}, ratios taken within each round "
+              "(median over rounds):")  # fmt: skip
+        print(table(["ctx/gen/thr", *names[: len(lines[0]) - 2], "spread"], lines))
+        if every:
+            print(f"all cells and sweeps: {min(every):.3f} to {max(every):.3f}")
+    print(f"\ndatabase: {db}")
 
 
 if __name__ == "__main__":

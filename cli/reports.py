@@ -33,7 +33,11 @@ SweepsOption = Annotated[
 ]
 AllOption = Annotated[bool, typer.Option("--all", help="Every sweep in the database.")]
 BaselineOption = Annotated[
-    str, typer.Option(help="Backend (name or label) the speedup compares against.")
+    str | None,
+    typer.Option(
+        help="Backend (name or label) the speedup compares against [default: the "
+        "sweep's baseline:, hf unless it says otherwise]."
+    ),
 ]
 
 
@@ -100,7 +104,7 @@ def report(
     sort: Annotated[
         list[str] | None, typer.Option(help="Sort by this column; -COLUMN for descending.")
     ] = None,
-    baseline: BaselineOption = "hf",
+    baseline: BaselineOption = None,
     format: FormatOption = Format.table,
     out: Annotated[
         Path | None, typer.Option(help="Write to this file (markdown, csv, json, html).")
@@ -171,7 +175,7 @@ def plot(
     out: Annotated[Path, typer.Option(help="Directory for the PNG files.")],
     sweep: SweepsOption = None,
     all_sweeps: AllOption = False,
-    baseline: BaselineOption = "hf",
+    baseline: BaselineOption = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Write the sweep's figures as PNG: latency against generation length, decode speed

@@ -45,6 +45,13 @@ def submit(
         typer.Option(help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1."),
     ] = None,
     rerun: Annotated[bool, typer.Option(help="Run jobs again even if already done.")] = False,
+    keep: Annotated[
+        bool,
+        typer.Option(
+            help="Keep done jobs even if they ran under other library versions or "
+            "other whistle-stop source (without it, submit asks)."
+        ),
+    ] = False,
     yes: Annotated[
         bool, typer.Option("--yes", help="Run a grid of more than 10,000 jobs without asking.")
     ] = False,
@@ -66,8 +73,20 @@ def submit(
         cpu_sets = None if broker else plan_cpu_sets(workers, cpus)
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
-    summary = asyncio_run(_submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun, wait,
-                                  quiet), plan.name, detached=bool(broker))  # fmt: skip
+    if not broker:  # the embedded workers run this installation: an engine it lacks fails now
+        from backends.registry import MissingDependencyError, check_extra
+
+        try:
+            for name in sorted({job.backend for job in plan.jobs}):
+                check_extra(name)
+        except MissingDependencyError as error:
+            raise fail(f"{grid}: {error}") from None
+    if broker and not wait and plan.rounds > 1:
+        raise fail(f"{grid}: rounds: {plan.rounds} needs a submit that waits (each round "
+                   "starts when the one before it is stored); drop --no-wait")  # fmt: skip
+    submitting = _submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun or keep, rerun,
+                         wait, quiet)  # fmt: skip
+    summary = asyncio_run(submitting, plan.name, detached=bool(broker))
     if broker and not wait:
         errors.print(f"collect the results later with: farm collect --sweep {plan.name}",
                      highlight=False)  # fmt: skip
@@ -75,7 +94,7 @@ def submit(
     _finish(summary)
 
 
-async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun, wait, quiet):
+async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, decided, rerun, wait, quiet):
     from executors.celery import CeleryExecutor
     from executors.local import LocalExecutor
     from orchestrator.dispatch import run_sweep
@@ -88,12 +107,26 @@ async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun, wait, qui
         executor = LocalExecutor(cpu_sets, cache_dir)
     try:
         store = Store(sessions(db))
+        if not decided:
+            _check_provenance(store, plan.name)
         if not quiet:
             errors.print(f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
                          f"{executor.describe()}", highlight=False)  # fmt: skip
         return await run_sweep(plan, store, executor, errors, rerun=rerun, wait=wait, quiet=quiet)
     finally:
         await executor.aclose()
+
+
+def _check_provenance(store, sweep: str) -> None:
+    """Done jobs measured under other software are neither skipped nor rerun silently."""
+    from contract.provenance import library_versions, source_hash
+
+    now = {"versions": library_versions(), "source_hash": source_hash()}
+    jobs, changes = store.provenance_changes(sweep, now)
+    if jobs:
+        raise fail(f"sweep {sweep!r}: {jobs} done job(s) ran under other software ("
+                   f"{'; '.join(changes)}); --rerun measures them again, --keep keeps "
+                   "them")  # fmt: skip
 
 
 def asyncio_run(coroutine, sweep: str, *, detached: bool):

@@ -19,9 +19,11 @@ FIELD_TYPES = {
     "max_repeats": "an integer", "noise_threshold": "a number", "fidelity_tokens": "an integer",
     "eval_text": "a string or null", "eval_tokens": "an integer", "rerun_noisy": "a boolean",
     "prompt_text": "a string or null", "tokenizer": "a string", "seed": "an integer",
+    "fidelity_prompts": "an integer", "bandwidth": "a string", "round": "an integer",
 }  # fmt: skip
 COUNTS = ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
-          "fidelity_tokens", "eval_tokens")  # fmt: skip
+          "fidelity_tokens", "eval_tokens", "fidelity_prompts")  # fmt: skip
+BANDWIDTH_MODES = ("fresh", "host")
 
 
 def _is(value: Any, kind: str) -> bool:
@@ -44,9 +46,11 @@ class MalformedJobError(ValueError):
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One cell of the grid. Frozen; its key is a hash of its canonical JSON form.
+    """One cell of the grid in one round. Frozen; its key is a hash of its canonical JSON
+    form.
 
-    The key leaves out the sweep name, so the same cell in two sweeps can be matched.
+    The key leaves out the sweep name, so the same cell in two sweeps can be matched;
+    `cell` leaves out the round too, so the rounds of one cell can be pooled.
     """
 
     model: str
@@ -68,11 +72,24 @@ class JobSpec:
     prompt_text: str | None
     tokenizer: str
     seed: int
+    fidelity_prompts: int = 4  # prompts the teacher-forced fidelity is measured on
+    bandwidth: str = "fresh"  # "fresh": measured around the job; "host": the cached figure
+    round: int = 1  # which interleaved round of the sweep (1-based)
+
+    @property
+    def cell(self) -> str:
+        """The grid cell, the same in every round."""
+        data = self.to_dict()
+        del data["round"]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
     def key(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        """The job: round 1's key is its cell's, so a one-round sweep keys jobs by cell."""
+        if self.round == 1:
+            return self.cell
+        return hashlib.sha256(f"{self.cell}:round{self.round}".encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -98,4 +115,8 @@ class JobSpec:
         for name in COUNTS:
             if data[name] < 0:
                 raise MalformedJobError(f"job spec {name} must not be negative")
+        if data["round"] < 1:
+            raise MalformedJobError("job spec round must be 1 or more")
+        if data["bandwidth"] not in BANDWIDTH_MODES:
+            raise MalformedJobError(f"job spec bandwidth must be one of {BANDWIDTH_MODES}")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})

@@ -53,6 +53,8 @@ class HostFacts:
     python: str
     versions: dict[str, str | None]
     git_revision: str | None
+    git_dirty: bool | None = None
+    source_hash: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> HostFacts:
@@ -101,11 +103,26 @@ class Metrics:
     max_logit_diff: float | None = None
     first_divergence: int | None = None
     fidelity_positions: int | None = None
+    fidelity_prompts: int | None = None
+    top1_low: float | None = None
+    top1_high: float | None = None
+    kl_p50: float | None = None
+    kl_p90: float | None = None
+    kl_p99: float | None = None
+    kl_max: float | None = None
+    top_prob_diff: float | None = None
     # the bandwidth roofline (worker/roofline.py)
     weight_bytes_per_token: float | None = None
     bandwidth_bytes_per_s: float | None = None
     roofline_tokens_per_s: float | None = None
     roofline_fraction: float | None = None
+    bandwidth_before_bytes_per_s: float | None = None
+    bandwidth_after_bytes_per_s: float | None = None
+    bandwidth_measured_at: float | None = None
+    timer_check: float | None = None
+    # the machine during the timed region, and what may make a figure mislead
+    machine: dict[str, Any] | None = None
+    flags: list[str] | None = None
     # text prompts and perplexity
     tokenize_ms: float | None = None
     detokenize_ms: float | None = None

@@ -41,6 +41,8 @@ class Sweep(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     source_text: Mapped[str] = mapped_column(Text)  # the sweep YAML as submitted last
+    baseline: Mapped[str | None] = mapped_column(String(200))  # what speedups compare with
+    rounds: Mapped[int | None]
 
     jobs: Mapped[list[Job]] = relationship(back_populates="sweep", order_by="Job.id")
 
@@ -54,6 +56,10 @@ class Job(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id"), index=True)
     key: Mapped[str] = mapped_column(String(32), index=True)
+    # the grid cell (the same in every round); NULL in databases older than rounds
+    cell: Mapped[str | None] = mapped_column(String(32), index=True)
+    round: Mapped[int | None]
+    position: Mapped[int | None]  # where the job ran in its round's shuffled order
     spec: Mapped[dict[str, Any]]
     label: Mapped[str] = mapped_column(String(200))
     backend: Mapped[str] = mapped_column(String(50))
@@ -92,6 +98,8 @@ class Environment(Base):
     python: Mapped[str] = mapped_column(String(32))
     versions: Mapped[dict[str, Any]]
     git_revision: Mapped[str | None] = mapped_column(String(64))
+    git_dirty: Mapped[bool | None]  # uncommitted changes in the checkout the worker ran
+    source_hash: Mapped[str | None] = mapped_column(String(32))  # of whistle-stop's own code
 
 
 class Result(Base):
@@ -122,7 +130,10 @@ class Result(Base):
     cv: Mapped[float]
     noisy: Mapped[bool]
     remeasured: Mapped[bool] = mapped_column(default=False)  # noisy once, measured again
-    timer_gap: Mapped[float]
+    timer_gap: Mapped[float]  # the tail after the last token stamp, relative to e2e
+    # the token clock against the outer clock: the mean stamped step of k extra tokens
+    # against (e2e(N+k) - e2e(N)) / k (None: no room for extra tokens)
+    timer_check: Mapped[float | None]
 
     materialize_s: Mapped[float]
     load_s: Mapped[float]
@@ -139,9 +150,20 @@ class Result(Base):
     max_logit_diff: Mapped[float | None]
     first_divergence: Mapped[int | None]  # first free-running token that differs
     fidelity_positions: Mapped[int | None]
+    fidelity_prompts: Mapped[int | None]
+    top1_low: Mapped[float | None]  # 95% Wilson interval of top1_agreement
+    top1_high: Mapped[float | None]
+    kl_p50: Mapped[float | None]
+    kl_p90: Mapped[float | None]
+    kl_p99: Mapped[float | None]
+    kl_max: Mapped[float | None]
+    top_prob_diff: Mapped[float | None]  # mean |p - p_ref| of the reference's top token
     # the memory-bandwidth bound on decode speed (see worker/roofline.py)
     weight_bytes_per_token: Mapped[float | None]
     bandwidth_bytes_per_s: Mapped[float | None]  # streaming read, this host and CPU set
+    bandwidth_before_bytes_per_s: Mapped[float | None]  # measured right before the job ...
+    bandwidth_after_bytes_per_s: Mapped[float | None]  # ... and right after it
+    bandwidth_measured_at: Mapped[float | None]  # when (Unix time; the host figure's if cached)
     roofline_tokens_per_s: Mapped[float | None]
     roofline_fraction: Mapped[float | None]
     tokenize_ms: Mapped[float | None]  # text prompts: the prompt's tokenization
@@ -151,6 +173,10 @@ class Result(Base):
     load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)
 
     pinning_violations: Mapped[list[Any]]
+    # the machine during the timed region (worker/observe.py): steal, switches, faults,
+    # huge pages, the other CPUs' load, the threads that worked and where they ran
+    machine: Mapped[dict[str, Any] | None]
+    flags: Mapped[list[Any] | None]  # why a figure may mislead ("steal 8% ...")
     tokens: Mapped[list[Any]]  # the greedy tokens of the last repeat
     samples: Mapped[dict[str, Any]]  # raw per-repeat figures
 

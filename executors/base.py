@@ -25,6 +25,7 @@ class PendingJob:
     key: str
     spec: dict[str, Any]
     restart: bool = False  # it failed before, or --rerun: any state left from before is cleared
+    round: int = 1  # the sweep's round it belongs to: rounds run one after the other
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rich.console import Console
 
 from contract.status import JobStatus
-from executors.base import Event, Executor, Failed, Finished, Lost
+from executors.base import Event, Executor, Failed, Finished, Lost, PendingJob
 from orchestrator.progress import SweepProgress
 from orchestrator.store import Store
 from orchestrator.sweep import SweepPlan
@@ -25,7 +25,6 @@ from orchestrator.sweep import SweepPlan
 @dataclass
 class SweepSummary:
     sweep: str
-    ran: int = 0  # handed to the executor this time
     done: int = 0
     failed: int = 0
     skipped: int = 0  # done before; not run again
@@ -48,7 +47,7 @@ async def run_sweep(
     backlog = SweepProgress(console, plan.name, 0, quiet=quiet)  # notes only, no bar
     await _consume(executor.follow(plan.name, [], wait=False), store, SweepSummary(""), backlog)
     recorded = store.record_sweep(plan, rerun=rerun)
-    summary.skipped, summary.ran = recorded.already_done, len(recorded.to_run)
+    summary.skipped = recorded.already_done
     if recorded.already_done and not quiet:
         console.print(
             f"{recorded.already_done} job(s) of sweep {plan.name!r} already done: skipped "
@@ -58,16 +57,30 @@ async def run_sweep(
     if not recorded.to_run:
         return summary
     progress = SweepProgress(console, plan.name, len(recorded.to_run), quiet=quiet or not wait)
-    events = executor.run(plan.name, recorded.to_run, wait=wait)
     try:
-        await _consume(events, store, summary, progress)
-    except asyncio.CancelledError:
-        if not executor.detached:  # the jobs died with us: they run again on the next submit
-            store.release_running([job.id for job in recorded.to_run])
-        raise
+        for number, jobs in _rounds(recorded.to_run):
+            if plan.rounds > 1:
+                progress.note(f"round {number} of {plan.rounds}: {len(jobs)} job(s)")
+            # a round is handed over whole and stored whole before the next one starts,
+            # so two rounds never overlap and each round's jobs share the same minutes
+            events = executor.run(plan.name, jobs, wait=wait)
+            try:
+                await _consume(events, store, summary, progress)
+            except asyncio.CancelledError:
+                if not executor.detached:  # the jobs died with us: they run again next submit
+                    store.release_running([job.id for job in jobs])
+                raise
     finally:
         progress.close()
     return summary
+
+
+def _rounds(jobs: list[PendingJob]) -> list[tuple[int, list[PendingJob]]]:
+    """The jobs round by round, each round in its recorded order."""
+    rounds: dict[int, list[PendingJob]] = {}
+    for job in jobs:
+        rounds.setdefault(job.round, []).append(job)
+    return sorted(rounds.items())
 
 
 async def collect(

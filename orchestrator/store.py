@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from contract.jobspec import JobSpec
@@ -58,12 +58,17 @@ class Store:
                 session.add(sweep)
                 session.flush()
             sweep.source_text = plan.source_text
+            sweep.baseline, sweep.rounds = plan.baseline, plan.rounds
             existing = {job.key: job for job in sweep.jobs}
             to_run, already_done, restarted = [], 0, set()
+            positions: dict[int, int] = {}
             for spec in plan.jobs:
                 job = existing.get(spec.key)
+                position = positions[spec.round] = positions.get(spec.round, 0) + 1
+                if job is not None:
+                    job.cell, job.round, job.position = spec.cell, spec.round, position
                 if job is None:
-                    job = _new_job(sweep, spec)
+                    job = _new_job(sweep, spec, position)
                     session.add(job)
                 elif job.status == JobStatus.DONE and not rerun:
                     already_done += 1
@@ -77,9 +82,28 @@ class Store:
                 job.status, job.error = JobStatus.PENDING, None
                 to_run.append(job)
             session.flush()
-            pending = [PendingJob(job.id, job.key, job.spec, job.key in restarted)
+            pending = [PendingJob(job.id, job.key, job.spec, job.key in restarted, job.round or 1)
                        for job in to_run]  # fmt: skip
         return Recorded(pending, already_done)
+
+    def provenance_changes(self, sweep_name: str, now: dict) -> tuple[int, list[str]]:
+        """How many done jobs of the sweep ran under other software than `now` (a host
+        environment), and what differs: library versions, whistle-stop's own source."""
+        with self.sessions() as session:
+            query = (
+                select(Environment, func.count())
+                .join(Result, Result.environment_id == Environment.id)
+                .join(Job, Result.job_id == Job.id)
+                .join(Sweep, Job.sweep_id == Sweep.id)
+                .where(Sweep.name == sweep_name, Job.status == JobStatus.DONE)
+                .group_by(Environment.id)
+            )
+            jobs, changes = 0, set()
+            for environment, count in session.execute(query):
+                found = _differences(environment, now)
+                jobs += count if found else 0
+                changes.update(found)
+        return jobs, sorted(changes)
 
     def apply(self, event: Event) -> Applied | None:
         """Record one executor event; None if its job is not in this database."""
@@ -115,6 +139,8 @@ class Store:
                     job.status = JobStatus.PENDING
 
     def unfinished(self, sweep_name: str) -> list[PendingJob]:
+        """Jobs without a result, but not those of rounds that have not started (only a
+        submit starts a round, when the one before it is stored)."""
         with self.sessions() as session:
             query = (
                 select(Job)
@@ -122,13 +148,31 @@ class Store:
                 .where(Sweep.name == sweep_name, Job.status.in_(UNFINISHED))
                 .order_by(Job.id)
             )
-            return [PendingJob(job.id, job.key, job.spec) for job in session.scalars(query)]
+            jobs = list(session.scalars(query))
+            first = min((job.round or 1 for job in jobs), default=1)
+            return [PendingJob(job.id, job.key, job.spec, round=job.round or 1) for job in jobs
+                    if (job.round or 1) == first or job.status != JobStatus.PENDING]  # fmt: skip
 
 
-def _new_job(sweep: Sweep, spec: JobSpec) -> Job:
+def _differences(environment: Environment, now: dict) -> list[str]:
+    found = []
+    for name, version in sorted(now["versions"].items()):
+        then = (environment.versions or {}).get(name)
+        if then != version:
+            found.append(f"{name} {then or 'absent'} -> {version or 'absent'}")
+    if environment.source_hash != now["source_hash"]:
+        found.append("whistle-stop's source changed" if environment.source_hash
+                     else "whistle-stop's source not recorded (an older version)")  # fmt: skip
+    return found
+
+
+def _new_job(sweep: Sweep, spec: JobSpec, position: int) -> Job:
     return Job(
         sweep=sweep,
         key=spec.key,
+        cell=spec.cell,
+        round=spec.round,
+        position=position,
         spec=spec.to_dict(),
         label=spec.label,
         backend=spec.backend,

@@ -6,10 +6,12 @@ Data flow: YAML text -> `SweepFile` (pydantic, unknown keys are errors) ->
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import math
 import os
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -68,6 +70,15 @@ class SweepFile(BaseModel):
     noise_threshold: Annotated[float, Field(gt=0)] = 0.05
     rerun_noisy: bool = Field(False, description="measure a noisy cell once more, keep the rerun")
     fidelity_tokens: Annotated[int, Field(ge=0)] = 64
+    fidelity_prompts: Annotated[int, Field(gt=0, le=64)] = 4
+    rounds: Annotated[int, Field(gt=0, le=100)] = Field(
+        1, description="run the whole grid N times, each round in a fresh shuffled order"
+    )
+    control: bool = Field(False, description="add `<baseline>-control`, a copy of the baseline")
+    baseline: str = Field("hf", description="the label (or backend) speedups are measured against")
+    bandwidth: Literal["fresh", "host"] = Field(
+        "fresh", description="roofline from bandwidth measured around each job, or the host's"
+    )
     eval_text: str | None = Field(
         None, description="a text file (or datasets:NAME[:CONFIG]) to measure perplexity on"
     )
@@ -121,7 +132,9 @@ class SweepPlan:
 
     name: str
     source_text: str
-    jobs: tuple[JobSpec, ...]
+    jobs: tuple[JobSpec, ...]  # in the order they run: round by round
+    baseline: str = "hf"
+    rounds: int = 1
 
 
 def load_sweep(path: Path, *, max_jobs: int | None = MAX_JOBS) -> SweepPlan:
@@ -154,7 +167,8 @@ def parse_sweep(
         raise SweepError(f"{origin}: model: {error}") from None
     _check_eval_text(origin, sweep, source)
     sweep = _resolve_prompt(origin, sweep, source)
-    cells = grid_size(sweep)
+    sweep = _add_control(origin, sweep)
+    cells = grid_size(sweep) * sweep.rounds
     if max_jobs is not None and cells > max_jobs:
         raise TooManyJobsError(
             f"{origin}: the grid expands to {cells:,} jobs, more than {max_jobs:,}; "
@@ -167,7 +181,8 @@ def parse_sweep(
             f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond the "
             f"model's {source.n_positions} positions; lower the largest context or length"
         )
-    return SweepPlan(name=sweep.name or default_name, source_text=text, jobs=jobs)
+    return SweepPlan(name=sweep.name or default_name, source_text=text, jobs=jobs,
+                     baseline=sweep.baseline, rounds=sweep.rounds)  # fmt: skip
 
 
 def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
@@ -217,6 +232,27 @@ def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
     return sweep
 
 
+def _add_control(origin: str, sweep: SweepFile) -> SweepFile:
+    """`control: true`: a second copy of the baseline, whose ratio to it is the noise floor."""
+    if not sweep.control:
+        return sweep
+    labels = [b.label for b in sweep.backends]
+    base = next((b for b in sweep.backends if b.label == sweep.baseline), None)
+    base = base or next((b for b in sweep.backends if b.name == sweep.baseline), None)
+    if base is None:
+        raise SweepError(f"{origin}: control: true copies the baseline {sweep.baseline!r}, "
+                         f"which is not among the backends ({', '.join(labels)}); set "
+                         "baseline:")  # fmt: skip
+    control = base.model_copy(update={"label": control_label(base.label)})
+    if control.label in labels:
+        raise SweepError(f"{origin}: control: true adds {control.label!r}, already a label")
+    return sweep.model_copy(update={"backends": [*sweep.backends, control]})
+
+
+def control_label(baseline: str) -> str:
+    return f"{baseline}-control"
+
+
 def _tokenizers(sweep: SweepFile) -> list[str]:
     return list(sweep.tokenizers) if sweep.prompt == "text" else ["fast"]
 
@@ -228,6 +264,28 @@ def grid_size(sweep: SweepFile) -> int:
 
 
 def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
+    """Every round of the grid, in the order the jobs run.
+
+    One round keeps the grid's order. With several, each round is shuffled with its own
+    seed (`round_order_seed`), so no backend always runs first, or right after another.
+    """
+    grid = _grid(sweep)
+    if sweep.rounds == 1:
+        return grid
+    jobs: list[JobSpec] = []
+    for number in range(1, sweep.rounds + 1):
+        order = list(grid)
+        random.Random(round_order_seed(sweep.seed, number)).shuffle(order)
+        jobs += [dataclasses.replace(job, round=number) for job in order]
+    return tuple(jobs)
+
+
+def round_order_seed(seed: int, number: int) -> str:
+    """The seed that shuffles round `number` (recorded: the jobs table keeps each position)."""
+    return f"{seed}:round{number}"
+
+
+def _grid(sweep: SweepFile) -> tuple[JobSpec, ...]:
     """The grid: the product of backends x context x generation x threads, deduplicated."""
     jobs: dict[str, JobSpec] = {}
     tokenizers = _tokenizers(sweep)
@@ -254,6 +312,8 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
             prompt_text=sweep.prompt_text if sweep.prompt == "text" else None,
             tokenizer=tokenizer,
             seed=sweep.seed,
+            fidelity_prompts=sweep.fidelity_prompts,
+            bandwidth=sweep.bandwidth,
         )
         jobs.setdefault(job.key, job)
     return tuple(jobs.values())

@@ -29,7 +29,7 @@ def test_five_hundred_jobs_flow_through_four_workers(tmp_path, tiny_model):
         grid.write_text(
             f"model: {tiny_model}\nbackends: [noop]\ncontext_sizes: {list(range(1, 11))}\n"
             f"generation_lengths: {list(range(1, 51))}\nthreads: [1]\nwarmups: 0\n"
-            "repeats: 1\nfidelity_tokens: 0\n"
+            "repeats: 1\nfidelity_tokens: 0\nbandwidth: host\n"
         )
         db = tmp_path / "farm.db"
         done = subprocess.run(

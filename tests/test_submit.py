@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from cli import app
-from db.models import Job, Result, Sweep
+from db.models import Environment, Job, Result, Sweep
 
 runner = CliRunner()
 FAULT = "fault"  # tests/plugin, installed as an entry point
@@ -241,3 +241,53 @@ def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path, tiny_model, db_p
     )
     assert resumed.returncode == 0 and "already done: skipped" in resumed.stderr  # status line
     assert statuses() == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_done_jobs_of_other_software_are_neither_skipped_nor_rerun_silently(
+    tmp_path, tiny_model, db_path, cache_dir
+):
+    grid = write_sweep(tmp_path / "tiny.yaml", f"model: {tiny_model}\nbackends: [{FAULT}]\n"
+                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
+                       "fidelity_tokens: 0\nbandwidth: host\n")  # fmt: skip
+    args = ("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
+    assert farm(*args).exit_code == 0
+    with Session(create_engine(f"sqlite:///{db_path}")) as session:  # as if measured earlier
+        result = session.scalars(select(Result)).one()
+        now = result.environment
+        result.environment = Environment(**{
+            c.name: getattr(now, c.name) for c in Environment.__table__.columns if c.name != "id"
+        } | {"fingerprint": "older", "versions": {**now.versions, "torch": "2.0.0"},
+             "source_hash": "0123456789abcdef"})  # fmt: skip
+        session.commit()
+    before = db_path.read_bytes()
+    refused = farm(*args)
+    assert refused.exit_code == 2
+    line = refused.output.strip()
+    assert "\n" not in line and "1 done job(s) ran under other software" in line
+    assert "torch 2.0.0 ->" in line and "source changed" in line and "--keep" in line
+    assert db_path.read_bytes() == before  # nothing written
+    kept = farm(*args, "--keep")
+    assert kept.exit_code == 0 and "already done: skipped" in kept.output
+    assert farm(*args, "--rerun").exit_code == 0
+    assert farm(*args).exit_code == 0  # measured again under this software: nothing to ask
+
+
+@pytest.mark.slow
+def test_rounds_on_the_embedded_pool_pool_into_one_row(tmp_path, tiny_model, db_path, cache_dir):
+    grid = write_sweep(tmp_path / "r.yaml", f"name: r\nmodel: {tiny_model}\nbackends: [hf, nanogpt]\n"
+                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\nrounds: 2\n"
+                       "control: true\nfidelity_tokens: 2\nrepeats: 2\nbandwidth: host\n")  # fmt: skip
+    args = ("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
+    result = farm(*args)
+    assert result.exit_code == 0, result.output
+    assert "round 2 of 2: 3 job(s)" in result.output
+    found = rows(db_path)
+    assert sorted((job.round, job.position) for job, _ in found) == [
+        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]  # fmt: skip
+    report = farm("report", "--db", str(db_path), "--format", "json")
+    pooled = json.loads(report.output)
+    assert len(pooled) == 3 and all(r["rounds"] == 2 for r in pooled)
+    nano = next(r for r in pooled if r["label"] == "nanogpt")
+    assert len(nano["round_speedups"]) == 2 and nano["top1_agreement"] is not None
+    assert "noise floor" in farm("report", "--db", str(db_path)).output

@@ -36,6 +36,7 @@ class WorkerContext:
     cache_dir: Path = Path("~/.cache/whistle-stop").expanduser()
     settings: FarmSettings = field(default_factory=FarmSettings)
     preload: bool = True  # import torch in each child before its job (off: no-op backends)
+    cpus: list[int] | None = None  # the CPU set this worker was given (pinning is checked on it)
 
 
 CONTEXT = WorkerContext()
@@ -122,7 +123,8 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
         if not mine:
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
-        result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir, worker_name=CONTEXT.name)
+        result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir, worker_name=CONTEXT.name,
+                         assigned_cpus=CONTEXT.cpus)  # fmt: skip
         channel.result(sweep, job_id, task_id, replace(result, attempt=attempt))
     return result.status
 

@@ -9,14 +9,13 @@ import os
 import platform
 import socket
 import subprocess
-from importlib import metadata
 from pathlib import Path
+
+from contract.provenance import PROJECT_ROOT, library_versions, source_hash
 
 # Instruction-set features that decide which inference kernels a CPU can run.
 ISA_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
                 "amx_int8")  # fmt: skip
-LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "celery", "whistle-stop")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 @functools.cache
@@ -35,8 +34,10 @@ def host_environment() -> dict:
         "kernel": platform.release(),
         "container": _in_container(),
         "python": platform.python_version(),
-        "versions": {name: _version(name) for name in LIBRARIES},
+        "versions": library_versions(),
         "git_revision": _git_revision(),
+        "git_dirty": _git_dirty(),
+        "source_hash": source_hash(),
     }
     environment["fingerprint"] = hashlib.sha256(
         json.dumps(environment, sort_keys=True).encode()
@@ -79,21 +80,21 @@ def _in_container() -> bool:
     return any(word in cgroup for word in ("docker", "kubepods", "containerd", "lxc"))
 
 
-def _version(distribution: str) -> str | None:
+def _git(*args: str) -> str | None:
     try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
+        result = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args],
+                                capture_output=True, text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
         return None
+    return result.stdout if result.returncode == 0 else None
 
 
 def _git_revision() -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
+    found = _git("rev-parse", "--short=12", "HEAD")
+    return found.strip() if found is not None else None
+
+
+def _git_dirty() -> bool | None:
+    """Uncommitted changes to tracked files (None: not a git checkout)."""
+    found = _git("status", "--porcelain", "--untracked-files=no")
+    return bool(found.strip()) if found is not None else None

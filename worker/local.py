@@ -30,7 +30,8 @@ def main() -> None:
     # Ctrl-C in a terminal reaches this process too; the orchestrator decides (and kills
     # this process if it stops), so the job is not recorded as failed by a race.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    pin_process(parse_cpu_list(args.cpus))  # before anything imports torch
+    cpus = parse_cpu_list(args.cpus)
+    pin_process(cpus)  # before anything imports torch
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints and C-level output must not corrupt the protocol
 
@@ -45,7 +46,7 @@ def main() -> None:
             spec = json.loads(line)
         except json.JSONDecodeError as error:
             spec = {"malformed": str(error)}
-        result = run_job(spec, cache_dir=args.cache_dir, worker_name=args.name)
+        result = run_job(spec, cache_dir=args.cache_dir, worker_name=args.name, assigned_cpus=cpus)
         results.write(result.to_json() + "\n")
 
 

@@ -11,6 +11,7 @@ last-level cache are read faster than DRAM allows, so a small model can pass 100
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 from pathlib import Path
@@ -54,6 +55,25 @@ def measure_bandwidth(threads: int, size_bytes: int = 512 * 2**20, repeats: int 
         "copy_bytes_per_s": 2 * size_bytes / min(copy_s),  # read + write
         "threads": threads,
     }
+
+
+def fresh_read_bandwidth(threads: int, size_bytes: int = 256 * 2**20, repeats: int = 3) -> dict:
+    """A short (~0.2 s) streaming read measurement of this process's CPU set, taken right
+    before and after a job: the figure its roofline share divides by, of the same minute.
+    Measured with `threads` (the job's); torch's pool is left as the backend set it."""
+    import torch
+
+    pool = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    source = torch.ones(size_bytes // 4, dtype=torch.float32)
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        source.sum()
+        best = min(best, time.perf_counter() - started)
+    del source
+    torch.set_num_threads(pool)
+    return {"read_bytes_per_s": size_bytes / best, "measured_at": time.time()}
 
 
 def cached_bandwidth(cpus: str, threads: int, cache_dir: Path, *, remeasure: bool = False) -> dict:

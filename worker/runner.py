@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import statistics
 import sys
 import time
 import traceback
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from backends import registry
-from backends.base import SupportsTeacherForcing
+from backends.base import SupportsReserve, SupportsTeacherForcing
 from backends.config import ModelConfig
 from backends.sources import parse_model_source
 from backends.weights import materialize, weights_digest
@@ -28,12 +29,22 @@ from contract.payload import HostFacts, Metrics, ResultPayload
 from contract.status import JobStatus
 from worker import fidelity, measure, perplexity, roofline
 from worker.environment import host_environment
+from worker.observe import Observer
 from worker.pinning import threads_outside
 from worker.prompts import TextPrompt, random_prompt
 
 
-def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> ResultPayload:
-    """Measure one job and return its result payload (status `done` or `failed`)."""
+def run_job(
+    spec: dict[str, Any],
+    *,
+    cache_dir: Path,
+    worker_name: str,
+    assigned_cpus: list[int] | None = None,
+) -> ResultPayload:
+    """Measure one job and return its result payload (status `done` or `failed`).
+
+    `assigned_cpus` is the CPU set the worker was given: pinning is checked against it,
+    not against whatever this process's affinity has become."""
     started = time.time()
     cpus = sorted(os.sched_getaffinity(0))
     known: dict[str, Any] = {
@@ -45,7 +56,7 @@ def run_job(spec: dict[str, Any], *, cache_dir: Path, worker_name: str) -> Resul
     try:
         job = JobSpec.from_dict(spec)
         known["key"] = job.key
-        metrics = _measure(job, cpus, cache_dir)
+        metrics = _measure(job, sorted(assigned_cpus or cpus), cache_dir)
         return ResultPayload(JobStatus.DONE, metrics=metrics, finished_at=time.time(), **known)
     except Exception:
         return ResultPayload.failed(error=traceback.format_exc(), finished_at=time.time(), **known)
@@ -76,35 +87,47 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         text = TextPrompt(model_dir, job.prompt_text, job.context, job.tokenizer)
     config = ModelConfig.from_dir(model_dir)
     prompt = text.ids if text else random_prompt(job.seed, job.context, config.vocab_size)
-    reference = None
-    if job.fidelity_tokens and isinstance(backend, SupportsTeacherForcing):
-        digest = weights_digest(model_dir, cache_dir)
-        reference = fidelity.reference(model_dir, digest, prompt, job.generation, cache_dir)
+    # fidelity does not change from round to round: measured in the first only
+    teacher = isinstance(backend, SupportsTeacherForcing) and job.round == 1
+    references = None
+    if job.fidelity_tokens and teacher and not _is_reference(job):
+        references = _references(job, model_dir, prompt, config, cache_dir)
     for _ in range(job.warmups):
         backend.generate(prompt, job.generation)
 
+    before = _bandwidth_now(job)
     _reset_peak_rss()
-    repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text)
-    remeasured = job.rerun_noisy and measure.summarize(repeats, job.noise_threshold)["noisy"]
-    if remeasured:  # noise is often a passing disturbance: one more try, and say so
-        repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text)
+    with Observer(cpus, job.threads) as seen:
+        repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text, seen)
+        remeasured = job.rerun_noisy and measure.summarize(repeats, job.noise_threshold)["noisy"]
+        if remeasured:  # noise is often a passing disturbance: one more try, and say so
+            repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text, seen)
     rss_peak_bytes = _peak_rss_bytes()  # the timed region only: read before anything else runs
+    after = _bandwidth_now(job)
     generated = {len(r.token_times) for r in repeats}
     if generated != {job.generation}:
         raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
+    flags = list(seen.flags)
+    timer_check = _timer_check(backend, prompt, job, repeats, config.n_positions)
+    if timer_check is not None and timer_check > TIMER_LIMIT:
+        flags.append(f"token stamps disagree with the outer clock by {timer_check:.0%}")
 
-    figures = {}
-    if reference is not None:
-        ref_tokens, ref_logits = reference
-        checked = ref_tokens[: job.fidelity_tokens]
-        logits = backend.teacher_forced_logits(prompt, checked)
-        figures = fidelity.compare(ref_tokens, ref_logits[: len(checked)], logits, tokens)
-    if job.eval_text and isinstance(backend, SupportsTeacherForcing):
+    figures: dict[str, Any] = {}
+    if job.fidelity_tokens and teacher and _is_reference(job):
+        figures = _reference_itself(job)
+        flags.append("fidelity: this is the reference (transformers float32): 1 and 0 by "
+                     "construction, not measured")  # fmt: skip
+    elif references is not None:
+        figures = _fidelity(backend, references, tokens, job.fidelity_tokens)
+    if job.eval_text and teacher:
         figures.update(_perplexity(job, backend, model_dir, config, cache_dir))
 
     report = backend.load_report
     summary = measure.summarize(repeats, job.noise_threshold)
-    figures.update(_roofline(config, report, summary["decode_tokens_per_s"], cpus, cache_dir))
+    roofline_figures = _roofline(config, report, summary["decode_tokens_per_s"], cpus, cache_dir,
+                                 job, before, after)  # fmt: skip
+    flags += roofline_figures.pop("flags")
+    figures.update(roofline_figures)
     return Metrics(
         **summary,
         materialize_s=materialize_s,
@@ -120,13 +143,73 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         remeasured=bool(remeasured),
         samples=measure.raw_samples(repeats),
         tokens=tokens,
-        pinning_violations=_pinning_violations(job, cpus, _torch_threads(), report.extra),
+        pinning_violations=_pinning_violations(job, cpus, _torch_threads(), report.extra)
+        + seen.violations,
+        timer_check=timer_check,
+        machine=seen.machine,
+        flags=flags,
         **text_s,
         **figures,
     )
 
 
-def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None):
+TIMER_LIMIT = 0.05  # token stamps and the outer clock may disagree by this much
+
+
+def _is_reference(job: JobSpec) -> bool:
+    """transformers float32 is the reference: its agreement with itself is not a figure."""
+    return job.backend == "hf" and dict(job.options).get("dtype") == "float32"
+
+
+def _reference_itself(job: JobSpec) -> dict[str, Any]:
+    positions = job.fidelity_tokens * job.fidelity_prompts
+    low, high = fidelity.wilson(positions, positions)
+    return {"top1_agreement": 1.0, "top1_low": low, "top1_high": high, "mean_kl": 0.0,
+            "kl_p50": 0.0, "kl_p90": 0.0, "kl_p99": 0.0, "kl_max": 0.0, "top_prob_diff": 0.0,
+            "max_logit_diff": 0.0, "first_divergence": job.generation,
+            "fidelity_positions": positions, "fidelity_prompts": job.fidelity_prompts}  # fmt: skip
+
+
+def _references(job: JobSpec, model_dir: Path, prompt: list[int], config, cache_dir: Path):
+    """transformers float32 on the job's prompt (its free-running tokens too) and on
+    `fidelity_prompts - 1` more random prompts of the same length; cached on disk."""
+    digest = weights_digest(model_dir, cache_dir)
+    prompts = [prompt] + [random_prompt(job.seed + 1000 * i, job.context, config.vocab_size)
+                          for i in range(1, job.fidelity_prompts)]  # fmt: skip
+    lengths = [job.generation] + [job.fidelity_tokens] * (len(prompts) - 1)
+    return [(p, *fidelity.reference(model_dir, digest, p, n, cache_dir))
+            for p, n in zip(prompts, lengths, strict=True)]  # fmt: skip
+
+
+def _fidelity(backend, references, tokens: list[int], positions: int) -> dict[str, Any]:
+    ref_logits, logits = [], []
+    for prompt, ref_tokens, ref in references:
+        checked = ref_tokens[:positions]
+        logits.append(backend.teacher_forced_logits(prompt, checked))
+        ref_logits.append(ref[: len(checked)])
+    return fidelity.compare(references[0][1], ref_logits, logits, tokens)
+
+
+def _timer_check(backend, prompt: list[int], job: JobSpec, repeats, n_positions: int):
+    """The token clock checked by the outer clock alone: k more tokens cost
+    (e2e(N+k) - e2e(N)) / k each, which the stamped intervals of those k tokens must match.
+    (prefill + the stamped steps telescopes to last stamp - start, so it cannot fail.)"""
+    extra = min(job.generation // 2, n_positions - job.context - job.generation)
+    if extra < 4:  # too few tokens to time apart from the noise of two generations
+        return None
+    total = job.generation + extra
+    if isinstance(backend, SupportsReserve):
+        backend.reserve(len(prompt) + total - 1)
+    start = time.perf_counter()
+    longer = backend.generate(prompt, total)
+    outer = time.perf_counter() - start
+    slope = (outer - statistics.median(r.end_to_end_s for r in repeats)) / extra
+    times = list(longer.token_times)
+    stamped = (times[-1] - times[-1 - extra]) / extra
+    return abs(stamped - slope) / max(stamped, slope, 1e-9)
+
+
+def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None, seen):
     """Greedy generations until the stopping rule says enough; with a text prompt, its
     tokenization and the detokenization of the output are timed around each one."""
     repeats: list[measure.Repeat] = []
@@ -149,6 +232,7 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | 
         if text:
             decode_s.append(text.time_decode(generation.tokens))
         repeats.append(measure.Repeat(start, end, tuple(generation.token_times)))
+        seen.sample()  # every repeat is seen at least once, however short
         _check_same_tokens(tokens, generation.tokens, len(repeats))
         tokens = generation.tokens
         measured_s += end - start
@@ -175,23 +259,49 @@ def _check_same_tokens(earlier: list[int], tokens: list[int], repeat: int) -> No
         )
 
 
-def _roofline(
-    config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int], cache_dir: Path
-):
-    """Bytes read per token, the bandwidth bound, and how much of it this job reached."""
-    threads = _torch_threads()
-    bandwidth = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
-    if threads:
-        _size_torch_pool(threads)  # a measurement (not cached yet) used the whole CPU set
+def _bandwidth_now(job: JobSpec) -> dict | None:
+    """The CPU set's read bandwidth this minute, with the job's thread count (None: the
+    sweep asked for the host's cached figure)."""
+    if job.bandwidth != "fresh":
+        return None
+    return roofline.fresh_read_bandwidth(job.threads)
+
+
+BANDWIDTH_DRIFT = 0.10  # before and after a job may differ by this much
+
+
+def _roofline(config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int],
+              cache_dir: Path, job: JobSpec, before: dict | None, after: dict | None):  # fmt: skip
+    """Bytes read per token, the bandwidth bound, and how much of it this job reached:
+    against the mean of the bandwidth measured around the job, or the host's figure."""
+    flags = []
+    if before and after:
+        low, high = sorted((before["read_bytes_per_s"], after["read_bytes_per_s"]))
+        read, measured_at = (low + high) / 2, before["measured_at"]
+        if high > low * (1 + BANDWIDTH_DRIFT):
+            flags.append(f"bandwidth moved {high / low - 1:.0%} between before and after the job")
+    else:
+        threads = _torch_threads()
+        host = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
+        if threads:
+            _size_torch_pool(threads)  # a measurement (not cached yet) used the whole CPU set
+        read, measured_at = host["read_bytes_per_s"], host.get("measured_at")
     weight_bytes = roofline.weight_bytes_per_token(
         config, report.matmul_bytes, report.lm_head_bytes
     )
-    read = bandwidth["read_bytes_per_s"]
+    fraction = roofline_fraction(decode_tokens_per_s, read, weight_bytes)
+    if fraction is not None and fraction > 1:
+        flags.append(f"{fraction:.0%} of the roofline: weights partly served from the "
+                     "last-level cache, not DRAM")  # fmt: skip
     return {
         "weight_bytes_per_token": weight_bytes,
         "bandwidth_bytes_per_s": read,
+        "bandwidth_before_bytes_per_s": before["read_bytes_per_s"] if before else None,
+        "bandwidth_after_bytes_per_s": after["read_bytes_per_s"] if after else None,
+        "bandwidth_measured_at": measured_at,
         "roofline_tokens_per_s": roofline_tokens_per_s(read, weight_bytes),
-        "roofline_fraction": roofline_fraction(decode_tokens_per_s, read, weight_bytes),
+        "roofline_fraction": fraction,
+        "flags": flags,
     }
 
 

@@ -59,7 +59,7 @@ def serve(
     os.environ["OMP_NUM_THREADS"] = str(threads or len(cpu_set))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, FarmSettings()
-    CONTEXT.preload = preload
+    CONTEXT.preload, CONTEXT.cpus = preload, cpu_set
     _calibrate_bandwidth(cpu_set, cache_dir)
 
     stop = threading.Event()

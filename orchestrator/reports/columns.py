@@ -30,11 +30,14 @@ COLUMNS: tuple[Column, ...] = (
     Column("decode_ms_p90", "p90", "{:.2f}", 2),
     Column("decode_tokens_per_s", "tok/s", "{:.1f}", 0),
     Column("speedup", "speedup", "{:.2f}x", 0),
+    Column("speedup_spread", "spread", "{:.0%}", 1),  # of the within-round speedups
     Column("top1_agreement", "top-1", "{:.3f}", 0),
     Column("mean_kl", "KL", "{:.1e}", 0),
     Column("roofline_fraction", "roofline", "{:.0%}", 1),
     Column("e2e_s", "e2e s", "{:.3f}", 2),
     Column("cv", "cv", "{:.1%}", 2),
+    Column("flag_count", "flags", "{}", 2),  # `farm show` lists them
+    Column("rounds", "rounds", "{}", 2),
     Column("status", "status", "{}", 0),
     Column("key", "key", "{}", 1),  # what `farm show` takes
 )
@@ -60,6 +63,10 @@ def cell(row: dict[str, Any], column: Column) -> str:
         text += " noisy"
     if column.key == "status" and row.get("pinning_ok") is False:
         text += " (pinning!)"
+    if column.key == "speedup" and row.get("within_noise"):
+        text += "~"  # inside the sweep's measured noise floor
+    if column.key == "roofline_fraction" and value > 1:
+        text += "*"  # above the bound: weights partly served from the last-level cache
     return text
 
 

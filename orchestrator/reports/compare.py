@@ -1,6 +1,8 @@
 """`farm compare A B`: the same jobs in two sweeps, metric by metric, with a significance test.
 
-Jobs are matched by their key (a hash of the spec that leaves out the sweep name).
+Jobs are matched by their cell (a hash of the spec that leaves out the sweep name and
+the round); a cell measured in several rounds pools their samples. The speedup over the
+baseline, a ratio taken within each round, is compared too: it is what drifts least.
 A change counts as a regression or an improvement when it passes the threshold and
 the Mann-Whitney U test on the raw per-repeat samples says p < 0.05. With few samples
 the exact test cannot reach that at all (3 against 3 repeats: the smallest possible
@@ -11,6 +13,7 @@ as "-".
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +22,7 @@ from sqlalchemy.orm import Session
 from contract.figures import decode_tokens_per_s
 from contract.status import JobStatus
 from db.models import Sweep
-from orchestrator.reports.query import result_rows
+from orchestrator.reports.query import pooled_samples, result_rows
 
 # metric -> (raw sample key, higher is better)
 METRICS = {
@@ -116,10 +119,23 @@ def compare(
                 verdict = "improvement" if better else "regression"
             changes.append(Change(before["label"], _describe(before), metric, before[metric],
                                   after[metric], p_value, verdict))  # fmt: skip
+        changes += _speedup(before, after, threshold)
         changes += _fidelity(before, after, fidelity_threshold, kl_factor)
     only_a = [_describe(rows_a[k], label=True) for k in set(rows_a) - set(rows_b)]
     only_b = [_describe(rows_b[k], label=True) for k in set(rows_b) - set(rows_a)]
     return Comparison(changes, sorted(only_a), sorted(only_b), not_compared, newly_failed)
+
+
+def _speedup(before: dict, after: dict, threshold: float) -> list[Change]:
+    """The within-round speedup over the baseline (threshold only: one value per round)."""
+    pair = before["speedup"], after["speedup"]
+    if None in pair:
+        return []
+    ratio = pair[1] / pair[0]
+    verdict = "same"
+    if abs(ratio - 1) > threshold:
+        verdict = "improvement" if ratio > 1 else "regression"
+    return [Change(before["label"], _describe(before), "speedup", *pair, None, verdict)]
 
 
 def _fidelity(before: dict, after: dict, threshold: float, kl_factor: float) -> list[Change]:
@@ -156,10 +172,11 @@ def _describe(row: dict[str, Any], label: bool = False) -> str:
 
 
 def _samples(session: Session, sweeps: list[Sweep]) -> dict[tuple[int, str], dict]:
-    found = {}
-    for sweep in sweeps:
-        for job in sweep.jobs:
-            found[(sweep.id, job.key)] = job.result.samples if job.result else {}
+    """(sweep id, cell) -> the raw samples of every round of that cell."""
+    by_name = {sweep.name: sweep.id for sweep in sweeps}
+    found: dict[tuple[int, str], dict] = defaultdict(dict)
+    for (name, cell), samples in pooled_samples(sweeps).items():
+        found[(by_name[name], cell)] = samples
     return found
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import operator
 from collections import defaultdict
-from statistics import fmean
+from statistics import fmean, median
 from typing import Any
 
 from sqlalchemy import func, select
@@ -20,12 +20,13 @@ from orchestrator.reports.columns import resolve
 # Every figure a result stores, as a row column (None for a job without a result); the
 # raw samples, tokens and violations stay out of rows (`farm show` has them).
 NOT_IN_ROWS = {"id", "job_id", "environment_id", "worker", "cpus", "created_at", "samples",
-               "tokens", "pinning_violations", "load_extra"}  # fmt: skip
+               "tokens", "pinning_violations", "load_extra", "machine", "flags"}  # fmt: skip
 FIGURES = tuple(c.name for c in Result.__table__.columns if c.name not in NOT_IN_ROWS)
 
 
 EMPTY_ROW_KEYS = ("sweep", "key", "label", "backend", "context", "generation", "threads", "status",
-                  *FIGURES, "speedup", "host")  # fmt: skip
+                  *FIGURES, "speedup", "speedup_spread", "rounds", "flag_count",
+                  "host")  # fmt: skip
 
 
 class ReportError(LookupError):
@@ -66,7 +67,8 @@ def status_counts(session: Session, sweep: Sweep) -> dict[str, int]:
 
 
 def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[dict[str, Any]]:
-    """One dict per job: sweep, spec fields, figures (None when failed) and the speedup."""
+    """One dict per grid cell: sweep, spec fields, figures (None when failed) and the
+    speedup. A cell measured in several rounds is one row pooling them (`pool_rounds`)."""
     jobs = session.scalars(
         select(Job)
         .where(Job.sweep_id.in_([sweep.id for sweep in sweeps]))
@@ -75,6 +77,8 @@ def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[di
     ).all()
     rows = [job_row(job) for job in jobs]
     add_speedup(rows, baseline)
+    rows = pool_rounds(rows)
+    noise_floor(rows, baseline)
     return rows
 
 
@@ -91,10 +95,14 @@ def job_row(job: Job) -> dict[str, Any]:
         "status": job.status,
         "attempts": job.attempts,
         "error": (job.error or "").strip().splitlines()[-1] if job.error else None,
+        "cell": job.cell or job.key,
+        "round": job.round or 1,
     }
     for name in FIGURES:
         row[name] = getattr(result, name) if result else None
     row["pinning_ok"] = (not result.pinning_violations) if result else None
+    row["flags"] = list(result.flags or []) if result else []
+    row["flag_count"] = len(row["flags"]) if result else None
     row["host"] = result.environment.hostname if result else None
     row["cpus"] = result.cpus if result else None
     row["worker"] = result.worker if result else job.worker
@@ -102,10 +110,12 @@ def job_row(job: Job) -> dict[str, Any]:
 
 
 def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
-    """Decode tokens/s against the baseline backend's row in the same sweep and grid cell."""
+    """Decode tokens/s against the baseline backend's row in the same sweep, grid cell and
+    round: a ratio of two jobs measured minutes apart would measure the neighbours too."""
 
     def cell(row):
-        return (row["sweep"], row["context"], row["generation"], row["threads"], row["host"])
+        return (row["sweep"], row["context"], row["generation"], row["threads"], row["host"],
+                row["round"])  # fmt: skip
 
     done = [r for r in rows if r["status"] == JobStatus.DONE]
     reference = {cell(r): r for r in done if r["backend"] == baseline}
@@ -114,6 +124,88 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
         base = reference.get(cell(row))
         ok = base and row["decode_tokens_per_s"] and base["decode_tokens_per_s"]
         row["speedup"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"] if ok else None
+
+
+# figures that are the same in every round (measured in round 1 only) or not timings
+NOT_POOLED = {"repeats", "noisy", "remeasured", "artifact_built", "torch_threads"}
+
+
+def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rounds of each cell as one row: each figure the median of its rounds' figures
+    (fidelity, measured in round 1, is that round's), the speedup the median of the
+    within-round speedups, `speedup_spread` their (max - min) / median."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        cells[(row["sweep"], row["cell"])].append(row)
+    pooled = []
+    for group in cells.values():
+        group.sort(key=lambda r: r["round"])
+        pooled.append(_pooled(group))
+    return pooled
+
+
+def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
+    first = group[0]
+    done = [r for r in group if r["status"] == JobStatus.DONE]
+    if len(group) == 1:
+        return {**first, "rounds": 1, "speedup_spread": None, "round_speedups": []}
+    row = {**first, "rounds": len(done)}
+    row["status"] = JobStatus.DONE if done else first["status"]
+    unfinished = [r for r in group if r["status"] != JobStatus.DONE]
+    if done and unfinished:  # shown, not hidden: the pooled figures lack these rounds
+        row["error"] = f"{len(unfinished)} of {len(group)} rounds not done: " + ", ".join(
+            f"round {r['round']} {r['status']}" for r in unfinished)  # fmt: skip
+    for name in FIGURES:
+        values = [r[name] for r in done if r[name] is not None]
+        if name in NOT_POOLED or not all(isinstance(v, int | float) for v in values):
+            row[name] = values[0] if values else None
+        else:
+            row[name] = median(values) if values else None
+    row["noisy"] = any(r["noisy"] for r in done)
+    speedups = [r["speedup"] for r in done if r["speedup"] is not None]
+    row["round_speedups"] = speedups
+    row["speedup"] = median(speedups) if speedups else None
+    row["speedup_spread"] = ((max(speedups) - min(speedups)) / median(speedups)
+                             if len(speedups) > 1 else None)  # fmt: skip
+    row["pinning_ok"] = all(r["pinning_ok"] for r in done) if done else None
+    row["flags"] = [f"round {r['round']}: {flag}" for r in done for flag in r["flags"]]
+    row["flag_count"] = len(row["flags"]) if done else None
+    return row
+
+
+def pooled_samples(sweeps: list[Sweep]) -> dict[tuple[str, str], dict[str, list]]:
+    """(sweep name, cell) -> every round's raw samples of that cell, list by list."""
+    pooled: dict[tuple[str, str], dict[str, list]] = {}
+    for sweep in sweeps:
+        for job in sweep.jobs:
+            if job.result is None:
+                continue
+            into = pooled.setdefault((sweep.name, job.cell or job.key), {})
+            for name, values in (job.result.samples or {}).items():
+                into.setdefault(name, []).extend(values)
+    return pooled
+
+
+def noise_floor(rows: list[dict[str, Any]], baseline: str) -> dict[str, tuple[float, float]]:
+    """Per sweep with a control: the range of the control's within-round ratios to the
+    baseline. A speedup inside it is marked: the farm cannot tell it from noise."""
+    from orchestrator.sweep import control_label
+
+    floors: dict[str, list[float]] = defaultdict(list)
+    controls = {control_label(baseline), control_label(baseline.split("[")[0])}
+    for row in rows:
+        if row["label"] in controls and row["status"] == JobStatus.DONE:
+            floors[row["sweep"]] += row["round_speedups"] or (
+                [row["speedup"]] if row["speedup"] is not None else [])  # fmt: skip
+    found = {sweep: (min(values), max(values)) for sweep, values in floors.items() if values}
+    for row in rows:
+        floor = found.get(row["sweep"])
+        width = max(abs(floor[0] - 1), abs(floor[1] - 1)) if floor else None
+        row["within_noise"] = bool(
+            width is not None and row["speedup"] is not None and row["label"] not in controls
+            and abs(row["speedup"] - 1) <= width
+        )  # fmt: skip
+    return found
 
 
 OPERATORS = {  # longest first, so `<=` is not read as `<`

@@ -27,7 +27,9 @@ from orchestrator.reports.query import (
     find_sweep,
     find_sweeps,
     group_rows,
+    noise_floor,
     pivot,
+    pooled_samples,
     result_rows,
     sort_rows,
 )
@@ -42,7 +44,7 @@ class ReportRequest:
     where: list[str] = field(default_factory=list)
     group_by: str | None = None
     pivot: str | None = None
-    baseline: str = "hf"
+    baseline: str | None = None  # None: the sweeps' own baseline (hf unless they say)
     fmt: str = "table"
     columns: list[str] = field(default_factory=list)
     sort: list[str] = field(default_factory=list)
@@ -57,17 +59,22 @@ def report(
     What the reader should know but is not a result (no rows matched, what a pivot
     cell means) goes to `notes` (stderr)."""
     sweeps = find_sweeps(session, request.sweeps, every=request.every)
-    rows = result_rows(session, sweeps, request.baseline)
-    check_baseline(rows, request.baseline)
+    baseline = request.baseline or sweep_baseline(sweeps)
+    rows = result_rows(session, sweeps, baseline)
+    check_baseline(rows, baseline)
+    floors = noise_floor(rows, baseline)
     rows = apply_filters(rows, backends=request.backends, hosts=request.hosts, where=request.where)
     rows = sort_rows(rows, request.sort)
     names = _column_names(rows, request.columns)
-    title = "sweep " + ", ".join(s.name for s in sweeps)
+    title = "sweep " + ", ".join(s.name for s in sweeps) + "".join(
+        f"; {name}: noise floor {low:.2f}-{high:.2f}x ({baseline}-control/{baseline} within "
+        "rounds; ~ marks a speedup inside it)" for name, (low, high) in floors.items()
+    )  # fmt: skip
     if not rows:
         notes.print("no jobs match; drop a filter (--backend, --host, --where) to see more",
                     highlight=False)  # fmt: skip
     if request.fmt == "html":
-        figures = draw(session, sweeps, rows, request.baseline)
+        figures = draw(session, sweeps, rows, baseline)
         images = {name: (caption, png) for name, (png, caption) in figures.items() if png}
         skipped = [f"not drawn: {name}: {why}" for name, (png, why) in figures.items() if not png]
         sections = list(group_rows(rows, request.group_by).items())
@@ -131,11 +138,15 @@ def provenance(sweeps: list[Sweep]) -> list[tuple[str, str]]:
     ]  # fmt: skip
 
 
+def sweep_baseline(sweeps: list[Sweep]) -> str:
+    """The baseline the sweeps name (the first that names one), else transformers eager."""
+    return next((s.baseline for s in sweeps if s.baseline), "hf")
+
+
 def draw(session: Session, sweeps: list[Sweep], rows, baseline: str):
     """Every figure; with several sweeps each backend is drawn once per sweep
     ("sweep: label"), so two runs of one backend are never averaged together."""
-    samples = {f"{s.name}/{job.key}": job.result.samples
-               for s in sweeps for job in s.jobs if job.result}  # fmt: skip
+    samples = {f"{name}/{cell}": found for (name, cell), found in pooled_samples(sweeps).items()}
     several = len(sweeps) > 1
     rows = [
         {**row, "key": f"{row['sweep']}/{row['key']}",
@@ -146,10 +157,11 @@ def draw(session: Session, sweeps: list[Sweep], rows, baseline: str):
 
 
 def write_plots(
-    session: Session, sweep_names: list[str], every: bool, out: Path, baseline: str
+    session: Session, sweep_names: list[str], every: bool, out: Path, baseline: str | None
 ) -> list[str]:
     """Write each figure as DIR/NAME.png; return one line per figure (written or skipped)."""
     sweeps = find_sweeps(session, sweep_names, every=every)
+    baseline = baseline or sweep_baseline(sweeps)
     rows = result_rows(session, sweeps, baseline)
     check_baseline(rows, baseline)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,37 @@
+"""What software a result was measured with: library versions and whistle-stop's own
+source. Both sides compute it alike: a worker records it on every result, and `farm
+submit` compares the done jobs' records with its own before it skips them as done."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from importlib import metadata
+from pathlib import Path
+
+LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "celery", "whistle-stop")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("backends", "cli", "contract", "db", "executors", "orchestrator", "worker")
+
+
+def library_versions() -> dict[str, str | None]:
+    return {name: _version(name) for name in LIBRARIES}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def source_hash() -> str:
+    """A hash of whistle-stop's own Python source as it is on disk: two workers with the
+    same hash ran the same code, committed or not."""
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]

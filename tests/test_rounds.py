@@ -1,0 +1,134 @@
+"""Interleaved rounds: every cell once per round, each round shuffled, rounds never
+overlapping; reports pool the rounds and take speedups within each round."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import pytest
+from rich.console import Console
+from sqlalchemy import func, select
+
+from db.models import Job, Sweep
+from db.session import make_session_factory
+from executors.base import Started, outcome
+from orchestrator.dispatch import run_sweep
+from orchestrator.reports.query import result_rows
+from orchestrator.store import Store
+from orchestrator.sweep import SweepError, parse_sweep
+from tests.test_report import payload
+
+GRID = """
+backends: [hf, onnx, {name: onnx, quantize: int8}]
+context_sizes: [32, 128]
+generation_lengths: [16]
+threads: [2]
+"""
+
+
+def plan(extra: str = "", name: str = "r"):
+    return parse_sweep(GRID + extra, origin="s.yaml", default_name=name)
+
+
+def test_one_round_keeps_the_grid_order_and_the_keys_of_before():
+    jobs = plan().jobs
+    assert [j.round for j in jobs] == [1] * 6
+    assert all(j.key == j.cell for j in jobs)
+    assert [j.label for j in jobs][:2] == ["hf", "hf"]
+
+
+def test_each_round_runs_every_cell_once_in_its_own_seeded_order():
+    jobs = plan("rounds: 3\n").jobs
+    rounds = [[j for j in jobs if j.round == n] for n in (1, 2, 3)]
+    cells = [sorted(j.cell for j in r) for r in rounds]
+    assert cells[0] == cells[1] == cells[2] and len(cells[0]) == 6
+    orders = [[j.cell for j in r] for r in rounds]
+    assert len({tuple(o) for o in orders}) > 1, "three rounds in one order: not shuffled"
+    assert len({j.key for j in jobs}) == 18  # a job per cell and round
+    assert [j.key for j in plan("rounds: 3\n").jobs] == [j.key for j in jobs]  # seeded
+    assert [j.key for j in plan("rounds: 3\nseed: 1\n").jobs] != [j.key for j in jobs]
+
+
+def test_control_copies_the_baseline_under_its_own_label():
+    labels = Counter(j.label for j in plan("control: true\n").jobs)
+    assert labels["hf-control"] == labels["hf"] == 2
+    with pytest.raises(SweepError, match="control: true copies the baseline 'tgi'"):
+        plan("control: true\nbaseline: tgi\n")
+
+
+class RoundWatcher:
+    """An executor that checks, each time it is handed jobs, that every job of an earlier
+    round is stored already; its results follow SPEED with a drift that moves each round."""
+
+    detached = False
+
+    def __init__(self, store: Store, drift: dict[int, float]) -> None:
+        self.store, self.drift, self.handed = store, drift, []
+
+    async def run(self, sweep, jobs, *, wait=True):
+        number = jobs[0].round
+        assert {j.round for j in jobs} == {number}, "a round handed over mixed with another"
+        with self.store.sessions() as session:
+            earlier = select(func.count()).where(Job.round < number, Job.status != "done")
+            assert session.scalar(earlier) == 0, "a round started before the last was stored"
+        self.handed.append((number, len(jobs)))
+        for job in jobs:
+            yield [Started(job.id, "w")]
+            spec = job.spec
+            label = "hf" if spec["label"] == "hf-control" else spec["label"]
+            result = payload(label, spec["context"], spec["generation"], self.drift[number])
+            yield [outcome(job.id, result)]
+
+    async def follow(self, sweep, jobs, *, wait):
+        return
+        yield
+
+
+def test_rounds_run_one_after_another_and_pool_into_one_row_per_cell(tmp_path):
+    sessions = make_session_factory(str(tmp_path / "farm.db"))
+    store = Store(sessions)
+    executor = RoundWatcher(store, drift={1: 1.0, 2: 1.6, 3: 0.7})  # the machine drifts
+    swept = plan("rounds: 3\ncontrol: true\n")
+    summary = asyncio.run(run_sweep(swept, store, executor, Console(quiet=True)))
+    assert summary.done == 24 and executor.handed == [(1, 8), (2, 8), (3, 8)]
+    with sessions() as session:
+        rows = result_rows(session, list(session.scalars(select(Sweep))), "hf")
+    assert len(rows) == 8  # 4 backends (control included) x 2 contexts
+    int8 = next(r for r in rows if r["label"] == "onnx[quantize=int8]" and r["context"] == 32)
+    assert int8["rounds"] == 3
+    # absolute speed moved 2.3x between rounds; the within-round ratio did not
+    assert int8["round_speedups"] == pytest.approx([4.0, 4.0, 4.0])
+    assert int8["speedup"] == pytest.approx(4.0) and int8["speedup_spread"] == pytest.approx(0)
+    assert int8["decode_tokens_per_s"] == pytest.approx(100.0)  # the median round
+    assert not int8["within_noise"]
+
+
+def test_a_speedup_inside_the_control_spread_is_marked(tmp_path):
+    sessions = make_session_factory(str(tmp_path / "farm.db"))
+    store = Store(sessions)
+    swept = plan("rounds: 2\ncontrol: true\n")
+    for job in store.record_sweep(swept).to_run:
+        spec = job.spec
+        label = "hf" if spec["label"] == "hf-control" else spec["label"]
+        # the control ran 4% slow in round 2: the farm's noise floor is 0.96-1.00
+        slowdown = 1.04 if spec["label"] == "hf-control" and job.round == 2 else 1.0
+        if label == "onnx[quantize=int8]":
+            slowdown = 4 / 1.02  # 1.02x hf: inside the noise floor
+        store.apply(outcome(job.id, payload(label, spec["context"], spec["generation"], slowdown)))
+    with sessions() as session:
+        rows = result_rows(session, list(session.scalars(select(Sweep))), "hf")
+    control = [r for r in rows if r["label"] == "hf-control"]
+    assert sorted(control[0]["round_speedups"]) == pytest.approx([1 / 1.04, 1.0])
+    int8 = [r for r in rows if r["label"] == "onnx[quantize=int8]"]
+    assert all(r["speedup"] == pytest.approx(1.02) and r["within_noise"] for r in int8)
+    onnx = [r for r in rows if r["label"] == "onnx"]
+    assert all(r["speedup"] == pytest.approx(2.0) and not r["within_noise"] for r in onnx)
+    assert not any(r["within_noise"] for r in control)  # the control is the floor itself
+
+
+def test_unfinished_jobs_of_rounds_not_started_are_not_followed(tmp_path):
+    store = Store(make_session_factory(str(tmp_path / "farm.db")))
+    store.record_sweep(plan("rounds: 2\n"))
+    # round 2 waits for a submit to start it: `farm collect` must not wait for it forever
+    assert {job.round for job in store.unfinished("r")} == {1}
