@@ -25,9 +25,12 @@ quick: setup
 	$(BIN)/farm submit --grid examples/quick.yaml
 	$(BIN)/farm report --sweep quick
 
-# The tests' own backends (tests/plugin) are installed the way a user's plugin would be.
+# The tests' own backends (tests/plugin) are installed the way a user's plugin would be,
+# and the engines whose wheels are quick to install (llama.cpp builds from source: its
+# tests run when `pip install -e '.[llama-cpp]'` was done by hand).
 $(VENV)/.test-plugin: $(VENV)/.installed tests/plugin/pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e tests/plugin
+	$(BIN)/python -m pip install --quiet -e '.[dev,ctranslate2]'
 	touch $@
 
 test: setup $(VENV)/.test-plugin

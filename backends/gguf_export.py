@@ -1,5 +1,4 @@
-"""llama.cpp as a peer: our GPT-2 checkpoint written as GGUF, quantized to q8_0, run by
-llama-cpp-python (`pip install llama-cpp-python gguf`; pip builds llama.cpp from source).
+"""Our GPT-2 checkpoint as a GGUF file for llama.cpp, and llama.cpp's quantizer.
 
 llama.cpp's own converter (convert_hf_to_gguf.py) is not in the wheel and wants a real
 BPE tokenizer, which random weights do not come with. So the GGUF is written here with
@@ -12,9 +11,7 @@ token ids cross into llama.cpp, so the vocabulary's text never matters, and the 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -86,55 +83,22 @@ def _add_vocabulary(writer, vocab_size: int) -> None:
     writer.add_eos_token_id(vocab_size - 1)
 
 
-def quantize_q8_0(source: Path, out: Path) -> Path:
+# the quantization types the `llama-cpp` backend offers, as llama.cpp's file types
+QUANT_FTYPES = {
+    "f16": "LLAMA_FTYPE_MOSTLY_F16",
+    "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+    "q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+}
+
+
+def quantize(source: Path, out: Path, quant: str, threads: int = 2) -> Path:
+    """`source` (a float32 GGUF) quantized by llama.cpp's own llama_model_quantize."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0
-    params.nthread = 2
+    params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
+    params.nthread = threads
     if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
-        raise RuntimeError(f"llama_model_quantize failed for {source}")
+        raise RuntimeError(f"llama_model_quantize to {quant} failed for {source}")
     return out
-
-
-class LlamaCpp:
-    """A GGUF model in llama.cpp: greedy decoding with our own argmax over its logits,
-    one token per llama_decode, like our backends' loop."""
-
-    def __init__(self, gguf_path: Path, threads: int, context: int = 1024) -> None:
-        import llama_cpp
-        from llama_cpp import Llama
-
-        self.path, self.threads, self.context = gguf_path, threads, context
-        self._logits_ith = llama_cpp.llama_get_logits_ith  # looked up once, not per token
-        self.llm = Llama(str(gguf_path), n_ctx=context, n_batch=context, n_threads=threads,
-                         n_threads_batch=threads, verbose=False)  # fmt: skip
-        self.vocab = self.llm.n_vocab()
-        self.forced = None  # a second context that keeps every position's logits, on demand
-
-    def _last_logits(self) -> np.ndarray:
-        row = self._logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(ctypes.cast(row, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(self.vocab,))  # fmt: skip
-
-    def generate(self, prompt: list[int], new_tokens: int) -> tuple[list[int], list[float]]:
-        self.llm.reset()
-        self.llm.eval(prompt)
-        tokens, times = [], []
-        for _ in range(new_tokens):
-            token = int(np.argmax(self._last_logits()))
-            tokens.append(token)
-            times.append(time.perf_counter())
-            if len(tokens) < new_tokens:
-                self.llm.eval([token])
-        return tokens, times
-
-    def teacher_forced_logits(self, prompt: list[int], continuation: list[int]) -> np.ndarray:
-        from llama_cpp import Llama
-
-        if self.forced is None:
-            self.forced = Llama(str(self.path), n_ctx=self.context, n_batch=self.context,
-                                n_threads=self.threads, logits_all=True, verbose=False)  # fmt: skip
-        self.forced.reset()
-        self.forced.eval(prompt + continuation[:-1])
-        return np.array(self.forced.scores[len(prompt) - 1 : len(prompt) + len(continuation) - 1])
