@@ -267,16 +267,25 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
     """Every round of the grid, in the order the jobs run.
 
     One round keeps the grid's order. With several, each round is shuffled with its own
-    seed (`round_order_seed`), so no backend always runs first, or right after another.
+    seed (`round_order_seed`): the grid cells in a random order, and within each cell its
+    backends in a random order, one after another. So no backend always runs first, or
+    right after another, and a backend and its baseline run seconds apart, not minutes:
+    on a shared machine the speed of memory moves within minutes.
     """
     grid = _grid(sweep)
     if sweep.rounds == 1:
         return grid
+    cells: dict[tuple, list[JobSpec]] = {}
+    for job in grid:
+        cells.setdefault((job.context, job.generation, job.threads, job.tokenizer), []).append(job)
     jobs: list[JobSpec] = []
     for number in range(1, sweep.rounds + 1):
-        order = list(grid)
-        random.Random(round_order_seed(sweep.seed, number)).shuffle(order)
-        jobs += [dataclasses.replace(job, round=number) for job in order]
+        shuffle = random.Random(round_order_seed(sweep.seed, number)).shuffle
+        order = [list(backends) for backends in cells.values()]
+        shuffle(order)
+        for backends in order:
+            shuffle(backends)
+            jobs += [dataclasses.replace(job, round=number) for job in backends]
     return tuple(jobs)
 
 

@@ -48,6 +48,9 @@ def test_each_round_runs_every_cell_once_in_its_own_seeded_order():
     assert len({j.key for j in jobs}) == 18  # a job per cell and round
     assert [j.key for j in plan("rounds: 3\n").jobs] == [j.key for j in jobs]  # seeded
     assert [j.key for j in plan("rounds: 3\nseed: 1\n").jobs] != [j.key for j in jobs]
+    for ran in rounds:  # a cell's backends run one after another: their ratio is of one minute
+        contexts = [j.context for j in ran]
+        assert contexts == sorted(contexts, key=contexts.index), contexts
 
 
 def test_control_copies_the_baseline_under_its_own_label():
