@@ -31,6 +31,7 @@ class LocalWorker:
     def __init__(self, name: str, cpus: list[int], cache_dir: Path, log_dir: Path) -> None:
         self.name, self.cpus, self.cache_dir, self.log_dir = name, cpus, cache_dir, log_dir
         self.process: asyncio.subprocess.Process | None = None
+        self.log_offset = 0
 
     @property
     def log_path(self) -> Path:
@@ -39,6 +40,7 @@ class LocalWorker:
     async def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
+        self.log_offset = log.tell()  # this job's stderr starts here
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker.local",
             "--cpus", format_cpu_list(self.cpus),
@@ -74,9 +76,22 @@ class LocalWorker:
             except MalformedPayloadError as error:
                 return self._failed(f"worker process {self.name} answered nonsense: {error}")
         code = await self.process.wait()
-        return self._failed(
-            f"worker process {self.name} died during the job ({_exit(code)}); see {self.log_path}"
+        return self._failed(  # the last line is what a report shows; farm show has the rest
+            f"{self._last_words()}worker process {self.name} died during the job "
+            f"({_exit(code)}); see {self.log_path}"
         )
+
+    def _last_words(self, lines: int = 5) -> str:
+        """The end of what the dead process wrote to stderr during this job (an engine
+        that crashes in C often says why just before)."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                text = log.read()[-4096:].decode(errors="replace")
+        except OSError:
+            return ""
+        said = [line for line in text.splitlines() if line.strip()][-lines:]
+        return "".join(f"stderr: {line}\n" for line in said)
 
     def _failed(self, error: str) -> ResultPayload:
         return ResultPayload.failed(self.name, error, cpus=format_cpu_list(self.cpus))
