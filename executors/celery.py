@@ -264,7 +264,9 @@ class LeaseWatch:
                 pipe.get(attempts_key(task_id)).exists(lease_key(task_id)).exists(done_key(task_id))
             replies = await pipe.execute()
         events: list[Event] = []
-        first_look, self.running = self.running is None, self.running or set()
+        first_look = self.running is None
+        if self.running is None:
+            self.running = set()
         for index, job in enumerate(jobs):
             attempts, leased, done = replies[3 * index : 3 * index + 3]
             started = int(attempts or 0)
