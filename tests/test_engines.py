@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib import metadata
 
+import numpy as np
 import pytest
 
 from backends import registry
@@ -30,6 +31,20 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
     message = str(caught.value)
     assert "\n" not in message and "pip install -e '.[no-such-engine]'" in message
     registry.check_extra("hf")  # a built-in path is not imported, let alone refused
+
+
+def test_the_embedded_pool_refuses_an_engine_it_lacks_before_writing(monkeypatch, tmp_path):
+    from tests.test_submit import farm, write_sweep
+
+    missing = BackendEntry("whistle_stop_no_such_engine:Engine", registry.opts.BackendOptions,
+                           "an engine", extra="no-such-engine")  # fmt: skip
+    monkeypatch.setitem(registry.BUILTIN, "phantom", missing)
+    grid = write_sweep(tmp_path / "e.yaml", "backends: [hf, phantom]\n")
+    db = tmp_path / "farm.db"
+    result = farm("submit", "--grid", str(grid), "--db", str(db))
+    assert result.exit_code == 2 and not db.exists()
+    [line] = result.output.strip().splitlines()
+    assert "backend 'phantom' needs the 'no-such-engine' extra" in line
 
 
 @pytest.mark.slow
@@ -60,3 +75,46 @@ def test_the_engine_extras_keep_the_versions_the_rest_runs_with():
             continue
         name = line.split(";")[0].strip().lower()
         assert not name.startswith(("torch", "transformers", "optimum")), line
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path):
+    """The GGUF written from our weights computes what transformers computes, and q8_0 is
+    close but not identical: what makes llama.cpp a fair entry in the grid."""
+    pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
+    from backends import registry as backends
+
+    hf = backends.create("hf", tiny_model, {"dtype": "float32"}, 1, tmp_path)
+    prompt = [5, 9, 1, 3, 7, 11]
+    ref_tokens = hf.generate(prompt, 12).tokens
+    ref_logits = hf.teacher_forced_logits(prompt, ref_tokens)
+    scale = np.abs(ref_logits).max()
+
+    f32 = backends.create("llama-cpp", tiny_model, {"quant": "f32"}, 1, tmp_path)
+    generation = f32.generate(prompt, 12)
+    assert generation.tokens == ref_tokens and len(generation.token_times) == 12
+    logits = f32.teacher_forced_logits(prompt, ref_tokens)
+    np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4 * scale)
+    assert f32.load_report.artifact_built and "AVX" in f32.load_report.extra["system_info"]
+
+    q8_0 = backends.create("llama-cpp", tiny_model, {"quant": "q8_0"}, 1, tmp_path)
+    assert q8_0.load_report.artifact_bytes < f32.load_report.artifact_bytes / 2
+    error = np.abs(q8_0.teacher_forced_logits(prompt, ref_tokens) - ref_logits).max() / scale
+    assert 0 < error < 0.05  # quantized: close, and not bit-identical
+
+
+@pytest.mark.slow
+def test_a_crashing_engine_is_one_failed_job_and_the_sweep_goes_on(tmp_path, tiny_model):
+    """Every job is its own process: an engine that dies (llama.cpp's SIGILL on some
+    AMX VMs) fails its job with the signal and its last words, and the next job runs."""
+    from tests.test_submit import farm, write_sweep
+
+    grid = write_sweep(tmp_path / "crash.yaml", f"model: {tiny_model}\nbackends:\n"
+                       "  - {name: fault, mode: crash}\n  - {name: fault, mode: ok}\n"
+                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
+                       "bandwidth: host\n")  # fmt: skip
+    db = tmp_path / "farm.db"
+    result = farm("submit", "--grid", str(grid), "--db", str(db), "--cache-dir", str(tmp_path))
+    assert result.exit_code == 3
+    assert "died during the job (killed by SIGKILL)" in result.output
+    assert "1 done, 1 failed" in result.output

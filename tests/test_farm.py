@@ -526,3 +526,23 @@ def test_workers_on_two_hosts_reach_the_broker_over_the_network(tmp_path, tiny_m
         if farm is not None:
             farm.close()
         hosts.remove()
+
+
+def test_rounds_run_on_celery_workers_one_round_after_another(farm):
+    """The rounds loop sits above the executor seam: Celery runs it as the embedded pool
+    does, a round published whole once the one before is stored."""
+    farm.worker("0", "w0")
+    if TWO_CPUS:
+        farm.worker("1", "w1")
+    text = json.loads(farm.sweep([ok("a"), ok("b")]).read_text()) | {"rounds": 2}
+    grid = farm.tmp / "rounds.yaml"
+    grid.write_text(json.dumps(text))
+    output = farm.run(grid)
+    assert "round 1 of 2: 2 job(s)" in output and "round 2 of 2: 2 job(s)" in output
+    rows = farm.jobs()
+    assert sorted((job.round, job.position) for job, _ in rows) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    assert_exactly_one_result_each(farm)
+    refused = subprocess.run([FARM, "submit", "--grid", str(grid), "--broker", farm.redis.url(),
+                              "--db", str(farm.db), "--no-wait", "--rerun"],
+                             capture_output=True, text=True, env=farm.env, cwd=ROOT)  # fmt: skip
+    assert refused.returncode == 2 and "drop --no-wait" in refused.stderr

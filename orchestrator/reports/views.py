@@ -67,8 +67,9 @@ def report(
     rows = sort_rows(rows, request.sort)
     names = _column_names(rows, request.columns)
     title = "sweep " + ", ".join(s.name for s in sweeps) + "".join(
-        f"; {name}: noise floor {low:.2f}-{high:.2f}x ({baseline}-control/{baseline} within "
-        "rounds; ~ marks a speedup inside it)" for name, (low, high) in floors.items()
+        f"; {name + ': ' if len(sweeps) > 1 else ''}noise floor {low:.2f}-{high:.2f}x "
+        f"({baseline}-control/{baseline} within rounds; ~: inside it)"
+        for name, (low, high) in floors.items()
     )  # fmt: skip
     if not rows:
         notes.print("no jobs match; drop a filter (--backend, --host, --where) to see more",
