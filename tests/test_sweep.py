@@ -91,7 +91,10 @@ def test_malformed_job_spec_is_rejected(bad):
         ),
         ("backends: [hf]\nthreads: [-2]", "threads.0: Input should be greater than 0"),
         ("backends: []", "backends: List should have at least 1 item"),
-        ("backends: [gpt5-turbo]", "unknown backend 'gpt5-turbo'; known backends: ctranslate2, fault, hf, "),
+        (
+            "backends: [gpt5-turbo]",
+            "unknown backend 'gpt5-turbo'; known backends: ctranslate2, fault, hf, ",
+        ),
         (
             "backends: [{name: hf, precision: int8}]",
             "unknown option 'precision' for backend 'hf'; valid options: dtype",
