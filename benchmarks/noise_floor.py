@@ -8,6 +8,7 @@ number of rounds, then prints per cell and sweep:
 
     .venv/bin/python benchmarks/noise_floor.py examples/quick.yaml --sweeps 3 --rounds 3
     .venv/bin/python benchmarks/noise_floor.py examples/quick.yaml --sweeps 3 --rounds 1  # sequential
+    .venv/bin/python benchmarks/noise_floor.py examples/quick.yaml --set min_duration_s=3
     .venv/bin/python benchmarks/noise_floor.py examples/fastest.yaml --best onnx-int4-all \
         --backends hf,onnx-int4-all,onnx-int8-all --contexts 128
 
@@ -37,6 +38,9 @@ def sweep_file(source: Path, args, index: int, directory: Path) -> Path:
         data["backends"] = [b for b in data["backends"] if _label(b) in wanted]
     if args.contexts:
         data["context_sizes"] = [int(c) for c in args.contexts.split(",")]
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        data[key] = yaml.safe_load(value)
     path = directory / f"nf{index}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -58,6 +62,8 @@ def main() -> None:
     parser.add_argument("--best", default=None, help="a label whose speedup to follow")
     parser.add_argument("--backends", default=None, help="only these labels (comma-separated)")
     parser.add_argument("--contexts", default=None, help="only these contexts")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a sweep key, e.g. --set min_duration_s=3")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="noise-floor-"))
