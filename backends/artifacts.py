@@ -8,9 +8,12 @@ name and only renamed into place when complete.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
@@ -42,6 +45,24 @@ def build_once(final: Path, build: Callable[[Path], None]) -> bool:
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@dataclass
+class Cached:
+    path: Path  # the artifact's directory
+    built: bool  # built by this call (False: reused)
+    build_s: float | None  # how long building took (None: reused)
+
+
+def cached_artifact(cache_dir: Path, name: str, parts: list, build: Callable[[Path], None]):
+    """The artifact `name`-KEY under cache_dir/artifacts, KEY a hash of `parts` (the
+    inputs that shape it: weights digest, tool versions, options, builder source), built
+    once by `build(tmp_dir)` and timed."""
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+    final = cache_dir / "artifacts" / f"{name}-{key}"
+    started = time.perf_counter()
+    built = build_once(final, build)
+    return Cached(final, built, time.perf_counter() - started if built else None)
 
 
 def source_digest(*modules: str) -> str:

@@ -12,7 +12,7 @@ teacher-forced logits come from one `forward_batch` over prompt + continuation.
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import shutil
 import time
@@ -22,7 +22,7 @@ from pathlib import Path
 import ctranslate2
 import numpy as np
 
-from backends.artifacts import build_once, dir_bytes, source_digest
+from backends.artifacts import cached_artifact, dir_bytes, source_digest
 from backends.base import Generation, LoadReport
 from backends.options import CTranslate2Options
 from backends.weights import weights_digest
@@ -45,18 +45,16 @@ class CTranslate2Backend:
         version = metadata.version("ctranslate2")
         parts = [weights_digest(model_dir, cache_dir), version, options.compute_type,
                  source_digest("backends.ct2")]  # fmt: skip
-        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-        final = cache_dir / "artifacts" / f"ct2-{options.compute_type}-{key}"
-        started = time.perf_counter()
-        built = build_once(final, lambda out: _convert(model_dir, out, options.compute_type))
-        self.generator = ctranslate2.Generator(str(final), device="cpu",
+        convert = functools.partial(_convert, model_dir, compute_type=options.compute_type)
+        artifact = cached_artifact(cache_dir, f"ct2-{options.compute_type}", parts, convert)
+        self.generator = ctranslate2.Generator(str(artifact.path), device="cpu",
                                                compute_type=options.compute_type,
                                                intra_threads=threads, inter_threads=1)  # fmt: skip
         width = WEIGHT_BYTES[options.compute_type]
         self.load_report = LoadReport(
-            artifact_built=built,
-            artifact_build_s=time.perf_counter() - started if built else None,
-            artifact_bytes=dir_bytes(final),
+            artifact_built=artifact.built,
+            artifact_build_s=artifact.build_s,
+            artifact_bytes=dir_bytes(artifact.path),
             matmul_bytes=width,
             lm_head_bytes=width,
             extra={

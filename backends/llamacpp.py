@@ -13,8 +13,6 @@ llama.cpp's system-info line (which SIMD paths its kernels were built with) is r
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import time
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +21,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import Llama
 
-from backends.artifacts import build_once, source_digest
+from backends.artifacts import cached_artifact, source_digest
 from backends.base import Generation, LoadReport
 from backends.config import ModelConfig
 from backends.gguf_export import quantize, write_gguf
@@ -46,16 +44,16 @@ class LlamaCppBackend:
         version = metadata.version("llama_cpp_python")
         parts = [weights_digest(model_dir, cache_dir), version,
                  source_digest("backends.gguf_export")]  # fmt: skip
-        key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-        started = time.perf_counter()
-        f32 = cache_dir / "artifacts" / f"gguf-f32-{key}"
-        built = build_once(f32, lambda out: write_gguf(model_dir, out / "model.gguf"))
-        path = f32 / "model.gguf"
+        f32 = cached_artifact(cache_dir, "gguf-f32", parts,
+                              lambda out: write_gguf(model_dir, out / "model.gguf"))  # fmt: skip
+        built, build_s, path = f32.built, f32.build_s or 0.0, f32.path / "model.gguf"
         if options.quant != "f32":
-            final = cache_dir / "artifacts" / f"gguf-{options.quant}-{key}"
-            built |= build_once(final, lambda out: quantize(path, out / "model.gguf",
-                                                            options.quant, threads))  # fmt: skip
-            path = final / "model.gguf"
+            quantized = cached_artifact(
+                cache_dir, f"gguf-{options.quant}", [*parts, options.quant],
+                lambda out: quantize(path, out / "model.gguf", options.quant, threads),
+            )  # fmt: skip
+            built, build_s = built or quantized.built, build_s + (quantized.build_s or 0.0)
+            path = quantized.path / "model.gguf"
         self.path, self.threads = path, threads
         self.positions = ModelConfig.from_dir(model_dir).n_positions
         self.flash_attn = options.flash_attn
@@ -66,7 +64,7 @@ class LlamaCppBackend:
         system_info = llama_cpp.llama_print_system_info().decode().strip()
         self.load_report = LoadReport(
             artifact_built=built,
-            artifact_build_s=time.perf_counter() - started if built else None,
+            artifact_build_s=build_s if built else None,
             artifact_bytes=path.stat().st_size,
             matmul_bytes=MATMUL_BYTES[options.quant],
             lm_head_bytes=HEAD_BYTES[options.quant],

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from backends.artifacts import build_once
+from contract.provenance import library_versions
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
@@ -23,13 +23,8 @@ Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 def _reference_versions() -> list[str | None]:
     """The libraries the reference is computed with: part of its cache key, so an upgraded
     torch or transformers computes a new reference instead of reusing the old one."""
-    found = []
-    for name in ("torch", "transformers"):
-        try:
-            found.append(metadata.version(name))
-        except metadata.PackageNotFoundError:
-            found.append(None)
-    return found
+    versions = library_versions()
+    return [versions["torch"], versions["transformers"]]
 
 
 def reference(

@@ -58,7 +58,7 @@ class Observer:
     def __enter__(self) -> Observer:
         self.started = time.perf_counter()
         self.cpu_start = _cpu_ticks()
-        self.threads_start = _threads(switches=True)
+        self.threads_start = _threads()
         self.faults_start = _major_faults()
         self.sampler = threading.Thread(target=self._run, name="ws-observer", daemon=True)
         self.sampler.start()
@@ -85,7 +85,7 @@ class Observer:
         self.sampler.join()
         self.sample()
         wall = time.perf_counter() - self.started
-        threads_end = _threads(switches=True)
+        threads_end = _threads()
         cpu_end = _cpu_ticks()
         own = getattr(self, "own", None)
         # threads that ended during the region are known from the samples only
@@ -162,13 +162,13 @@ def _last_cpus() -> dict[int, tuple[str, int, float]]:
     return seen
 
 
-def _threads(*, switches: bool) -> dict[int, ThreadTimes]:
+def _threads() -> dict[int, ThreadTimes]:
     tick = os.sysconf("SC_CLK_TCK")
     threads = {}
     for task in Path("/proc/self/task").iterdir():
         try:
             stat = (task / "stat").read_text()
-            status = (task / "status").read_text() if switches else ""
+            status = (task / "status").read_text()
         except OSError:
             continue
         rest = _fields(stat)

@@ -130,7 +130,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     report = backend.load_report
     summary = measure.summarize(repeats, job.noise_threshold)
     roofline_figures = _roofline(config, report, summary["decode_tokens_per_s"], cpus, cache_dir,
-                                 job, before, after)  # fmt: skip
+                                 before, after)  # fmt: skip
     flags += roofline_figures.pop("flags")
     figures.update(roofline_figures)
     return Metrics(
@@ -285,7 +285,7 @@ BANDWIDTH_DRIFT = 0.10  # before and after a job may differ by this much
 
 
 def _roofline(config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int],
-              cache_dir: Path, job: JobSpec, before: dict | None, after: dict | None):  # fmt: skip
+              cache_dir: Path, before: dict | None, after: dict | None):  # fmt: skip
     """Bytes read per token, the bandwidth bound, and how much of it this job reached:
     against the mean of the bandwidth measured around the job, or the host's figure."""
     flags = []

@@ -192,7 +192,7 @@ def noise_floor(rows: list[dict[str, Any]], baseline: str) -> dict[str, tuple[fl
     from orchestrator.sweep import control_label
 
     floors: dict[str, list[float]] = defaultdict(list)
-    controls = {control_label(baseline), control_label(baseline.split("[")[0])}
+    controls = {control_label(baseline)}
     for row in rows:
         if row["label"] in controls and row["status"] == JobStatus.DONE:
             floors[row["sweep"]] += row["round_speedups"] or (
