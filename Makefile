@@ -30,7 +30,7 @@ quick: setup
 # tests run when `pip install -e '.[llama-cpp]'` was done by hand).
 $(VENV)/.test-plugin: $(VENV)/.installed tests/plugin/pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e tests/plugin
-	$(BIN)/python -m pip install --quiet -e '.[dev,ctranslate2]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ctranslate2,openvino]'
 	touch $@
 
 test: setup $(VENV)/.test-plugin

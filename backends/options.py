@@ -100,3 +100,28 @@ class LlamaCppOptions(BackendOptions):
 
     quant: Literal["f32", "f16", "q8_0", "q4_0", "q4_K_M"] = "q8_0"
     flash_attn: bool = False
+
+
+class OpenVINOOptions(BackendOptions):
+    """`weights`: NNCF weight compression of the converted model (f32: none; int8 per
+    channel; int4 in groups of `group_size`, -1 for per channel, with the embedding and head
+    kept in int8 unless `all_layers`); `precision`: the CPU plugin's inference precision;
+    `runner`: OpenVINO GenAI's C++ LLMPipeline, or our Python greedy loop over the compiled
+    model; `kv_cache`: the precision of the stored keys and values (`default`: the CPU
+    plugin's, u8 on x86 since 2024, which changes the logits a little even in f32)."""
+
+    weights: Literal["f32", "int8", "int4"] = "int8"
+    precision: Literal["f32", "bf16"] = "f32"
+    kv_cache: Literal["default", "u8", "f16", "bf16", "f32"] = "default"
+    group_size: int = 128
+    all_layers: bool = False
+    runner: Literal["genai", "python"] = "genai"
+
+    @model_validator(mode="after")
+    def _int4_only(self) -> OpenVINOOptions:
+        if self.weights != "int4" and (self.group_size != 128 or self.all_layers):
+            raise ValueError("group_size and all_layers shape 4-bit weights; they need "
+                             "weights: int4")  # fmt: skip
+        if self.group_size != -1 and self.group_size <= 0:
+            raise ValueError("group_size is a positive number of weights, or -1 (per channel)")
+        return self

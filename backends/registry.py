@@ -72,6 +72,12 @@ BUILTIN: dict[str, BackendEntry] = {
         "llama.cpp on a GGUF file",
         extra="llama-cpp",
     ),
+    "openvino": BackendEntry(
+        "backends.openvino:OpenVINOBackend",
+        opts.OpenVINOOptions,
+        "OpenVINO (GenAI's LLMPipeline or a Python loop)",
+        extra="openvino",
+    ),
 }
 
 

@@ -118,3 +118,71 @@ def test_a_crashing_engine_is_one_failed_job_and_the_sweep_goes_on(tmp_path, tin
     assert result.exit_code == 3
     assert "died during the job (killed by SIGKILL)" in result.output
     assert "1 done, 1 failed" in result.output
+
+
+@pytest.mark.slow
+def test_openvino_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path):
+    """The stateful model converted from our module computes what transformers computes,
+    through GenAI's C++ loop and through ours; int8 weights are close, not identical."""
+    pytest.importorskip("openvino_genai", reason="the openvino extra is not installed")
+    from backends import registry as backends
+
+    hf = backends.create("hf", tiny_model, {"dtype": "float32"}, 1, tmp_path)
+    prompt = [5, 9, 1, 3, 7, 11]
+    ref_tokens = hf.generate(prompt, 12).tokens
+    ref_logits = hf.teacher_forced_logits(prompt, ref_tokens)
+    scale = np.abs(ref_logits).max()
+
+    for runner in ("genai", "python"):
+        f32 = backends.create("openvino", tiny_model,
+                              {"weights": "f32", "runner": runner, "kv_cache": "f32"},
+                              1, tmp_path)  # fmt: skip
+        for length in (prompt, prompt[:2]):  # a repeated prompt, then a shorter one
+            generation = f32.generate(length, 12)
+            assert generation.tokens == hf.generate(length, 12).tokens
+            assert len(generation.token_times) == 12
+            assert generation.token_times == sorted(generation.token_times)
+        logits = f32.teacher_forced_logits(prompt, ref_tokens)
+        np.testing.assert_allclose(logits, ref_logits, rtol=0, atol=1e-4 * scale)
+        assert f32.load_report.extra["runner"] == runner
+    # converted once, for both runners
+    assert f32.load_report.artifact_built is False
+    assert f32.load_report.extra["inference_precision"] == "f32"
+
+    # the plugin's own default stores keys and values in u8: close, not identical
+    assert f32.load_report.extra["kv_cache_precision"] == "f32"
+    u8 = backends.create("openvino", tiny_model, {"weights": "f32"}, 1, tmp_path)
+    assert u8.load_report.extra["kv_cache_precision"] == "u8"
+    error = np.abs(u8.teacher_forced_logits(prompt, ref_tokens) - ref_logits).max() / scale
+    assert 0 < error < 0.01
+
+    int8 = backends.create("openvino", tiny_model, {"weights": "int8"}, 1, tmp_path)
+    assert int8.load_report.artifact_bytes < f32.load_report.artifact_bytes  # tiny: xml weighs
+    error = np.abs(int8.teacher_forced_logits(prompt, ref_tokens) - ref_logits).max() / scale
+    assert 0 < error < 0.05
+
+
+def test_openvino_options_refuse_what_only_4_bit_weights_use():
+    from pydantic import ValidationError
+
+    from backends.options import OpenVINOOptions
+
+    assert OpenVINOOptions(weights="int4", group_size=32, all_layers=True).group_size == 32
+    with pytest.raises(ValidationError, match="need weights: int4"):
+        OpenVINOOptions(weights="int8", group_size=32)
+    with pytest.raises(ValidationError, match="positive number"):
+        OpenVINOOptions(weights="int4", group_size=0)
+
+
+@pytest.mark.slow
+def test_openvino_int4_is_a_farm_backend(tiny_model, tmp_path):
+    pytest.importorskip("openvino_genai", reason="the openvino extra is not installed")
+    job = spec(tiny_model, "openvino", weights="int4", group_size=16, all_layers=True)
+    result = run_job(job, cache_dir=tmp_path, worker_name="t")
+    assert result.status == "done", result.error
+    m = result.metrics
+    assert m.artifact_built is True and m.artifact_bytes > 0
+    assert len(m.tokens) == 6 and m.decode_tokens_per_s > 0
+    assert m.fidelity_positions == 8 and m.top1_agreement is not None
+    assert m.load_extra["attention_backend"].startswith("SDPA")
+    assert m.weight_bytes_per_token > 0 and m.roofline_fraction > 0
