@@ -21,6 +21,7 @@ graph contains (no Concat left: the fused KV-cache attention ran).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter
 from importlib import metadata
@@ -87,11 +88,12 @@ class OpenVINOBackend(StepwiseBackend):
         self.request = None
         self.pipeline = None
         self.runner = options.runner
+        plugin = functools.partial(self.core.get_property, "CPU")
         extra = {"engine": f"openvino {version}", "runner": options.runner,
                  "weights": options.weights, "properties": self.properties,
-                 "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION") or
-                 self.core.get_property("CPU", "KV_CACHE_PRECISION").to_string(),
-                 "cpu_capabilities": self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")}  # fmt: skip
+                 "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION")
+                 or plugin("KV_CACHE_PRECISION").to_string(),
+                 "cpu_capabilities": plugin("OPTIMIZATION_CAPABILITIES")}  # fmt: skip
         clock = time.perf_counter()
         if options.runner == "genai":
             self.pipeline = openvino_genai.LLMPipeline(
@@ -118,8 +120,9 @@ class OpenVINOBackend(StepwiseBackend):
         self.request = self.compiled.create_infer_request()
         kinds = Counter(op.get_rt_info()["layerType"].astype(str)
                         for op in self.compiled.get_runtime_model().get_ops())  # fmt: skip
+        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
         return {
-            "inference_precision": self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
+            "inference_precision": precision.to_string(),
             "runtime_ops": dict(kinds.most_common(12)),
         }
 

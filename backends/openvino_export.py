@@ -32,7 +32,6 @@ from backends.nanogpt_model import GPT
 from backends.openvino import MODEL_FILE
 
 
-
 class _LayerCache:
     """Past keys/values per layer in, past + new out; the causal mask from positions.
 
