@@ -21,7 +21,6 @@ graph contains (no Concat left: the fused KV-cache attention ran).
 
 from __future__ import annotations
 
-import functools
 import time
 from collections import Counter
 from importlib import metadata
@@ -66,6 +65,12 @@ class OpenVINOBackend(StepwiseBackend):
     def __init__(
         self, model_dir: Path, options: OpenVINOOptions, threads: int, cache_dir: Path
     ) -> None:
+        self.core = ov.Core()
+        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if options.precision == "bf16" and "BF16" not in capabilities:
+            # the plugin would quietly run f32 instead: the label would lie
+            raise RuntimeError(f"this CPU has no bf16 path in OpenVINO (it has "
+                               f"{', '.join(capabilities)})")  # fmt: skip
         version = ov.get_version()
         parts = [weights_digest(model_dir, cache_dir), version, metadata.version("nncf"),
                  options.weights, options.group_size, options.all_layers,
@@ -83,17 +88,15 @@ class OpenVINOBackend(StepwiseBackend):
                            "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
         if options.kv_cache != "default":
             self.properties["KV_CACHE_PRECISION"] = options.kv_cache
-        self.core = ov.Core()
         self.compiled = None
         self.request = None
         self.pipeline = None
         self.runner = options.runner
-        plugin = functools.partial(self.core.get_property, "CPU")
         extra = {"engine": f"openvino {version}", "runner": options.runner,
                  "weights": options.weights, "properties": self.properties,
                  "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION")
-                 or plugin("KV_CACHE_PRECISION").to_string(),
-                 "cpu_capabilities": plugin("OPTIMIZATION_CAPABILITIES")}  # fmt: skip
+                 or self.core.get_property("CPU", "KV_CACHE_PRECISION").to_string(),
+                 "cpu_capabilities": capabilities}  # fmt: skip
         clock = time.perf_counter()
         if options.runner == "genai":
             self.pipeline = openvino_genai.LLMPipeline(

@@ -3,7 +3,7 @@
 A thin wrapper: `farm submit --grid examples/engines.yaml` (every engine variant a farm
 backend, each job its own pinned process, so a crashing engine is one failed job with
 its signal, and the sweep goes on), then the report and the speed-vs-fidelity plot.
-Engines are optional extras: `pip install -e '.[ctranslate2,llama-cpp]'` (pip builds
+Engines are optional extras: `pip install -e '.[ctranslate2,llama-cpp,openvino]'` (pip builds
 llama.cpp from source); a variant whose extra is missing is left out, and said so.
 
     .venv/bin/python benchmarks/peers.py [--rounds 3] [--contexts 32,128,512] [--db FILE]

@@ -52,6 +52,11 @@ def attempts_key(task_id: str) -> str:
     return f"farm:attempts:{task_id}"
 
 
+def crash_key(task_id: str) -> str:
+    """How the job's last worker died (signal, last lines of stderr), for the failure."""
+    return f"farm:crash:{task_id}"
+
+
 def lease_key(task_id: str) -> str:
     return f"farm:lease:{task_id}"
 
@@ -66,7 +71,7 @@ def cpu_claim_key(host: str, cpu: int) -> str:
 
 def job_state_keys(task_id: str) -> list[str]:
     """Everything that says a job was tried: cleared when it starts afresh."""
-    return [done_key(task_id), attempts_key(task_id), lease_key(task_id)]
+    return [done_key(task_id), attempts_key(task_id), lease_key(task_id), crash_key(task_id)]
 
 
 def _env_float(name: str, default: float) -> float:

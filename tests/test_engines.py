@@ -117,6 +117,7 @@ def test_a_crashing_engine_is_one_failed_job_and_the_sweep_goes_on(tmp_path, tin
     result = farm("submit", "--grid", str(grid), "--db", str(db), "--cache-dir", str(tmp_path))
     assert result.exit_code == 3
     assert "died during the job (killed by SIGKILL)" in result.output
+    assert "stderr: fault backend: illegal instruction" in result.output
     assert "1 done, 1 failed" in result.output
 
 

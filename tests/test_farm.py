@@ -300,7 +300,9 @@ def test_a_job_that_crashes_its_worker_is_failed_after_n_tries(farm):
     assert by_label["fine"].status == "done"
     crasher = by_label["crasher"]
     assert crasher.status == "failed"
-    assert "crashed its worker 2 time(s)" in crasher.error
+    assert "crashed its worker 2 time(s) (last: killed by SIGKILL)" in crasher.error
+    # what the job wrote to stderr just before it died, quoted by the worker that gave up
+    assert crasher.error.startswith("stderr: fault backend: illegal instruction")
     assert worker.log_text().count("WorkerLostError") >= 2
 
 

@@ -14,12 +14,15 @@ Process model (chosen, not defaulted):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from celery import Celery, Task
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
+from celery.worker.request import Request
 
 from contract.jobspec import JobSpec
 from contract.payload import ResultPayload
@@ -42,8 +45,56 @@ class WorkerContext:
 CONTEXT = WorkerContext()
 
 
+class FarmRequest(Request):
+    """In the parent: a child that died mid-job (an engine's SIGILL, the OOM killer) leaves
+    how it died and the last lines it wrote to stderr beside the job, in the broker, for
+    whichever worker gives the job up after its last attempt."""
+
+    def on_failure(self, exc_info, send_failed_event=True, return_ok=False):
+        from billiard.exceptions import WorkerLostError
+
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(exc, WorkerLostError):
+            try:
+                path = stderr_path(self.id)
+                _channel(self.task.app).crashed(self.id, f"{last_words(path)}{_death(str(exc))}")
+                path.unlink(missing_ok=True)
+            except Exception:  # noqa: BLE001 - the record is a courtesy; the requeue is not
+                logger.exception("could not record how job %s died", self.id)
+        return super().on_failure(exc_info, send_failed_event, return_ok)
+
+
+def _death(text: str) -> str:
+    """billiard's "Worker exited prematurely: signal 4 (SIGILL) Job: 0." -> "killed by
+    SIGILL"; "...: exitcode 3 ..." -> "exit code 3"."""
+    import re
+
+    if found := re.search(r"signal \d+ \((\w+)\)", text):
+        return f"killed by {found.group(1)}"
+    if found := re.search(r"exitcode (-?\d+)", text):
+        return f"exit code {found.group(1)}"
+    return text
+
+
+def stderr_path(task_id: str) -> Path:
+    return CONTEXT.cache_dir / "logs" / f"celery-{task_id}.stderr"
+
+
+def last_words(path: Path, lines: int = 5) -> str:
+    """The end of a dead job's stderr, one `stderr: ` line each (an engine that crashes in
+    C often says why just before)."""
+    try:
+        text = path.read_bytes()[-4096:].decode(errors="replace")
+    except OSError:
+        return ""
+    said = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "".join(f"stderr: {line}\n" for line in said)
+
+
 class FarmTask(Task):
     """Failures the child cannot report itself are reported here, in the parent."""
+
+    Request = FarmRequest
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
         from billiard.exceptions import TimeLimitExceeded
@@ -116,17 +167,44 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
     attempt = channel.count_attempt(task_id)
     limit = CONTEXT.settings.max_attempts
     if attempt > limit:
-        error = f"WorkerLost: the job crashed its worker {limit} time(s); not tried again"
+        how = channel.last_crash(task_id)  # "stderr: ...\n" lines, then how it died
+        *said, death = how.splitlines() or [""]
+        error = "".join(f"{line}\n" for line in said) + (
+            f"WorkerLost: the job crashed its worker {limit} time(s)"
+            f"{f' (last: {death})' if death else ''}; not tried again"
+        )
         channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: too many attempts"
     with channel.lease(task_id, holder_name()) as mine:
         if not mine:
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
-        result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir, worker_name=CONTEXT.name,
-                         assigned_cpus=CONTEXT.cpus)  # fmt: skip
+        with _stderr_to(stderr_path(task_id)):
+            result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir,
+                             worker_name=CONTEXT.name, assigned_cpus=CONTEXT.cpus)  # fmt: skip
         channel.result(sweep, job_id, task_id, replace(result, attempt=attempt))
     return result.status
+
+
+@contextmanager
+def _stderr_to(path: Path) -> Iterator[None]:
+    """The job's file descriptor 2 (what C libraries write to) in a file of its own, so the
+    parent can quote it if the job kills its process; removed when the job ends alive."""
+    import os
+    import sys
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "wb") as file:
+        os.dup2(file.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        path.unlink(missing_ok=True)
 
 
 def registry_names() -> list[str]:

@@ -23,6 +23,7 @@ from contract.queue import (
     EntryKind,
     attempts_key,
     cpu_claim_key,
+    crash_key,
     done_key,
     lease_key,
     results_stream,
@@ -41,6 +42,13 @@ class WorkerChannel:
 
     def count_attempt(self, task_id: str) -> int:
         return int(self._retrying(self.redis.incr, attempts_key(task_id)))
+
+    def crashed(self, task_id: str, how: str) -> None:
+        self._retrying(self.redis.set, crash_key(task_id), how, ex=DONE_TTL_S)
+
+    def last_crash(self, task_id: str) -> str:
+        how = self._retrying(self.redis.get, crash_key(task_id))
+        return how.decode(errors="replace") if how else ""
 
     def started(self, sweep: str, job_id: int, task_id: str, worker: str, attempt: int) -> None:
         payload = {"worker": worker, "attempt": attempt}

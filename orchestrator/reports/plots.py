@@ -184,10 +184,13 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
         if k < best:
             front.append((s, k, label))
             best = k
+    engine = {r["label"]: r["backend"] for r in rows}
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7.5, 4.8))
+    figure, axis = plt.subplots(figsize=(9, 5.6))
     axis.set_yscale("log")
-    axis.scatter([p[0] for p in points], [p[1] for p in points], zorder=3)
+    for name in sorted({engine[label] for label in labels}):  # one colour per engine
+        mine = [p for p in points if engine[p[2]] == name]
+        axis.scatter([p[0] for p in mine], [p[1] for p in mine], zorder=3, label=name)
     for index, (s, k, label) in enumerate(sorted(points)):  # alternate sides: close points
         offset = (4, 6) if index % 2 == 0 else (4, -12)
         exact = " (exact)" if kl[label] == 0 else f" (KL {kl[label]:.0e})" if k == KL_FLOOR else ""

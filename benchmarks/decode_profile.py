@@ -1,0 +1,122 @@
+"""Where one decode step's time goes in ONNX Runtime (issue #17, goal 4), from ORT's own
+profile of real decode steps, with the bandwidth measured right before and after.
+
+For each path, per decode step (medians over steps):
+  - nodes run, and the step's wall time (ORT's `model_run`);
+  - time in the weight-streaming ops (MatMul, Gemm, MatMulInteger, MatMulNBits, ...)
+    against what their weights cost at the measured bandwidth (the floor);
+  - time in every other op, and the gaps between ops (thread-pool hand-offs, the
+    executor's own work): with two threads every op is a barrier;
+  - non-weight time = step time minus the weights' bytes at the measured bandwidth
+    (goal: <= 1 ms), and the top op types by time.
+
+    .venv/bin/python benchmarks/decode_profile.py [--context 128] [--steps 64] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from common import CACHE, gpt2_small, table
+
+from backends.config import ModelConfig
+from backends.onnx import OnnxBackend
+from backends.options import OnnxOptions
+from worker.prompts import random_prompt
+from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
+
+FUSED = {"fused_attention": True, "kv_cache": "in_place"}
+PATHS = {
+    "onnx-fp32": FUSED,
+    "onnx-int8-all": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
+    "onnx-int4-all": {**FUSED, "quantize": "int4", "quantize_lm_head": True},
+}
+WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "MatMulNBits", "FusedMatMul",
+              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedGemm"}  # fmt: skip
+
+
+def profile(options: dict, context: int, steps: int, threads: int, directory: Path):
+    """Run one prefill and `steps` decode steps under ORT's profiler; the events."""
+
+    def tune(settings) -> None:
+        settings.enable_profiling = True
+        settings.profile_file_prefix = str(directory / "ort")
+
+    model_dir = gpt2_small()
+    backend = OnnxBackend(model_dir, OnnxOptions(**options), threads, CACHE, tune=tune)
+    config = ModelConfig.from_dir(model_dir)
+    prompt = random_prompt(0, context, config.vocab_size)
+    backend.generate(prompt, steps + 1)  # warm: the profile keeps this run too (skipped)
+    before = fresh_read_bandwidth(threads)["read_bytes_per_s"]
+    backend.generate(prompt, steps + 1)
+    after = fresh_read_bandwidth(threads)["read_bytes_per_s"]
+    events = json.loads(Path(backend.session.end_profiling()).read_text())
+    report = backend.load_report
+    weights = weight_bytes_per_token(config, report.matmul_bytes, report.lm_head_bytes)
+    return events, weights, (before + after) / 2
+
+
+def per_step(events: list[dict], steps: int) -> list[dict]:
+    """The last generation's decode runs: each with its nodes' kernel times by op type."""
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    decode = runs[-steps:]  # the last generation: prefill, then `steps` single-token runs
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    out = []
+    for run in decode:
+        start, end = run["ts"], run["ts"] + run["dur"]
+        mine = [n for n in nodes if start <= n["ts"] <= end]
+        by_op: dict[str, float] = defaultdict(float)
+        for node in mine:
+            by_op[node["args"].get("op_name", "?")] += node["dur"] / 1e3
+        out.append({"ms": run["dur"] / 1e3, "nodes": len(mine), "by_op": by_op})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    directory = Path(tempfile.mkdtemp(prefix="decode-profile-"))
+    lines, tops = [], []
+    for label, options in PATHS.items():
+        events, weights, bandwidth = profile(options, args.context, args.steps, args.threads,
+                                             directory)  # fmt: skip
+        steps = per_step(events, args.steps)
+        step = statistics.median(s["ms"] for s in steps)
+        weight_ops = statistics.median(
+            sum(ms for op, ms in s["by_op"].items() if op in WEIGHT_OPS) for s in steps
+        )
+        other = statistics.median(
+            sum(ms for op, ms in s["by_op"].items() if op not in WEIGHT_OPS) for s in steps
+        )
+        kernels = statistics.median(sum(s["by_op"].values()) for s in steps)
+        floor = weights / bandwidth * 1e3
+        lines.append([label, f"{statistics.median(s['nodes'] for s in steps):.0f}",
+                      f"{step:.2f}", f"{weight_ops:.2f}", f"{floor:.2f}", f"{other:.2f}",
+                      f"{step - kernels:.2f}", f"{step - floor:.2f}",
+                      f"{bandwidth / 1e9:.1f}"])  # fmt: skip
+        totals: dict[str, float] = defaultdict(float)
+        for s in steps:
+            for op, ms in s["by_op"].items():
+                totals[op] += ms / len(steps)
+        top = sorted(totals.items(), key=lambda item: -item[1])[:6]
+        tops.append([label, ", ".join(f"{op} {ms:.2f}" for op, ms in top)])
+    print(f"decode steps at context {args.context}, {args.threads} threads, ms per step "
+          f"(medians over {args.steps} steps; profile files in {directory}):")  # fmt: skip
+    print(table(["path", "nodes", "step", "weight ops", "weights at bw", "other ops", "gaps",
+                 "non-weight", "GB/s"], lines))  # fmt: skip
+    print("\nop types by time, ms per step:")
+    print(table(["path", "ops"], tops))
+
+
+if __name__ == "__main__":
+    main()
