@@ -72,6 +72,8 @@ class OnnxBackend(StepwiseBackend):
         extra = {"ort_intra_op_threads": self.session.get_session_options().intra_op_num_threads}
         if artifact.fused_ops is not None:
             extra["fused_ops"] = artifact.fused_ops
+        if artifact.weight_ops is not None:
+            extra["weight_ops"] = artifact.weight_ops  # e.g. MatMulNBits accuracy_level
         prefill_session, prefill_bytes = None, 0
         if options.prefill_int8:
             # the same graph quantized to int8, over the same bound cache buffers: prefill is

@@ -42,6 +42,7 @@ class Artifact:
     build_s: float
     bytes: int
     fused_ops: dict[str, int] | None = None
+    weight_ops: dict[str, dict] | None = None  # the quantized graph's matmul kernels
 
 
 def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest: str) -> Artifact:
@@ -83,7 +84,9 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
         previous = final / MODEL_FILE
         if (final / "fused_ops.json").exists():
             fused = json.loads((final / "fused_ops.json").read_text())
-    return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused)
+    kernels = previous.parent / "weight_ops.json"
+    weight_ops = json.loads(kernels.read_text()) if kernels.exists() else None
+    return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused, weight_ops)
 
 
 def _checked(builder, model_dir: Path, source: Path | None, options: dict, out: Path) -> None:
@@ -165,6 +168,26 @@ def _quantize(model_dir: Path, source: Path, options: dict, out: Path) -> None:
         )
         quantizer.process()
         quantizer.model.save_model_to_file(str(out / MODEL_FILE))
+    (out / "weight_ops.json").write_text(json.dumps(weight_ops(out / MODEL_FILE)))
+
+
+def weight_ops(path: Path) -> dict[str, dict]:
+    """What the quantized graph tells ONNX Runtime to run its matmuls with: per op type,
+    how many nodes, and the attributes that pick the kernel (MatMulNBits' bits, block_size
+    and accuracy_level: 4 multiplies in int8, 0 in float32)."""
+    import onnx
+
+    found: dict[str, dict] = {}
+    for node in onnx.load(str(path)).graph.node:
+        if node.op_type not in ("MatMul", "Gemm", "MatMulInteger", "MatMulNBits"):
+            continue
+        entry = found.setdefault(node.op_type, {"nodes": 0})
+        entry["nodes"] += 1
+        for attribute in node.attribute:
+            if attribute.name in ("bits", "block_size", "accuracy_level"):
+                values = set(entry.get(attribute.name, [])) | {attribute.i}
+                entry[attribute.name] = sorted(values)
+    return found
 
 
 def _lm_head_node(model) -> str:

@@ -10,9 +10,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from contract.status import JobStatus
+
+
+def last_words(log: Path, offset: int = 0, lines: int = 5) -> str:
+    """The end of what a job that died wrote to stderr from `offset` on, one `stderr: `
+    line each, for its failure (an engine that crashes in C often says why just before).
+    Both executors use it: the embedded pool on its worker's log, a Celery worker's
+    parent on the job's own stderr file."""
+    try:
+        with open(log, "rb") as file:
+            file.seek(offset)
+            text = file.read()[-4096:].decode(errors="replace")
+    except OSError:
+        return ""
+    said = [line for line in text.splitlines() if line.strip()][-lines:]
+    return "".join(f"stderr: {line}\n" for line in said)
 
 
 class MalformedPayloadError(ValueError):

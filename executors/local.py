@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
-from contract.payload import MalformedPayloadError, ResultPayload
+from contract.payload import MalformedPayloadError, ResultPayload, last_words
 from executors.base import Event, PendingJob, Started, outcome
 
 # Big enough for a result line with every per-token sample of a long generation.
@@ -76,22 +76,11 @@ class LocalWorker:
             except MalformedPayloadError as error:
                 return self._failed(f"worker process {self.name} answered nonsense: {error}")
         code = await self.process.wait()
+        said = last_words(self.log_path, self.log_offset)
         return self._failed(  # the last line is what a report shows; farm show has the rest
-            f"{self._last_words()}worker process {self.name} died during the job "
-            f"({_exit(code)}); see {self.log_path}"
+            f"{said}worker process {self.name} died during the job ({_exit(code)}); "
+            f"see {self.log_path}"
         )
-
-    def _last_words(self, lines: int = 5) -> str:
-        """The end of what the dead process wrote to stderr during this job (an engine
-        that crashes in C often says why just before)."""
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self.log_offset)
-                text = log.read()[-4096:].decode(errors="replace")
-        except OSError:
-            return ""
-        said = [line for line in text.splitlines() if line.strip()][-lines:]
-        return "".join(f"stderr: {line}\n" for line in said)
 
     def _failed(self, error: str) -> ResultPayload:
         return ResultPayload.failed(self.name, error, cpus=format_cpu_list(self.cpus))

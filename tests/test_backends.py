@@ -177,6 +177,14 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
             tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
         )
         ops = [node.op_type for node in onnx.load(str(artifact.path)).graph.node]
+        # what the result records of the kernels ORT is told to use agrees with the graph
+        recorded = artifact.weight_ops
+        assert {op: entry["nodes"] for op, entry in recorded.items()} == {
+            op: ops.count(op) for op in recorded
+        }
+        if quantize == "int4":
+            assert recorded["MatMulNBits"]["accuracy_level"] == [4]
+            assert recorded["MatMulNBits"]["bits"] == [4]
         return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits") for op in ops)
 
     assert quantized_matmuls(True) == quantized_matmuls(False) + 1 == 2 * 4 + 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -135,3 +136,36 @@ def test_unfinished_jobs_of_rounds_not_started_are_not_followed(tmp_path):
     store.record_sweep(plan("rounds: 2\n"))
     # round 2 waits for a submit to start it: `farm collect` must not wait for it forever
     assert {job.round for job in store.unfinished("r")} == {1}
+
+
+def test_a_round_with_a_noisy_job_is_left_out_of_the_speedup_unless_all_are(tmp_path):
+    """A job whose own repeats disagreed was disturbed while it ran: its round's ratio is
+    shown (spread, round_speedups) but the speedup pools the steady rounds."""
+    sessions = make_session_factory(str(tmp_path / "farm.db"))
+    store = Store(sessions)
+    swept = plan("rounds: 3\ncontrol: true\n")
+    for job in store.record_sweep(swept).to_run:
+        spec = job.spec
+        label = "hf" if spec["label"] == "hf-control" else spec["label"]
+        # round 2's control was disturbed (16% slow, and its repeats said so); int8 ran
+        # noisy in round 3; at context 128 every round of onnx was noisy
+        disturbed = spec["label"] == "hf-control" and job.round == 2
+        noisy = disturbed or (label == "onnx[quantize=int8]" and job.round == 3)
+        noisy = noisy or (label == "onnx" and spec["context"] == 128)
+        result = payload(label, spec["context"], spec["generation"], 1.16 if disturbed else 1.0)
+        result = replace(result, metrics=replace(result.metrics, noisy=noisy))
+        store.apply(outcome(job.id, result))
+    with sessions() as session:
+        rows = result_rows(session, list(session.scalars(select(Sweep))), "hf")
+    control = [r for r in rows if r["label"] == "hf-control"]
+    assert all(r["speedup"] == pytest.approx(1.0) and r["speedup_rounds"] == 2 for r in control)
+    assert all(r["speedup_spread"] == pytest.approx(0.16 / 1.16, rel=1e-3) for r in control)
+    int8 = [r for r in rows if r["label"] == "onnx[quantize=int8]"]
+    assert all(r["speedup_rounds"] == 2 and r["speedup"] == pytest.approx(4.0) for r in int8)
+    onnx = {r["context"]: r for r in rows if r["label"] == "onnx"}
+    assert onnx[32]["speedup_rounds"] == 3
+    assert onnx[128]["speedup_rounds"] == 3  # no steady round: every round counts
+    from orchestrator.reports.columns import BY_NAME, cell
+
+    assert cell(control[0], BY_NAME["rounds"]) == "2/3"  # the report says what it pooled
+    assert cell(onnx[32], BY_NAME["rounds"]) == "3"

@@ -25,7 +25,7 @@ from celery.utils.log import get_task_logger
 from celery.worker.request import Request
 
 from contract.jobspec import JobSpec
-from contract.payload import ResultPayload
+from contract.payload import ResultPayload, last_words
 from contract.queue import TASK_NAME, FarmSettings, celery_config
 
 logger = get_task_logger(__name__)
@@ -78,17 +78,6 @@ def _death(text: str) -> str:
 
 def stderr_path(task_id: str) -> Path:
     return CONTEXT.cache_dir / "logs" / f"celery-{task_id}.stderr"
-
-
-def last_words(path: Path, lines: int = 5) -> str:
-    """The end of a dead job's stderr, one `stderr: ` line each (an engine that crashes in
-    C often says why just before)."""
-    try:
-        text = path.read_bytes()[-4096:].decode(errors="replace")
-    except OSError:
-        return ""
-    said = [line for line in text.splitlines() if line.strip()][-lines:]
-    return "".join(f"stderr: {line}\n" for line in said)
 
 
 class FarmTask(Task):

@@ -65,6 +65,8 @@ def cell(row: dict[str, Any], column: Column) -> str:
         text += " (pinning!)"
     if column.key == "speedup" and row.get("within_noise"):
         text += "~"  # inside the sweep's measured noise floor
+    if column.key == "rounds" and row.get("speedup_rounds", value) < value:
+        text = f"{row['speedup_rounds']}/{value}"  # the speedup pools the steady rounds only
     if column.key == "roofline_fraction" and value > 1:
         text += "*"  # above the bound: weights partly served from the last-level cache
     return text

@@ -25,7 +25,7 @@ FIGURES = tuple(c.name for c in Result.__table__.columns if c.name not in NOT_IN
 
 
 EMPTY_ROW_KEYS = ("sweep", "key", "label", "backend", "context", "generation", "threads", "status",
-                  *FIGURES, "speedup", "speedup_spread", "rounds", "flag_count",
+                  *FIGURES, "speedup", "speedup_spread", "rounds", "speedup_rounds", "flag_count",
                   "host")  # fmt: skip
 
 
@@ -124,6 +124,9 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
         base = reference.get(cell(row))
         ok = base and row["decode_tokens_per_s"] and base["decode_tokens_per_s"]
         row["speedup"] = row["decode_tokens_per_s"] / base["decode_tokens_per_s"] if ok else None
+        # a ratio is only as steady as its noisier side: a job whose own repeats disagreed
+        # (`noisy`) was disturbed while it ran (pooling prefers the rounds without one)
+        row["speedup_steady"] = bool(ok and not row["noisy"] and not base["noisy"])
 
 
 # figures that are the same in every round (measured in round 1 only) or not timings
@@ -133,7 +136,8 @@ NOT_POOLED = {"repeats", "noisy", "remeasured", "artifact_built", "torch_threads
 def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rounds of each cell as one row: each figure the median of its rounds' figures
     (fidelity, measured in round 1, is that round's), the speedup the median of the
-    within-round speedups, `speedup_spread` their (max - min) / median."""
+    within-round speedups of the steady rounds (neither job noisy; every round if none
+    is), `speedup_spread` the (max - min) / median of all of them."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         cells[(row["sweep"], row["cell"])].append(row)
@@ -148,7 +152,8 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     first = group[0]
     done = [r for r in group if r["status"] == JobStatus.DONE]
     if len(group) == 1:
-        return {**first, "rounds": 1, "speedup_spread": None, "round_speedups": []}
+        return {**first, "rounds": 1, "speedup_spread": None, "round_speedups": [],
+                "speedup_rounds": 1}  # fmt: skip
     row = {**first, "rounds": len(done)}
     row["status"] = JobStatus.DONE if done else first["status"]
     unfinished = [r for r in group if r["status"] != JobStatus.DONE]
@@ -163,8 +168,10 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             row[name] = median(values) if values else None
     row["noisy"] = any(r["noisy"] for r in done)
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
+    steady = [r["speedup"] for r in done if r["speedup"] is not None and r["speedup_steady"]]
     row["round_speedups"] = speedups
-    row["speedup"] = median(speedups) if speedups else None
+    row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
+    row["speedup"] = median(steady or speedups) if speedups else None
     row["speedup_spread"] = ((max(speedups) - min(speedups)) / median(speedups)
                              if len(speedups) > 1 else None)  # fmt: skip
     row["pinning_ok"] = all(r["pinning_ok"] for r in done) if done else None
