@@ -129,6 +129,8 @@ def test_a_speedup_inside_the_control_spread_is_marked(tmp_path):
     onnx = [r for r in rows if r["label"] == "onnx"]
     assert all(r["speedup"] == pytest.approx(2.0) and not r["within_noise"] for r in onnx)
     assert not any(r["within_noise"] for r in control)  # the control is the floor itself
+    baseline = [r for r in rows if r["label"] == "hf"]
+    assert not any(r["within_noise"] for r in baseline)  # 1.00x of itself says nothing
 
 
 def test_unfinished_jobs_of_rounds_not_started_are_not_followed(tmp_path):

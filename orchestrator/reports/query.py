@@ -209,7 +209,8 @@ def noise_floor(rows: list[dict[str, Any]], baseline: str) -> dict[str, tuple[fl
         floor = found.get(row["sweep"])
         width = max(abs(floor[0] - 1), abs(floor[1] - 1)) if floor else None
         row["within_noise"] = bool(
-            width is not None and row["speedup"] is not None and row["label"] not in controls
+            width is not None and row["speedup"] is not None
+            and row["label"] not in controls | {baseline}  # the floor, and its own reference
             and abs(row["speedup"] - 1) <= width
         )  # fmt: skip
     return found
