@@ -18,14 +18,12 @@ versions of the tools, and built with `build_once` (file lock, write then rename
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from backends.artifacts import build_once, dir_bytes, source_digest
+from backends.artifacts import cached_artifact, dir_bytes, source_digest
 from backends.config import ModelConfig
 from backends.options import OnnxOptions
 
@@ -74,16 +72,13 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
     built_any, build_s, previous, fused = False, 0.0, None, None
     key_parts: list = [digest, versions]
     for name, step_options in steps:
-        key_parts.append([name, step_options])
-        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:20]
-        final = cache_dir / "artifacts" / f"onnx-{name}-{key}"
-        started = time.perf_counter()
+        key_parts = [*key_parts, [name, step_options]]  # a step's key covers every step before
         build = functools.partial(_checked, _BUILDERS[name], model_dir, previous, step_options)
-        if build_once(final, build):
-            built_any, build_s = True, build_s + time.perf_counter() - started
-        previous = final / MODEL_FILE
-        if (final / "fused_ops.json").exists():
-            fused = json.loads((final / "fused_ops.json").read_text())
+        step = cached_artifact(cache_dir, f"onnx-{name}", key_parts, build)
+        built_any, build_s = built_any or step.built, build_s + (step.build_s or 0.0)
+        previous = step.path / MODEL_FILE
+        if (step.path / "fused_ops.json").exists():
+            fused = json.loads((step.path / "fused_ops.json").read_text())
     kernels = previous.parent / "weight_ops.json"
     weight_ops = json.loads(kernels.read_text()) if kernels.exists() else None
     return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused, weight_ops)

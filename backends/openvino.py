@@ -88,10 +88,8 @@ class OpenVINOBackend(StepwiseBackend):
                            "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
         if options.kv_cache != "default":
             self.properties["KV_CACHE_PRECISION"] = options.kv_cache
-        self.compiled = None
         self.request = None
         self.pipeline = None
-        self.runner = options.runner
         extra = {"engine": f"openvino {version}", "runner": options.runner,
                  "weights": options.weights, "properties": self.properties,
                  "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION")
@@ -119,11 +117,11 @@ class OpenVINOBackend(StepwiseBackend):
 
     def _compile(self) -> dict:
         """Compile for the Python loop; what the plugin made of the graph, for the record."""
-        self.compiled = self.core.compile_model(self.path / MODEL_FILE, "CPU", self.properties)
-        self.request = self.compiled.create_infer_request()
+        compiled = self.core.compile_model(self.path / MODEL_FILE, "CPU", self.properties)
+        self.request = compiled.create_infer_request()
         kinds = Counter(op.get_rt_info()["layerType"].astype(str)
-                        for op in self.compiled.get_runtime_model().get_ops())  # fmt: skip
-        precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+                        for op in compiled.get_runtime_model().get_ops())  # fmt: skip
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         return {
             "inference_precision": precision.to_string(),
             "runtime_ops": dict(kinds.most_common(12)),

@@ -41,9 +41,7 @@ class _LayerCache:
     exporting = True  # CausalSelfAttention: always use the explicit mask
 
     def __init__(self, past, attention_mask, position_ids):
-        layers = len(past) // 2
-        self.past_k, self.past_v = past[0::2], past[1::2]
-        assert len(self.past_k) == layers
+        self.past_k, self.past_v = past[0::2], past[1::2]  # k.0, v.0, k.1, ...
         self.length = 0  # unused on the exporting path
         keys = torch.arange(attention_mask.shape[1]).unsqueeze(0)  # (1, total)
         causal = keys <= position_ids[0].unsqueeze(1)  # (T, total)

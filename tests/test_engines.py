@@ -77,6 +77,18 @@ def test_the_engine_extras_keep_the_versions_the_rest_runs_with():
         assert not name.startswith(("torch", "transformers", "optimum")), line
 
 
+PROMPT = [5, 9, 1, 3, 7, 11]
+
+
+def transformers_reference(model, cache_dir):
+    """transformers float32 on PROMPT: the backend, the prompt, 12 greedy tokens, the
+    teacher-forced logits along them, and their largest magnitude (tolerances scale by it)."""
+    hf = registry.create("hf", model, {"dtype": "float32"}, 1, cache_dir)
+    tokens = hf.generate(PROMPT, 12).tokens
+    logits = hf.teacher_forced_logits(PROMPT, tokens)
+    return hf, PROMPT, tokens, logits, np.abs(logits).max()
+
+
 @pytest.mark.slow
 def test_llama_cpp_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path):
     """The GGUF written from our weights computes what transformers computes, and q8_0 is
@@ -84,11 +96,7 @@ def test_llama_cpp_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
     from backends import registry as backends
 
-    hf = backends.create("hf", tiny_model, {"dtype": "float32"}, 1, tmp_path)
-    prompt = [5, 9, 1, 3, 7, 11]
-    ref_tokens = hf.generate(prompt, 12).tokens
-    ref_logits = hf.teacher_forced_logits(prompt, ref_tokens)
-    scale = np.abs(ref_logits).max()
+    hf, prompt, ref_tokens, ref_logits, scale = transformers_reference(tiny_model, tmp_path)
 
     f32 = backends.create("llama-cpp", tiny_model, {"quant": "f32"}, 1, tmp_path)
     generation = f32.generate(prompt, 12)
@@ -132,11 +140,7 @@ def test_openvino_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path)
     pytest.importorskip("openvino_genai", reason="the openvino extra is not installed")
     from backends import registry as backends
 
-    hf = backends.create("hf", tiny_model, {"dtype": "float32"}, 1, tmp_path)
-    prompt = [5, 9, 1, 3, 7, 11]
-    ref_tokens = hf.generate(prompt, 12).tokens
-    ref_logits = hf.teacher_forced_logits(prompt, ref_tokens)
-    scale = np.abs(ref_logits).max()
+    hf, prompt, ref_tokens, ref_logits, scale = transformers_reference(tiny_model, tmp_path)
 
     for runner in ("genai", "python"):
         f32 = backends.create("openvino", tiny_model,

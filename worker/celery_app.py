@@ -14,6 +14,9 @@ Process model (chosen, not defaulted):
 
 from __future__ import annotations
 
+import os
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -57,7 +60,7 @@ class FarmRequest(Request):
         if isinstance(exc, WorkerLostError):
             try:
                 path = stderr_path(self.id)
-                _channel(self.task.app).crashed(self.id, f"{last_words(path)}{_death(str(exc))}")
+                _channel(self.task.app).crashed(self.id, _death(str(exc)), last_words(path))
                 path.unlink(missing_ok=True)
             except Exception:  # noqa: BLE001 - the record is a courtesy; the requeue is not
                 logger.exception("could not record how job %s died", self.id)
@@ -67,8 +70,6 @@ class FarmRequest(Request):
 def _death(text: str) -> str:
     """billiard's "Worker exited prematurely: signal 4 (SIGILL) Job: 0." -> "killed by
     SIGILL"; "...: exitcode 3 ..." -> "exit code 3"."""
-    import re
-
     if found := re.search(r"signal \d+ \((\w+)\)", text):
         return f"killed by {found.group(1)}"
     if found := re.search(r"exitcode (-?\d+)", text):
@@ -156,12 +157,10 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
     attempt = channel.count_attempt(task_id)
     limit = CONTEXT.settings.max_attempts
     if attempt > limit:
-        how = channel.last_crash(task_id)  # "stderr: ...\n" lines, then how it died
-        *said, death = how.splitlines() or [""]
-        error = "".join(f"{line}\n" for line in said) + (
-            f"WorkerLost: the job crashed its worker {limit} time(s)"
-            f"{f' (last: {death})' if death else ''}; not tried again"
-        )
+        crash = channel.last_crash(task_id)
+        last = f" (last: {crash['death']})" if crash["death"] else ""
+        error = (f"{crash['said']}WorkerLost: the job crashed its worker {limit} time(s)"
+                 f"{last}; not tried again")  # fmt: skip
         channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: too many attempts"
     with channel.lease(task_id, holder_name()) as mine:
@@ -179,9 +178,6 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
 def _stderr_to(path: Path) -> Iterator[None]:
     """The job's file descriptor 2 (what C libraries write to) in a file of its own, so the
     parent can quote it if the job kills its process; removed when the job ends alive."""
-    import os
-    import sys
-
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stderr.flush()
     saved = os.dup(2)

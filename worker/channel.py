@@ -43,12 +43,14 @@ class WorkerChannel:
     def count_attempt(self, task_id: str) -> int:
         return int(self._retrying(self.redis.incr, attempts_key(task_id)))
 
-    def crashed(self, task_id: str, how: str) -> None:
+    def crashed(self, task_id: str, death: str, said: str) -> None:
+        """How the job's worker died ("killed by SIGILL") and its last stderr lines."""
+        how = json.dumps({"death": death, "said": said})
         self._retrying(self.redis.set, crash_key(task_id), how, ex=DONE_TTL_S)
 
-    def last_crash(self, task_id: str) -> str:
+    def last_crash(self, task_id: str) -> dict[str, str]:
         how = self._retrying(self.redis.get, crash_key(task_id))
-        return how.decode(errors="replace") if how else ""
+        return json.loads(how) if how else {"death": "", "said": ""}
 
     def started(self, sweep: str, job_id: int, task_id: str, worker: str, attempt: int) -> None:
         payload = {"worker": worker, "attempt": attempt}

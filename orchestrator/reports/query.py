@@ -151,6 +151,8 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     first = group[0]
     done = [r for r in group if r["status"] == JobStatus.DONE]
+    steady = [r["speedup"] for r in done if r["speedup"] is not None and r["speedup_steady"]]
+    first = {k: v for k, v in first.items() if k != "speedup_steady"}  # a round's, not the cell's
     if len(group) == 1:
         return {**first, "rounds": 1, "speedup_spread": None, "round_speedups": [],
                 "speedup_rounds": 1}  # fmt: skip
@@ -168,7 +170,6 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             row[name] = median(values) if values else None
     row["noisy"] = any(r["noisy"] for r in done)
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
-    steady = [r["speedup"] for r in done if r["speedup"] is not None and r["speedup_steady"]]
     row["round_speedups"] = speedups
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
