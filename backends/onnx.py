@@ -29,9 +29,6 @@ from backends.onnx_export import onnx_artifact
 from backends.options import OnnxOptions
 from backends.weights import weights_digest
 
-# bytes per weight: int4 is 4 bits plus one float32 scale per block of 32 weights
-WEIGHT_BYTES = {"none": 4.0, "int8": 1.0, "int4": 0.5 + 4 / 32}
-
 
 def session_options(threads: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
@@ -56,7 +53,7 @@ class OnnxBackend(StepwiseBackend):
         digest = weights_digest(model_dir, cache_dir)
         artifact = onnx_artifact(model_dir, options, cache_dir, digest)
         self.model_path = artifact.path
-        matmul_bytes = WEIGHT_BYTES[options.quantize]
+        matmul_bytes = options.weight_bytes()
         lm_head_bytes = matmul_bytes if options.quantize_lm_head else 4.0
         settings = session_options(threads)
         if options.prefill_int8:
@@ -78,9 +75,8 @@ class OnnxBackend(StepwiseBackend):
         if options.prefill_int8:
             # the same graph quantized to int8, over the same bound cache buffers: prefill is
             # compute-bound, where int8 kernels beat 4-bit ones; decode stays on int4
-            prefill_artifact = onnx_artifact(
-                model_dir, options.model_copy(update={"quantize": "int8"}), cache_dir, digest
-            )
+            int8 = options.model_copy(update={"quantize": "int8", "block_size": 32})
+            prefill_artifact = onnx_artifact(model_dir, int8, cache_dir, digest)
             prefill_session = ort.InferenceSession(
                 str(prefill_artifact.path), settings, providers=["CPUExecutionProvider"]
             )

@@ -2,15 +2,19 @@
 profile of real decode steps, with the bandwidth measured right before and after.
 
 For each path, per decode step (medians over steps):
-  - nodes run, and the step's wall time (ORT's `model_run`);
+  - the step's wall time without the profiler (our greedy loop's own stamps, a second
+    session: the profiler's per-node records cost ~1-2 ms a step of their own), and
+    non-weight time = that step minus the weights' bytes at the measured bandwidth
+    (goal: <= 1 ms);
+  - under the profiler: nodes run, the step's wall time (ORT's `model_run`);
   - time in the weight-streaming ops (MatMul, Gemm, MatMulInteger, MatMulNBits, ...)
     against what their weights cost at the measured bandwidth (the floor);
   - time in every other op, and the gaps between ops (thread-pool hand-offs, the
     executor's own work): with two threads every op is a barrier;
-  - non-weight time = step time minus the weights' bytes at the measured bandwidth
-    (goal: <= 1 ms), and the top op types by time.
+  - the top op types by time.
 
     .venv/bin/python benchmarks/decode_profile.py [--context 128] [--steps 64] [--threads 2]
+        [--paths onnx-int8-all,onnx-int4-all-b128]
 """
 
 from __future__ import annotations
@@ -35,30 +39,43 @@ PATHS = {
     "onnx-fp32": FUSED,
     "onnx-int8-all": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
     "onnx-int4-all": {**FUSED, "quantize": "int4", "quantize_lm_head": True},
-}
+    "onnx-int4-all-b128": {**FUSED, "quantize": "int4", "quantize_lm_head": True,
+                           "block_size": 128},
+    "onnx-int8-nbits": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
+                        "int8_kernel": "nbits", "block_size": 128},
+}  # fmt: skip
 WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "MatMulNBits", "FusedMatMul",
               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedGemm"}  # fmt: skip
 
 
 def profile(options: dict, context: int, steps: int, threads: int, directory: Path):
-    """Run one prefill and `steps` decode steps under ORT's profiler; the events."""
+    """One prefill and `steps` decode steps timed by the greedy loop, then the same under
+    ORT's profiler (its own session); the loop's median step (ms), the profile's events,
+    the weights' bytes per token and the bandwidth measured before and after."""
 
     def tune(settings) -> None:
         settings.enable_profiling = True
         settings.profile_file_prefix = str(directory / "ort")
 
     model_dir = gpt2_small()
-    backend = OnnxBackend(model_dir, OnnxOptions(**options), threads, CACHE, tune=tune)
     config = ModelConfig.from_dir(model_dir)
     prompt = random_prompt(0, context, config.vocab_size)
-    backend.generate(prompt, steps + 1)  # warm: the profile keeps this run too (skipped)
     before = fresh_read_bandwidth(threads)["read_bytes_per_s"]
+    plain = OnnxBackend(model_dir, OnnxOptions(**options), threads, CACHE)
+    intervals = []
+    for _ in range(3):  # the first is a warm-up
+        times = plain.generate(prompt, steps + 1).token_times
+        intervals.append([b - a for a, b in zip(times, times[1:], strict=False)])
+    step_ms = statistics.median(i for run in intervals[1:] for i in run) * 1e3
+    report = plain.load_report
+    del plain  # its idle pool must not share the cores with the profiled session
+    backend = OnnxBackend(model_dir, OnnxOptions(**options), threads, CACHE, tune=tune)
+    backend.generate(prompt, steps + 1)  # warm: the profile keeps this run too (skipped)
     backend.generate(prompt, steps + 1)
     after = fresh_read_bandwidth(threads)["read_bytes_per_s"]
     events = json.loads(Path(backend.session.end_profiling()).read_text())
-    report = backend.load_report
     weights = weight_bytes_per_token(config, report.matmul_bytes, report.lm_head_bytes)
-    return events, weights, (before + after) / 2
+    return step_ms, events, weights, (before + after) / 2
 
 
 def per_step(events: list[dict], steps: int) -> list[dict]:
@@ -84,12 +101,14 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="decode-profile-"))
     lines, tops = [], []
-    for label, options in PATHS.items():
-        events, weights, bandwidth = profile(options, args.context, args.steps, args.threads,
-                                             directory)  # fmt: skip
+    for label in args.paths.split(","):
+        unprofiled, events, weights, bandwidth = profile(
+            PATHS[label], args.context, args.steps, args.threads, directory
+        )
         steps = per_step(events, args.steps)
         step = statistics.median(s["ms"] for s in steps)
         weight_ops = statistics.median(
@@ -100,10 +119,10 @@ def main() -> None:
         )
         kernels = statistics.median(sum(s["by_op"].values()) for s in steps)
         floor = weights / bandwidth * 1e3
-        lines.append([label, f"{statistics.median(s['nodes'] for s in steps):.0f}",
-                      f"{step:.2f}", f"{weight_ops:.2f}", f"{floor:.2f}", f"{other:.2f}",
-                      f"{step - kernels:.2f}", f"{step - floor:.2f}",
-                      f"{bandwidth / 1e9:.1f}"])  # fmt: skip
+        lines.append([label, f"{unprofiled:.2f}", f"{floor:.2f}", f"{unprofiled - floor:.2f}",
+                      f"{floor / unprofiled:.0%}", f"{bandwidth / 1e9:.1f}",
+                      f"{statistics.median(s['nodes'] for s in steps):.0f}", f"{step:.2f}",
+                      f"{weight_ops:.2f}", f"{other:.2f}", f"{step - kernels:.2f}"])  # fmt: skip
         totals: dict[str, float] = defaultdict(float)
         for s in steps:
             for op, ms in s["by_op"].items():
@@ -112,8 +131,9 @@ def main() -> None:
         tops.append([label, ", ".join(f"{op} {ms:.2f}" for op, ms in top)])
     print(f"decode steps at context {args.context}, {args.threads} threads, ms per step "
           f"(medians over {args.steps} steps; profile files in {directory}):")  # fmt: skip
-    print(table(["path", "nodes", "step", "weight ops", "weights at bw", "other ops", "gaps",
-                 "non-weight", "GB/s"], lines))  # fmt: skip
+    print("(step, weights at bw, non-weight, roofline: without the profiler; the rest: under it)")
+    print(table(["path", "step", "weights at bw", "non-weight", "roofline", "GB/s", "nodes",
+                 "profiled step", "weight ops", "other ops", "gaps"], lines))  # fmt: skip
     print("\nop types by time, ms per step:")
     print(table(["path", "ops"], tops))
 

@@ -18,6 +18,8 @@ Context 128 unless said. Engines whose extra is missing, or that failed, are lef
 
     .venv/bin/python benchmarks/goals.py --db engines.db            # every sweep in it
     .venv/bin/python benchmarks/goals.py --run 3 --db engines.db    # run engines.yaml 3x first
+    .venv/bin/python benchmarks/goals.py --run 3 --db speed.db --contexts 128 \
+        --labels onnx-int8-all,onnx-int4-b128-p8    # goal 4's spread only: minutes, not hours
 """
 
 from __future__ import annotations
@@ -34,7 +36,11 @@ from common import ROOT, table
 from db.session import open_readonly
 from orchestrator.reports.query import find_sweeps, result_rows
 
-OURS = {"int8": ["onnx-int8-all"], "4-bit": ["onnx-int4-all"], "fp32": ["onnx-fp32"]}
+OURS = {
+    "int8": ["onnx-int8-all", "onnx-int8-nbits"],
+    "4-bit": ["onnx-int4-all", "onnx-int4-b128-p8"],
+    "fp32": ["onnx-fp32"],
+}
 ENGINES = {
     "int8": ["ct2-int8", "ct2-int8-f32", "llama-q8_0", "ov-int8", "ov-int8-py"],
     "4-bit": ["llama-q4_0", "llama-q4_K_M", "ov-int4", "ov-int4-all"],
@@ -42,8 +48,18 @@ ENGINES = {
 BASELINE = "hf"
 
 
-def run_sweeps(count: int, db: Path) -> None:
+def run_sweeps(count: int, db: Path, labels: list[str] | None, contexts: list[int] | None):
+    """engines.yaml `count` times, as separate sweeps; only `labels` (and the baseline and
+    its control) and `contexts` when given."""
     data = yaml.safe_load((ROOT / "examples/engines.yaml").read_text())
+    if labels:
+        data["backends"] = [b for b in data["backends"]
+                            if _label(b) in labels or _label(b) == BASELINE]  # fmt: skip
+        missing = set(labels) - {_label(b) for b in data["backends"]}
+        if missing:
+            raise SystemExit(f"not in examples/engines.yaml: {', '.join(sorted(missing))}")
+    if contexts:
+        data["context_sizes"] = contexts
     directory = Path(tempfile.mkdtemp(prefix="goals-"))
     for index in range(1, count + 1):
         data["name"] = f"engines-{index}"
@@ -52,6 +68,10 @@ def run_sweeps(count: int, db: Path) -> None:
         print(f"sweep {index}/{count}: farm submit --grid {grid}", flush=True)
         subprocess.run([str(ROOT / ".venv/bin/farm"), "submit", "--grid", str(grid), "--db",
                         str(db), "-q"], check=False, cwd=ROOT)  # fmt: skip
+
+
+def _label(backend) -> str:
+    return backend if isinstance(backend, str) else backend.get("label", backend["name"])
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
@@ -127,9 +147,13 @@ def main() -> None:
     )
     parser.add_argument("--db", type=Path, required=True, help="the sweeps' database")
     parser.add_argument("--run", type=int, default=0, help="first run engines.yaml N times")
+    parser.add_argument("--labels", help="with --run: only these backends (comma-separated)")
+    parser.add_argument("--contexts", help="with --run: only these contexts (comma-separated)")
     args = parser.parse_args()
     if args.run:
-        run_sweeps(args.run, args.db)
+        labels = args.labels.split(",") if args.labels else None
+        contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
+        run_sweeps(args.run, args.db, labels, contexts)
     with open_readonly(str(args.db))() as session:
         sweeps = find_sweeps(session, None, every=True)
         rows = result_rows(session, sweeps, BASELINE)

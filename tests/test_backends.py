@@ -44,6 +44,17 @@ QUANTIZED = [
     ("onnx", {"fused_attention": True, "kv_cache": "in_place", "quantize": "int8"}),
     ("onnx", INT4_ALL_IN_PLACE),
     ("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True}),
+    ("onnx", {**INT4_ALL_IN_PLACE, "block_size": 128}),  # K=64 here: one padded block
+    (
+        "onnx",
+        {
+            "fused_attention": True,
+            "kv_cache": "in_place",
+            "quantize": "int8",
+            "int8_kernel": "nbits",
+            "block_size": 16,
+        },
+    ),
     ("torch-int8", {}),
     ("hf", {"dtype": "bfloat16"}),
     ("nanogpt", {"dtype": "bfloat16"}),
@@ -162,8 +173,15 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("quantize", "fused"), [("int8", False), ("int8", True), ("int4", True)])
-def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, quantize, fused):
+@pytest.mark.parametrize(
+    ("settings", "nbits"),
+    [({"quantize": "int8"}, None), ({"quantize": "int8", "fused_attention": True}, None),
+     ({"quantize": "int4", "fused_attention": True}, (4, 32)),
+     ({"quantize": "int4", "fused_attention": True, "block_size": 128}, (4, 128)),
+     ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, (8, 64))],
+    ids=str,
+)  # fmt: skip
+def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, settings, nbits):
     import onnx
 
     from backends.onnx_export import onnx_artifact
@@ -171,7 +189,7 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
 
     def quantized_matmuls(lm_head: bool) -> int:
         options = registry.entry("onnx").options.model_validate(
-            {"quantize": quantize, "quantize_lm_head": lm_head, "fused_attention": fused}
+            {**settings, "quantize_lm_head": lm_head}
         )
         artifact = onnx_artifact(
             tiny_model, options, artifacts, weights_digest(tiny_model, artifacts)
@@ -182,9 +200,14 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
         assert {op: entry["nodes"] for op, entry in recorded.items()} == {
             op: ops.count(op) for op in recorded
         }
-        if quantize == "int4":
+        if nbits is not None:
             assert recorded["MatMulNBits"]["accuracy_level"] == [4]
-            assert recorded["MatMulNBits"]["bits"] == [4]
+            assert (recorded["MatMulNBits"]["bits"], recorded["MatMulNBits"]["block_size"]) == (
+                [nbits[0]],
+                [nbits[1]],
+            )
+        else:
+            assert "MatMulNBits" not in recorded
         return sum(op in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulNBits") for op in ops)
 
     assert quantized_matmuls(True) == quantized_matmuls(False) + 1 == 2 * 4 + 1
@@ -286,3 +309,19 @@ def test_the_in_place_cache_asks_for_its_prerequisites():
     with pytest.raises(ValidationError, match="needs io_binding: true"):
         options.model_validate({"kv_cache": "in_place", "fused_attention": True,
                                 "io_binding": False})  # fmt: skip
+    with pytest.raises(ValidationError, match="add quantize: int8"):
+        options.model_validate({"int8_kernel": "nbits"})
+    with pytest.raises(ValidationError, match="block_size is the scale block"):
+        options.model_validate({"quantize": "int8", "block_size": 128})
+    with pytest.raises(ValidationError, match="block_size"):
+        options.model_validate({"quantize": "int4", "block_size": 48})
+
+
+@pytest.mark.parametrize(
+    ("options", "bytes_per_weight"),
+    [({}, 4.0), ({"quantize": "int8"}, 1.0), ({"quantize": "int4"}, 0.625),
+     ({"quantize": "int4", "block_size": 128}, 0.53125),
+     ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, 1.0625)],
+)  # fmt: skip
+def test_the_roofline_counts_each_block_scale(options, bytes_per_weight):
+    assert registry.entry("onnx").options(**options).weight_bytes() == bytes_per_weight
