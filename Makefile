@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.*
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup quick test test-fast lint benchmark clean
+.PHONY: setup quick test test-fast lint benchmark clean engines
 
 setup: $(VENV)/.installed
 
@@ -27,11 +27,23 @@ quick: setup
 
 # The tests' own backends (tests/plugin) are installed the way a user's plugin would be,
 # and the engines whose wheels are quick to install (llama.cpp builds from source: its
-# tests run when `pip install -e '.[llama-cpp]'` was done by hand).
+# tests run after `make engines`).
 $(VENV)/.test-plugin: $(VENV)/.installed tests/plugin/pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e tests/plugin
 	$(BIN)/python -m pip install --quiet -e '.[dev,ctranslate2,openvino]'
 	touch $@
+
+# Every engine of examples/engines.yaml. pip compiles llama.cpp (minutes) for this CPU, but
+# without its AMX kernels: on AMX CPUs under a hypervisor they kill the process (SIGSEGV or
+# SIGILL: only the main thread asks the kernel for AMX state; llama.cpp PR #26954). GCC
+# keeps an explicit -mno-* over what -march=native turns on. LLAMA_CMAKE_ARGS= builds AMX in.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS ?= -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+engines: setup
+	$(BIN)/python -m pip install --quiet -e '.[ctranslate2,openvino]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
+		--force-reinstall --no-deps 'llama-cpp-python>=0.3'
+	$(BIN)/python -m pip install --quiet -e '.[llama-cpp]'
 
 test: setup $(VENV)/.test-plugin
 	$(BIN)/ruff check .

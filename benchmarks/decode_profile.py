@@ -43,6 +43,11 @@ PATHS = {
                            "block_size": 128},
     "onnx-int8-nbits": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
                         "int8_kernel": "nbits", "block_size": 128},
+    # ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu...) first
+    "onnx-int8-all-opt": {**FUSED, "optimize": True, "quantize": "int8",
+                          "quantize_lm_head": True},
+    "onnx-int4-b128-opt": {**FUSED, "optimize": True, "quantize": "int4",
+                           "quantize_lm_head": True, "block_size": 128},
 }  # fmt: skip
 WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "MatMulNBits", "FusedMatMul",
               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedGemm"}  # fmt: skip
