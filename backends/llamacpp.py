@@ -25,6 +25,7 @@ from backends.artifacts import cached_artifact, source_digest
 from backends.base import Generation, LoadReport
 from backends.config import ModelConfig
 from backends.gguf_export import quantize, write_gguf
+from backends.llamacpp_build import refuse_amx_under_hypervisor
 from backends.options import LlamaCppOptions
 from backends.weights import weights_digest
 
@@ -41,6 +42,8 @@ class LlamaCppBackend:
     def __init__(
         self, model_dir: Path, options: LlamaCppOptions, threads: int, cache_dir: Path
     ) -> None:
+        system_info = llama_cpp.llama_print_system_info().decode().strip()
+        refuse_amx_under_hypervisor(system_info, Path("/proc/cpuinfo").read_text())
         version = metadata.version("llama_cpp_python")
         parts = [weights_digest(model_dir, cache_dir), version,
                  source_digest("backends.gguf_export")]  # fmt: skip
@@ -61,7 +64,6 @@ class LlamaCppBackend:
         self.vocab = self.llm.n_vocab()
         self.forced: Llama | None = None  # keeps every position's logits, made on demand
         self._logits_ith = llama_cpp.llama_get_logits_ith  # looked up once, not per token
-        system_info = llama_cpp.llama_print_system_info().decode().strip()
         self.load_report = LoadReport(
             artifact_built=built,
             artifact_build_s=build_s if built else None,

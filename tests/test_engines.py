@@ -195,3 +195,18 @@ def test_openvino_int4_is_a_farm_backend(tiny_model, tmp_path):
     assert m.fidelity_positions == 8 and m.top1_agreement is not None
     assert m.load_extra["attention_backend"].startswith("SDPA")
     assert m.weight_bytes_per_token > 0 and m.roofline_fraction > 0
+
+
+def test_an_amx_llama_cpp_build_is_refused_under_a_hypervisor_with_the_fix(monkeypatch):
+    from backends.llamacpp_build import refuse_amx_under_hypervisor
+
+    amx = "CPU : AVX2 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | OPENMP = 1 |"
+    built_without = amx.replace("AMX_INT8 = 1 | ", "")
+    vm, metal = "flags\t\t: fpu avx2 amx_int8 hypervisor\n", "flags\t\t: fpu avx2 amx_int8\n"
+    monkeypatch.delenv("FARM_LLAMA_AMX", raising=False)
+    with pytest.raises(RuntimeError, match="crash under a hypervisor.*make engines"):
+        refuse_amx_under_hypervisor(amx, vm)
+    refuse_amx_under_hypervisor(built_without, vm)  # the build `make engines` makes
+    refuse_amx_under_hypervisor(amx, metal)
+    monkeypatch.setenv("FARM_LLAMA_AMX", "1")
+    refuse_amx_under_hypervisor(amx, vm)
