@@ -3,19 +3,57 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from contract.cpus import available_cpus, parse_cpu_list  # noqa: E402
 from executors.local import LocalWorker  # noqa: E402
-from orchestrator.sweep import parse_sweep  # noqa: E402
+from orchestrator.sweep import backend_label, parse_sweep  # noqa: E402
 from worker.measure import Repeat  # noqa: E402
 
 CACHE = Path("~/.cache/whistle-stop").expanduser()
+
+
+def edited_grid(
+    source: Path,
+    labels: list[str] | None = None,
+    contexts: list[int] | None = None,
+    **updates,
+) -> dict:
+    """A sweep file's contents, cut to `labels` (and its baseline) and `contexts`, with
+    top-level keys replaced by `updates`; a label the file lacks is refused."""
+    data = yaml.safe_load(source.read_text())
+    if labels:
+        keep = {*labels, data.get("baseline", "hf")}
+        data["backends"] = [b for b in data["backends"] if backend_label(b) in keep]
+        missing = set(labels) - {backend_label(b) for b in data["backends"]}
+        if missing:
+            raise SystemExit(f"not in {source.name}: {', '.join(sorted(missing))}")
+    if contexts:
+        data["context_sizes"] = contexts
+    return data | updates
+
+
+def farm(*args: str) -> None:
+    """The `farm` command of this checkout (not whichever one is installed), as a user
+    runs it; its exit status is the sweep's business, not the benchmark's."""
+    main = "import sys; from cli import main; sys.argv[0] = 'farm'; main()"
+    subprocess.run([sys.executable, "-c", main, *args], check=False, cwd=ROOT)
+
+
+def submit(data: dict, directory: Path, db: Path) -> Path:
+    """Write `data` as <directory>/<name>.yaml and submit it to `db` (quietly); the file."""
+    grid = directory / f"{data['name']}.yaml"
+    grid.write_text(yaml.safe_dump(data, sort_keys=False))
+    farm("submit", "--grid", str(grid), "--db", str(db), "-q")
+    return grid
 
 
 def jobs_from_yaml(text: str):

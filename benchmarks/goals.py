@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
-import yaml
-from common import ROOT, table
+from common import ROOT, edited_grid, submit, table
 
 from db.session import open_readonly
 from orchestrator.reports.query import find_sweeps, result_rows
@@ -51,27 +49,13 @@ BASELINE = "hf"
 def run_sweeps(count: int, db: Path, labels: list[str] | None, contexts: list[int] | None):
     """engines.yaml `count` times, as separate sweeps; only `labels` (and the baseline and
     its control) and `contexts` when given."""
-    data = yaml.safe_load((ROOT / "examples/engines.yaml").read_text())
-    if labels:
-        data["backends"] = [b for b in data["backends"]
-                            if _label(b) in labels or _label(b) == BASELINE]  # fmt: skip
-        missing = set(labels) - {_label(b) for b in data["backends"]}
-        if missing:
-            raise SystemExit(f"not in examples/engines.yaml: {', '.join(sorted(missing))}")
-    if contexts:
-        data["context_sizes"] = contexts
     directory = Path(tempfile.mkdtemp(prefix="goals-"))
     for index in range(1, count + 1):
-        data["name"] = f"engines-{index}"
-        grid = directory / f"{data['name']}.yaml"
-        grid.write_text(yaml.safe_dump(data, sort_keys=False))
-        print(f"sweep {index}/{count}: farm submit --grid {grid}", flush=True)
-        subprocess.run([str(ROOT / ".venv/bin/farm"), "submit", "--grid", str(grid), "--db",
-                        str(db), "-q"], check=False, cwd=ROOT)  # fmt: skip
-
-
-def _label(backend) -> str:
-    return backend if isinstance(backend, str) else backend.get("label", backend["name"])
+        data = edited_grid(
+            ROOT / "examples/engines.yaml", labels, contexts, name=f"engines-{index}"
+        )
+        print(f"sweep {index}/{count}: {data['name']} in {directory}", flush=True)
+        submit(data, directory, db)
 
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int], dict]:

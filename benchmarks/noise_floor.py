@@ -19,37 +19,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 from pathlib import Path
 
 import yaml
-from common import ROOT, table
+from common import ROOT, edited_grid, submit, table
 
 from db.session import open_readonly
 from orchestrator.reports.query import find_sweeps, result_rows
-
-
-def sweep_file(source: Path, args, index: int, directory: Path) -> Path:
-    data = yaml.safe_load(source.read_text())
-    data.update(name=f"nf{index}", rounds=args.rounds, control=True)
-    if args.backends:
-        wanted = args.backends.split(",")
-        data["backends"] = [b for b in data["backends"] if _label(b) in wanted]
-    if args.contexts:
-        data["context_sizes"] = [int(c) for c in args.contexts.split(",")]
-    for setting in args.set:
-        key, _, value = setting.partition("=")
-        data[key] = yaml.safe_load(value)
-    path = directory / f"nf{index}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _label(entry) -> str:
-    if isinstance(entry, str):
-        return entry
-    return entry.get("label", entry["name"])
 
 
 def main() -> None:
@@ -68,12 +45,16 @@ def main() -> None:
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="noise-floor-"))
     db = args.keep or directory / "farm.db"
+    labels = args.backends.split(",") if args.backends else None
+    contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
+    pairs = (setting.partition("=") for setting in args.set)
+    settings = {key: yaml.safe_load(value) for key, _, value in pairs}
     for index in range(1, args.sweeps + 1):
-        grid = sweep_file(args.sweep, args, index, directory)
-        print(f"sweep {index}/{args.sweeps}: farm submit --grid {grid} (rounds {args.rounds})",
-              flush=True)  # fmt: skip
-        subprocess.run([str(ROOT / ".venv/bin/farm"), "submit", "--grid", str(grid), "--db",
-                        str(db), "-q"], check=False, cwd=ROOT)  # fmt: skip
+        data = edited_grid(args.sweep, labels, contexts, **settings, name=f"nf{index}",
+                           rounds=args.rounds, control=True)  # fmt: skip
+        print(f"sweep {index}/{args.sweeps}: {data['name']} (rounds {args.rounds}) in "
+              f"{directory}", flush=True)  # fmt: skip
+        submit(data, directory, db)
     with open_readonly(str(db))() as session:
         sweeps = find_sweeps(session, None, every=True)
         baseline = sweeps[0].baseline or "hf"

@@ -3,8 +3,7 @@
 A thin wrapper: `farm submit --grid examples/engines.yaml` (every engine variant a farm
 backend, each job its own pinned process, so a crashing engine is one failed job with
 its signal, and the sweep goes on), then the report and the speed-vs-fidelity plot.
-Engines are optional extras: `pip install -e '.[ctranslate2,llama-cpp,openvino]'` (pip builds
-llama.cpp from source); a variant whose extra is missing is left out, and said so.
+Engines are optional extras: `make engines` (pip builds llama.cpp from source); a variant whose extra is missing is left out, and said so.
 
     .venv/bin/python benchmarks/peers.py [--rounds 3] [--contexts 32,128,512] [--db FILE]
 """
@@ -12,16 +11,13 @@ llama.cpp from source); a variant whose extra is missing is left out, and said s
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 from pathlib import Path
 
 import yaml
-from common import ROOT
+from common import ROOT, farm
 
 from backends import registry
-
-FARM = str(ROOT / ".venv/bin/farm")
 
 
 def main() -> None:
@@ -50,10 +46,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peers-"))
     grid, db = work / "engines.yaml", args.db or work / "farm.db"
     grid.write_text(yaml.safe_dump(data, sort_keys=False))
-    subprocess.run([FARM, "submit", "--grid", str(grid), "--db", str(db)], check=False)
-    subprocess.run([FARM, "report", "--db", str(db), "--sweep", data["name"]], check=False)
-    subprocess.run([FARM, "plot", "--db", str(db), "--sweep", data["name"], "--out",
-                    str(work / "plots")], check=False)  # fmt: skip
+    farm("submit", "--grid", str(grid), "--db", str(db))
+    farm("report", "--db", str(db), "--sweep", data["name"])
+    farm("plot", "--db", str(db), "--sweep", data["name"], "--out", str(work / "plots"))
 
 
 if __name__ == "__main__":

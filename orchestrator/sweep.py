@@ -96,6 +96,11 @@ class SweepFile(BaseModel):
         return [_backend_choice(item, index) for index, item in enumerate(value)]
 
 
+def backend_label(item: Any) -> str:
+    """The label a sweep file's backend entry gets (its own, or name[changed options])."""
+    return _backend_choice(item, 0).label
+
+
 def _backend_choice(item: Any, index: int) -> BackendChoice:
     """`hf` or `{name: hf, dtype: bfloat16, label: hf-bf16}` -> a validated choice."""
     if isinstance(item, str):
