@@ -26,7 +26,7 @@ import onnxruntime as ort
 from backends.base import LoadReport, StepwiseBackend
 from backends.config import ModelConfig
 from backends.onnx_export import onnx_artifact
-from backends.options import OnnxOptions
+from backends.options import BLOCK_SIZE, OnnxOptions
 from backends.weights import weights_digest
 
 
@@ -75,7 +75,7 @@ class OnnxBackend(StepwiseBackend):
         if options.prefill_int8:
             # the same graph quantized to int8, over the same bound cache buffers: prefill is
             # compute-bound, where int8 kernels beat 4-bit ones; decode stays on int4
-            int8 = options.model_copy(update={"quantize": "int8", "block_size": 32})
+            int8 = options.model_copy(update={"quantize": "int8", "block_size": BLOCK_SIZE})
             prefill_artifact = onnx_artifact(model_dir, int8, cache_dir, digest)
             prefill_session = ort.InferenceSession(
                 str(prefill_artifact.path), settings, providers=["CPUExecutionProvider"]

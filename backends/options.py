@@ -38,6 +38,9 @@ class NanoGPTOptions(BackendOptions):
     kv_cache: bool = True
 
 
+BLOCK_SIZE = 32  # MatMulNBits' default here: the first 4-bit artifacts' keys assume it
+
+
 class OnnxOptions(BackendOptions):
     """ONNX Runtime with past key/values fed back by a greedy loop."""
 
@@ -62,9 +65,9 @@ class OnnxOptions(BackendOptions):
     # weights, activations quantized inside the kernel (one op per matmul, a scale per block)
     int8_kernel: Literal["dynamic", "nbits"] = "dynamic"
     # weights sharing one scale (int4, and int8 with int8_kernel: nbits). Larger blocks
-    # read fewer scale bytes and, in MLAS's 4-bit kernel, spend less per block: decode
-    # 4.6 ms at 32 against 3.1 ms at 128 for GPT-2 small on a 2-core Xeon (fidelity: report)
-    block_size: Literal[16, 32, 64, 128, 256] = 32
+    # read fewer scale bytes and, in MLAS's 4-bit kernel, spend less per block: 5.0 against
+    # 3.2 ms a token at 32 and 128, GPT-2 small on a 2-core Xeon (decode_profile.py)
+    block_size: Literal[16, 32, 64, 128, 256] = BLOCK_SIZE
 
     @model_validator(mode="after")
     def _in_place_needs(self) -> OnnxOptions:
@@ -86,7 +89,7 @@ class OnnxOptions(BackendOptions):
         if self.int8_kernel == "nbits" and self.quantize != "int8":
             raise ValueError("int8_kernel says how int8 weights are multiplied; add quantize: int8")
         blocks = self.quantize == "int4" or self.int8_kernel == "nbits"
-        if self.block_size != 32 and not blocks:
+        if self.block_size != BLOCK_SIZE and not blocks:
             raise ValueError(
                 "block_size is the scale block of MatMulNBits weights: it needs quantize: int4 "
                 "or quantize: int8 with int8_kernel: nbits"
