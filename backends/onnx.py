@@ -9,6 +9,9 @@ loop, kept so the difference can be measured rather than assumed.
 sequence, each bound as both the past input and the present output, so ONNX Runtime
 writes each new token into it and nothing is copied (see backends/onnx_graph.py).
 
+`kv_dtype: int8` (in_place): the buffers hold int8 keys and values, one scale per channel
+calibrated at export; each decode step reads a quarter of a float32 cache's bytes.
+
 `prefill_int8` (int4 + in_place): the prompt runs on an int8 copy of the graph, whose
 kernels multiply matrices faster than the 4-bit ones, and decode on the int4 graph,
 which reads the fewest bytes a token; both sessions bind the same cache buffers.
@@ -154,7 +157,10 @@ class InPlaceCache:
         self.sessions = {"decode": session, "prefill": prefill_session or session}
         self.block_size = config.n_positions
         self.heads, self.head_size = config.n_head, config.head_size
-        self.names = [i.name.removeprefix("past_") for i in session.get_inputs()[2:]]
+        cache_inputs = session.get_inputs()[2:]
+        self.names = [i.name.removeprefix("past_") for i in cache_inputs]
+        # float32, or int8 for a quantized cache (`kv_dtype`): the graph says which
+        self.dtype = np.int8 if cache_inputs[0].type == "tensor(int8)" else np.float32
         self.capacity, self.length = 0, 0
         self.bindings: dict[str, ort.IOBinding] = {}
 
@@ -185,7 +191,7 @@ class InPlaceCache:
     def _allocate(self, capacity: int, keep: int) -> None:
         old = self.buffers if self.bindings else None
         shape = (1, self.heads, capacity, self.head_size)
-        self.buffers = [np.zeros(shape, np.float32) for _ in self.names]
+        self.buffers = [np.zeros(shape, self.dtype) for _ in self.names]
         if old is not None and keep:
             for new, previous in zip(self.buffers, old, strict=True):
                 new[:, :, :keep] = previous[:, :, :keep]

@@ -31,6 +31,10 @@ from backends.options import BLOCK_SIZE, OnnxOptions
 EXPORTER = ("backends.onnx_export", "backends.onnx_graph", "backends.nanogpt_model")
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
+# An int8 cache's scales come from the float model on these prompts: random token ids (as
+# the farm's prompts are), from seeds no sweep uses by default, each as long as the model
+# allows so that every position's keys and values are seen
+CALIBRATION = {"prompts": 4, "seed": 1000}
 
 
 @dataclass
@@ -56,6 +60,8 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
     export = {"source": source_digest(*EXPORTER), "opset": 23 if fused else 20, "head": head}
     if options.kv_cache == "in_place":  # the concat form keeps its earlier cache key
         export |= {"kv_cache": "in_place"}
+    if options.kv_dtype != "float32":
+        export |= {"kv_dtype": options.kv_dtype, "calibration": CALIBRATION}
     steps = [("export", export)]
     if options.optimize:
         steps.append(("optimize", {}))
@@ -108,8 +114,14 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
 
     gpt = load_gpt(model_dir)
     in_place = options.get("kv_cache") == "in_place"
-    module = (InPlaceGraph if in_place else ConcatGraph)(gpt, options["head"]).eval()
-    args, (input_names, output_names), dynamic_shapes = sample_inputs(gpt, in_place)
+    int8_cache = options.get("kv_dtype") == "int8"
+    if in_place:
+        scales = _calibrated_kv_scales(gpt, options["calibration"]) if int8_cache else None
+        module = InPlaceGraph(gpt, options["head"], scales).eval()
+    else:
+        module = ConcatGraph(gpt, options["head"]).eval()
+    cache_dtype = torch.int8 if int8_cache else torch.float32
+    args, (input_names, output_names), dynamic_shapes = sample_inputs(gpt, in_place, cache_dtype)
     torch.onnx.export(
         module,
         args,
@@ -123,6 +135,17 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
         external_data=False,
     )
     (out / "config.json").write_text((model_dir / "config.json").read_text())
+
+
+def _calibrated_kv_scales(gpt, calibration: dict):
+    import random
+
+    from backends.onnx_graph import kv_scales
+
+    config, first = gpt.config, calibration["seed"]
+    rngs = [random.Random(seed) for seed in range(first, first + calibration["prompts"])]
+    prompts = [[rng.randrange(config.vocab_size) for _ in range(config.block_size)] for rng in rngs]
+    return kv_scales(gpt, prompts)
 
 
 def _optimize(model_dir: Path, source: Path, _options: dict, out: Path) -> None:

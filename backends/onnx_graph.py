@@ -30,24 +30,33 @@ _MICROSOFT = values.Opset("com.microsoft", 1)
 
 def _register_gqa_schema() -> None:
     """onnxscript builds a node only from a schema, and onnx knows none of ONNX Runtime's
-    com.microsoft ops: declare the slice of GroupQueryAttention's that we use."""
+    com.microsoft ops: declare the slice of GroupQueryAttention's that we use (inputs up to
+    the quantized cache's scales; the ones between them stay absent)."""
     from onnx import defs
 
     if defs.has("GroupQueryAttention", "com.microsoft"):
         return
     param, optional = defs.OpSchema.FormalParameter, defs.OpSchema.FormalParameterOption.Optional
+    unused = ["cos_cache", "sin_cache", "position_ids", "attention_bias", "head_sink"]
     inputs = [param("query", "T"), param("key", "T", param_option=optional),
-              param("value", "T", param_option=optional), param("past_key", "T"),
-              param("past_value", "T"), param("seqlens_k", "M"),
-              param("total_sequence_length", "M")]  # fmt: skip
-    ints = defs.OpSchema.AttrType.INT
+              param("value", "T", param_option=optional), param("past_key", "T_CACHE"),
+              param("past_value", "T_CACHE"), param("seqlens_k", "M"),
+              param("total_sequence_length", "M"),
+              *(param(name, "T", param_option=optional) for name in unused),
+              param("k_scale", "T", param_option=optional),
+              param("v_scale", "T", param_option=optional)]  # fmt: skip
+    ints, text = defs.OpSchema.AttrType.INT, defs.OpSchema.AttrType.STRING
+    attribute = defs.OpSchema.Attribute
     schema = defs.OpSchema(
         "GroupQueryAttention", "com.microsoft", 1,
         inputs=inputs,
-        outputs=[param("output", "T"), param("present_key", "T"), param("present_value", "T")],
-        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], "")],
-        attributes=[defs.OpSchema.Attribute("num_heads", ints),
-                    defs.OpSchema.Attribute("kv_num_heads", ints)],
+        outputs=[param("output", "T"), param("present_key", "T_CACHE"),
+                 param("present_value", "T_CACHE")],
+        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], ""),
+                          ("T_CACHE", ["tensor(float)", "tensor(int8)"], "")],
+        attributes=[attribute("num_heads", ints), attribute("kv_num_heads", ints),
+                    attribute("k_quant_type", text), attribute("v_quant_type", text),
+                    attribute("kv_cache_bit_width", ints)],
     )  # fmt: skip
     defs.register_schema(schema)
 
@@ -60,51 +69,71 @@ def gqa(
     seqlens_k: torch.Tensor,
     total_length: torch.Tensor,
     num_heads: int,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What GroupQueryAttention computes, in PyTorch (the exporter needs only the shapes;
     this makes the module runnable, and testable, before export).
 
     qkv (B, T, 3C) packed as c_attn emits it; past_k/v (B, nh, capacity, hs); seqlens_k (B,)
-    int32 = tokens cached after this step - 1; total_length () int32, the same + 1.
+    int32 = tokens cached after this step - 1; total_length () int32, the same + 1;
+    k_scale/v_scale (C,): an int8 cache's step per channel (stored = round(x / scale)).
     -> y (B, T, C), and present_k/v: the buffers with the T new keys/values written.
     """
     B, T, C3 = qkv.shape
     q, k, v = (t.view(B, T, num_heads, -1).transpose(1, 2) for t in qkv.split(C3 // 3, dim=2))
     total = int(seqlens_k[0]) + 1
     present_k, present_v = past_k.clone(), past_v.clone()
-    present_k[:, :, total - T : total] = k
-    present_v[:, :, total - T : total] = v
+    present_k[:, :, total - T : total] = _store(k, k_scale, past_k)
+    present_v[:, :, total - T : total] = _store(v, v_scale, past_v)
+    keys = _load(present_k[:, :, :total], k_scale, q)
+    values = _load(present_v[:, :, :total], v_scale, q)
     mask = torch.arange(total).unsqueeze(0) <= torch.arange(T).unsqueeze(1) + (total - T)
-    y = F.scaled_dot_product_attention(
-        q, present_k[:, :, :total], present_v[:, :, :total], attn_mask=mask
-    )
+    y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
     return y.transpose(1, 2).reshape(B, T, C3 // 3), present_k, present_v
 
 
+def _store(x: torch.Tensor, scale: torch.Tensor | None, cache: torch.Tensor) -> torch.Tensor:
+    if scale is None:
+        return x
+    step = scale.view(1, x.size(1), 1, x.size(3))  # per channel: (head, dim)
+    return torch.clamp(torch.round(x / step), -128, 127).to(cache.dtype)
+
+
+def _load(cached: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    if scale is None:
+        return cached
+    return cached.to(like.dtype) * scale.view(1, cached.size(1), 1, cached.size(3))
+
+
 @gqa.register_fake
-def _gqa_shape(qkv, past_k, past_v, seqlens_k, total_length, num_heads):
+def _gqa_shape(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None,
+               v_scale=None):  # fmt: skip
     B, T, C3 = qkv.shape
     return qkv.new_empty(B, T, C3 // 3), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
-def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads):
+def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None,
+             v_scale=None):  # fmt: skip
     """The exporter's translation: one GroupQueryAttention node; key and value are absent
-    because the query input is packed q|k|v."""
+    because the query input is packed q|k|v. With scales, the cache is int8 per channel."""
     _register_gqa_schema()
+    heads = {"num_heads": num_heads, "kv_num_heads": num_heads}
+    if k_scale is None:
+        return _MICROSOFT.GroupQueryAttention(
+            qkv, None, None, past_k, past_v, seqlens_k, total_length, **heads
+        )
     return _MICROSOFT.GroupQueryAttention(
-        qkv,
-        None,
-        None,
-        past_k,
-        past_v,
-        seqlens_k,
-        total_length,
-        num_heads=num_heads,
-        kv_num_heads=num_heads,
-    )
+        qkv, None, None, past_k, past_v, seqlens_k, total_length,
+        None, None, None, None, None, k_scale, v_scale,
+        k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8, **heads,
+    )  # fmt: skip
 
 
 TRANSLATIONS = {torch.ops.whistle_stop.gqa.default: gqa_onnx}
+
+
+KVScales = tuple[torch.Tensor, torch.Tensor]  # keys', values' steps, (n_layer, C) each
 
 
 class BufferCache:
@@ -112,14 +141,19 @@ class BufferCache:
 
     It owns attention too (`attend`), because one kernel writes the cache and reads it."""
 
-    def __init__(self, past_k: list[torch.Tensor], past_v: list[torch.Tensor], write_index):
+    def __init__(self, past_k: list[torch.Tensor], past_v: list[torch.Tensor], write_index,
+                 scales: KVScales | None = None):  # fmt: skip
         self.past_k, self.past_v, self.length = past_k, past_v, write_index
+        self.scales = scales  # (n_layer, C) each, for an int8 cache
         self.present_k: list[torch.Tensor] = []
         self.present_v: list[torch.Tensor] = []
 
     def attend(self, layer: int, qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
         total = (self.length + qkv.size(1)).to(torch.int32)  # (1,): tokens cached after this
-        y, k, v = gqa(qkv, self.past_k[layer], self.past_v[layer], total - 1, total[0], num_heads)
+        scales = () if self.scales is None else (self.scales[0][layer], self.scales[1][layer])
+        y, k, v = gqa(
+            qkv, self.past_k[layer], self.past_v[layer], total - 1, total[0], num_heads, *scales
+        )
         self.present_k.append(k)
         self.present_v.append(v)
         return y
@@ -155,17 +189,56 @@ class ConcatGraph(torch.nn.Module):
 class InPlaceGraph(ConcatGraph):
     """(input_ids, write_index, [past_k.0, ..., past_v.0, ...]) -> (logits, present_k.0, ...,
     present_v.0, ...); each cache tensor is (1, nh, capacity, hs), one per layer so each
-    can be bound in place."""
+    can be bound in place. With `kv_scales` ((n_layer, C) keys', values') the buffers are
+    int8 and those scales, constants of the graph, turn them back into floats."""
+
+    def __init__(self, gpt: GPT, head: str, kv_scales: KVScales | None = None):
+        super().__init__(gpt, head)
+        self.int8_cache = kv_scales is not None
+        if kv_scales is not None:
+            self.register_buffer("k_scale", kv_scales[0])
+            self.register_buffer("v_scale", kv_scales[1])
 
     def forward(self, input_ids, write_index, past):
         layers = len(past) // 2
-        cache = BufferCache(past[:layers], past[layers:], write_index)
+        scales = (self.k_scale, self.v_scale) if self.int8_cache else None
+        cache = BufferCache(past[:layers], past[layers:], write_index, scales)
         hidden = self.gpt.last_hidden(input_ids, cache)
         logits = _logits(self.gpt, hidden, self.head, self.head_form)
         return logits, *cache.present_k, *cache.present_v
 
 
-def sample_inputs(gpt: GPT, in_place: bool):
+def kv_scales(gpt: GPT, prompts: list[list[int]]) -> KVScales:
+    """Per layer and channel, the step of an int8 cache: the largest |key| and |value| the
+    float model produces on `prompts`, over 127. Scales are constants of the graph, so a
+    value past the calibrated range is clipped: prompts that span the model's positions
+    see what a long generation will."""
+    n_embd = gpt.config.n_embd
+    peaks: dict[int, torch.Tensor] = {}  # layer -> (2, C): keys', values' largest |x|
+
+    def record(layer: int):
+        def hook(_module, _inputs, qkv):
+            _q, k, v = qkv.split(n_embd, dim=2)
+            peak = torch.stack([k.abs().amax(dim=(0, 1)), v.abs().amax(dim=(0, 1))])
+            peaks[layer] = torch.maximum(peaks[layer], peak) if layer in peaks else peak
+
+        return hook
+
+    layers = gpt.transformer.h
+    handles = [block.attn.c_attn.register_forward_hook(record(i)) for i, block in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for prompt in prompts:
+                gpt.last_hidden(torch.tensor([prompt], dtype=torch.long))
+    finally:
+        for handle in handles:
+            handle.remove()
+    steps = torch.stack([peaks[i] for i in range(len(layers))]) / 127  # (n_layer, 2, C)
+    steps = steps.clamp_min(torch.finfo(torch.float32).tiny)  # an all-zero channel too
+    return steps[:, 0].contiguous(), steps[:, 1].contiguous()
+
+
+def sample_inputs(gpt: GPT, in_place: bool, cache_dtype: torch.dtype = torch.float32):
     """Example inputs for the exporter (4 new tokens after 3 cached ones), the names of
     inputs and outputs, and which axes are dynamic."""
     config = gpt.config
@@ -178,7 +251,7 @@ def sample_inputs(gpt: GPT, in_place: bool):
         names = (["input_ids", "past_k", "past_v"], ["logits", "present_k", "present_v"])
         shapes = {"input_ids": {1: new}, "past_k": {3: cached}, "past_v": {3: cached}}
         return (ids, past, past.clone()), names, shapes
-    past = [torch.zeros(1, config.n_head, 10, hs) for _ in range(2 * layers)]
+    past = [torch.zeros(1, config.n_head, 10, hs, dtype=cache_dtype) for _ in range(2 * layers)]
     capacity = torch.export.Dim("capacity", min=2, max=config.block_size)
     cache_names = [f"{kind}.{layer}" for kind in ("k", "v") for layer in range(layers)]
     names = (

@@ -43,6 +43,11 @@ PATHS = {
                            "block_size": 128},
     "onnx-int8-nbits": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
                         "int8_kernel": "nbits", "block_size": 128},
+    # the cache in int8 (kv_dtype): a quarter of its bytes read back every step
+    "onnx-int8-all-kv8": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
+                          "kv_dtype": "int8"},
+    "onnx-int4-b128-kv8": {**FUSED, "quantize": "int4", "quantize_lm_head": True,
+                           "block_size": 128, "kv_dtype": "int8"},
     # ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu...) first
     "onnx-int8-all-opt": {**FUSED, "optimize": True, "quantize": "int8",
                           "quantize_lm_head": True},

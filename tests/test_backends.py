@@ -45,6 +45,7 @@ QUANTIZED = [
     ("onnx", INT4_ALL_IN_PLACE),
     ("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True}),
     ("onnx", {**INT4_ALL_IN_PLACE, "block_size": 128}),  # K=64 here: one padded block
+    ("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True, "kv_dtype": "int8"}),
     (
         "onnx",
         {
@@ -298,6 +299,47 @@ def test_prefill_int8_runs_the_prompt_on_int8_and_decodes_on_int4(tiny_model, ar
     assert hybrid.load_report.extra["prefill_model"] == "int8"
 
 
+@pytest.mark.slow
+def test_an_int8_cache_is_what_onnx_runtime_reads_and_writes(tiny_model, artifacts, reference):
+    """With `kv_dtype: int8` each layer's GroupQueryAttention keeps int8 keys and values
+    (ONNX Runtime's quantized cache, a float32 step per channel); the buffers it fills are
+    the ones PyTorch's reference of the graph fills, within one step of rounding, and the
+    logits stay close to float32's."""
+    import onnx
+    import torch
+
+    from backends.nanogpt import load_gpt
+    from backends.onnx_export import CALIBRATION, _calibrated_kv_scales
+    from backends.onnx_graph import InPlaceGraph
+
+    prompt, ref_tokens, ref_logits = reference
+    options = {"fused_attention": True, "kv_cache": "in_place", "kv_dtype": "int8"}
+    backend = build("onnx", options, tiny_model, artifacts)
+    attention = [n for n in onnx.load(backend.model_path).graph.node
+                 if n.op_type == "GroupQueryAttention"]  # fmt: skip
+    assert attention and all(
+        {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["kv_cache_bit_width"] == 8
+        for n in attention
+    )
+    backend.reserve(len(prompt) + 1)
+    backend.prefill(prompt)
+    ours = backend.in_place.buffers
+    assert all(buffer.dtype == np.int8 for buffer in ours)
+
+    gpt = load_gpt(tiny_model)
+    graph = InPlaceGraph(gpt, "gemm", _calibrated_kv_scales(gpt, CALIBRATION)).eval()
+    past = [torch.zeros(buffer.shape, dtype=torch.int8) for buffer in ours]
+    with torch.no_grad():
+        _, *theirs = graph(torch.tensor([prompt]), torch.tensor([0]), past)
+    for mine, torch_buffer in zip(ours, theirs, strict=True):
+        difference = np.abs(mine.astype(int) - torch_buffer.numpy().astype(int))
+        assert difference.max() <= 1 and mine.any()
+
+    logits = backend.teacher_forced_logits(prompt, ref_tokens)
+    error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
+    assert 0 < error < 0.05, f"relative logit error {error}"
+
+
 def test_the_in_place_cache_asks_for_its_prerequisites():
     from pydantic import ValidationError
 
@@ -311,6 +353,8 @@ def test_the_in_place_cache_asks_for_its_prerequisites():
                                 "io_binding": False})  # fmt: skip
     with pytest.raises(ValidationError, match="add quantize: int8"):
         options.model_validate({"int8_kernel": "nbits"})
+    with pytest.raises(ValidationError, match="kv_dtype is the precision of the in-place cache"):
+        options.model_validate({"fused_attention": True, "kv_dtype": "int8"})
     with pytest.raises(ValidationError, match="block_size is the scale block"):
         options.model_validate({"quantize": "int8", "block_size": 128})
     with pytest.raises(ValidationError, match="block_size"):
