@@ -19,7 +19,7 @@ which reads the fewest bytes a token; both sessions bind the same cache buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,19 @@ class OnnxBackend(StepwiseBackend):
         self.model_path = artifact.path
         matmul_bytes = options.weight_bytes()
         lm_head_bytes = matmul_bytes if options.quantize_lm_head else 4.0
-        settings = session_options(threads)
+        # A second session for the prompt, over the same cache: `prefill_int8` (int8 weights
+        # multiply matrices faster), and an int8 cache (ONNX Runtime's kernel over it is slow
+        # when many queries attend at once: 21.7 against 7.6 ms for one layer's 512-token
+        # prompt), whose prompt runs with a float32 cache that the loop then quantizes
+        prefill_options, prefill_update = None, {}
         if options.prefill_int8:
+            prefill_update |= {"quantize": "int8", "block_size": BLOCK_SIZE}
+        if options.kv_dtype == "int8":
+            prefill_update |= {"kv_dtype": "float32"}
+        if prefill_update:
+            prefill_options = options.model_copy(update=prefill_update)
+        settings = session_options(threads)
+        if prefill_options is not None:
             # two sessions, two pools of threads on the same cores: threads left spinning
             # after one session's run would fight the other's (time to first token 78 ms
             # against 40 ms with this; decode 2-3% slower)
@@ -75,16 +86,14 @@ class OnnxBackend(StepwiseBackend):
         if artifact.weight_ops is not None:
             extra["weight_ops"] = artifact.weight_ops  # e.g. MatMulNBits accuracy_level
         prefill_session, prefill_bytes = None, 0
-        if options.prefill_int8:
-            # the same graph quantized to int8, over the same bound cache buffers: prefill is
-            # compute-bound, where int8 kernels beat 4-bit ones; decode stays on int4
-            int8 = options.model_copy(update={"quantize": "int8", "block_size": BLOCK_SIZE})
-            prefill_artifact = onnx_artifact(model_dir, int8, cache_dir, digest)
+        if prefill_options is not None:
+            prefill_artifact = onnx_artifact(model_dir, prefill_options, cache_dir, digest)
             prefill_session = ort.InferenceSession(
                 str(prefill_artifact.path), settings, providers=["CPUExecutionProvider"]
             )
             prefill_bytes = prefill_artifact.bytes
-            extra["prefill_model"] = "int8"
+            extra["prefill_model"] = prefill_options.quantize
+            extra["prefill_cache"] = prefill_options.kv_dtype
         self.load_report = LoadReport(
             artifact_built=artifact.built,
             artifact_build_s=artifact.build_s,
@@ -100,7 +109,10 @@ class OnnxBackend(StepwiseBackend):
         self.io_binding = options.io_binding
         self.past: tuple[Any, Any] | None = None
         in_place = options.kv_cache == "in_place"
-        self.in_place = InPlaceCache(self.session, config, prefill_session) if in_place else None
+        steps = np.load(artifact.kv_scales) if artifact.kv_scales is not None else None
+        self.in_place = None
+        if in_place:
+            self.in_place = InPlaceCache(self.session, config, prefill_session, steps)
 
     def reserve(self, total_tokens: int) -> None:
         if self.in_place is not None:
@@ -145,13 +157,16 @@ class InPlaceCache:
     and present output; each run binds only the new ids and where to write them.
 
     A second session of the same graph (other weights' precision) may run the prefill:
-    its binding shares the buffers, so decode reads what the prefill wrote."""
+    its binding shares the buffers, so decode reads what the prefill wrote. When decode's
+    cache is int8 and the prefill's float32 (`steps`: the int8 cache's calibrated steps),
+    the prefill writes float buffers of its own, quantized into decode's after it runs."""
 
     def __init__(
         self,
         session: ort.InferenceSession,
         config: ModelConfig,
         prefill_session: ort.InferenceSession | None = None,
+        steps: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         # without a prefill session both phases run `session`, through one binding
         self.sessions = {"decode": session, "prefill": prefill_session or session}
@@ -161,6 +176,11 @@ class InPlaceCache:
         self.names = [i.name.removeprefix("past_") for i in cache_inputs]
         # float32, or int8 for a quantized cache (`kv_dtype`): the graph says which
         self.dtype = np.int8 if cache_inputs[0].type == "tensor(int8)" else np.float32
+        prefill_input = self.sessions["prefill"].get_inputs()[2]
+        self.float_prefill = self.dtype == np.int8 and prefill_input.type == "tensor(float)"
+        if self.float_prefill:  # a step per channel, shaped to divide a (1, nh, T, hs) buffer
+            shape = (1, self.heads, 1, self.head_size)
+            self.steps = [steps[name[0]][int(name[2:])].reshape(shape) for name in self.names]
         self.capacity, self.length = 0, 0
         self.bindings: dict[str, ort.IOBinding] = {}
 
@@ -184,6 +204,11 @@ class InPlaceCache:
         binding.bind_cpu_input("input_ids", self.ids)  # ORT reads these arrays in place:
         binding.bind_cpu_input("write_index", self.write_index)  # keep them alive
         self.sessions[phase].run_with_iobinding(binding)
+        if start and self.float_prefill:
+            for cache, written, step in zip(self.buffers, self.float_buffers, self.steps,
+                                            strict=True):  # fmt: skip
+                quantized = np.rint(written[:, :, :needed] / step)
+                cache[:, :, :needed] = np.clip(quantized, -128, 127)
         self.length = needed
         # a copy: the binding reuses its logits buffer, and callers keep earlier rows
         return binding.get_outputs()[0].numpy()[0].copy()
@@ -197,15 +222,21 @@ class InPlaceCache:
                 new[:, :, :keep] = previous[:, :, :keep]
         self.values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.buffers]  # shared memory
         decode, prefill = self.sessions["decode"], self.sessions["prefill"]
-        decode_binding = self._bind(decode)
-        prefill_binding = decode_binding if prefill is decode else self._bind(prefill)
+        decode_binding = self._bind(decode, self.values)
+        prefill_binding = decode_binding
+        if self.float_prefill:
+            self.float_buffers = [np.zeros(shape, np.float32) for _ in self.names]
+            floats = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.float_buffers]
+            prefill_binding = self._bind(prefill, floats)
+        elif prefill is not decode:
+            prefill_binding = self._bind(prefill, self.values)
         self.bindings = {"decode": decode_binding, "prefill": prefill_binding}
         self.capacity = capacity
 
-    def _bind(self, session: ort.InferenceSession) -> ort.IOBinding:
+    def _bind(self, session: ort.InferenceSession, values: list[ort.OrtValue]) -> ort.IOBinding:
         binding = session.io_binding()
         binding.bind_output("logits", "cpu")  # first: outputs come back in binding order
-        for name, value in zip(self.names, self.values, strict=True):
+        for name, value in zip(self.names, values, strict=True):
             binding.bind_ortvalue_input(f"past_{name}", value)
             binding.bind_ortvalue_output(f"present_{name}", value)  # the same memory
         return binding

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from backends.artifacts import cached_artifact, dir_bytes, source_digest
 from backends.config import ModelConfig
 from backends.options import BLOCK_SIZE, OnnxOptions
@@ -31,6 +33,7 @@ from backends.options import BLOCK_SIZE, OnnxOptions
 EXPORTER = ("backends.onnx_export", "backends.onnx_graph", "backends.nanogpt_model")
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
+KV_SCALES = "kv_scales.npz"  # an int8 cache's steps, (n_layer, C) for keys and for values
 # An int8 cache's scales come from the float model on these prompts: random token ids (as
 # the farm's prompts are), from seeds no sweep uses by default, each as long as the model
 # allows so that every position's keys and values are seen
@@ -45,6 +48,7 @@ class Artifact:
     bytes: int
     fused_ops: dict[str, int] | None = None
     weight_ops: dict[str, dict] | None = None  # the quantized graph's matmul kernels
+    kv_scales: Path | None = None  # an int8 cache's calibrated steps (KV_SCALES)
 
 
 def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest: str) -> Artifact:
@@ -79,7 +83,7 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
             quantize["block_size"] = options.block_size
         steps.append(("quantize", quantize))
 
-    built_any, build_s, previous, fused = False, 0.0, None, None
+    built_any, build_s, previous, fused, kv_scales = False, 0.0, None, None, None
     key_parts: list = [digest, versions]
     for name, step_options in steps:
         key_parts = [*key_parts, [name, step_options]]  # a step's key covers every step before
@@ -89,9 +93,12 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
         previous = step.path / MODEL_FILE
         if (step.path / "fused_ops.json").exists():
             fused = json.loads((step.path / "fused_ops.json").read_text())
+        if (step.path / KV_SCALES).exists():
+            kv_scales = step.path / KV_SCALES
     kernels = previous.parent / "weight_ops.json"
     weight_ops = json.loads(kernels.read_text()) if kernels.exists() else None
-    return Artifact(previous, built_any, build_s, dir_bytes(previous.parent), fused, weight_ops)
+    size = dir_bytes(previous.parent)
+    return Artifact(previous, built_any, build_s, size, fused, weight_ops, kv_scales)
 
 
 def _checked(builder, model_dir: Path, source: Path | None, options: dict, out: Path) -> None:
@@ -118,6 +125,8 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
     if in_place:
         scales = _calibrated_kv_scales(gpt, options["calibration"]) if int8_cache else None
         module = InPlaceGraph(gpt, options["head"], scales).eval()
+        if scales is not None:  # for the loop, which quantizes a float32 prefill's cache
+            np.savez(out / KV_SCALES, k=scales[0].numpy(), v=scales[1].numpy())
     else:
         module = ConcatGraph(gpt, options["head"]).eval()
     cache_dtype = torch.int8 if int8_cache else torch.float32

@@ -134,6 +134,7 @@ TRANSLATIONS = {torch.ops.whistle_stop.gqa.default: gqa_onnx}
 
 
 KVScales = tuple[torch.Tensor, torch.Tensor]  # keys', values' steps, (n_layer, C) each
+# (or, inside the graph, a sequence of (C,) constants each)
 
 
 class BufferCache:
@@ -195,13 +196,17 @@ class InPlaceGraph(ConcatGraph):
     def __init__(self, gpt: GPT, head: str, kv_scales: KVScales | None = None):
         super().__init__(gpt, head)
         self.int8_cache = kv_scales is not None
-        if kv_scales is not None:
-            self.register_buffer("k_scale", kv_scales[0])
-            self.register_buffer("v_scale", kv_scales[1])
+        if kv_scales is not None:  # a constant per layer: a Gather from one would run each step
+            for layer in range(gpt.config.n_layer):
+                self.register_buffer(f"k_scale_{layer}", kv_scales[0][layer].clone())
+                self.register_buffer(f"v_scale_{layer}", kv_scales[1][layer].clone())
 
     def forward(self, input_ids, write_index, past):
         layers = len(past) // 2
-        scales = (self.k_scale, self.v_scale) if self.int8_cache else None
+        scales = None
+        if self.int8_cache:
+            scales = tuple([getattr(self, f"{kind}_scale_{i}") for i in range(layers)]
+                           for kind in ("k", "v"))  # fmt: skip
         cache = BufferCache(past[:layers], past[layers:], write_index, scales)
         hidden = self.gpt.last_hidden(input_ids, cache)
         logits = _logits(self.gpt, hidden, self.head, self.head_form)

@@ -302,9 +302,10 @@ def test_prefill_int8_runs_the_prompt_on_int8_and_decodes_on_int4(tiny_model, ar
 @pytest.mark.slow
 def test_an_int8_cache_is_what_onnx_runtime_reads_and_writes(tiny_model, artifacts, reference):
     """With `kv_dtype: int8` each layer's GroupQueryAttention keeps int8 keys and values
-    (ONNX Runtime's quantized cache, a float32 step per channel); the buffers it fills are
-    the ones PyTorch's reference of the graph fills, within one step of rounding, and the
-    logits stay close to float32's."""
+    (ONNX Runtime's quantized cache, a float32 step per channel). The prompt runs with a
+    float32 cache (same first logits as the float path) that the loop quantizes; decode
+    steps write theirs in ONNX Runtime. Either way the buffers hold what PyTorch's reference
+    of the graph holds, within one step of rounding, and the logits stay close to float32's."""
     import onnx
     import torch
 
@@ -313,27 +314,33 @@ def test_an_int8_cache_is_what_onnx_runtime_reads_and_writes(tiny_model, artifac
     from backends.onnx_graph import InPlaceGraph
 
     prompt, ref_tokens, ref_logits = reference
-    options = {"fused_attention": True, "kv_cache": "in_place", "kv_dtype": "int8"}
-    backend = build("onnx", options, tiny_model, artifacts)
+    float_cache = {"fused_attention": True, "kv_cache": "in_place"}
+    backend = build("onnx", {**float_cache, "kv_dtype": "int8"}, tiny_model, artifacts)
     attention = [n for n in onnx.load(backend.model_path).graph.node
                  if n.op_type == "GroupQueryAttention"]  # fmt: skip
     assert attention and all(
         {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["kv_cache_bit_width"] == 8
         for n in attention
     )
-    backend.reserve(len(prompt) + 1)
-    backend.prefill(prompt)
+    assert backend.load_report.extra["prefill_cache"] == "float32"
+    backend.reserve(len(prompt) + 2)
+    first = backend.prefill(prompt)
+    backend.step(ref_tokens[0])  # written by ONNX Runtime's int8 kernel
     ours = backend.in_place.buffers
     assert all(buffer.dtype == np.int8 for buffer in ours)
+    np.testing.assert_array_equal(
+        first, build("onnx", float_cache, tiny_model, artifacts).prefill(prompt)
+    )
 
     gpt = load_gpt(tiny_model)
     graph = InPlaceGraph(gpt, "gemm", _calibrated_kv_scales(gpt, CALIBRATION)).eval()
     past = [torch.zeros(buffer.shape, dtype=torch.int8) for buffer in ours]
     with torch.no_grad():
-        _, *theirs = graph(torch.tensor([prompt]), torch.tensor([0]), past)
-    for mine, torch_buffer in zip(ours, theirs, strict=True):
-        difference = np.abs(mine.astype(int) - torch_buffer.numpy().astype(int))
-        assert difference.max() <= 1 and mine.any()
+        _, *past = graph(torch.tensor([prompt]), torch.tensor([0]), past)
+        _, *past = graph(torch.tensor([ref_tokens[:1]]), torch.tensor([len(prompt)]), past)
+    for mine, theirs in zip(ours, past, strict=True):
+        difference = np.abs(mine.astype(int) - theirs.numpy().astype(int))
+        assert difference.max() <= 1 and mine[:, :, len(prompt)].any()
 
     logits = backend.teacher_forced_logits(prompt, ref_tokens)
     error = np.abs(logits - ref_logits).max() / np.abs(ref_logits).max()
