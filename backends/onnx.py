@@ -10,7 +10,8 @@ sequence, each bound as both the past input and the present output, so ONNX Runt
 writes each new token into it and nothing is copied (see backends/onnx_graph.py).
 
 `kv_dtype: int8` (in_place): the buffers hold int8 keys and values, one scale per channel
-calibrated at export; each decode step reads a quarter of a float32 cache's bytes.
+calibrated at export; each decode step reads a quarter of a float32 cache's bytes. The
+prompt runs on a float32-cache session, and the loop quantizes what it wrote.
 
 `prefill_int8` (int4 + in_place): the prompt runs on an int8 copy of the graph, whose
 kernels multiply matrices faster than the 4-bit ones, and decode on the int4 graph,
