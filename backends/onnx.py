@@ -227,8 +227,8 @@ class InPlaceCache:
         prefill_binding = decode_binding
         if self.float_prefill:
             self.float_buffers = [np.zeros(shape, np.float32) for _ in self.names]
-            floats = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.float_buffers]
-            prefill_binding = self._bind(prefill, floats)
+            self.float_values = [ort.OrtValue.ortvalue_from_numpy(b) for b in self.float_buffers]
+            prefill_binding = self._bind(prefill, self.float_values)
         elif prefill is not decode:
             prefill_binding = self._bind(prefill, self.values)
         self.bindings = {"decode": decode_binding, "prefill": prefill_binding}
