@@ -19,6 +19,8 @@ the cache crosses the graph boundary:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from onnxscript import values
 from torch.nn import functional as F
@@ -133,8 +135,8 @@ def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=No
 TRANSLATIONS = {torch.ops.whistle_stop.gqa.default: gqa_onnx}
 
 
-KVScales = tuple[torch.Tensor, torch.Tensor]  # keys', values' steps, (n_layer, C) each
-# (or, inside the graph, a sequence of (C,) constants each)
+# keys' and values' steps per layer and channel: (n_layer, C) tensors, or per-layer (C,) rows
+KVScales = tuple[Sequence[torch.Tensor], Sequence[torch.Tensor]]
 
 
 class BufferCache:
@@ -145,7 +147,7 @@ class BufferCache:
     def __init__(self, past_k: list[torch.Tensor], past_v: list[torch.Tensor], write_index,
                  scales: KVScales | None = None):  # fmt: skip
         self.past_k, self.past_v, self.length = past_k, past_v, write_index
-        self.scales = scales  # (n_layer, C) each, for an int8 cache
+        self.scales = scales  # an int8 cache's steps: scales[0][layer] is that layer's keys'
         self.present_k: list[torch.Tensor] = []
         self.present_v: list[torch.Tensor] = []
 
