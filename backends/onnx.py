@@ -61,8 +61,9 @@ class OnnxBackend(StepwiseBackend):
         lm_head_bytes = matmul_bytes if options.quantize_lm_head else 4.0
         # A second session for the prompt, over the same cache: `prefill_int8` (int8 weights
         # multiply matrices faster), and an int8 cache (ONNX Runtime's kernel over it is slow
-        # when many queries attend at once: 21.7 against 7.6 ms for one layer's 512-token
-        # prompt), whose prompt runs with a float32 cache that the loop then quantizes
+        # when many queries attend at once: 3-4x its float32 time over one layer's 512-token
+        # prompt, benchmarks/gqa_cache.py), whose prompt runs with a float32 cache that the
+        # loop then quantizes
         prefill_options, prefill_update = None, {}
         if options.prefill_int8:
             prefill_update |= {"quantize": "int8", "block_size": BLOCK_SIZE}
