@@ -132,7 +132,8 @@ class Result(Base):
     remeasured: Mapped[bool] = mapped_column(default=False)  # noisy once, measured again
     timer_gap: Mapped[float]  # the tail after the last token stamp, relative to e2e
     # the token clock against the outer clock: the mean stamped step of k extra tokens
-    # against (e2e(N+k) - e2e(N)) / k (None: no room for extra tokens)
+    # against (e2e(N+k) - e2e(N)) / k, e2e(N) the mean of runs right before and after the
+    # longer one (None: no room for extra tokens; worker/measure.py TimerCheck)
     timer_check: Mapped[float | None]
 
     materialize_s: Mapped[float]

@@ -94,6 +94,41 @@ def summarize(repeats: list[Repeat], noise_threshold: float) -> dict[str, float 
     }
 
 
+@dataclass(frozen=True)
+class TimerCheck:
+    """The token clock checked by the outer clock alone, between two identical runs.
+
+    k extra tokens cost (e2e(N+k) - e2e(N)) / k each by the outer clock, which the
+    stamped intervals of those k tokens must match (prefill + the stamped steps of one
+    run telescopes to its last stamp - start, so that sum cannot fail). e2e(N) is the
+    mean of an N-token run right before the longer one and another right after it: a
+    machine whose speed drifts steadily moves both sides alike. `noise` is what the
+    two bracketing runs' own difference could put into the disagreement: when it is
+    larger, the machine changed speed under the check and the check cannot tell.
+    """
+
+    disagreement: float  # |stamped - outer| / the larger of the two
+    noise: float  # |e2e(N) before - e2e(N) after| / k, in the same units
+
+    @classmethod
+    def of(cls, before_s: float, longer_s: float, after_s: float, stamped_s: float,
+           extra: int) -> TimerCheck:  # fmt: skip
+        """`stamped_s`: the longer run's last `extra` stamps' span; the others outer e2e."""
+        stamped = stamped_s / extra
+        outer = (longer_s - (before_s + after_s) / 2) / extra
+        scale = max(stamped, outer, 1e-9)
+        return cls(abs(stamped - outer) / scale, abs(after_s - before_s) / extra / scale)
+
+    def verdict(self, limit: float) -> str | None:
+        """A flag's text, or None when the clocks agree within `limit`."""
+        if self.disagreement <= limit:
+            return None
+        if self.noise >= self.disagreement:
+            return (f"timer check inconclusive: two identical runs around it differed by "
+                    f"{self.noise:.0%} of a token's time (the machine changed speed)")  # fmt: skip
+        return f"token stamps disagree with the outer clock by {self.disagreement:.0%}"
+
+
 def raw_samples(repeats: list[Repeat]) -> dict[str, list]:
     """Per-repeat raw figures kept beside the summary, for later statistics."""
     return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import statistics
 import sys
 import time
 import traceback
@@ -113,9 +112,9 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     if generated != {job.generation}:
         raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
     flags = list(seen.flags)
-    timer_check = _timer_check(backend, prompt, job, repeats, extra)
-    if timer_check is not None and timer_check > TIMER_LIMIT:
-        flags.append(f"token stamps disagree with the outer clock by {timer_check:.0%}")
+    check = _timer_check(backend, prompt, job, repeats[-1], extra)
+    if check is not None and (verdict := check.verdict(TIMER_LIMIT)):
+        flags.append(verdict)
 
     figures: dict[str, Any] = {}
     if job.fidelity_tokens and teacher and _is_reference(job):
@@ -150,7 +149,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         tokens=tokens,
         pinning_violations=_pinning_violations(job, cpus, _torch_threads(), report.extra)
         + seen.violations,
-        timer_check=timer_check,
+        timer_check=check.disagreement if check else None,
         machine=seen.machine,
         flags=flags,
         **text_s,
@@ -205,10 +204,9 @@ def _timer_extra(job: JobSpec, n_positions: int) -> int:
     return extra if extra >= TIMER_MIN_EXTRA else 0
 
 
-def _timer_check(backend, prompt: list[int], job: JobSpec, repeats, extra: int):
-    """The token clock checked by the outer clock alone: k more tokens cost
-    (e2e(N+k) - e2e(N)) / k each, which the stamped intervals of those k tokens must match.
-    (prefill + the stamped steps telescopes to last stamp - start, so it cannot fail.)"""
+def _timer_check(backend, prompt: list[int], job: JobSpec, last: measure.Repeat, extra: int):
+    """`measure.TimerCheck` of N + `extra` tokens between the last timed repeat and one
+    more N-token run (None: no room for extra tokens)."""
     if not extra:
         return None
     total = job.generation + extra
@@ -216,11 +214,13 @@ def _timer_check(backend, prompt: list[int], job: JobSpec, repeats, extra: int):
         backend.reserve(len(prompt) + total - 1)
     start = time.perf_counter()
     longer = backend.generate(prompt, total)
-    outer = time.perf_counter() - start
-    slope = (outer - statistics.median(r.end_to_end_s for r in repeats)) / extra
+    longer_s = time.perf_counter() - start
+    start = time.perf_counter()
+    backend.generate(prompt, job.generation)
+    after_s = time.perf_counter() - start
     times = list(longer.token_times)
-    stamped = (times[-1] - times[-1 - extra]) / extra
-    return abs(stamped - slope) / max(stamped, slope, 1e-9)
+    return measure.TimerCheck.of(last.end_to_end_s, longer_s, after_s,
+                                 times[-1] - times[-1 - extra], extra)  # fmt: skip
 
 
 def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None, seen):

@@ -20,7 +20,7 @@ from backends.options import BackendOptions
 
 class FaultOptions(BackendOptions):
     mode: Literal["ok", "raise", "crash", "sleep", "hang", "vary", "escape", "extra_pool",
-                  "late_stamps"] = "ok"  # fmt: skip
+                  "late_stamps", "slowing"] = "ok"  # fmt: skip
     step_s: float = 0.001  # time per generated token
     sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
     torch_threads: int = 0  # if set, change torch's thread count behind the runner's back
@@ -30,7 +30,8 @@ class FaultBackend:
     """Generates deterministic tokens, or on request: raises, kills its own process,
     sleeps (interruptible by a soft time limit), hangs (deaf to it, like a stuck C call),
     varies its tokens from call to call, lets a working thread escape its CPU set, starts
-    a pool of working threads nobody asked for, or stamps its tokens at the wrong times."""
+    a pool of working threads nobody asked for, stamps its tokens at the wrong times, or
+    stamps them honestly on a machine that gets slower with every call ("slowing")."""
 
     Options = FaultOptions
 
@@ -66,9 +67,13 @@ class FaultBackend:
                        for i in range(count)]  # fmt: skip
             for helper in helpers:
                 helper.start()
+        self.calls = getattr(self, "calls", 0) + 1
+        step_s = self.options.step_s
+        if self.options.mode == "slowing":  # each call's steps 1.5x the last call's
+            step_s *= 1.5**self.calls
         times = []
         for _ in range(new_tokens):
-            time.sleep(self.options.step_s)
+            time.sleep(step_s)
             times.append(time.perf_counter())
         stop.set()
         for helper in helpers:
@@ -76,7 +81,6 @@ class FaultBackend:
         if self.options.mode == "late_stamps":  # every stamp taken after the fact, 10 us apart
             end = time.perf_counter()
             times = [end - 1e-5 * (new_tokens - 1 - i) for i in range(new_tokens)]
-        self.calls = getattr(self, "calls", 0) + 1
         if self.options.mode == "vary":  # greedy tokens that change from call to call
             return Generation(tokens=[1, *[self.calls] * (new_tokens - 1)], token_times=times)
         return Generation(tokens=[1] * new_tokens, token_times=times)
