@@ -46,13 +46,15 @@ ENGINES = {
 BASELINE = "hf"
 
 
-def run_sweeps(count: int, db: Path, labels: list[str] | None, contexts: list[int] | None):
+def run_sweeps(count: int, db: Path, labels: list[str] | None, contexts: list[int] | None,
+               rounds: int | None = None):  # fmt: skip
     """engines.yaml `count` times, as separate sweeps; only `labels` (and the baseline and
-    its control) and `contexts` when given."""
+    its control) and `contexts` when given, and `rounds` instead of the file's."""
     directory = Path(tempfile.mkdtemp(prefix="goals-"))
     for index in range(1, count + 1):
+        more = {"rounds": rounds} if rounds else {}
         data = edited_grid(
-            ROOT / "examples/engines.yaml", labels, contexts, name=f"engines-{index}"
+            ROOT / "examples/engines.yaml", labels, contexts, name=f"engines-{index}", **more
         )
         print(f"sweep {index}/{count}: {data['name']} in {directory}", flush=True)
         submit(data, directory, db)
@@ -133,11 +135,12 @@ def main() -> None:
     parser.add_argument("--run", type=int, default=0, help="first run engines.yaml N times")
     parser.add_argument("--labels", help="with --run: only these backends (comma-separated)")
     parser.add_argument("--contexts", help="with --run: only these contexts (comma-separated)")
+    parser.add_argument("--rounds", type=int, help="with --run: rounds (engines.yaml's: 3)")
     args = parser.parse_args()
     if args.run:
         labels = args.labels.split(",") if args.labels else None
         contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
-        run_sweeps(args.run, args.db, labels, contexts)
+        run_sweeps(args.run, args.db, labels, contexts, args.rounds)
     with open_readonly(str(args.db))() as session:
         sweeps = find_sweeps(session, None, every=True)
         rows = result_rows(session, sweeps, BASELINE)
