@@ -41,6 +41,10 @@ class LoadReport:
     # bytes per weight a decode step reads: projections, and the LM head (for the roofline)
     matmul_bytes: float = 4.0
     lm_head_bytes: float = 4.0
+    # working threads the backend runs by design beyond the job's `threads` (a second
+    # session's pool, used in turn with the first): the pinning check allows them, and
+    # still reports any thread past them as a pool the job did not ask for
+    extra_threads: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -102,6 +102,8 @@ class OnnxBackend(StepwiseBackend):
             artifact_bytes=artifact.bytes + prefill_bytes,
             matmul_bytes=matmul_bytes,
             lm_head_bytes=lm_head_bytes,
+            # the prompt's session has its own pool (threads - 1 workers beside the caller)
+            extra_threads=threads - 1 if prefill_session is not None else 0,
             extra=extra,
         )
         config = ModelConfig.from_dir(model_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -130,21 +131,33 @@ def _check_provenance(store, sweep: str) -> None:
 
 
 def asyncio_run(coroutine, sweep: str, *, detached: bool):
-    """Run a command's coroutine; a broker that does not answer or Ctrl-C is one line."""
+    """Run a command's coroutine; a broker that does not answer, Ctrl-C or SIGTERM is one
+    line. SIGTERM (`kill`, a supervisor, a CI runner's cancel) stops the way Ctrl-C does:
+    running jobs go back to pending and the worker processes stop, not mid-write."""
     from executors.celery import BrokerError
 
+    terminated: list[int] = []
+
+    def on_sigterm(signum, _frame) -> None:
+        terminated.append(signum)
+        signal.raise_signal(signal.SIGINT)  # asyncio.run cancels the command on SIGINT
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         return asyncio.run(coroutine)
     except BrokerError as error:
         raise fail(str(error)) from None  # a wrong URL or password: nothing was written
     except KeyboardInterrupt:
+        what, code = ("terminated", 143) if terminated else ("interrupted", 130)
         if detached:
             raise fail(
-                f"stopped waiting; the jobs go on: farm collect --sweep {sweep}", 130
+                f"stopped waiting; the jobs go on: farm collect --sweep {sweep}", code
             ) from None
         raise fail(
-            "interrupted; finished results are kept, submit again to run the rest", 130
+            f"{what}; finished results are kept, submit again to run the rest", code
         ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _finish(summary) -> None:

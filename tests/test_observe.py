@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -58,6 +61,29 @@ def test_a_pool_the_job_did_not_ask_for_is_seen(tiny_model, tmp_path):
     assert metrics.machine["busy_threads"] >= 3
     found = [v for v in metrics.pinning_violations if "a pool the job did not ask for" in v]
     assert found and "rogue-" in found[0] and "for a 1-thread job" in found[0]
+    # the same working threads, declared by the backend: allowed, and recorded (this
+    # backend starts three new ones per call, so two repeats show six)
+    declared = in_worker(tiny_model, tmp_path, [0], mode="extra_pool", step_s=0.02,
+                         declare_extra=6)  # fmt: skip
+    assert declared.machine["busy_threads"] >= 3
+    assert declared.machine["declared_extra_threads"] == 6
+    assert not [v for v in declared.pinning_violations if "did not ask for" in v]
+
+
+def test_another_process_on_the_job_cpus_is_seen_and_named(tiny_model, tmp_path):
+    # a busy loop pinned to the job's CPU, named as a kernel thread would be
+    burner = subprocess.Popen(
+        [sys.executable, "-c", "import ctypes, os; os.sched_setaffinity(0, {0}); "
+         "ctypes.CDLL(None).prctl(15, b'ws-burner', 0, 0, 0)\nwhile True: pass"])  # fmt: skip
+    try:
+        time.sleep(0.3)  # pinned and named before the job starts
+        metrics = in_worker(tiny_model, tmp_path, [0], mode="ok", step_s=0.02, generation=16)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert metrics.machine["others_on_cpus"] > 0.2, metrics.machine
+    assert "ws-burner" in [name for name, _ in metrics.machine["busiest_others"]]
+    assert any("other processes took" in f and "ws-burner" in f for f in metrics.flags)
 
 
 def test_a_quiet_job_has_no_pinning_findings_and_reports_the_machine(tiny_model, tmp_path):
@@ -66,8 +92,9 @@ def test_a_quiet_job_has_no_pinning_findings_and_reports_the_machine(tiny_model,
     machine = metrics.machine
     assert machine["thread_samples"] >= 2 * 2  # at least a sample per repeat, and periodic
     for key in ("steal", "voluntary_switches", "involuntary_switches", "major_faults",
-                "anon_huge_bytes", "busy_threads"):  # fmt: skip
+                "anon_huge_bytes", "busy_threads", "busiest_others"):  # fmt: skip
         assert key in machine
+    assert 0 <= machine["others_on_cpus"] <= 1
     assert machine["voluntary_switches"] > 0  # it slept between tokens
 
 

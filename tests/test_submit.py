@@ -194,7 +194,10 @@ def test_report_without_a_database_says_what_to_do(db_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path, tiny_model, db_path, cache_dir):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
+    how, tmp_path, tiny_model, db_path, cache_dir
+):
     import os
     import signal
     import subprocess
@@ -230,12 +233,19 @@ def test_ctrl_c_stops_at_once_and_keeps_what_finished(tmp_path, tiny_model, db_p
 
     wait_for(lambda: "done" in statuses(), 120, "a first result")
     started = time.monotonic()
-    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    worker = _worker_pids(process.pid)
+    assert worker, "no embedded worker process under farm submit"
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the group
+    else:
+        process.terminate()  # what `kill` or a supervisor sends: farm submit alone
     output, _ = process.communicate(timeout=30)
-    assert process.returncode == 130, output
+    assert process.returncode == (130 if how == "ctrl-c" else 143), output
     assert time.monotonic() - started < 15
-    assert "finished results are kept" in output
+    assert "finished results are kept" in output and "Traceback" not in output
     assert statuses().count("done") >= 1 and "running" not in statuses()
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in worker), 10,
+             "the worker process to stop")  # fmt: skip
     resumed = subprocess.run(
         args, env=farm_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -291,3 +301,18 @@ def test_rounds_on_the_embedded_pool_pool_into_one_row(tmp_path, tiny_model, db_
     nano = next(r for r in pooled if r["label"] == "nanogpt")
     assert len(nano["round_speedups"]) == 2 and nano["top1_agreement"] is not None
     assert "noise floor" in farm("report", "--db", str(db_path)).output
+
+
+def _worker_pids(parent: int) -> list[int]:
+    """The embedded worker processes `farm submit` started (its children)."""
+    from pathlib import Path
+
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:  # the parent's pid follows the state
+            children.append(int(stat.parent.name))
+    return children

@@ -9,7 +9,9 @@ A thread samples every thread of this process (`/proc/self/task/*/stat`: the CPU
 last ran on, its CPU time) every `interval_s`, so a thread that runs outside the
 assigned CPU set, or a pool nobody asked for, is seen however the job configured
 itself. Around the region it reads the CPUs' steal and busy time (`/proc/stat`), the
-threads' context switches and the process's major faults.
+threads' context switches and the process's major faults, and how much of the job's
+CPUs went to other processes (a kernel thread such as DAMON's kdamond, the farm's own
+orchestrator, a neighbour that ignores pinning), naming the busiest of them.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ STEAL_LIMIT = 0.02  # share of the job's CPUs' time the hypervisor gave to someo
 # running a 2-thread job (each of its threads gives way to the other's and the sampler)
 INVOLUNTARY_PER_S = 2000.0
 BUSY_FLOOR = 0.10  # a thread "did real work" above this share of one CPU
+# share of the job's CPUs' time that other processes ran on them: 0-2% on a quiet VM
+OTHERS_LIMIT = 0.05
 
 
 @dataclass
@@ -41,6 +45,7 @@ class ThreadTimes:
 class Observer:
     cpus: list[int]
     threads: int
+    extra_threads: int = 0  # declared by the backend (LoadReport.extra_threads)
     interval_s: float = 0.02
     machine: dict = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
@@ -56,10 +61,12 @@ class Observer:
         self.lock = threading.Lock()
 
     def __enter__(self) -> Observer:
+        self.processes_start = _processes()  # first: a host with many takes milliseconds
         self.started = time.perf_counter()
         self.cpu_start = _cpu_ticks()
         self.threads_start = _threads()
         self.faults_start = _major_faults()
+        self.own_start = _process_cpu_s()
         self.sampler = threading.Thread(target=self._run, name="ws-observer", daemon=True)
         self.sampler.start()
         return self
@@ -100,16 +107,22 @@ class Observer:
             voluntary += t.switches[0] - before[0]
             involuntary += t.switches[1] - before[1]
         steal, others_busy = _cpu_shares(self.cpu_start, cpu_end, self.allowed)
+        own_s = _process_cpu_s() - self.own_start
+        others = _others_on(self.cpu_start, cpu_end, self.allowed, own_s)
+        busiest = _busiest_others(self.processes_start, _processes())
         self.machine = {
             "timed_s": wall,
             "steal": steal,
             "other_cpus_busy": others_busy,
+            "others_on_cpus": others,  # share of the job's CPUs other processes used
+            "busiest_others": busiest,  # [name, CPU seconds] of the top other processes
             "voluntary_switches": voluntary,
             "involuntary_switches": involuntary,
             "major_faults": _major_faults() - self.faults_start,
             "anon_huge_bytes": _anon_huge_bytes(),
             "threads_seen": len(threads_end) - (own in threads_end),
             "busy_threads": len(busy),
+            "declared_extra_threads": self.extra_threads,
             "busy_thread_names": [self.names[tid] for tid in busy],
             "thread_samples": self.samples,
             "ran_outside": {str(tid): sorted(cpus) for tid, cpus in self.ran_outside.items()},
@@ -118,6 +131,10 @@ class Observer:
             self.flags.append(f"steal {steal:.0%} of the job's CPU time")
         if wall > 0 and involuntary / wall > INVOLUNTARY_PER_S:
             self.flags.append(f"{involuntary / wall:.0f} involuntary context switches/s")
+        if others is not None and others > OTHERS_LIMIT:
+            names = ", ".join(f"{name} {cpu_s:.2f} s" for name, cpu_s in busiest) or "unknown"
+            self.flags.append(f"other processes took {others:.0%} of the job's CPUs "
+                              f"(busiest: {names})")  # fmt: skip
         if others_busy is not None and others_busy > 0.5:
             self.flags.append(f"the other CPUs were {others_busy:.0%} busy")
         for tid, cpus in sorted(self.ran_outside.items()):
@@ -125,11 +142,12 @@ class Observer:
             name = self.names.get(tid, "?")
             self.violations.append(f"thread {tid} ({name}) ran on CPU {listed}, outside the "
                                    f"assigned {_listed(self.cpus)}")  # fmt: skip
-        if len(busy) > self.threads:
+        if len(busy) > self.threads + self.extra_threads:
             names = ", ".join(sorted({self.names[tid] for tid in busy}))
+            declared = f" and {self.extra_threads} more its backend runs" * bool(self.extra_threads)
             self.violations.append(
-                f"{len(busy)} threads did real work for a {self.threads}-thread job ({names}): "
-                "a pool the job did not ask for"
+                f"{len(busy)} threads did real work for a {self.threads}-thread job{declared} "
+                f"({names}): a pool the job did not ask for"
             )
 
 
@@ -214,6 +232,56 @@ def _cpu_shares(start: dict, end: dict, allowed: set[int]) -> tuple[float | None
     steal_share = steal / total if total else None
     busy = (other_total - other_idle) / other_total if other_total else None
     return steal_share, busy
+
+
+def _process_cpu_s() -> float:
+    """This process's CPU time, every thread, user + system."""
+    times = os.times()
+    return times.user + times.system
+
+
+def _busy_ticks(start: dict, end: dict, cpus: set[int]) -> tuple[int, int]:
+    """Ticks the CPUs ran anything (not idle, iowait or stolen), and all their ticks."""
+    busy = total = 0
+    for cpu in cpus:
+        if cpu in start and cpu in end:
+            delta = [b - a for a, b in zip(start[cpu], end[cpu], strict=False)]
+            total += sum(delta)
+            busy += sum(delta) - delta[3] - delta[4] - (delta[7] if len(delta) > 7 else 0)
+    return busy, total
+
+
+def _others_on(start: dict, end: dict, cpus: set[int], own_s: float) -> float | None:
+    """The share of the job's CPUs' time that something other than this process used:
+    their busy time (/proc/stat) minus the process's own CPU time."""
+    busy, total = _busy_ticks(start, end, cpus)
+    if not total:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    return max(0.0, busy / tick - own_s) / (total / tick)
+
+
+def _processes() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds, every thread) of every process but this one."""
+    tick, me, seen = os.sysconf("SC_CLK_TCK"), os.getpid(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone, or not ours to read
+            continue
+        rest = _fields(stat)
+        seen[int(entry.name)] = (_name(stat), (int(rest[11]) + int(rest[12])) / tick)
+    return seen
+
+
+def _busiest_others(start: dict, end: dict, top: int = 3) -> list[list]:
+    """The other processes that used the most CPU between the two readings (anywhere:
+    /proc does not say on which CPU), above a tick's worth."""
+    used = [(name, cpu_s - start.get(pid, (name, 0.0))[1]) for pid, (name, cpu_s) in end.items()]
+    used = sorted((u for u in used if u[1] > 0.01), key=lambda u: -u[1])
+    return [[name, round(cpu_s, 3)] for name, cpu_s in used[:top]]
 
 
 def _anon_huge_bytes() -> int:

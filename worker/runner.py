@@ -101,7 +101,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
 
     before = _bandwidth_now(job)
     _reset_peak_rss()
-    with Observer(cpus, job.threads) as seen:
+    with Observer(cpus, job.threads, backend.load_report.extra_threads) as seen:
         repeats, tokens, text_s = _timed_repeats(backend, prompt, job, text, seen)
         remeasured = job.rerun_noisy and measure.summarize(repeats, job.noise_threshold)["noisy"]
         if remeasured:  # noise is often a passing disturbance: one more try, and say so

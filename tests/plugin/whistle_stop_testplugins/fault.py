@@ -24,6 +24,7 @@ class FaultOptions(BackendOptions):
     step_s: float = 0.001  # time per generated token
     sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
     torch_threads: int = 0  # if set, change torch's thread count behind the runner's back
+    declare_extra: int = 0  # threads beyond the job's that the backend says it runs
 
 
 class FaultBackend:
@@ -37,7 +38,7 @@ class FaultBackend:
 
     def __init__(self, model_dir: Path, options: FaultOptions, threads: int, cache_dir: Path):
         self.options = options
-        self.load_report = LoadReport()
+        self.load_report = LoadReport(extra_threads=options.declare_extra)
         if self.options.mode == "raise":
             raise RuntimeError("fault backend asked to raise")
         if self.options.torch_threads:
