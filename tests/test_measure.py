@@ -93,19 +93,22 @@ def test_token_clock_agrees_with_the_outer_wall_clock(tiny_model: Path, tmp_path
 def test_timer_check_between_two_runs_cancels_a_steady_drift():
     # N = 32 tokens, k = 16 more; the machine slows steadily by 1 ms a token per run
     # (runs 10, 11, 12 ms a token): the bracket's mean is the longer run's own speed
-    check = TimerCheck.of(32 * 0.010, 48 * 0.011, 32 * 0.012, 16 * 0.011, 16)
+    check = TimerCheck.of([32 * 0.010, 32 * 0.012], 48 * 0.011, 16 * 0.011, 16)
     assert check.disagreement == pytest.approx(0.0, abs=1e-9)
     assert check.verdict(0.05) is None
-    # against the run before it alone (the old check) it would read 1.5x off
+    # against the run before it alone (the old check) it would read 1.3x off
     assert (48 * 0.011 - 32 * 0.010) / 16 == pytest.approx(1.3 * 0.010)
 
 
-def test_timer_check_blames_stamps_only_when_the_runs_around_it_agree():
+def test_timer_check_blames_stamps_only_beyond_the_runs_own_noise():
     # stamps bunched at the end: the last 16 span 0.16 ms, the outer clock says 10 ms each
-    lying = TimerCheck.of(0.32, 0.48, 0.32, 16e-5, 16)
-    assert lying.disagreement > 0.9 and lying.noise == 0
+    lying = TimerCheck.of([0.32, 0.321, 0.319, 0.32], 0.48, 16e-5, 16)
+    assert lying.disagreement > 0.9 and lying.noise < 0.1
     assert "stamps disagree" in lying.verdict(0.05)
-    # honest stamps, but the run after the check took 30% longer than the one before
-    moved = TimerCheck.of(0.32, 0.48, 0.416, 16 * 0.010, 16)
+    # honest stamps, but the run after the check took 30% longer than the ones before
+    moved = TimerCheck.of([0.32, 0.32, 0.416], 0.48, 16 * 0.010, 16)
     assert moved.disagreement > 0.05 and moved.noise > moved.disagreement
     assert "inconclusive" in moved.verdict(0.05)
+    # quiet runs (1% apart) and honest stamps 8% off the outer figure: told
+    quiet = TimerCheck.of([0.32, 0.3232, 0.32], 0.48 + 16 * 0.0008, 16 * 0.010, 16)
+    assert 0.05 < quiet.disagreement < 0.1 and quiet.noise < quiet.disagreement

@@ -96,36 +96,42 @@ def summarize(repeats: list[Repeat], noise_threshold: float) -> dict[str, float 
 
 @dataclass(frozen=True)
 class TimerCheck:
-    """The token clock checked by the outer clock alone, between two identical runs.
+    """The token clock checked by the outer clock alone, against the runs' own noise.
 
     k extra tokens cost (e2e(N+k) - e2e(N)) / k each by the outer clock, which the
     stamped intervals of those k tokens must match (prefill + the stamped steps of one
     run telescopes to its last stamp - start, so that sum cannot fail). e2e(N) is the
-    mean of an N-token run right before the longer one and another right after it: a
-    machine whose speed drifts steadily moves both sides alike. `noise` is what the
-    two bracketing runs' own difference could put into the disagreement: when it is
-    larger, the machine changed speed under the check and the check cannot tell.
+    mean of the N-token run right before the longer one and another right after it: a
+    machine whose speed drifts steadily moves both sides alike.
+
+    `noise` is how far honest stamps could land from the outer figure by chance: three
+    standard errors of that difference, from the spread of every N-token run's e2e (the
+    timed repeats and the run after). A disagreement inside it is not evidence.
     """
 
     disagreement: float  # |stamped - outer| / the larger of the two
-    noise: float  # |e2e(N) before - e2e(N) after| / k, in the same units
+    noise: float  # 3 standard errors of the same quantity from run-to-run variation
 
     @classmethod
-    def of(cls, before_s: float, longer_s: float, after_s: float, stamped_s: float,
+    def of(cls, short_runs_s: list[float], longer_s: float, stamped_s: float,
            extra: int) -> TimerCheck:  # fmt: skip
-        """`stamped_s`: the longer run's last `extra` stamps' span; the others outer e2e."""
+        """`short_runs_s`: e2e of every N-token run in order, the last two right before and
+        after the longer one; `longer_s` its e2e; `stamped_s` its last `extra` stamps' span."""
+        before, after = short_runs_s[-2], short_runs_s[-1]
         stamped = stamped_s / extra
-        outer = (longer_s - (before_s + after_s) / 2) / extra
+        outer = (longer_s - (before + after) / 2) / extra
         scale = max(stamped, outer, 1e-9)
-        return cls(abs(stamped - outer) / scale, abs(after_s - before_s) / extra / scale)
+        # the outer figure's error: the longer run's own deviation, and the mean of two
+        spread = statistics.stdev(short_runs_s) * math.sqrt(1 + 1 / 2)
+        return cls(abs(stamped - outer) / scale, 3 * spread / extra / scale)
 
     def verdict(self, limit: float) -> str | None:
         """A flag's text, or None when the clocks agree within `limit`."""
         if self.disagreement <= limit:
             return None
         if self.noise >= self.disagreement:
-            return (f"timer check inconclusive: two identical runs around it differed by "
-                    f"{self.noise:.0%} of a token's time (the machine changed speed)")  # fmt: skip
+            return (f"timer check inconclusive: the clocks differ by {self.disagreement:.0%}, "
+                    f"inside what the runs' own variation allows ({self.noise:.0%})")  # fmt: skip
         return f"token stamps disagree with the outer clock by {self.disagreement:.0%}"
 
 

@@ -30,7 +30,8 @@ STEAL_LIMIT = 0.02  # share of the job's CPUs' time the hypervisor gave to someo
 # running a 2-thread job (each of its threads gives way to the other's and the sampler)
 INVOLUNTARY_PER_S = 2000.0
 BUSY_FLOOR = 0.10  # a thread "did real work" above this share of one CPU
-# share of the job's CPUs' time that other processes ran on them: 0-2% on a quiet VM
+# share of the job's CPUs' time that other processes ran on them: 0-0.5% beside jobs on
+# a 2-vCPU VM whose kernel ran DAMON's reclaim thread
 OTHERS_LIMIT = 0.05
 
 

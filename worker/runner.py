@@ -112,7 +112,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     if generated != {job.generation}:
         raise RuntimeError(f"backend produced {generated} tokens, expected {job.generation}")
     flags = list(seen.flags)
-    check = _timer_check(backend, prompt, job, repeats[-1], extra)
+    check = _timer_check(backend, prompt, job, repeats, extra)
     if check is not None and (verdict := check.verdict(TIMER_LIMIT)):
         flags.append(verdict)
 
@@ -204,7 +204,7 @@ def _timer_extra(job: JobSpec, n_positions: int) -> int:
     return extra if extra >= TIMER_MIN_EXTRA else 0
 
 
-def _timer_check(backend, prompt: list[int], job: JobSpec, last: measure.Repeat, extra: int):
+def _timer_check(backend, prompt: list[int], job: JobSpec, repeats, extra: int):
     """`measure.TimerCheck` of N + `extra` tokens between the last timed repeat and one
     more N-token run (None: no room for extra tokens)."""
     if not extra:
@@ -219,8 +219,8 @@ def _timer_check(backend, prompt: list[int], job: JobSpec, last: measure.Repeat,
     backend.generate(prompt, job.generation)
     after_s = time.perf_counter() - start
     times = list(longer.token_times)
-    return measure.TimerCheck.of(last.end_to_end_s, longer_s, after_s,
-                                 times[-1] - times[-1 - extra], extra)  # fmt: skip
+    short_runs = [r.end_to_end_s for r in repeats] + [after_s]
+    return measure.TimerCheck.of(short_runs, longer_s, times[-1] - times[-1 - extra], extra)
 
 
 def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | None, seen):
