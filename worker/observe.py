@@ -241,25 +241,29 @@ def _process_cpu_s() -> float:
     return times.user + times.system
 
 
-def _busy_ticks(start: dict, end: dict, cpus: set[int]) -> tuple[int, int]:
-    """Ticks the CPUs ran anything (not idle, iowait or stolen), and all their ticks."""
-    busy = total = 0
+def _process_ticks(start: dict, end: dict, cpus: set[int]) -> tuple[int, int]:
+    """Ticks the CPUs ran processes (user, nice, system: not idle, iowait, interrupts
+    or stolen), and all their ticks."""
+    ran = total = 0
     for cpu in cpus:
         if cpu in start and cpu in end:
             delta = [b - a for a, b in zip(start[cpu], end[cpu], strict=False)]
             total += sum(delta)
-            busy += sum(delta) - delta[3] - delta[4] - (delta[7] if len(delta) > 7 else 0)
-    return busy, total
+            ran += delta[0] + delta[1] + delta[2]
+    return ran, total
 
 
 def _others_on(start: dict, end: dict, cpus: set[int], own_s: float) -> float | None:
-    """The share of the job's CPUs' time that something other than this process used:
-    their busy time (/proc/stat) minus the process's own CPU time."""
-    busy, total = _busy_ticks(start, end, cpus)
+    """The share of the job's CPUs' time that processes other than this one ran: the
+    CPUs' process time (/proc/stat) minus this process's own, less the error of counting
+    both in clock ticks (one per CPU and one for the process), so a short job's rounding
+    does not read as a neighbour."""
+    ran, total = _process_ticks(start, end, cpus)
     if not total:
         return None
     tick = os.sysconf("SC_CLK_TCK")
-    return max(0.0, busy / tick - own_s) / (total / tick)
+    rounding = (len(cpus) + 1) / tick
+    return max(0.0, ran / tick - own_s - rounding) / (total / tick)
 
 
 def _processes() -> dict[int, tuple[str, float]]:
