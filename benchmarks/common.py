@@ -77,6 +77,16 @@ def run(specs: list[dict], cpus: str | None = None, progress: bool = True) -> li
     return asyncio.run(main())
 
 
+def one_node_model(node, inputs: list, outputs: list, initializers: list = ()) -> bytes:
+    """A serialized ONNX model of one node (opset 21 and com.microsoft), for timing a
+    single ONNX Runtime kernel alone."""
+    from onnx import helper
+
+    graph = helper.make_graph([node], node.op_type, inputs, outputs, list(initializers))
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+
+
 def table(headings: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
     lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)) + " |",

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from common import table
+from common import one_node_model, table
 from onnx import TensorProto, helper
 
 HEADS, HEAD_SIZE, CAPACITY = 12, 64, 1024
@@ -52,9 +52,7 @@ def gqa_model(int8: bool) -> bytes:
         helper.make_tensor_value_info("present_k", cache_type, cache_shape),
         helper.make_tensor_value_info("present_v", cache_type, cache_shape),
     ]
-    graph = helper.make_graph([node], "gqa", inputs, outputs)
-    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    return one_node_model(node, inputs, outputs)
 
 
 def time_case(int8: bool, cached: int, new: int, threads: int, repeats: int) -> float:

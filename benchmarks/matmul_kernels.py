@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from common import table
+from common import one_node_model, table
 from onnx import TensorProto, helper, numpy_helper
 
 BLOCK = 128
@@ -36,14 +36,12 @@ def node_model(k: int, n: int, bits: int, level: int) -> bytes:
     scales = rng.random(n * blocks, dtype=np.float32) * 0.01
     node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
                             K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=level)  # fmt: skip
-    graph = helper.make_graph(
-        [node], "matmul",
+    return one_node_model(
+        node,
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])],
         [numpy_helper.from_array(weights, "B"), numpy_helper.from_array(scales, "S")],
-    )  # fmt: skip
-    opsets = [helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
-    return helper.make_model(graph, opset_imports=opsets).SerializeToString()
+    )
 
 
 def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) -> float:

@@ -167,6 +167,11 @@ def _name(stat: str) -> str:
     return stat[stat.index("(") + 1 : stat.rindex(")")]
 
 
+def _cpu_seconds(fields: list[str], tick: int) -> float:
+    """utime + stime of a /proc stat line's fields (after the name), in seconds."""
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
 def _last_cpus() -> dict[int, tuple[str, int, float]]:
     """tid -> (thread name, the CPU it last ran on (field 39 of its stat), CPU seconds)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -177,7 +182,7 @@ def _last_cpus() -> dict[int, tuple[str, int, float]]:
         except OSError:  # the thread ended while we looked
             continue
         rest = _fields(stat)
-        seen[int(task.name)] = (_name(stat), int(rest[36]), (int(rest[11]) + int(rest[12])) / tick)
+        seen[int(task.name)] = (_name(stat), int(rest[36]), _cpu_seconds(rest, tick))
     return seen
 
 
@@ -194,7 +199,7 @@ def _threads() -> dict[int, ThreadTimes]:
         counts = tuple(int(m) for m in re.findall(r"ctxt_switches:\s+(\d+)", status)) or (0, 0)
         threads[int(task.name)] = ThreadTimes(
             _name(stat),
-            (int(rest[11]) + int(rest[12])) / tick,
+            _cpu_seconds(rest, tick),
             counts[:2],  # type: ignore[arg-type]
         )
     return threads
@@ -214,24 +219,23 @@ def _cpu_ticks() -> dict[int, list[int]]:
     return ticks
 
 
+def _tick_deltas(start: dict, end: dict, cpus) -> list[int]:
+    """Per field of /proc/stat (user ... steal), the ticks the CPUs spent between readings."""
+    sums = [0] * 8
+    for cpu in cpus:
+        if cpu in start and cpu in end:
+            for field, (a, b) in enumerate(zip(start[cpu], end[cpu], strict=False)):
+                sums[field] += b - a
+    return sums
+
+
 def _cpu_shares(start: dict, end: dict, allowed: set[int]) -> tuple[float | None, float | None]:
     """Steal on the job's CPUs, and how busy the other CPUs were, over the region."""
-
-    def totals(cpus: list[int]) -> tuple[int, int, int]:
-        total = steal = idle = 0
-        for cpu in cpus:
-            delta = [b - a for a, b in zip(start[cpu], end[cpu], strict=False)]
-            total += sum(delta)
-            steal += delta[7] if len(delta) > 7 else 0
-            idle += delta[3] + delta[4]
-        return total, steal, idle
-
-    mine = [c for c in allowed if c in start and c in end]
-    others = [c for c in end if c not in allowed and c in start]
-    total, steal, _ = totals(mine)
-    other_total, _, other_idle = totals(others)
-    steal_share = steal / total if total else None
-    busy = (other_total - other_idle) / other_total if other_total else None
+    mine = _tick_deltas(start, end, allowed)
+    others = _tick_deltas(start, end, [c for c in end if c not in allowed])
+    total, other_total = sum(mine), sum(others)
+    steal_share = mine[7] / total if total else None
+    busy = (other_total - others[3] - others[4]) / other_total if other_total else None
     return steal_share, busy
 
 
@@ -241,24 +245,13 @@ def _process_cpu_s() -> float:
     return times.user + times.system
 
 
-def _process_ticks(start: dict, end: dict, cpus: set[int]) -> tuple[int, int]:
-    """Ticks the CPUs ran processes (user, nice, system: not idle, iowait, interrupts
-    or stolen), and all their ticks."""
-    ran = total = 0
-    for cpu in cpus:
-        if cpu in start and cpu in end:
-            delta = [b - a for a, b in zip(start[cpu], end[cpu], strict=False)]
-            total += sum(delta)
-            ran += delta[0] + delta[1] + delta[2]
-    return ran, total
-
-
 def _others_on(start: dict, end: dict, cpus: set[int], own_s: float) -> float | None:
     """The share of the job's CPUs' time that processes other than this one ran: the
-    CPUs' process time (/proc/stat) minus this process's own, less the error of counting
-    both in clock ticks (one per CPU and one for the process), so a short job's rounding
-    does not read as a neighbour."""
-    ran, total = _process_ticks(start, end, cpus)
+    CPUs' process time (/proc/stat: not idle, iowait, interrupts or stolen) minus this
+    process's own, less the error of counting both in clock ticks (one per CPU and one
+    for the process), so a short job's rounding does not read as a neighbour."""
+    ticks = _tick_deltas(start, end, cpus)
+    ran, total = ticks[0] + ticks[1] + ticks[2], sum(ticks)  # user, nice, system
     if not total:
         return None
     tick = os.sysconf("SC_CLK_TCK")
@@ -277,7 +270,7 @@ def _processes() -> dict[int, tuple[str, float]]:
         except OSError:  # gone, or not ours to read
             continue
         rest = _fields(stat)
-        seen[int(entry.name)] = (_name(stat), (int(rest[11]) + int(rest[12])) / tick)
+        seen[int(entry.name)] = (_name(stat), _cpu_seconds(rest, tick))
     return seen
 
 
