@@ -114,6 +114,21 @@ class OnnxOptions(BackendOptions):
         return 4.0
 
 
+class NativeOptions(BackendOptions):
+    """whistle-stop's own engine (kernels/gpt2.cc): every weight matrix, the LM head
+    included, block-quantized to `bits`; activations quantized to int8 per block on the
+    fly; one call per token runs the whole forward pass."""
+
+    bits: Literal[4, 8] = 8
+    # weights (and activations) sharing one scale; larger blocks read fewer scale bytes
+    # and spend less per block, smaller ones keep more fidelity
+    block_size: Literal[32, 64, 128, 256] = 32
+
+    def weight_bytes(self) -> float:
+        """Bytes a decode step reads per weight: its bits and a float32 scale per block."""
+        return self.bits / 8 + 4 / self.block_size
+
+
 class TorchInt8Options(BackendOptions):
     """PyTorch dynamic int8 on the nn.Linear layers of our nanoGPT module."""
 

@@ -56,6 +56,11 @@ BUILTIN: dict[str, BackendEntry] = {
         opts.HFCompileOptions,
         "transformers + torch.compile",
     ),
+    "native": BackendEntry(
+        "backends.native:NativeBackend",
+        opts.NativeOptions,
+        "our own engine: block-quantized weights, one call a token",
+    ),
     "torch-int8": BackendEntry(
         "backends.torch_int8:TorchInt8Backend", opts.TorchInt8Options, "PyTorch dynamic int8"
     ),

@@ -7,7 +7,9 @@ node. The three layer shapes (1-2.4 MB of weights) stay in the caches between ru
 their figure is the kernel's own rate, not DRAM's; the LM head (19-39 MB) streams.
 Compare the GB/s with the streaming read the farm measures (`farm show` of any job,
 or `bandwidth` in decode_profile.py): a kernel slower than memory in cache cannot reach
-the bandwidth roofline from DRAM either.
+the bandwidth roofline from DRAM either. The last columns time the native engine's
+matmul (kernels/gpt2.cc, `ws_matmul`: the same bits and block, activations quantized in
+the call) on the same shapes, for the same comparison.
 
     .venv/bin/python benchmarks/matmul_kernels.py [--threads 2]
 """
@@ -15,8 +17,11 @@ the bandwidth roofline from DRAM either.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -60,12 +65,37 @@ def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) ->
     return 1e3 * statistics.median(times)
 
 
+def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
+    from kernels.quantize import grouped, quantize_rows
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((n, k), dtype=np.float32)
+    data, scales = grouped(*quantize_rows(weights, bits, BLOCK))
+    x = rng.standard_normal((1, k), dtype=np.float32)
+    y = np.zeros((1, n), dtype=np.float32)
+    floats = ctypes.POINTER(ctypes.c_float)
+    args = (pool, data.ctypes.data, scales.ctypes.data_as(floats), None, n, k, bits, BLOCK,
+            x.ctypes.data_as(floats), 1, y.ctypes.data_as(floats))  # fmt: skip
+    for _ in range(10):
+        lib.ws_matmul(*args)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        lib.ws_matmul(*args)
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    from kernels.build import load
+
+    lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
+    pool = lib.ws_pool_create(args.threads)
     rows = []
     for name, (k, n) in SHAPES.items():
         for bits in (4, 8):
@@ -75,10 +105,13 @@ def main() -> None:
                 runs = 20 if level == 0 and bits == 8 else 100  # float 8-bit: 100x slower
                 ms = median_ms(k, n, bits, level, args.threads, runs)
                 cells += [f"{ms:.3f}", f"{megabytes / ms:.1f}"]
+            ms = native_ms(lib, pool, k, n, bits, 100)
+            cells += [f"{ms:.3f}", f"{megabytes / ms:.1f}"]
             rows.append([f"{name} {k}x{n}", str(bits), f"{megabytes:.1f}", *cells])
     print(f"MatMulNBits, one token, block {BLOCK}, {args.threads} threads, onnxruntime "
           f"{ort.__version__}, median of repeated runs:")  # fmt: skip
-    print(table(["shape", "bits", "MB", "level 0 ms", "GB/s", "level 4 ms", "GB/s"], rows))
+    header = ["shape", "bits", "MB", "level 0 ms", "GB/s", "level 4 ms", "GB/s"]
+    print(table([*header, "native ms", "GB/s"], rows))
 
 
 if __name__ == "__main__":

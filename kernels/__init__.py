@@ -1,0 +1,1 @@
+"""Native kernels whistle-stop compiles for the machine it runs on (kernels/build.py)."""

@@ -1,0 +1,88 @@
+"""Compile kernels/gpt2.cc for this CPU, once per source, compiler and CPU, and load it.
+
+The library is built with -march=native on the worker that runs it (the farm's machines
+differ: AVX2 only, AVX-512, AMX), under the artifact cache's build-once lock, so two
+workers never race and a half-written library is never loaded. A compiler is the only
+requirement; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+from backends.artifacts import cached_artifact
+
+SOURCE = Path(__file__).with_name("gpt2.cc")
+LIBRARY = "libws_gpt2.so"
+# -O3 with the float reassociation the dot products and layer norms need to vectorize;
+# not -ffast-math: the softmax keeps its -inf start and nothing assumes finite values
+FLAGS = [
+    "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
+    "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
+]  # fmt: skip
+
+
+class CompilerMissingError(RuntimeError):
+    """No C++ compiler on this machine; str() says what to install."""
+
+
+def compiler() -> str:
+    for name in ("c++", "g++", "clang++"):
+        if path := shutil.which(name):
+            return path
+    raise CompilerMissingError(
+        "the native backend compiles its kernels for this CPU and needs a C++ compiler: "
+        "apt install g++ (or set CXX)"
+    )
+
+
+def _cpu_flags() -> str:
+    """-march=native differs by CPU: the ISA flags are part of the library's key."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+@functools.cache
+def load(cache_dir: Path) -> tuple[ctypes.CDLL, dict]:
+    """The compiled engine (built here if needed) and how it was built."""
+    cxx = compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    parts = [
+        hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
+        version.splitlines()[0] if version else cxx,
+        FLAGS,
+        hashlib.sha256(_cpu_flags().encode()).hexdigest()[:16],
+    ]
+
+    def build(out: Path) -> None:
+        command = [cxx, *FLAGS, str(SOURCE), "-o", str(out / LIBRARY)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-400:]}")
+
+    cached = cached_artifact(cache_dir, "native-kernels", parts, build)
+    library = ctypes.CDLL(str(cached.path / LIBRARY))
+    _declare(library)
+    return library, {"built": cached.built, "build_s": cached.build_s, "path": str(cached.path)}
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
+    lib.ws_pool_create.argtypes, lib.ws_pool_create.restype = [i], p
+    lib.ws_pool_destroy.argtypes, lib.ws_pool_destroy.restype = [p], None
+    lib.ws_matmul.argtypes = [p, p, f, f, i, i, i, i, f, i, f]
+    lib.ws_matmul.restype = None
+    lib.ws_model_create.argtypes = [p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(p)]
+    lib.ws_model_create.restype = p
+    lib.ws_model_reserve.argtypes, lib.ws_model_reserve.restype = [p, i], i
+    lib.ws_model_forward.argtypes = [p, ctypes.POINTER(ctypes.c_int32), i, i, f]
+    lib.ws_model_forward.restype = i
+    lib.ws_model_destroy.argtypes, lib.ws_model_destroy.restype = [p], None

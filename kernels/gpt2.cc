@@ -1,0 +1,661 @@
+// whistle-stop's native GPT-2 engine: one call runs a forward pass over n tokens with
+// block-quantized weights (4 or 8 bits, one float scale per `block` weights of a row).
+//
+// Why it exists: at batch 1 a decode step streams every weight once, so its floor is
+// weight bytes / memory bandwidth. ONNX Runtime spends milliseconds a step outside its
+// matmuls (hundreds of ops, each a barrier between threads) and, without VNNI, its 4-bit
+// kernel eats weights slower than DRAM delivers them. Here a step is one call: a persistent
+// pool runs every phase of every layer with a spin barrier between phases (~10 a layer),
+// and the matmuls multiply int8 activations against the weights in int8 as they stream.
+//
+// Weight layout (a [N, K] matrix: output n over K inputs). A row is a run of 32-byte
+// chunks: bits 8, 32 int8 inputs, q in [-127, 127], w = q * scale[n][k / block]; bits 4,
+// 64 inputs, byte j holding input j in its low nibble and input j + 32 in its high one,
+// q in [0, 15], w = (q - 8) * scale. Rows are stored in groups of four (N padded), chunk
+// by chunk: group g's chunk c is rows 4g..4g+3's chunk c, 128 bytes; its scales likewise
+// [N/4][K/block][4] (kernels/quantize.py writes both).
+// Activations are quantized per `block` inputs too: int8, one scale and the block's sum
+// (the sum turns sum((q - 8) x) into sum(q x) - 8 sum(x), so unsigned 4-bit values go
+// straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
+namespace {
+
+inline void cpu_relax() {
+#ifdef __AVX2__
+  _mm_pause();
+#endif
+}
+
+// ---------------------------------------------------------------- thread pool
+// Workers spin for a while after each task (the next decode step comes within
+// microseconds), then sleep on a condition variable, so an idle engine does not burn the
+// CPUs a bandwidth measurement or another job needs.
+class Pool {
+ public:
+  explicit Pool(int threads) : n_(std::max(1, threads)), sense_(n_, 0) {
+    for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t] { loop(t); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+      generation_.fetch_add(1);
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  int size() const { return n_; }
+
+  // Runs task(tid) on every thread (the caller is thread 0) and returns when all are done.
+  void run(const std::function<void(int)>& task) {
+    task_ = &task;
+    done_.store(0);
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    wake_.notify_all();
+    task(0);
+    while (done_.load(std::memory_order_acquire) != n_ - 1) cpu_relax();
+  }
+
+  // Every thread of the running task waits here until all have arrived.
+  void barrier(int tid) {
+    if (n_ == 1) return;
+    int sense = sense_[tid] ^= 1;
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      release_.store(sense, std::memory_order_release);
+    } else {
+      while (release_.load(std::memory_order_acquire) != sense) cpu_relax();
+    }
+  }
+
+ private:
+  void loop(int tid) {
+    uint64_t seen = 0;  // not a load: run() may have bumped it before this thread started
+    for (;;) {
+      for (int spin = 0; spin < 200000 && generation_.load(std::memory_order_acquire) == seen;
+           ++spin)
+        cpu_relax();
+      if (generation_.load(std::memory_order_acquire) == seen) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return generation_.load() != seen; });
+      }
+      seen = generation_.load(std::memory_order_acquire);
+      if (stop_) return;
+      (*task_)(tid);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  int n_;
+  std::vector<int> sense_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> arrived_{0};
+  std::atomic<int> release_{0};
+  const std::function<void(int)>* task_ = nullptr;
+  bool stop_ = false;
+};
+
+// Thread tid's share of [0, n), in multiples of `align` where it can.
+inline void share(int n, int tid, int threads, int align, int& begin, int& end) {
+  int units = (n + align - 1) / align;
+  begin = std::min(n, static_cast<int>(static_cast<int64_t>(units) * tid / threads) * align);
+  end = std::min(n, static_cast<int>(static_cast<int64_t>(units) * (tid + 1) / threads) * align);
+}
+
+// ---------------------------------------------------------------- quantized matmul
+// Rows come in groups of four, interleaved chunk by chunk (see the header): the kernel
+// computes four outputs at once and reads one sequential stream. One row at a time ran
+// at ~7 GB/s a core, bound by instructions; four separate row streams fought the prefetcher.
+constexpr int GROUP = 4;
+
+struct QMatrix {
+  int rows = 0, cols = 0, bits = 0, block = 0;  // rows: a multiple of GROUP (padded)
+  const uint8_t* data = nullptr;
+  const float* scales = nullptr;  // [rows / 4][cols / block][4]
+  const float* bias = nullptr;    // may be null
+  int chunk_inputs() const { return bits == 4 ? 64 : 32; }  // inputs in 32 bytes of a row
+  // the GROUP x 32 bytes of chunk c for rows 4g .. 4g + 3
+  const uint8_t* slab(int group, int c) const {
+    return data + (static_cast<size_t>(group) * (cols / chunk_inputs()) + c) * GROUP * 32;
+  }
+  const float* group_scales(int group) const {
+    return scales + static_cast<size_t>(group) * (cols / block) * GROUP;
+  }
+};
+
+struct QActivations {  // m rows of k inputs, quantized per block
+  int k = 0, block = 0;
+  std::vector<int8_t> q;
+  std::vector<float> scale;
+  std::vector<int32_t> sum;
+  void resize(int m, int k_, int block_) {
+    k = k_, block = block_;
+    q.resize(static_cast<size_t>(m) * k);
+    scale.resize(static_cast<size_t>(m) * k / block);
+    sum.resize(static_cast<size_t>(m) * k / block);
+  }
+  void quantize_row(int m, const float* x) { quantize_blocks(m, x, 0, k / block); }
+  // blocks [first, last) of row m; x is the whole row
+  void quantize_blocks(int m, const float* x, int first, int last) {
+    int blocks = k / block;
+    int8_t* q_row = &q[static_cast<size_t>(m) * k];
+    for (int b = first; b < last; ++b) {
+      const float* xb = x + b * block;
+      float amax = 0.f;
+      for (int i = 0; i < block; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      float s = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+      int32_t total = 0;
+      for (int i = 0; i < block; ++i) {
+        int v = static_cast<int>(std::nearbyint(xb[i] * inv));
+        q_row[b * block + i] = static_cast<int8_t>(v);
+        total += v;
+      }
+      scale[static_cast<size_t>(m) * blocks + b] = s;
+      sum[static_cast<size_t>(m) * blocks + b] = total;
+    }
+  }
+};
+
+#ifdef __AVX2__
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline __m256i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+
+#ifndef WS_PREFETCH
+#define WS_PREFETCH 4096
+#endif
+// a slab's two cache lines, WS_PREFETCH bytes ahead in the stream
+inline void prefetch_slab(const uint8_t* slab) {
+  if (WS_PREFETCH <= 0) return;
+  _mm_prefetch(reinterpret_cast<const char*>(slab) + WS_PREFETCH, _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(slab) + WS_PREFETCH + 64, _MM_HINT_T0);
+}
+
+// Outputs 4g .. 4g + 3 against activation row m. 4 bits: int16 pair sums of q (0..15)
+// times x stay under 2 * 15 * 127 per maddubs, so two chunks add in int16 before widening.
+void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out) {
+  const int k = w.cols, block = w.block, blocks = k / block;
+  const float* ws = w.group_scales(g);
+  const int8_t* x = &a.q[static_cast<size_t>(m) * k];
+  const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
+  const int32_t* xsum = &a.sum[static_cast<size_t>(m) * blocks];
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  __m256 acc[GROUP];
+  float correction[GROUP] = {};  // sum of scale * sum(x): the "- 8" of every weight
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  if (block == 32) {  // a chunk holds two blocks (low and high nibbles): two scales
+    for (int c = 0; c < k / 64; ++c) {
+      const uint8_t* slab = w.slab(g, c);
+      prefetch_slab(slab);
+      __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
+      for (int r = 0; r < GROUP; ++r) {
+        __m256i bytes = load(slab + 32 * r);
+        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(bytes, low), x0), ones);
+        __m256i p1 = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1), ones);
+        float s0 = ws[(2 * c) * GROUP + r] * xs[2 * c];
+        float s1 = ws[(2 * c + 1) * GROUP + r] * xs[2 * c + 1];
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0), acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1), acc[r]);
+        correction[r] += s0 * xsum[2 * c] + s1 * xsum[2 * c + 1];
+      }
+    }
+  } else {  // whole chunks per block: widen once a chunk, convert once a block
+    const int chunks = block / 64;
+    for (int b = 0; b < blocks; ++b) {
+      __m256i total[GROUP];
+      for (auto& v : total) v = _mm256_setzero_si256();
+      for (int c = b * chunks; c < (b + 1) * chunks; ++c) {
+        const uint8_t* slab = w.slab(g, c);
+        prefetch_slab(slab);
+        __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
+        for (int r = 0; r < GROUP; ++r) {
+          __m256i bytes = load(slab + 32 * r);
+          __m256i pairs = _mm256_add_epi16(
+              _mm256_maddubs_epi16(_mm256_and_si256(bytes, low), x0),
+              _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1));
+          total[r] = _mm256_add_epi32(total[r], _mm256_madd_epi16(pairs, ones));
+        }
+      }
+      for (int r = 0; r < GROUP; ++r) {
+        float s = ws[b * GROUP + r] * xs[b];
+        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[r]), _mm256_set1_ps(s), acc[r]);
+        correction[r] += s * xsum[b];
+      }
+    }
+  }
+  for (int r = 0; r < GROUP; ++r) out[r] = hsum(acc[r]) - 8.f * correction[r];
+}
+
+// 8 bits: maddubs multiplies unsigned by signed, so |w| against x with w's sign (pair
+// sums stay under 2 * 127 * 127: no saturation, where full-range uint8 would saturate)
+void group_q8(const QMatrix& w, int g, const QActivations& a, int m, float* out) {
+  const int k = w.cols, block = w.block, blocks = k / block, chunks = block / 32;
+  const float* ws = w.group_scales(g);
+  const int8_t* x = &a.q[static_cast<size_t>(m) * k];
+  const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc[GROUP];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  for (int b = 0; b < blocks; ++b) {
+    __m256i total[GROUP];
+    for (auto& v : total) v = _mm256_setzero_si256();
+    for (int c = b * chunks; c < (b + 1) * chunks; ++c) {
+      const uint8_t* slab = w.slab(g, c);
+      prefetch_slab(slab);
+      __m256i xv = load(x + 32 * c);
+      for (int r = 0; r < GROUP; ++r) {
+        __m256i wv = load(slab + 32 * r);
+        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        total[r] = _mm256_add_epi32(total[r], _mm256_madd_epi16(pairs, ones));
+      }
+    }
+    for (int r = 0; r < GROUP; ++r)
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[r]),
+                               _mm256_set1_ps(ws[b * GROUP + r] * xs[b]), acc[r]);
+  }
+  for (int r = 0; r < GROUP; ++r) out[r] = hsum(acc[r]);
+}
+#endif
+
+// The same four outputs with plain loops (CPUs without AVX2; the layout spelled out).
+void group_plain(const QMatrix& w, int g, const QActivations& a, int m, float* out) {
+  const int k = w.cols, block = w.block, blocks = k / block, per = w.chunk_inputs();
+  const float* ws = w.group_scales(g);
+  const int8_t* x = &a.q[static_cast<size_t>(m) * k];
+  const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
+  for (int r = 0; r < GROUP; ++r) {
+    float result = 0.f;
+    for (int b = 0; b < blocks; ++b) {
+      int32_t total = 0;
+      for (int i = b * block; i < (b + 1) * block; ++i) {
+        const uint8_t* bytes = w.slab(g, i / per) + 32 * r;
+        const int j = i % per;
+        int q = w.bits == 8 ? static_cast<int8_t>(bytes[j])
+                            : (j < 32 ? bytes[j] & 0x0F : bytes[j - 32] >> 4) - 8;
+        total += q * x[i];
+      }
+      result += ws[b * GROUP + r] * xs[b] * total;
+    }
+    out[r] = result;
+  }
+}
+
+// y[m][n] = w_n . a_m + bias over this thread's share of the rows (whole groups, in
+// multiples of `align` rows where it can); `store(m, n, value)` for n < `valid` only
+// (the padding rows of the last group are skipped).
+template <typename Store>
+void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, int threads,
+                 int valid, Store store, int align = 16) {
+  int begin, end;
+  share(w.rows, tid, threads, std::max(align, GROUP), begin, end);
+  for (int n = begin; n < end; n += GROUP) {
+    for (int m = 0; m < m_count; ++m) {
+      float out[GROUP];
+#ifdef __AVX2__
+      if (w.bits == 4)
+        group_q4(w, n / GROUP, a, m, out);
+      else
+        group_q8(w, n / GROUP, a, m, out);
+#else
+      group_plain(w, n / GROUP, a, m, out);
+#endif
+      for (int r = 0; r < GROUP && n + r < valid; ++r)
+        store(m, n + r, out[r] + (w.bias ? w.bias[n + r] : 0.f));
+    }
+  }
+}
+
+// ---------------------------------------------------------------- the KV cache's type
+// Half precision where the CPU converts in hardware (F16C, every AVX2 CPU): a decode step
+// reads the whole cache back (at context 512, 38 MB in float32 for GPT-2 small: half
+// the bytes of its 4-bit weights), and halves keep keys and values to 3 decimal digits.
+#ifdef __F16C__
+using kv_t = uint16_t;
+inline kv_t to_kv(float v) { return _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
+#else
+using kv_t = float;
+inline kv_t to_kv(float v) { return v; }
+#endif
+
+// q . k over d values (d a multiple of 8 on the vector path)
+inline float dot_kv(const float* q, const kv_t* k, int d) {
+#ifdef __F16C__
+  __m256 acc = _mm256_setzero_ps();
+  for (int i = 0; i < d; i += 8)
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
+                          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i))),
+                          acc);
+  return hsum(acc);
+#else
+  float s = 0.f;
+  for (int i = 0; i < d; ++i) s += q[i] * k[i];
+  return s;
+#endif
+}
+
+// out += p * v over d values
+inline void axpy_kv(float p, const kv_t* v, float* out, int d) {
+#ifdef __F16C__
+  const __m256 scale = _mm256_set1_ps(p);
+  for (int i = 0; i < d; i += 8) {
+    __m256 values = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(values, scale, _mm256_loadu_ps(out + i)));
+  }
+#else
+  for (int i = 0; i < d; ++i) out[i] += p * v[i];
+#endif
+}
+
+// ---------------------------------------------------------------- elementwise
+void layer_norm(const float* x, const float* gain, const float* bias, int n, float* out) {
+  float mean = 0.f, var = 0.f;
+  for (int i = 0; i < n; ++i) mean += x[i];
+  mean /= n;
+  for (int i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  float inv = 1.f / std::sqrt(var / n + 1e-5f);
+  for (int i = 0; i < n; ++i) out[i] = (x[i] - mean) * inv * gain[i] + bias[i];
+}
+
+// GPT-2's gelu (tanh form). tanh(u) = 1 - 2 / (exp(2u) + 1); libm's tanhf would cost
+// ~0.5 ms a token over 12 x 3072 values, so exp is a short polynomial (rel. error ~1e-7).
+inline float fast_exp(float x) {
+  x = std::min(88.f, std::max(-88.f, x));
+  float n = std::nearbyint(x * 1.44269504f);
+  float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+  float p = 1.f + r * (1.f + r * (0.5f + r * (0.166666672f + r * (0.0416666418f +
+                                                                  r * (0.00833336f + r * 0.00138833f)))));
+  int32_t bits;
+  std::memcpy(&bits, &p, 4);
+  bits += static_cast<int32_t>(n) << 23;
+  std::memcpy(&p, &bits, 4);
+  return p;
+}
+
+inline float gelu(float x) {
+  float u = 0.7978845608f * (x + 0.044715f * x * x * x);
+  float t = 1.f - 2.f / (fast_exp(2.f * u) + 1.f);
+  return 0.5f * x * (1.f + t);
+}
+
+#ifdef __AVX2__
+inline __m256 fast_exp8(__m256 x) {  // fast_exp, eight at a time
+  x = _mm256_min_ps(_mm256_set1_ps(88.f), _mm256_max_ps(_mm256_set1_ps(-88.f), x));
+  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693145752f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.42860677e-6f), r);
+  __m256 p = _mm256_set1_ps(0.00138833f);
+  for (float c : {0.00833336f, 0.0416666418f, 0.166666672f, 0.5f, 1.f, 1.f})
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+  __m256i bits = _mm256_add_epi32(_mm256_castps_si256(p),
+                                  _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23));
+  return _mm256_castsi256_ps(bits);
+}
+#endif
+
+void gelu_inplace(float* x, int n) {
+  int i = 0;
+#ifdef __AVX2__
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f);
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_loadu_ps(x + i);
+    __m256 inner = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_mul_ps(v, v), v),
+                                   _mm256_set1_ps(0.044715f), v);
+    __m256 e = fast_exp8(_mm256_mul_ps(inner, _mm256_set1_ps(2.f * 0.7978845608f)));
+    __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, t)));
+  }
+#endif
+  for (; i < n; ++i) x[i] = gelu(x[i]);
+}
+
+// ---------------------------------------------------------------- the model
+struct Layer {
+  const float *ln1_g, *ln1_b, *ln2_g, *ln2_b;
+  QMatrix qkv, proj, fc, out;
+};
+
+struct Model {
+  int n_layer, n_embd, n_head, vocab, n_pos;
+  const float *wte, *wpe, *lnf_g, *lnf_b;
+  QMatrix head;
+  std::vector<Layer> layers;
+  Pool* pool;
+  int capacity = 0;              // positions the cache holds
+  std::vector<kv_t> keys, values;
+  // scratch, sized for `rows` tokens
+  int rows = 0;
+  std::vector<float> x, h, q, att, ff;
+  QActivations hq, attq, ffq;
+
+  void scratch(int m) {
+    if (m <= rows) return;
+    rows = m;
+    x.resize(static_cast<size_t>(m) * n_embd);
+    h.resize(static_cast<size_t>(m) * n_embd);
+    q.resize(static_cast<size_t>(m) * n_embd);
+    att.resize(static_cast<size_t>(m) * n_embd);
+    ff.resize(static_cast<size_t>(m) * 4 * n_embd);
+    hq.resize(m, n_embd, head.block);
+    attq.resize(m, n_embd, head.block);
+    ffq.resize(m, 4 * n_embd, head.block);
+  }
+
+  // [layer][head][position][head_size]: attention streams one head's keys and values
+  // contiguously (a layout by position strides 3 KB between a head's rows)
+  kv_t* key(int layer, int head_index, int pos) {
+    return &keys[((static_cast<size_t>(layer) * n_head + head_index) * capacity + pos) *
+                 (n_embd / n_head)];
+  }
+  kv_t* value(int layer, int head_index, int pos) {
+    return &values[((static_cast<size_t>(layer) * n_head + head_index) * capacity + pos) *
+                   (n_embd / n_head)];
+  }
+
+  void attend(int layer, int m, int head_index, int pos, float* scores) {
+    const int d = n_embd / n_head, last = pos + m;
+    const float* query = &q[static_cast<size_t>(m) * n_embd + head_index * d];
+    const float scale = 1.f / std::sqrt(static_cast<float>(d));
+    float top = -INFINITY;
+    for (int t = 0; t <= last; ++t) {
+      scores[t] = dot_kv(query, key(layer, head_index, t), d) * scale;
+      top = std::max(top, scores[t]);
+    }
+    float total = 0.f;
+    for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
+    float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
+    std::fill(out, out + d, 0.f);
+    for (int t = 0; t <= last; ++t) axpy_kv(scores[t] / total, value(layer, head_index, t), out, d);
+  }
+
+  // Runs tokens at positions pos .. pos + m - 1; logits of the last one.
+  void forward(const int32_t* tokens, int m, int pos, float* logits) {
+    scratch(m);
+    const int c = n_embd, threads = pool->size();
+    std::function<void(int)> task = [&](int tid) {
+      int begin, end;
+      std::vector<float> scores(static_cast<size_t>(pos + m));
+      share(m, tid, threads, 1, begin, end);
+      for (int r = begin; r < end; ++r)
+        for (int i = 0; i < c; ++i)
+          x[r * c + i] = wte[static_cast<size_t>(tokens[r]) * c + i] + wpe[(pos + r) * c + i];
+      for (int l = 0; l < n_layer; ++l) {
+        Layer& L = layers[l];
+        pool->barrier(tid);
+        for (int r = begin; r < end; ++r) {  // ln_1, quantized for the qkv matmul
+          layer_norm(&x[r * c], L.ln1_g, L.ln1_b, c, &h[r * c]);
+          hq.quantize_row(r, &h[r * c]);
+        }
+        pool->barrier(tid);
+        const int d = c / n_head;
+        matmul_rows(L.qkv, hq, m, tid, threads, 3 * c, [&](int r, int n, float v) {
+          if (n < c)
+            q[r * c + n] = v;
+          else if (n < 2 * c)
+            key(l, (n - c) / d, pos + r)[(n - c) % d] = to_kv(v);
+          else
+            value(l, (n - 2 * c) / d, pos + r)[(n - 2 * c) % d] = to_kv(v);
+        });
+        pool->barrier(tid);
+        int pair_begin, pair_end;
+        share(m * n_head, tid, threads, 1, pair_begin, pair_end);
+        for (int p = pair_begin; p < pair_end; ++p) attend(l, p / n_head, p % n_head, pos, scores.data());
+        pool->barrier(tid);
+        for (int r = begin; r < end; ++r) attq.quantize_row(r, &att[r * c]);
+        pool->barrier(tid);
+        matmul_rows(L.proj, attq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
+        pool->barrier(tid);
+        for (int r = begin; r < end; ++r) {
+          layer_norm(&x[r * c], L.ln2_g, L.ln2_b, c, &h[r * c]);
+          hq.quantize_row(r, &h[r * c]);
+        }
+        pool->barrier(tid);
+        // each thread's fc rows are whole blocks of the next matmul's inputs: it applies
+        // gelu and quantizes its own share, no barrier in between
+        const int block = ffq.block;
+        matmul_rows(L.fc, hq, m, tid, threads, 4 * c,
+                    [&](int r, int n, float v) { ff[static_cast<size_t>(r) * 4 * c + n] = v; }, block);
+        int ff_begin, ff_end;
+        share(4 * c, tid, threads, block, ff_begin, ff_end);
+        for (int r = 0; r < m; ++r) {
+          float* row = &ff[static_cast<size_t>(r) * 4 * c];
+          gelu_inplace(row + ff_begin, ff_end - ff_begin);
+          ffq.quantize_blocks(r, row, ff_begin / block, ff_end / block);
+        }
+        pool->barrier(tid);
+        matmul_rows(L.out, ffq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
+      }
+      pool->barrier(tid);
+      if (tid == 0) {  // only the last position's logits are asked for
+        layer_norm(&x[(m - 1) * c], lnf_g, lnf_b, c, &h[0]);
+        hq.quantize_row(0, &h[0]);
+      }
+      pool->barrier(tid);
+      matmul_rows(head, hq, 1, tid, threads, vocab, [&](int, int n, float v) { logits[n] = v; });
+    };
+    pool->run(task);
+  }
+};
+
+QMatrix matrix(int rows, int cols, int bits, int block, const void* data, const void* scales,
+               const void* bias) {
+  QMatrix w;
+  w.rows = rows, w.cols = cols, w.bits = bits, w.block = block;
+  w.data = static_cast<const uint8_t*>(data);
+  w.scales = static_cast<const float*>(scales);
+  w.bias = static_cast<const float*>(bias);
+  return w;
+}
+
+}  // namespace
+
+extern "C" {
+
+void* ws_pool_create(int threads) { return new Pool(threads); }
+void ws_pool_destroy(void* pool) { delete static_cast<Pool*>(pool); }
+
+// y[M][N] = x[M][K] . w^T (+ bias): the engine's matmul alone, for tests and benchmarks.
+// The weights are in groups of four rows (N padded up to a multiple of four).
+void ws_matmul(void* pool_ptr, const void* data, const float* scales, const float* bias, int n,
+               int k, int bits, int block, const float* x, int m, float* y) {
+  Pool* pool = static_cast<Pool*>(pool_ptr);
+  QMatrix w = matrix((n + GROUP - 1) / GROUP * GROUP, k, bits, block, data, scales, bias);
+  QActivations a;
+  a.resize(m, k, block);
+  for (int r = 0; r < m; ++r) a.quantize_row(r, x + static_cast<size_t>(r) * k);
+  std::function<void(int)> task = [&](int tid) {
+    matmul_rows(w, a, m, tid, pool->size(), n,
+                [&](int r, int col, float v) { y[static_cast<size_t>(r) * n + col] = v; });
+  };
+  pool->run(task);
+}
+
+// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block.
+// pointers: wte, wpe, ln_f gain, ln_f bias, head data, head scales, then per layer:
+// ln_1 gain, ln_1 bias, qkv data, scales, bias, proj data, scales, bias,
+// ln_2 gain, ln_2 bias, fc data, scales, bias, out data, scales, bias.
+void* ws_model_create(void* pool, const int32_t* dims, const void* const* ptrs) {
+  Model* model = new Model();
+  model->n_layer = dims[0], model->n_embd = dims[1], model->n_head = dims[2];
+  model->vocab = dims[3], model->n_pos = dims[4];
+  const int bits = dims[5], block = dims[6], c = dims[1];
+  model->pool = static_cast<Pool*>(pool);
+  model->wte = static_cast<const float*>(ptrs[0]);
+  model->wpe = static_cast<const float*>(ptrs[1]);
+  model->lnf_g = static_cast<const float*>(ptrs[2]);
+  model->lnf_b = static_cast<const float*>(ptrs[3]);
+  const int padded = (model->vocab + GROUP - 1) / GROUP * GROUP;  // the head, in whole groups
+  model->head = matrix(padded, c, bits, block, ptrs[4], ptrs[5], nullptr);
+  for (int l = 0; l < model->n_layer; ++l) {
+    const void* const* p = ptrs + 6 + 16 * l;
+    Layer L;
+    L.ln1_g = static_cast<const float*>(p[0]), L.ln1_b = static_cast<const float*>(p[1]);
+    L.qkv = matrix(3 * c, c, bits, block, p[2], p[3], p[4]);
+    L.proj = matrix(c, c, bits, block, p[5], p[6], p[7]);
+    L.ln2_g = static_cast<const float*>(p[8]), L.ln2_b = static_cast<const float*>(p[9]);
+    L.fc = matrix(4 * c, c, bits, block, p[10], p[11], p[12]);
+    L.out = matrix(c, 4 * c, bits, block, p[13], p[14], p[15]);
+    model->layers.push_back(L);
+  }
+  return model;
+}
+
+// Sizes the cache for `positions` (at most n_pos); keeps what it holds when it grows.
+int ws_model_reserve(void* model_ptr, int positions) {
+  Model* model = static_cast<Model*>(model_ptr);
+  if (positions > model->n_pos) return -1;
+  if (positions <= model->capacity) return 0;
+  std::vector<kv_t> keys(static_cast<size_t>(model->n_layer) * positions * model->n_embd);
+  std::vector<kv_t> values(keys.size());
+  const size_t old = static_cast<size_t>(model->capacity) * (model->n_embd / model->n_head);
+  const size_t grown = static_cast<size_t>(positions) * (model->n_embd / model->n_head);
+  for (int block = 0; block < model->n_layer * model->n_head && old; ++block) {
+    std::memcpy(&keys[block * grown], &model->keys[block * old], old * sizeof(kv_t));
+    std::memcpy(&values[block * grown], &model->values[block * old], old * sizeof(kv_t));
+  }
+  model->keys.swap(keys), model->values.swap(values);
+  model->capacity = positions;
+  return 0;
+}
+
+// Tokens at positions pos .. pos + n - 1 (the cache must hold them): the last one's logits.
+int ws_model_forward(void* model_ptr, const int32_t* tokens, int n, int pos, float* logits) {
+  Model* model = static_cast<Model*>(model_ptr);
+  if (n < 1 || pos < 0 || pos + n > model->capacity) return -1;
+  for (int i = 0; i < n; ++i)
+    if (tokens[i] < 0 || tokens[i] >= model->vocab) return -2;
+  model->forward(tokens, n, pos, logits);
+  return 0;
+}
+
+void ws_model_destroy(void* model) { delete static_cast<Model*>(model); }
+
+}  // extern "C"

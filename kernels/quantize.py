@@ -1,0 +1,69 @@
+"""Block quantization of weight rows into the layout kernels/gpt2.cc reads.
+
+A [N, K] matrix is N output rows over K inputs; every `block` consecutive inputs of a row
+share one float32 scale. 8 bits: q = round(w / s) in [-127, 127], s = max|w| / 127.
+4 bits: as llama.cpp's q4_0, the block's largest-magnitude weight maps to -8 exactly
+(s = that weight / -8), q = clamp(round(w / s), -8, 7) + 8 stored unsigned; for each 64
+inputs, byte j holds input j in its low nibble and input j + 32 in its high one, so one
+32-byte load and two masks give the kernel 64 weights in input order.
+
+`grouped` then lays rows out in fours, chunk by chunk, as the engine reads them: its
+kernel computes four outputs at once from one sequential stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BITS = (4, 8)
+
+
+def quantize_rows(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(data, scales): uint8 [N, K/2] (4 bits) or int8 [N, K] (8 bits), float32 [N, K/block]."""
+    rows, cols = weight.shape
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, not {bits}")
+    if cols % 64 or cols % block or block % 32:
+        raise ValueError(f"{cols} inputs do not split into blocks of {block} and chunks of 64")
+    blocks = weight.astype(np.float32).reshape(rows, cols // block, block)
+    if bits == 8:
+        scales = np.abs(blocks).max(axis=2) / 127.0
+        safe = np.where(scales > 0, scales, 1.0)[..., None]
+        q = np.clip(np.rint(blocks / safe), -127, 127).astype(np.int8)
+        return q.reshape(rows, cols), scales.astype(np.float32)
+    index = np.abs(blocks).argmax(axis=2)[..., None]
+    scales = np.take_along_axis(blocks, index, axis=2)[..., 0] / -8.0
+    safe = np.where(scales != 0, scales, 1.0)[..., None]
+    q = (np.clip(np.rint(blocks / safe), -8, 7) + 8).astype(np.uint8)
+    q = q.reshape(rows, cols // 64, 2, 32)  # inputs j and j + 32 of each 64 share a byte
+    packed = q[:, :, 0, :] | (q[:, :, 1, :] << 4)
+    return np.ascontiguousarray(packed.reshape(rows, cols // 2)), scales.astype(np.float32)
+
+
+def dequantize_rows(data: np.ndarray, scales: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """The float32 [N, K] matrix the quantized rows stand for (tests, fidelity checks)."""
+    rows = data.shape[0]
+    if bits == 8:
+        q = data.astype(np.float32)
+    else:
+        chunks = data.reshape(rows, -1, 32)
+        q = np.stack([chunks & 0x0F, chunks >> 4], axis=2).reshape(rows, -1).astype(np.float32) - 8
+    cols = q.shape[1]
+    return (q.reshape(rows, cols // block, block) * scales[..., None]).reshape(rows, cols)
+
+
+GROUP = 4
+
+
+def grouped(data: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`quantize_rows`' output in the engine's order: rows padded with zeros to a multiple
+    of four, then [N/4][chunk][4 rows][32 bytes] and scales [N/4][block][4]."""
+    rows = data.shape[0]
+    pad = -rows % GROUP
+    if pad:
+        data = np.concatenate([data, np.zeros((pad, data.shape[1]), data.dtype)])
+        scales = np.concatenate([scales, np.zeros((pad, scales.shape[1]), scales.dtype)])
+    groups = data.shape[0] // GROUP
+    data = data.reshape(groups, GROUP, -1, 32).transpose(0, 2, 1, 3)
+    scales = scales.reshape(groups, GROUP, -1).transpose(0, 2, 1)
+    return np.ascontiguousarray(data).reshape(groups * GROUP, -1), np.ascontiguousarray(scales)

@@ -1,0 +1,147 @@
+"""The native engine (kernels/gpt2.cc): its quantization, its matmul, and the whole model
+against a float32 model that carries the very weights the engine quantized.
+
+Comparing with the dequantized weights separates the two errors: what 4 or 8 bits cost
+(the farm's fidelity measures that) and what the engine adds, which must be only the
+int8 rounding of its activations. A wrong nibble order, scale, bias, mask or cache
+position gives errors of order one instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from backends import registry
+from backends.nanogpt import load_gpt
+from kernels.quantize import dequantize_rows, grouped, quantize_rows
+from tests.conftest import save_tiny_gpt2
+
+FLOATS = ctypes.POINTER(ctypes.c_float)
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache for the module: the engine compiles once (seconds), not per test."""
+    return tmp_path_factory.mktemp("native-cache")
+
+
+@pytest.fixture(scope="module")
+def engine(shared_cache):
+    from kernels.build import load
+
+    lib, _ = load(shared_cache)
+    return lib
+
+
+@pytest.fixture(scope="module")
+def model_64(tmp_path_factory):
+    """The engine reads inputs 64 at a time: a tiny GPT-2 with n_embd 64."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("gpt2-64"), n_embd=64, n_head=4, vocab_size=300)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_rows_keep_their_range_and_their_largest_weight(bits):
+    weight = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
+    data, scales = quantize_rows(weight, bits, 32)
+    back = dequantize_rows(data, scales, bits, 32)
+    blocks = weight.reshape(5, 4, 32)
+    step = np.abs(scales)[..., None]
+    # round to nearest; 4 bits: the extreme maps to -8, so the other side's top clips at +7
+    bound = step / 2 if bits == 8 else step
+    assert (np.abs(back.reshape(5, 4, 32) - blocks) <= bound + 1e-6).all()
+    largest = np.take_along_axis(blocks, np.abs(blocks).argmax(2)[..., None], 2)
+    recovered = np.take_along_axis(back.reshape(5, 4, 32), np.abs(blocks).argmax(2)[..., None], 2)
+    np.testing.assert_allclose(recovered, largest, rtol=1e-6)  # the block's extreme is exact
+    assert data.dtype == (np.uint8 if bits == 4 else np.int8)
+    assert data.shape == (5, 128 * bits // 8)
+
+
+def test_four_bit_nibbles_hold_inputs_j_and_j_plus_32():
+    weight = np.zeros((1, 64), np.float32)
+    weight[0, 32] = -1.0  # the largest: stored as -8, i.e. 0 in the high nibble of byte 0
+    weight[0, 0] = 0.5  # 0.5 / (1/8) = 4 -> 12 in the low nibble of byte 0
+    data, _ = quantize_rows(weight, 4, 64)
+    assert data[0, 0] == 12 and data[0, 1] == 0x88  # byte 1: inputs 1 and 33, both zero (8)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(("bits", "block"), [(4, 32), (4, 128), (8, 32), (8, 64)])
+def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads):
+    rng = np.random.default_rng(bits + block)
+    n, k, m = 202, 256, 3  # 202 rows: a padded last group, thread shares of uneven size
+    weight = rng.standard_normal((n, k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    data, scales = quantize_rows(weight, bits, block)
+    in_groups, group_scales = grouped(data, scales)
+    y = np.zeros((m, n), np.float32)
+    pool = engine.ws_pool_create(threads)
+    engine.ws_matmul(pool, in_groups.ctypes.data, group_scales.ctypes.data_as(FLOATS),
+                     bias.ctypes.data_as(FLOATS), n, k, bits, block, x.ctypes.data_as(FLOATS),
+                     m, y.ctypes.data_as(FLOATS))  # fmt: skip
+    engine.ws_pool_destroy(pool)
+    expected = x @ dequantize_rows(data, scales, bits, block).T + bias
+    # only the activations' int8 rounding: ~0.5% of the largest output
+    error = np.abs(y - expected).max() / np.abs(expected).max()
+    assert error < 0.02, error
+
+
+def _dequantized_reference(model_dir, bits: int, block: int):
+    """nanoGPT in float32 with every weight the engine quantizes replaced by what its
+    quantized form stands for (the embedding lookup stays float, as in the engine)."""
+    gpt = load_gpt(model_dir)
+    with torch.no_grad():
+        for name, parameter in gpt.named_parameters():
+            if parameter.dim() == 2 and "wpe" not in name and "wte" not in name:
+                data, scales = quantize_rows(parameter.numpy(), bits, block)
+                parameter.copy_(torch.from_numpy(dequantize_rows(data, scales, bits, block)))
+        head = gpt.transformer.wte.weight.detach().numpy()
+        data, scales = quantize_rows(head, bits, block)
+        gpt.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)  # untied
+        gpt.lm_head.weight.copy_(torch.from_numpy(dequantize_rows(data, scales, bits, block)))
+    return gpt
+
+
+@pytest.mark.parametrize(("bits", "block"), [(4, 32), (8, 32), (4, 64)])
+def test_the_engine_computes_gpt2_on_its_quantized_weights(model_64, shared_cache, bits, block):
+    reference = registry.create("nanogpt", model_64, {}, 1, shared_cache)
+    reference.model = _dequantized_reference(model_64, bits, block)
+    options = {"bits": bits, "block_size": block}
+    native = registry.create("native", model_64, options, 2, shared_cache)
+    prompt = [int(t) for t in np.random.default_rng(3).integers(0, 300, 20)]
+    tokens = reference.generate(prompt, 12).tokens
+    expected = reference.teacher_forced_logits(prompt, tokens)
+    logits = native.teacher_forced_logits(prompt, tokens)
+    error = np.abs(logits - expected).max() / np.abs(expected).max()
+    assert error < 0.05, error  # activation rounding only; a wrong position or mask: ~1
+    assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.9
+    assert native.load_report.matmul_bytes == bits / 8 + 4 / block
+
+
+def test_a_prompt_in_one_call_equals_the_same_tokens_one_at_a_time(model_64, shared_cache):
+    native = registry.create("native", model_64, {"bits": 8}, 2, shared_cache)
+    tokens = [int(t) for t in np.random.default_rng(4).integers(0, 300, 30)]
+    native.reserve(len(tokens))
+    whole = native.prefill(tokens).copy()
+    native.prefill(tokens[:1])
+    for token in tokens[1:]:
+        stepped = native.step(token)
+    np.testing.assert_allclose(stepped, whole, rtol=0, atol=1e-4 * np.abs(whole).max())
+    generation = native.generate(tokens[:5], 8)
+    assert len(generation.tokens) == 8 and generation.token_times == sorted(generation.token_times)
+
+
+def test_the_engine_refuses_more_positions_than_the_model_has(model_64, shared_cache):
+    native = registry.create("native", model_64, {"bits": 8}, 1, shared_cache)
+    with pytest.raises(ValueError, match="exceed the model's 128 positions"):
+        native.generate([1] * 120, 10)
+
+
+def test_a_model_the_engine_cannot_run_is_refused_with_the_reason(tmp_path):
+    narrow = save_tiny_gpt2(tmp_path / "narrow")  # n_embd 32
+    with pytest.raises(ValueError, match="multiple of 64"):
+        registry.create("native", narrow, {}, 1, tmp_path / "cache")
