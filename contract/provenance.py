@@ -11,7 +11,8 @@ from pathlib import Path
 
 LIBRARIES = ("torch", "transformers", "onnxruntime", "onnx", "celery", "whistle-stop")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("backends", "cli", "contract", "db", "executors", "orchestrator", "worker")
+PACKAGES = ("backends", "cli", "contract", "db", "executors", "kernels", "orchestrator", "worker")
+SUFFIXES = (".py", ".cc")  # the native engine's C++ is source the results depend on too
 
 
 def library_versions() -> dict[str, str | None]:
@@ -27,11 +28,12 @@ def _version(distribution: str) -> str | None:
 
 @functools.cache
 def source_hash() -> str:
-    """A hash of whistle-stop's own Python source as it is on disk: two workers with the
-    same hash ran the same code, committed or not."""
+    """A hash of whistle-stop's own source (its Python and the engine's C++) as it is on
+    disk: two workers with the same hash ran the same code, committed or not."""
     digest = hashlib.sha256()
     for package in PACKAGES:
-        for path in sorted((PROJECT_ROOT / package).rglob("*.py")):
+        paths = (p for p in (PROJECT_ROOT / package).rglob("*") if p.suffix in SUFFIXES)
+        for path in sorted(paths):
             digest.update(str(path.relative_to(PROJECT_ROOT)).encode() + b"\0")
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -15,7 +15,7 @@ from contract.status import JobStatus
 from db.models import Environment, Result
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cli", "contract", "executors", "orchestrator", "worker", "backends", "db")
+PACKAGES = ("cli", "contract", "executors", "orchestrator", "worker", "backends", "db", "kernels")
 RESULT_HEADER = {"id", "job_id", "environment_id", "worker", "cpus", "created_at"}
 
 
@@ -102,7 +102,10 @@ def test_the_import_graph_keeps_the_boundaries():
         package = module.split(".")[0]
         for imported in _imports(path):
             top = imported.split(".")[0]
-            if package in ("worker", "executors", "backends", "contract") and top == "db":
+            if (
+                package in ("worker", "executors", "backends", "contract", "kernels")
+                and top == "db"
+            ):
                 problems.append(f"{module} imports {imported}")
             if package in ("orchestrator", "executors", "cli") and top == "worker":
                 if imported not in allowed_worker_imports.get(module, set()):
@@ -122,3 +125,18 @@ def test_statuses_are_spelled_only_by_the_enum():
             if isinstance(node, ast.Constant) and node.value in statuses:
                 found.append(f"{module}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_the_source_hash_covers_the_engines_cpp(tmp_path, monkeypatch):
+    from contract import provenance
+
+    (tmp_path / "kernels").mkdir()
+    engine = tmp_path / "kernels" / "gpt2.cc"
+    engine.write_text("int x = 1;")
+    (tmp_path / "kernels" / "notes.txt").write_text("not source")
+    monkeypatch.setattr(provenance, "PROJECT_ROOT", tmp_path)
+    before = provenance.source_hash.__wrapped__()
+    (tmp_path / "kernels" / "notes.txt").write_text("still not source")
+    assert provenance.source_hash.__wrapped__() == before
+    engine.write_text("int x = 2;")
+    assert provenance.source_hash.__wrapped__() != before
