@@ -492,6 +492,23 @@ struct Model {
     float total = 0.f;
     for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
     float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
+#ifdef __F16C__
+    if (d == 64) {  // GPT-2's head size: the output stays in registers across positions
+      __m256 acc[8];
+      for (auto& v : acc) v = _mm256_setzero_ps();
+      for (int t = 0; t <= last; ++t) {
+        const __m256 p = _mm256_set1_ps(scores[t]);
+        const kv_t* v = value(layer, head_index, t);
+        for (int i = 0; i < 8; ++i)
+          acc[i] = _mm256_fmadd_ps(
+              _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 8 * i))), p,
+              acc[i]);
+      }
+      const __m256 inverse = _mm256_set1_ps(1.f / total);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], inverse));
+      return;
+    }
+#endif
     std::fill(out, out + d, 0.f);
     for (int t = 0; t <= last; ++t) axpy_kv(scores[t] / total, value(layer, head_index, t), out, d);
   }
