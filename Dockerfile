@@ -1,6 +1,9 @@
 # whistle-stop: one image for the orchestrator and the workers.
 FROM python:3.11-slim
 WORKDIR /app
+# g++: the native backend compiles its engine for the CPU of the worker that runs it
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 # torch first, from PyTorch's CPU wheel index, so pip never pulls a CUDA build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} 'torch==2.13.*'
@@ -9,6 +12,10 @@ COPY worker worker
 COPY orchestrator orchestrator
 COPY backends backends
 COPY db db
+COPY contract contract
+COPY executors executors
+COPY cli cli
+COPY kernels kernels
 COPY examples examples
 RUN pip install --no-cache-dir .
 ENV FARM_CACHE_DIR=/cache FARM_DB_URL=/data/farm.db

@@ -123,6 +123,9 @@ class NativeOptions(BackendOptions):
     # weights (and activations) sharing one scale; larger blocks read fewer scale bytes
     # and spend less per block, smaller ones keep more fidelity
     block_size: Literal[32, 64, 128, 256] = 32
+    # the KV cache: float16, or int8 with a float32 scale per head and position (half
+    # the bytes a decode step reads back, a quarter of 4-bit weights' at context 512)
+    kv_dtype: Literal["float16", "int8"] = "float16"
 
     def weight_bytes(self) -> float:
         """Bytes a decode step reads per weight: its bits and a float32 scale per block."""

@@ -51,19 +51,22 @@ def _cpu_flags() -> str:
 
 
 @functools.cache
-def load(cache_dir: Path) -> tuple[ctypes.CDLL, dict]:
-    """The compiled engine (built here if needed) and how it was built."""
+def load(cache_dir: Path, profile: bool = False) -> tuple[ctypes.CDLL, dict]:
+    """The compiled engine (built here if needed) and how it was built. `profile`: a
+    build that times each phase of a forward pass (`ws_profile`), for
+    benchmarks/native_profile.py; jobs never use it."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    flags = [*FLAGS, "-DWS_PROFILE"] if profile else FLAGS
     parts = [
         hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
         version.splitlines()[0] if version else cxx,
-        FLAGS,
+        flags,
         hashlib.sha256(_cpu_flags().encode()).hexdigest()[:16],
     ]
 
     def build(out: Path) -> None:
-        command = [cxx, *FLAGS, str(SOURCE), "-o", str(out / LIBRARY)]
+        command = [cxx, *flags, str(SOURCE), "-o", str(out / LIBRARY)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"compiling {SOURCE.name} failed: {done.stderr.strip()[-400:]}")
@@ -86,3 +89,4 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ws_model_forward.argtypes = [p, ctypes.POINTER(ctypes.c_int32), i, i, f]
     lib.ws_model_forward.restype = i
     lib.ws_model_destroy.argtypes, lib.ws_model_destroy.restype = [p], None
+    lib.ws_profile.argtypes, lib.ws_profile.restype = [ctypes.POINTER(ctypes.c_double)], i

@@ -24,6 +24,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <chrono>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -34,6 +35,20 @@
 #endif
 
 namespace {
+
+// phases a forward pass is timed in when built with -DWS_PROFILE
+enum Phase {
+  PHASE_ELEMENTWISE, PHASE_QKV, PHASE_ATTENTION, PHASE_PROJ, PHASE_FC, PHASE_OUT, PHASE_HEAD,
+  PHASE_WAIT, PHASES
+};
+#ifdef WS_PROFILE
+double g_phases[PHASES];
+inline double now_ns() {
+  return std::chrono::duration<double, std::nano>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+#endif
 
 inline void cpu_relax() {
 #ifdef __AVX2__
@@ -374,6 +389,35 @@ inline void axpy_kv(float p, const kv_t* v, float* out, int d) {
 #endif
 }
 
+inline float dot_int8(const float* q, const int8_t* k, int d) {
+#ifdef __AVX2__
+  __m256 acc = _mm256_setzero_ps();
+  for (int i = 0; i < d; i += 8) {
+    __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(k + i));
+    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight)),
+                          acc);
+  }
+  return hsum(acc);
+#else
+  float s = 0.f;
+  for (int i = 0; i < d; ++i) s += q[i] * k[i];
+  return s;
+#endif
+}
+
+inline void axpy_int8(float p, const int8_t* v, float* out, int d) {
+#ifdef __AVX2__
+  const __m256 scale = _mm256_set1_ps(p);
+  for (int i = 0; i < d; i += 8) {
+    __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + i));
+    __m256 values = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight));
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(values, scale, _mm256_loadu_ps(out + i)));
+  }
+#else
+  for (int i = 0; i < d; ++i) out[i] += p * v[i];
+#endif
+}
+
 // ---------------------------------------------------------------- elementwise
 void layer_norm(const float* x, const float* gain, const float* bias, int n, float* out) {
   float mean = 0.f, var = 0.f;
@@ -450,7 +494,13 @@ struct Model {
   std::vector<Layer> layers;
   Pool* pool;
   int capacity = 0;              // positions the cache holds
-  std::vector<kv_t> keys, values;
+  std::vector<kv_t> keys, values;  // half precision (or float32 without F16C)
+  // kv_int8: int8 keys and values instead, one float scale per (layer, head, position):
+  // half the bytes again, which at context 512 are a quarter of 4-bit weights' bytes
+  bool kv_int8 = false;
+  std::vector<int8_t> keys8, values8;
+  std::vector<float> key_scale, value_scale;
+  std::vector<float> fresh;  // kv_int8: this call's keys and values in float, [m][2 n_embd]
   // scratch, sized for `rows` tokens
   int rows = 0;
   std::vector<float> x, h, q, att, ff;
@@ -467,6 +517,26 @@ struct Model {
     hq.resize(m, n_embd, head.block);
     attq.resize(m, n_embd, head.block);
     ffq.resize(m, 4 * n_embd, head.block);
+    if (kv_int8) fresh.resize(static_cast<size_t>(m) * 2 * n_embd);
+  }
+
+  size_t slot(int layer, int head_index, int pos) const {
+    return (static_cast<size_t>(layer) * n_head + head_index) * capacity + pos;
+  }
+
+  // kv_int8: the keys and values of position pos + m, head h, from `fresh` into the cache
+  void store_int8(int layer, int m, int head_index, int pos) {
+    const int d = n_embd / n_head;
+    const size_t at = slot(layer, head_index, pos + m);
+    for (int part = 0; part < 2; ++part) {
+      const float* x = &fresh[static_cast<size_t>(m) * 2 * n_embd + part * n_embd + head_index * d];
+      int8_t* out = (part == 0 ? keys8.data() : values8.data()) + at * d;
+      float amax = 0.f;
+      for (int i = 0; i < d; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const float inverse = amax > 0.f ? 127.f / amax : 0.f;
+      for (int i = 0; i < d; ++i) out[i] = static_cast<int8_t>(std::nearbyint(x[i] * inverse));
+      (part == 0 ? key_scale : value_scale)[at] = amax / 127.f;
+    }
   }
 
   // [layer][head][position][head_size]: attention streams one head's keys and values
@@ -484,6 +554,7 @@ struct Model {
     const int d = n_embd / n_head, last = pos + m;
     const float* query = &q[static_cast<size_t>(m) * n_embd + head_index * d];
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
+    if (kv_int8) return attend_int8(layer, m, head_index, pos, scores, query, scale);
     float top = -INFINITY;
     for (int t = 0; t <= last; ++t) {
       scores[t] = dot_kv(query, key(layer, head_index, t), d) * scale;
@@ -513,48 +584,96 @@ struct Model {
     for (int t = 0; t <= last; ++t) axpy_kv(scores[t] / total, value(layer, head_index, t), out, d);
   }
 
+  void attend_int8(int layer, int m, int head_index, int pos, float* scores, const float* query,
+                   float scale) {
+    const int d = n_embd / n_head, last = pos + m;
+    const size_t first = slot(layer, head_index, 0);
+    float top = -INFINITY;
+    for (int t = 0; t <= last; ++t) {
+      scores[t] = dot_int8(query, &keys8[(first + t) * d], d) * key_scale[first + t] * scale;
+      top = std::max(top, scores[t]);
+    }
+    float total = 0.f;
+    for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
+    float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
+    std::fill(out, out + d, 0.f);
+    for (int t = 0; t <= last; ++t)
+      axpy_int8(scores[t] * value_scale[first + t] / total, &values8[(first + t) * d], out, d);
+  }
+
   // Runs tokens at positions pos .. pos + m - 1; logits of the last one.
   void forward(const int32_t* tokens, int m, int pos, float* logits) {
     scratch(m);
     const int c = n_embd, threads = pool->size();
     std::function<void(int)> task = [&](int tid) {
+#ifdef WS_PROFILE  // thread 0's wall time by phase (benchmarks/native_profile.py)
+      double last = now_ns();
+      auto lap = [&](int phase) {
+        if (tid != 0) return;
+        double t = now_ns();
+        g_phases[phase] += t - last;
+        last = t;
+      };
+#else
+      auto lap = [](int) {};
+#endif
+      auto wait = [&] {  // a barrier, its wait timed as a phase of its own
+        pool->barrier(tid);
+        lap(PHASE_WAIT);
+      };
       int begin, end;
       std::vector<float> scores(static_cast<size_t>(pos + m));
       share(m, tid, threads, 1, begin, end);
       for (int r = begin; r < end; ++r)
         for (int i = 0; i < c; ++i)
           x[r * c + i] = wte[static_cast<size_t>(tokens[r]) * c + i] + wpe[(pos + r) * c + i];
+      lap(PHASE_ELEMENTWISE);
       for (int l = 0; l < n_layer; ++l) {
         Layer& L = layers[l];
-        pool->barrier(tid);
+        wait();
         for (int r = begin; r < end; ++r) {  // ln_1, quantized for the qkv matmul
           layer_norm(&x[r * c], L.ln1_g, L.ln1_b, c, &h[r * c]);
           hq.quantize_row(r, &h[r * c]);
         }
-        pool->barrier(tid);
+        lap(PHASE_ELEMENTWISE);
+        wait();
         const int d = c / n_head;
         matmul_rows(L.qkv, hq, m, tid, threads, 3 * c, [&](int r, int n, float v) {
           if (n < c)
             q[r * c + n] = v;
+          else if (kv_int8)
+            fresh[static_cast<size_t>(r) * 2 * c + n - c] = v;
           else if (n < 2 * c)
             key(l, (n - c) / d, pos + r)[(n - c) % d] = to_kv(v);
           else
             value(l, (n - 2 * c) / d, pos + r)[(n - 2 * c) % d] = to_kv(v);
         });
-        pool->barrier(tid);
+        lap(PHASE_QKV);
+        wait();
+        if (kv_int8) {  // a head's new keys and values share a scale: all of them first
+          int pair_begin, pair_end;
+          share(m * n_head, tid, threads, 1, pair_begin, pair_end);
+          for (int p = pair_begin; p < pair_end; ++p) store_int8(l, p / n_head, p % n_head, pos);
+          lap(PHASE_ATTENTION);
+          wait();
+        }
         int pair_begin, pair_end;
         share(m * n_head, tid, threads, 1, pair_begin, pair_end);
         for (int p = pair_begin; p < pair_end; ++p) attend(l, p / n_head, p % n_head, pos, scores.data());
-        pool->barrier(tid);
+        lap(PHASE_ATTENTION);
+        wait();
         for (int r = begin; r < end; ++r) attq.quantize_row(r, &att[r * c]);
-        pool->barrier(tid);
+        lap(PHASE_ELEMENTWISE);
+        wait();
         matmul_rows(L.proj, attq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
-        pool->barrier(tid);
+        lap(PHASE_PROJ);
+        wait();
         for (int r = begin; r < end; ++r) {
           layer_norm(&x[r * c], L.ln2_g, L.ln2_b, c, &h[r * c]);
           hq.quantize_row(r, &h[r * c]);
         }
-        pool->barrier(tid);
+        lap(PHASE_ELEMENTWISE);
+        wait();
         // each thread's fc rows are whole blocks of the next matmul's inputs: it applies
         // gelu and quantizes its own share, no barrier in between
         const int block = ffq.block;
@@ -567,16 +686,20 @@ struct Model {
           gelu_inplace(row + ff_begin, ff_end - ff_begin);
           ffq.quantize_blocks(r, row, ff_begin / block, ff_end / block);
         }
-        pool->barrier(tid);
+        lap(PHASE_FC);
+        wait();
         matmul_rows(L.out, ffq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
+        lap(PHASE_OUT);
       }
-      pool->barrier(tid);
+      wait();
       if (tid == 0) {  // only the last position's logits are asked for
         layer_norm(&x[(m - 1) * c], lnf_g, lnf_b, c, &h[0]);
         hq.quantize_row(0, &h[0]);
       }
-      pool->barrier(tid);
+      lap(PHASE_ELEMENTWISE);
+      wait();
       matmul_rows(head, hq, 1, tid, threads, vocab, [&](int, int n, float v) { logits[n] = v; });
+      lap(PHASE_HEAD);
     };
     pool->run(task);
   }
@@ -615,7 +738,7 @@ void ws_matmul(void* pool_ptr, const void* data, const float* scales, const floa
   pool->run(task);
 }
 
-// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block.
+// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block, kv_int8 (0 or 1).
 // pointers: wte, wpe, ln_f gain, ln_f bias, head data, head scales, then per layer:
 // ln_1 gain, ln_1 bias, qkv data, scales, bias, proj data, scales, bias,
 // ln_2 gain, ln_2 bias, fc data, scales, bias, out data, scales, bias.
@@ -624,6 +747,7 @@ void* ws_model_create(void* pool, const int32_t* dims, const void* const* ptrs) 
   model->n_layer = dims[0], model->n_embd = dims[1], model->n_head = dims[2];
   model->vocab = dims[3], model->n_pos = dims[4];
   const int bits = dims[5], block = dims[6], c = dims[1];
+  model->kv_int8 = dims[7] != 0;
   model->pool = static_cast<Pool*>(pool);
   model->wte = static_cast<const float*>(ptrs[0]);
   model->wpe = static_cast<const float*>(ptrs[1]);
@@ -645,20 +769,36 @@ void* ws_model_create(void* pool, const int32_t* dims, const void* const* ptrs) 
   return model;
 }
 
+}  // extern "C"
+
+// A cache array ([layer][head][position][width]) for `positions`, what it held kept.
+template <typename T>
+std::vector<T> grown(const std::vector<T>& old, const Model& model, int positions, int width) {
+  const int blocks = model.n_layer * model.n_head;
+  std::vector<T> fresh(static_cast<size_t>(blocks) * positions * width);
+  const size_t before = static_cast<size_t>(model.capacity) * width;
+  const size_t after = static_cast<size_t>(positions) * width;
+  for (int b = 0; b < blocks && before && !old.empty(); ++b)
+    std::memcpy(&fresh[b * after], &old[b * before], before * sizeof(T));
+  return fresh;
+}
+
+extern "C" {
+
 // Sizes the cache for `positions` (at most n_pos); keeps what it holds when it grows.
 int ws_model_reserve(void* model_ptr, int positions) {
   Model* model = static_cast<Model*>(model_ptr);
   if (positions > model->n_pos) return -1;
   if (positions <= model->capacity) return 0;
-  std::vector<kv_t> keys(static_cast<size_t>(model->n_layer) * positions * model->n_embd);
-  std::vector<kv_t> values(keys.size());
-  const size_t old = static_cast<size_t>(model->capacity) * (model->n_embd / model->n_head);
-  const size_t grown = static_cast<size_t>(positions) * (model->n_embd / model->n_head);
-  for (int block = 0; block < model->n_layer * model->n_head && old; ++block) {
-    std::memcpy(&keys[block * grown], &model->keys[block * old], old * sizeof(kv_t));
-    std::memcpy(&values[block * grown], &model->values[block * old], old * sizeof(kv_t));
+  if (!model->kv_int8) {
+    model->keys = grown(model->keys, *model, positions, model->n_embd / model->n_head);
+    model->values = grown(model->values, *model, positions, model->n_embd / model->n_head);
+  } else {
+    model->keys8 = grown(model->keys8, *model, positions, model->n_embd / model->n_head);
+    model->values8 = grown(model->values8, *model, positions, model->n_embd / model->n_head);
+    model->key_scale = grown(model->key_scale, *model, positions, 1);
+    model->value_scale = grown(model->value_scale, *model, positions, 1);
   }
-  model->keys.swap(keys), model->values.swap(values);
   model->capacity = positions;
   return 0;
 }
@@ -674,5 +814,17 @@ int ws_model_forward(void* model_ptr, const int32_t* tokens, int n, int pos, flo
 }
 
 void ws_model_destroy(void* model) { delete static_cast<Model*>(model); }
+
+// Thread 0's nanoseconds per phase since the last call (order of enum Phase), then zeroed;
+// 0 when built without -DWS_PROFILE.
+int ws_profile(double* out) {
+#ifdef WS_PROFILE
+  for (int i = 0; i < PHASES; ++i) out[i] = g_phases[i], g_phases[i] = 0;
+  return PHASES;
+#else
+  (void)out;
+  return 0;
+#endif
+}
 
 }  // extern "C"

@@ -52,3 +52,16 @@ def test_redis_asks_for_a_password_that_is_not_in_the_file():
             url = service["command"][service["command"].index("--broker") + 1]
             assert url.startswith("redis://:${REDIS_PASSWORD}@"), name
     assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_the_image_copies_every_package_pyproject_installs():
+    """`pip install .` in the image finds only what was copied: a package left out of
+    the Dockerfile is a worker that cannot import it (or, for kernels/, compile it)."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    found = tomllib.loads((root / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in found["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = set(re.findall(r"^COPY (\w+) \1$", (root / "Dockerfile").read_text(), re.M))
+    assert packages <= copied, sorted(packages - copied)

@@ -106,11 +106,13 @@ def _dequantized_reference(model_dir, bits: int, block: int):
     return gpt
 
 
-@pytest.mark.parametrize(("bits", "block"), [(4, 32), (8, 32), (4, 64)])
-def test_the_engine_computes_gpt2_on_its_quantized_weights(model_64, shared_cache, bits, block):
+@pytest.mark.parametrize(
+    ("bits", "block", "kv"), [(4, 32, "float16"), (8, 32, "float16"), (4, 64, "int8")]
+)
+def test_the_engine_computes_gpt2_on_its_quantized_weights(model_64, shared_cache, bits, block, kv):
     reference = registry.create("nanogpt", model_64, {}, 1, shared_cache)
     reference.model = _dequantized_reference(model_64, bits, block)
-    options = {"bits": bits, "block_size": block}
+    options = {"bits": bits, "block_size": block, "kv_dtype": kv}
     native = registry.create("native", model_64, options, 2, shared_cache)
     prompt = [int(t) for t in np.random.default_rng(3).integers(0, 300, 20)]
     tokens = reference.generate(prompt, 12).tokens
@@ -122,8 +124,9 @@ def test_the_engine_computes_gpt2_on_its_quantized_weights(model_64, shared_cach
     assert native.load_report.matmul_bytes == bits / 8 + 4 / block
 
 
-def test_a_prompt_in_one_call_equals_the_same_tokens_one_at_a_time(model_64, shared_cache):
-    native = registry.create("native", model_64, {"bits": 8}, 2, shared_cache)
+@pytest.mark.parametrize("kv", ["float16", "int8"])
+def test_a_prompt_in_one_call_equals_the_same_tokens_one_at_a_time(model_64, shared_cache, kv):
+    native = registry.create("native", model_64, {"bits": 8, "kv_dtype": kv}, 2, shared_cache)
     tokens = [int(t) for t in np.random.default_rng(4).integers(0, 300, 30)]
     native.reserve(len(tokens))
     whole = native.prefill(tokens).copy()
@@ -145,3 +148,17 @@ def test_a_model_the_engine_cannot_run_is_refused_with_the_reason(tmp_path):
     narrow = save_tiny_gpt2(tmp_path / "narrow")  # n_embd 32
     with pytest.raises(ValueError, match="multiple of 64"):
         registry.create("native", narrow, {}, 1, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("kv", ["float16", "int8"])
+def test_a_cache_that_grows_keeps_what_it_held(model_64, shared_cache, kv):
+    options = {"bits": 4, "kv_dtype": kv}
+    tokens = [int(t) for t in np.random.default_rng(5).integers(0, 300, 24)]
+    sized = registry.create("native", model_64, options, 2, shared_cache)
+    sized.reserve(len(tokens))
+    expected = [sized.prefill(tokens[:8]).copy()] + [sized.step(t).copy() for t in tokens[8:]]
+    growing = registry.create("native", model_64, options, 2, shared_cache)
+    growing.reserve(8)  # every step past the prompt grows the cache by one position
+    got = [growing.prefill(tokens[:8]).copy()] + [growing.step(t).copy() for t in tokens[8:]]
+    assert growing.capacity == len(tokens)
+    np.testing.assert_array_equal(np.stack(got), np.stack(expected))

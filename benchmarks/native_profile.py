@@ -1,0 +1,118 @@
+"""Where a decode step of the native engine goes: its phases, timed inside the engine.
+
+The engine is built with -DWS_PROFILE (kernels/build.py: a separate build, jobs never use
+it), which times each phase of a forward pass on thread 0: the matmuls (thread 0's share,
+GB/s from its share of the bytes), attention, the elementwise work (layer norms,
+quantizing activations, gelu is inside fc) and the barrier waits (the other thread still
+working). Each path decodes `--steps` tokens at a fixed context (the position is reset
+before each step, so every step attends over the same `--context` tokens), in rounds
+that alternate the paths, with the streaming-read bandwidth measured before and after
+each (worker/roofline.py's measurement, the farm's). Printed per path: the step (median),
+its roofline share, its non-weight time (step minus the weights at that bandwidth: issue
+#17's goal 4), the phases (means a step), and what the mean step spent outside them
+(Python and the call into the engine).
+
+    .venv/bin/python benchmarks/native_profile.py [--context 128] [--steps 200] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import time
+
+from common import CACHE, gpt2_small, table
+
+from backends.config import ModelConfig
+from backends.native import NativeBackend
+from backends.options import NativeOptions
+from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
+
+PATHS = {  # label: bits, block, KV cache
+    "native-q8": (8, 32, "float16"),
+    "native-q8-kv8": (8, 32, "int8"),
+    "native-q4": (4, 32, "float16"),
+    "native-q4-b128": (4, 128, "float16"),
+    "native-q4-b128-kv8": (4, 128, "int8"),
+}
+PHASES = ["elementwise", "qkv", "attention", "proj", "fc+gelu", "out", "head", "waits"]
+MATMULS = {"qkv": 3, "proj": 1, "fc+gelu": 4, "out": 4}  # d^2 weights a layer, per matmul
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--paths", help=f"comma-separated, of: {', '.join(PATHS)}")
+    args = parser.parse_args()
+    if args.paths:
+        unknown = set(args.paths.split(",")) - set(PATHS)
+        if unknown:
+            parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
+        for name in set(PATHS) - set(args.paths.split(",")):
+            del PATHS[name]
+    model_dir = gpt2_small()
+    config = ModelConfig.from_dir(model_dir)
+    engines = {}
+    for name, (bits, block, kv) in PATHS.items():
+        options = NativeOptions(bits=bits, block_size=block, kv_dtype=kv)
+        engine = NativeBackend(model_dir, options, args.threads, CACHE, profile=True)
+        engine.reserve(args.context + 1)
+        engine.prefill(list(range(args.context)))
+        engines[name] = engine
+    steps = {name: [] for name in PATHS}
+    phases = {name: [0.0] * len(PHASES) for name in PATHS}
+    bandwidth = {name: [] for name in PATHS}
+    buffer = (ctypes.c_double * len(PHASES))()
+    for round_index in range(args.rounds):
+        order = list(PATHS) if round_index % 2 == 0 else list(PATHS)[::-1]
+        for name in order:
+            engine = engines[name]
+            before = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
+            engine.lib.ws_profile(buffer)  # zero what the warm-up and others left
+            for _ in range(args.steps):
+                engine.position = args.context
+                started = time.perf_counter()
+                engine.step(5)
+                steps[name].append(time.perf_counter() - started)
+            engine.lib.ws_profile(buffer)
+            phases[name] = [t + b / 1e6 for t, b in zip(phases[name], buffer, strict=True)]
+            after = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
+            bandwidth[name] += [before, after]
+    rows = []
+    d = config.n_embd
+    for name, (bits, block, _) in PATHS.items():
+        per_weight = bits / 8 + 4 / block
+        weights = weight_bytes_per_token(config, per_weight, per_weight)
+        step_ms = statistics.median(steps[name]) * 1e3
+        bw = statistics.mean(bandwidth[name])
+        floor_ms = weights / bw * 1e3
+        count = args.steps * args.rounds
+        per_step = [ms / count for ms in phases[name]]
+        cells = [name, f"{step_ms:.2f}", f"{bw / 1e9:.1f}", f"{floor_ms / step_ms:.0%}",
+                 f"{step_ms - floor_ms:.2f}"]  # fmt: skip
+        for phase, ms in zip(PHASES, per_step, strict=True):
+            share_bytes = None
+            if phase in MATMULS:
+                share_bytes = config.n_layer * MATMULS[phase] * d * d * per_weight / args.threads
+            elif phase == "head":
+                share_bytes = config.vocab_size * d * per_weight / args.threads
+            rate = f" ({share_bytes / ms / 1e6:.0f})" if share_bytes and ms else ""
+            cells.append(f"{ms:.2f}{rate}")
+        # the phases are sums over steps: set them against the mean step, not the median
+        cells.append(f"{statistics.mean(steps[name]) * 1e3 - sum(per_step):.2f}")
+        rows.append(cells)
+    print(f"native engine, GPT-2 small (random weights), context {args.context}, "
+          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; ms a step, "
+          "matmuls as thread 0's ms (its share's GB/s):")  # fmt: skip
+    headings = ["path", "step p50", "GB/s", "share", "non-weight", *PHASES, "outside"]
+    print(table(headings, rows))
+
+
+if __name__ == "__main__":
+    main()
