@@ -9,7 +9,6 @@ the same int8 kernels, many positions per weight row.
 from __future__ import annotations
 
 import ctypes
-import json
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +68,6 @@ def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
     np.save(out / "head.scales.npy", scales)
     for name in plain:
         np.save(out / f"{name}.npy", np.ascontiguousarray(state[name], dtype=np.float32))
-    (out / "done.json").write_text(json.dumps({"bits": options.bits, "block": options.block_size}))
 
 
 class NativeBackend(StepwiseBackend):

@@ -352,7 +352,7 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
 // Half precision where the CPU converts in hardware (F16C, every AVX2 CPU): a decode step
 // reads the whole cache back (at context 512, 38 MB in float32 for GPT-2 small: half
 // the bytes of its 4-bit weights), and halves keep keys and values to 3 decimal digits.
-#ifdef __F16C__
+#if defined(__F16C__) && defined(__AVX2__)
 using kv_t = uint16_t;
 inline kv_t to_kv(float v) { return _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT); }
 #else
@@ -360,14 +360,26 @@ using kv_t = float;
 inline kv_t to_kv(float v) { return v; }
 #endif
 
-// q . k over d values (d a multiple of 8 on the vector path)
-inline float dot_kv(const float* q, const kv_t* k, int d) {
+#ifdef __AVX2__
+// eight cached values as floats, whatever the cache stores
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const int8_t* p) {
+  __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight));
+}
 #ifdef __F16C__
+inline __m256 load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+#endif
+
+// q . k over d values (d a multiple of 8 on the vector path); k half, float or int8
+template <typename T>
+inline float dot_cached(const float* q, const T* k, int d) {
+#ifdef __AVX2__
   __m256 acc = _mm256_setzero_ps();
-  for (int i = 0; i < d; i += 8)
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i),
-                          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(k + i))),
-                          acc);
+  for (int i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
   return hsum(acc);
 #else
   float s = 0.f;
@@ -377,42 +389,12 @@ inline float dot_kv(const float* q, const kv_t* k, int d) {
 }
 
 // out += p * v over d values
-inline void axpy_kv(float p, const kv_t* v, float* out, int d) {
-#ifdef __F16C__
-  const __m256 scale = _mm256_set1_ps(p);
-  for (int i = 0; i < d; i += 8) {
-    __m256 values = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + i)));
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(values, scale, _mm256_loadu_ps(out + i)));
-  }
-#else
-  for (int i = 0; i < d; ++i) out[i] += p * v[i];
-#endif
-}
-
-inline float dot_int8(const float* q, const int8_t* k, int d) {
-#ifdef __AVX2__
-  __m256 acc = _mm256_setzero_ps();
-  for (int i = 0; i < d; i += 8) {
-    __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(k + i));
-    acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight)),
-                          acc);
-  }
-  return hsum(acc);
-#else
-  float s = 0.f;
-  for (int i = 0; i < d; ++i) s += q[i] * k[i];
-  return s;
-#endif
-}
-
-inline void axpy_int8(float p, const int8_t* v, float* out, int d) {
+template <typename T>
+inline void axpy_cached(float p, const T* v, float* out, int d) {
 #ifdef __AVX2__
   const __m256 scale = _mm256_set1_ps(p);
-  for (int i = 0; i < d; i += 8) {
-    __m128i eight = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v + i));
-    __m256 values = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight));
-    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(values, scale, _mm256_loadu_ps(out + i)));
-  }
+  for (int i = 0; i < d; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_fmadd_ps(load8(v + i), scale, _mm256_loadu_ps(out + i)));
 #else
   for (int i = 0; i < d; ++i) out[i] += p * v[i];
 #endif
@@ -557,13 +539,13 @@ struct Model {
     if (kv_int8) return attend_int8(layer, m, head_index, pos, scores, query, scale);
     float top = -INFINITY;
     for (int t = 0; t <= last; ++t) {
-      scores[t] = dot_kv(query, key(layer, head_index, t), d) * scale;
+      scores[t] = dot_cached(query, key(layer, head_index, t), d) * scale;
       top = std::max(top, scores[t]);
     }
     float total = 0.f;
     for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
     float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
-#ifdef __F16C__
+#ifdef __AVX2__
     if (d == 64) {  // GPT-2's head size: the output stays in registers across positions
       __m256 acc[8];
       for (auto& v : acc) v = _mm256_setzero_ps();
@@ -571,9 +553,7 @@ struct Model {
         const __m256 p = _mm256_set1_ps(scores[t]);
         const kv_t* v = value(layer, head_index, t);
         for (int i = 0; i < 8; ++i)
-          acc[i] = _mm256_fmadd_ps(
-              _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + 8 * i))), p,
-              acc[i]);
+          acc[i] = _mm256_fmadd_ps(load8(v + 8 * i), p, acc[i]);
       }
       const __m256 inverse = _mm256_set1_ps(1.f / total);
       for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], inverse));
@@ -581,7 +561,7 @@ struct Model {
     }
 #endif
     std::fill(out, out + d, 0.f);
-    for (int t = 0; t <= last; ++t) axpy_kv(scores[t] / total, value(layer, head_index, t), out, d);
+    for (int t = 0; t <= last; ++t) axpy_cached(scores[t] / total, value(layer, head_index, t), out, d);
   }
 
   void attend_int8(int layer, int m, int head_index, int pos, float* scores, const float* query,
@@ -590,7 +570,7 @@ struct Model {
     const size_t first = slot(layer, head_index, 0);
     float top = -INFINITY;
     for (int t = 0; t <= last; ++t) {
-      scores[t] = dot_int8(query, &keys8[(first + t) * d], d) * key_scale[first + t] * scale;
+      scores[t] = dot_cached(query, &keys8[(first + t) * d], d) * key_scale[first + t] * scale;
       top = std::max(top, scores[t]);
     }
     float total = 0.f;
@@ -598,7 +578,7 @@ struct Model {
     float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
     std::fill(out, out + d, 0.f);
     for (int t = 0; t <= last; ++t)
-      axpy_int8(scores[t] * value_scale[first + t] / total, &values8[(first + t) * d], out, d);
+      axpy_cached(scores[t] * value_scale[first + t] / total, &values8[(first + t) * d], out, d);
   }
 
   // Runs tokens at positions pos .. pos + m - 1; logits of the last one.
