@@ -1,8 +1,10 @@
 """`native`: whistle-stop's own GPT-2 engine (kernels/gpt2.cc), compiled for this CPU.
 
-Weights are block-quantized once per model and options (an artifact of .npy files, mapped
-at load), the KV cache lives in the engine, and each prefill or decode step is one call
-into it: no graph of hundreds of ops, no Python between layers. The prompt runs through
+Weights are block-quantized once per model, bits and block (an artifact of .npy files, read
+into memory at load: anonymous memory gets huge pages, a mapped file's page cache does not;
+mapped, a 4-bit step took 9.0 ms against 7.7 in one comparison here). The KV cache lives in
+the engine, and each prefill or decode step is one call into it: no graph of hundreds of
+ops, no Python between layers. The prompt runs through
 the same int8 kernels, many positions per weight row.
 """
 
