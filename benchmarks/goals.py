@@ -35,7 +35,14 @@ from db.session import open_readonly
 from orchestrator.reports.query import find_sweeps, result_rows
 
 OURS = {
-    "int8": ["onnx-int8-all", "onnx-int8-nbits", "onnx-int8-all-kv8", "native-q8", "native-q8-kv8"],
+    "int8": [
+        "onnx-int8-all",
+        "onnx-int8-nbits",
+        "onnx-int8-all-kv8",
+        "native-q8",
+        "native-q8-b128",
+        "native-q8-kv8",
+    ],
     "4-bit": [
         "onnx-int4-all",
         "onnx-int4-b128-p8",

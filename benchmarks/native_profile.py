@@ -32,6 +32,7 @@ from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 PATHS = {  # label: bits, block, KV cache
     "native-q8": (8, 32, "float16"),
     "native-q8-kv8": (8, 32, "int8"),
+    "native-q8-b128": (8, 128, "float16"),
     "native-q4": (4, 32, "float16"),
     "native-q4-b128": (4, 128, "float16"),
     "native-q4-b128-kv8": (4, 128, "int8"),

@@ -16,7 +16,12 @@
 // [N/4][K/block][4] (kernels/quantize.py writes both).
 // Activations are quantized per `block` inputs too: int8, one scale and the block's sum
 // (the sum turns sum((q - 8) x) into sum(q x) - 8 sum(x), so unsigned 4-bit values go
-// straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise.
+// straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise;
+// with VNNI one vpdpbusd does what maddubs + madd + add did.
+// A prompt (several tokens in one call) runs a second kernel, group_tile: four tokens
+// against each weight vector loaded, the weights unsigned (q + 128 for 8 bits) and the
+// offset taken back out through the activations' block sums; with AVX-512, two rows a
+// 512-bit register and no cross-lane reduction per block.
 
 #include <algorithm>
 #include <atomic>
@@ -203,6 +208,38 @@ inline float hsum(__m256 v) {
 
 inline __m256i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
+// acc + the dot products of unsigned bytes u and signed bytes s, four at a time into each
+// int32 lane. VNNI does it in one instruction (vpdpbusd, no saturation); AVX2 needs
+// maddubs (int16 pair sums, saturating: callers keep them small) and madd against ones.
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define WS_VNNI 1
+// inline asm, not _mm256_dpbusd_epi32: GCC 12 copied every accumulator out and back
+// around the intrinsic (two moves per vpdpbusd, and spills, in the prompt's kernel)
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(s));
+  return acc;
+}
+#elif defined(__AVXVNNI__)
+#define WS_VNNI 1
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_dpbusd_avx_epi32(acc, u, s);
+}
+#else
+inline __m256i dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+#endif
+// two such products into acc: without VNNI the int16 pair sums of both add before one
+// widening (callers keep them under 2^15)
+inline __m256i dot2_u8s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256i s1) {
+#ifdef WS_VNNI
+  return dot_u8s8(dot_u8s8(acc, u0, s0), u1, s1);
+#else
+  __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
 #ifndef WS_PREFETCH
 #define WS_PREFETCH 4096
 #endif
@@ -221,7 +258,7 @@ void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out)
   const int8_t* x = &a.q[static_cast<size_t>(m) * k];
   const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
   const int32_t* xsum = &a.sum[static_cast<size_t>(m) * blocks];
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i low = _mm256_set1_epi8(0x0F);
   __m256 acc[GROUP];
   float correction[GROUP] = {};  // sum of scale * sum(x): the "- 8" of every weight
   for (auto& v : acc) v = _mm256_setzero_ps();
@@ -231,10 +268,9 @@ void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out)
       prefetch_slab(slab);
       __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
       for (int r = 0; r < GROUP; ++r) {
-        __m256i bytes = load(slab + 32 * r);
-        __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_and_si256(bytes, low), x0), ones);
-        __m256i p1 = _mm256_madd_epi16(
-            _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1), ones);
+        __m256i bytes = load(slab + 32 * r), zero = _mm256_setzero_si256();
+        __m256i p0 = dot_u8s8(zero, _mm256_and_si256(bytes, low), x0);
+        __m256i p1 = dot_u8s8(zero, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1);
         float s0 = ws[(2 * c) * GROUP + r] * xs[2 * c];
         float s1 = ws[(2 * c + 1) * GROUP + r] * xs[2 * c + 1];
         acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0), acc[r]);
@@ -253,10 +289,8 @@ void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out)
         __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
         for (int r = 0; r < GROUP; ++r) {
           __m256i bytes = load(slab + 32 * r);
-          __m256i pairs = _mm256_add_epi16(
-              _mm256_maddubs_epi16(_mm256_and_si256(bytes, low), x0),
-              _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1));
-          total[r] = _mm256_add_epi32(total[r], _mm256_madd_epi16(pairs, ones));
+          total[r] = dot2_u8s8(total[r], _mm256_and_si256(bytes, low), x0,
+                               _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1);
         }
       }
       for (int r = 0; r < GROUP; ++r) {
@@ -276,7 +310,6 @@ void group_q8(const QMatrix& w, int g, const QActivations& a, int m, float* out)
   const float* ws = w.group_scales(g);
   const int8_t* x = &a.q[static_cast<size_t>(m) * k];
   const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
-  const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc[GROUP];
   for (auto& v : acc) v = _mm256_setzero_ps();
   for (int b = 0; b < blocks; ++b) {
@@ -288,8 +321,7 @@ void group_q8(const QMatrix& w, int g, const QActivations& a, int m, float* out)
       __m256i xv = load(x + 32 * c);
       for (int r = 0; r < GROUP; ++r) {
         __m256i wv = load(slab + 32 * r);
-        __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-        total[r] = _mm256_add_epi32(total[r], _mm256_madd_epi16(pairs, ones));
+        total[r] = dot_u8s8(total[r], _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
       }
     }
     for (int r = 0; r < GROUP; ++r)
@@ -297,6 +329,178 @@ void group_q8(const QMatrix& w, int g, const QActivations& a, int m, float* out)
                                _mm256_set1_ps(ws[b * GROUP + r] * xs[b]), acc[r]);
   }
   for (int r = 0; r < GROUP; ++r) out[r] = hsum(acc[r]);
+}
+// Outputs 4g .. 4g + 3 against MT activation rows m0 .. m0 + MT - 1: the prompt's matmul.
+// Each weight vector is loaded (and unpacked) once for MT rows of activations, and goes
+// in unsigned: q for 4 bits, q + 128 for 8 bits (only with VNNI: maddubs would saturate),
+// the offset taken back out through the block's activation sum. A block's four row totals
+// fold into one vector with two rounds of hadd (lanes r and r + 4 hold halves of row r),
+// so a block costs one conversion and one fma per activation row, not four.
+template <int BITS, int MT>
+void group_tile(const QMatrix& w, int g, const QActivations& a, int m0, float (*out)[GROUP]) {
+  const int k = w.cols, block = w.block, blocks = k / block;
+  constexpr int offset = BITS == 4 ? 8 : 128;
+  const float* ws = w.group_scales(g);
+  const __m256i low = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const int8_t* x[MT];
+  for (int i = 0; i < MT; ++i) x[i] = &a.q[static_cast<size_t>(m0 + i) * k];
+  __m256 acc[MT];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  for (int b = 0; b < blocks; ++b) {
+    __m256i total[MT][GROUP];
+    for (auto& row : total)
+      for (auto& v : row) v = _mm256_setzero_si256();
+    if (BITS == 8) {
+      for (int c = b * block / 32; c < (b + 1) * block / 32; ++c) {
+        const uint8_t* slab = w.slab(g, c);
+        prefetch_slab(slab);
+        __m256i wv[GROUP];
+        for (int r = 0; r < GROUP; ++r) wv[r] = _mm256_xor_si256(load(slab + 32 * r), flip);
+        for (int i = 0; i < MT; ++i) {
+          const __m256i xv = load(x[i] + 32 * c);
+          for (int r = 0; r < GROUP; ++r) total[i][r] = dot_u8s8(total[i][r], wv[r], xv);
+        }
+      }
+    } else if (block == 32) {  // block b: the low (b even) or high nibbles of chunk b / 2
+      const uint8_t* slab = w.slab(g, b / 2);
+      if (b % 2 == 0) prefetch_slab(slab);
+      __m256i wv[GROUP];
+      for (int r = 0; r < GROUP; ++r) {
+        __m256i bytes = load(slab + 32 * r);
+        wv[r] = _mm256_and_si256(b % 2 ? _mm256_srli_epi16(bytes, 4) : bytes, low);
+      }
+      for (int i = 0; i < MT; ++i) {
+        const __m256i xv = load(x[i] + 32 * b);
+        for (int r = 0; r < GROUP; ++r) total[i][r] = dot_u8s8(total[i][r], wv[r], xv);
+      }
+    } else {
+      for (int c = b * block / 64; c < (b + 1) * block / 64; ++c) {
+        const uint8_t* slab = w.slab(g, c);
+        prefetch_slab(slab);
+        __m256i lo[GROUP], hi[GROUP];
+        for (int r = 0; r < GROUP; ++r) {
+          __m256i bytes = load(slab + 32 * r);
+          lo[r] = _mm256_and_si256(bytes, low);
+          hi[r] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+        }
+        for (int i = 0; i < MT; ++i) {
+          const __m256i x0 = load(x[i] + 64 * c), x1 = load(x[i] + 64 * c + 32);
+          for (int r = 0; r < GROUP; ++r) total[i][r] = dot2_u8s8(total[i][r], lo[r], x0, hi[r], x1);
+        }
+      }
+    }
+    const __m256 wscale = _mm256_broadcast_ps(reinterpret_cast<const __m128*>(ws + b * GROUP));
+    for (int i = 0; i < MT; ++i) {
+      const size_t at = static_cast<size_t>(m0 + i) * blocks + b;
+      __m256i rows = _mm256_hadd_epi32(_mm256_hadd_epi32(total[i][0], total[i][1]),
+                                       _mm256_hadd_epi32(total[i][2], total[i][3]));
+      // offset * sum is even (offset 8 or 128): half of it off each half of the lanes
+      rows = _mm256_sub_epi32(rows, _mm256_set1_epi32(offset / 2 * a.sum[at]));
+      acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(rows),
+                               _mm256_mul_ps(wscale, _mm256_set1_ps(a.scale[at])), acc[i]);
+    }
+  }
+  for (int i = 0; i < MT; ++i) {
+    __m128 sums = _mm_add_ps(_mm256_castps256_ps128(acc[i]), _mm256_extractf128_ps(acc[i], 1));
+    _mm_storeu_ps(out[i], sums);
+  }
+}
+
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+// group_tile in 512-bit registers, where a block is whole chunks: one register holds two
+// rows' 32 bytes (the slab's halves), against the activations broadcast to both halves.
+// Half the instructions of the 256-bit kernel for the same products (vpdpbusd: ~96
+// GMAC/s a core in ymm, ~117 in zmm on a Zen 4 VM), so the prompt runs faster.
+inline __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(s));
+  return acc;
+}
+inline __m512i broadcast32(const int8_t* p) {
+  return _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+template <int BITS, int MT>
+void group_tile512(const QMatrix& w, int g, const QActivations& a, int m0, float (*out)[GROUP]) {
+  const int k = w.cols, block = w.block, blocks = k / block;
+  constexpr int offset = BITS == 4 ? 8 : 128, per = BITS == 4 ? 64 : 32;  // inputs a chunk
+  const float* ws = w.group_scales(g);
+  const __m512i low = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  const uint8_t* group = w.data + static_cast<size_t>(g) * (k / per) * GROUP * 32;
+  const int8_t* x[MT];
+  for (int i = 0; i < MT; ++i) x[i] = &a.q[static_cast<size_t>(m0 + i) * k];
+  __m512 acc[MT][2];  // float partial sums: rows 0 | 1 and rows 2 | 3, 8 lanes a row
+  for (auto& pair : acc) pair[0] = pair[1] = _mm512_setzero_ps();
+  // lane l of a pair holds row (l < 8 ? first : second): the row's scale in every lane
+  const __m512i first01 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i first23 = _mm512_add_epi32(first01, _mm512_set1_epi32(2));
+  for (int b = 0; b < blocks; ++b) {
+    __m512i total[MT][2];
+    for (auto& pair : total) pair[0] = pair[1] = _mm512_setzero_si512();
+    for (int c = b * block / per; c < (b + 1) * block / per; ++c) {
+      const uint8_t* slab = group + static_cast<size_t>(c) * GROUP * 32;
+      prefetch_slab(slab);
+      const __m512i w01 = _mm512_loadu_si512(slab), w23 = _mm512_loadu_si512(slab + 64);
+      if (BITS == 8) {
+        const __m512i u01 = _mm512_xor_si512(w01, flip), u23 = _mm512_xor_si512(w23, flip);
+        for (int i = 0; i < MT; ++i) {
+          const __m512i xv = broadcast32(x[i] + 32 * c);
+          total[i][0] = dot_u8s8(total[i][0], u01, xv);
+          total[i][1] = dot_u8s8(total[i][1], u23, xv);
+        }
+      } else {
+        const __m512i lo01 = _mm512_and_si512(w01, low), lo23 = _mm512_and_si512(w23, low);
+        const __m512i hi01 = _mm512_and_si512(_mm512_srli_epi16(w01, 4), low);
+        const __m512i hi23 = _mm512_and_si512(_mm512_srli_epi16(w23, 4), low);
+        for (int i = 0; i < MT; ++i) {
+          const __m512i x0 = broadcast32(x[i] + 64 * c), x1 = broadcast32(x[i] + 64 * c + 32);
+          total[i][0] = dot_u8s8(dot_u8s8(total[i][0], lo01, x0), hi01, x1);
+          total[i][1] = dot_u8s8(dot_u8s8(total[i][1], lo23, x0), hi23, x1);
+        }
+      }
+    }
+    // no reduction across lanes per block (hadds cost more than the products at block
+    // 128): each lane is scaled and kept, the offset taken off an eighth per lane
+    const __m512 wscale = _mm512_castps128_ps512(_mm_loadu_ps(ws + b * GROUP));
+    const __m512 scale01 = _mm512_permutexvar_ps(first01, wscale);
+    const __m512 scale23 = _mm512_permutexvar_ps(first23, wscale);
+    for (int i = 0; i < MT; ++i) {
+      const size_t at = static_cast<size_t>(m0 + i) * blocks + b;
+      const __m512i shift = _mm512_set1_epi32(offset / 8 * a.sum[at]);
+      const __m512 xs = _mm512_set1_ps(a.scale[at]);
+      acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(total[i][0], shift)),
+                                  _mm512_mul_ps(scale01, xs), acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(total[i][1], shift)),
+                                  _mm512_mul_ps(scale23, xs), acc[i][1]);
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int half = 0; half < 2; ++half) {
+      out[i][2 * half] = hsum(_mm512_castps512_ps256(acc[i][half]));
+      out[i][2 * half + 1] =
+          hsum(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][half]), 1)));
+    }
+}
+#endif
+
+template <int MT>
+void group_tile(const QMatrix& w, int g, const QActivations& a, int m0, float (*out)[GROUP]) {
+#if defined(__AVX512BW__) && defined(__AVX512VNNI__)
+  if (w.bits == 8) return group_tile512<8, MT>(w, g, a, m0, out);
+  if (w.block >= 64) return group_tile512<4, MT>(w, g, a, m0, out);
+#endif
+  if (w.bits == 4)
+    group_tile<4, MT>(w, g, a, m0, out);
+  else
+    group_tile<8, MT>(w, g, a, m0, out);
+}
+
+// the prompt's kernel takes 8-bit weights only where VNNI multiplies them unsigned
+inline bool tiles(const QMatrix& w) {
+#ifdef WS_VNNI
+  return true;
+#else
+  return w.bits == 4;
+#endif
 }
 #endif
 
@@ -331,6 +535,32 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
                  int valid, Store store, int align = 16) {
   int begin, end;
   share(w.rows, tid, threads, std::max(align, GROUP), begin, end);
+#ifdef __AVX2__
+  // MT 2, 3, 6 or 8 and M_BLOCK 16 or 256 measured within 5% of these on a Zen 4 VM
+  constexpr int MT = 4, M_BLOCK = 64;  // activations of a block of the prompt stay in L2
+  if (m_count >= MT && tiles(w)) {
+    for (int m_begin = 0; m_begin < m_count; m_begin += M_BLOCK) {
+      const int m_end = std::min(m_count, m_begin + M_BLOCK);
+      for (int n = begin; n < end; n += GROUP) {
+        int m = m_begin;
+        for (; m + MT <= m_end; m += MT) {
+          float out[MT][GROUP];
+          group_tile<MT>(w, n / GROUP, a, m, out);
+          for (int i = 0; i < MT; ++i)
+            for (int r = 0; r < GROUP && n + r < valid; ++r)
+              store(m + i, n + r, out[i][r] + (w.bias ? w.bias[n + r] : 0.f));
+        }
+        for (; m < m_end; ++m) {
+          float out[1][GROUP];
+          group_tile<1>(w, n / GROUP, a, m, out);
+          for (int r = 0; r < GROUP && n + r < valid; ++r)
+            store(m, n + r, out[0][r] + (w.bias ? w.bias[n + r] : 0.f));
+        }
+      }
+    }
+    return;
+  }
+#endif
   for (int n = begin; n < end; n += GROUP) {
     for (int m = 0; m < m_count; ++m) {
       float out[GROUP];
@@ -637,9 +867,9 @@ struct Model {
           lap(PHASE_ATTENTION);
           wait();
         }
-        int pair_begin, pair_end;
-        share(m * n_head, tid, threads, 1, pair_begin, pair_end);
-        for (int p = pair_begin; p < pair_end; ++p) attend(l, p / n_head, p % n_head, pos, scores.data());
+        // (token, head) pairs dealt out in turn: a prompt's later tokens attend over more
+        // positions, and contiguous shares gave the last thread ~3x the first one's work
+        for (int p = tid; p < m * n_head; p += threads) attend(l, p / n_head, p % n_head, pos, scores.data());
         lap(PHASE_ATTENTION);
         wait();
         for (int r = begin; r < end; ++r) attq.quantize_row(r, &att[r * c]);
