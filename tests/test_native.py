@@ -43,21 +43,29 @@ def model_64(tmp_path_factory):
     return save_tiny_gpt2(tmp_path_factory.mktemp("gpt2-64"), n_embd=64, n_head=4, vocab_size=300)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_rows_keep_their_range_and_their_largest_weight(bits):
+def test_eight_bit_rows_round_to_nearest_and_keep_their_largest_weight():
     weight = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
-    data, scales = quantize_rows(weight, bits, 32)
-    back = dequantize_rows(data, scales, bits, 32)
+    data, scales = quantize_rows(weight, 8, 32)
+    back = dequantize_rows(data, scales, 8, 32).reshape(5, 4, 32)
     blocks = weight.reshape(5, 4, 32)
-    step = np.abs(scales)[..., None]
-    # round to nearest; 4 bits: the extreme maps to -8, so the other side's top clips at +7
-    bound = step / 2 if bits == 8 else step
-    assert (np.abs(back.reshape(5, 4, 32) - blocks) <= bound + 1e-6).all()
-    largest = np.take_along_axis(blocks, np.abs(blocks).argmax(2)[..., None], 2)
-    recovered = np.take_along_axis(back.reshape(5, 4, 32), np.abs(blocks).argmax(2)[..., None], 2)
-    np.testing.assert_allclose(recovered, largest, rtol=1e-6)  # the block's extreme is exact
-    assert data.dtype == (np.uint8 if bits == 4 else np.int8)
-    assert data.shape == (5, 128 * bits // 8)
+    assert (np.abs(back - blocks) <= np.abs(scales)[..., None] / 2 + 1e-6).all()
+    largest = np.abs(blocks).argmax(2)[..., None]
+    np.testing.assert_allclose(np.take_along_axis(back, largest, 2),
+                               np.take_along_axis(blocks, largest, 2), rtol=1e-6)  # fmt: skip
+    assert data.dtype == np.int8 and data.shape == (5, 128)
+
+
+def test_four_bit_scales_err_less_than_q4_0s_rule_block_by_block():
+    weight = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    data, scales = quantize_rows(weight, 4, 128)
+    assert data.dtype == np.uint8 and data.shape == (64, 128)
+    blocks = weight.reshape(64, 2, 128)
+    error = ((dequantize_rows(data, scales, 4, 128).reshape(64, 2, 128) - blocks) ** 2).sum(2)
+    # q4_0: the block's largest-magnitude weight / -8
+    q4_0 = np.take_along_axis(blocks, np.abs(blocks).argmax(2)[..., None], 2) / -8
+    baseline = ((np.clip(np.rint(blocks / q4_0), -8, 7) * q4_0 - blocks) ** 2).sum(2)
+    assert (error <= baseline * (1 + 1e-5)).all()
+    assert error.sum() < 0.95 * baseline.sum(), error.sum() / baseline.sum()
 
 
 def test_four_bit_nibbles_hold_inputs_j_and_j_plus_32():
