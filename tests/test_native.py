@@ -80,9 +80,9 @@ def test_four_bit_nibbles_hold_inputs_j_and_j_plus_32():
 @pytest.mark.parametrize(("bits", "block"), [(4, 32), (4, 128), (8, 32), (8, 64)])
 def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads):
     rng = np.random.default_rng(bits + block)
-    # 202 rows: a padded last group, thread shares of uneven size; 71 activation rows:
-    # the prompt's tiles of four across a 64-row block's edge, and three left over
-    n, k, m = 202, 256, 71
+    # 202 rows: a padded last group, thread shares of uneven size; 101 activation rows:
+    # the prompt's tiles (6 or 2 tokens) across a block's edge (96 or 32), and some left over
+    n, k, m = 202, 256, 101
     weight = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
