@@ -700,6 +700,66 @@ void gelu_inplace(float* x, int n) {
 }
 
 // ---------------------------------------------------------------- the model
+// ---------------------------------------------------------------- attention
+// One query against `count` cached positions of a head (keys, values [t][d] contiguous):
+// softmax(q . k * scale) . v into out. key_scale / value_scale: the int8 cache's per-
+// position scales (null for half or float). d 64 (GPT-2's head size) on AVX2: scores
+// eight keys at a time, reduced together (a horizontal sum per key cost as much as its
+// products), and the output kept in registers across positions.
+template <typename T>
+void attend_head(const float* query, const T* keys, const T* values, const float* key_scale,
+                 const float* value_scale, int count, int d, float scale, float* scores,
+                 float* out) {
+  int t = 0;
+#ifdef __AVX2__
+  if (d == 64) {
+    __m256 qv[8];
+    for (int i = 0; i < 8; ++i) qv[i] = _mm256_loadu_ps(query + 8 * i);
+    for (; t + 8 <= count; t += 8) {
+      __m256 a[8];
+      for (int j = 0; j < 8; ++j) {
+        const T* k = keys + static_cast<size_t>(t + j) * 64;
+        a[j] = _mm256_mul_ps(qv[0], load8(k));
+        for (int i = 1; i < 8; ++i) a[j] = _mm256_fmadd_ps(qv[i], load8(k + 8 * i), a[j]);
+      }
+      // lanes 0-3 and 4-7 of keys 0-3 | 4-7, then the halves added: key j in lane j
+      const __m256 g0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+      const __m256 g1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+      __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20),
+                               _mm256_permute2f128_ps(g0, g1, 0x31));
+      r = _mm256_mul_ps(r, _mm256_set1_ps(scale));
+      if (key_scale) r = _mm256_mul_ps(r, _mm256_loadu_ps(key_scale + t));
+      _mm256_storeu_ps(scores + t, r);
+    }
+  }
+#endif
+  for (; t < count; ++t)
+    scores[t] = dot_cached(query, keys + static_cast<size_t>(t) * d, d) * scale *
+                (key_scale ? key_scale[t] : 1.f);
+  float top = -INFINITY;
+  for (t = 0; t < count; ++t) top = std::max(top, scores[t]);
+  float total = 0.f;
+  for (t = 0; t < count; ++t) total += scores[t] = fast_exp(scores[t] - top);
+  if (value_scale)
+    for (t = 0; t < count; ++t) scores[t] *= value_scale[t];
+#ifdef __AVX2__
+  if (d == 64) {
+    __m256 acc[8];
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    for (t = 0; t < count; ++t) {
+      const __m256 p = _mm256_set1_ps(scores[t]);
+      const T* v = values + static_cast<size_t>(t) * 64;
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(load8(v + 8 * i), p, acc[i]);
+    }
+    const __m256 inverse = _mm256_set1_ps(1.f / total);
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], inverse));
+    return;
+  }
+#endif
+  std::fill(out, out + d, 0.f);
+  for (t = 0; t < count; ++t) axpy_cached(scores[t] / total, values + static_cast<size_t>(t) * d, out, d);
+}
+
 struct Layer {
   const float *ln1_g, *ln1_b, *ln2_g, *ln2_b;
   QMatrix qkv, proj, fc, out;
@@ -769,52 +829,18 @@ struct Model {
   }
 
   void attend(int layer, int m, int head_index, int pos, float* scores) {
-    const int d = n_embd / n_head, last = pos + m;
+    const int d = n_embd / n_head, count = pos + m + 1;
     const float* query = &q[static_cast<size_t>(m) * n_embd + head_index * d];
+    float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
     const float scale = 1.f / std::sqrt(static_cast<float>(d));
-    if (kv_int8) return attend_int8(layer, m, head_index, pos, scores, query, scale);
-    float top = -INFINITY;
-    for (int t = 0; t <= last; ++t) {
-      scores[t] = dot_cached(query, key(layer, head_index, t), d) * scale;
-      top = std::max(top, scores[t]);
-    }
-    float total = 0.f;
-    for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
-    float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
-#ifdef __AVX2__
-    if (d == 64) {  // GPT-2's head size: the output stays in registers across positions
-      __m256 acc[8];
-      for (auto& v : acc) v = _mm256_setzero_ps();
-      for (int t = 0; t <= last; ++t) {
-        const __m256 p = _mm256_set1_ps(scores[t]);
-        const kv_t* v = value(layer, head_index, t);
-        for (int i = 0; i < 8; ++i)
-          acc[i] = _mm256_fmadd_ps(load8(v + 8 * i), p, acc[i]);
-      }
-      const __m256 inverse = _mm256_set1_ps(1.f / total);
-      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(out + 8 * i, _mm256_mul_ps(acc[i], inverse));
-      return;
-    }
-#endif
-    std::fill(out, out + d, 0.f);
-    for (int t = 0; t <= last; ++t) axpy_cached(scores[t] / total, value(layer, head_index, t), out, d);
-  }
-
-  void attend_int8(int layer, int m, int head_index, int pos, float* scores, const float* query,
-                   float scale) {
-    const int d = n_embd / n_head, last = pos + m;
     const size_t first = slot(layer, head_index, 0);
-    float top = -INFINITY;
-    for (int t = 0; t <= last; ++t) {
-      scores[t] = dot_cached(query, &keys8[(first + t) * d], d) * key_scale[first + t] * scale;
-      top = std::max(top, scores[t]);
-    }
-    float total = 0.f;
-    for (int t = 0; t <= last; ++t) total += scores[t] = fast_exp(scores[t] - top);
-    float* out = &att[static_cast<size_t>(m) * n_embd + head_index * d];
-    std::fill(out, out + d, 0.f);
-    for (int t = 0; t <= last; ++t)
-      axpy_cached(scores[t] * value_scale[first + t] / total, &values8[(first + t) * d], out, d);
+    if (kv_int8)
+      attend_head(query, &keys8[first * d], &values8[first * d], &key_scale[first],
+                  &value_scale[first], count, d, scale, scores, out);
+    else
+      attend_head(query, key(layer, head_index, 0), value(layer, head_index, 0),
+                  static_cast<const float*>(nullptr), static_cast<const float*>(nullptr), count,
+                  d, scale, scores, out);
   }
 
   // Runs tokens at positions pos .. pos + m - 1; logits of the last one.

@@ -43,6 +43,15 @@ def model_64(tmp_path_factory):
     return save_tiny_gpt2(tmp_path_factory.mktemp("gpt2-64"), n_embd=64, n_head=4, vocab_size=300)
 
 
+@pytest.fixture(scope="module")
+def model_head_64(tmp_path_factory):
+    """Heads of 64 (GPT-2's size): the attention path that scores eight keys at a time.
+    Weights 5x GPT-2's initial scale, so attention is peaked: near-uniform attention (the
+    default init) hid scores given to the wrong positions."""
+    return save_tiny_gpt2(tmp_path_factory.mktemp("gpt2-h64"), n_embd=128, n_head=2,
+                          vocab_size=300, initializer_range=0.1)  # fmt: skip
+
+
 def test_eight_bit_rows_round_to_nearest_and_keep_their_largest_weight():
     weight = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
     data, scales = quantize_rows(weight, 8, 32)
@@ -117,13 +126,17 @@ def _dequantized_reference(model_dir, bits: int, block: int):
 
 
 @pytest.mark.parametrize(
-    ("bits", "block", "kv"), [(4, 32, "float16"), (8, 32, "float16"), (4, 64, "int8")]
-)
-def test_the_engine_computes_gpt2_on_its_quantized_weights(model_64, shared_cache, bits, block, kv):
-    reference = registry.create("nanogpt", model_64, {}, 1, shared_cache)
-    reference.model = _dequantized_reference(model_64, bits, block)
+    ("bits", "block", "kv", "head"),
+    [(4, 32, "float16", 16), (8, 32, "float16", 16), (4, 64, "int8", 16),
+     (8, 128, "float16", 64), (4, 128, "int8", 64)],
+)  # fmt: skip
+def test_the_engine_computes_gpt2_on_its_quantized_weights(request, shared_cache, bits, block, kv,
+                                                           head):  # fmt: skip
+    model = request.getfixturevalue("model_64" if head == 16 else "model_head_64")
+    reference = registry.create("nanogpt", model, {}, 1, shared_cache)
+    reference.model = _dequantized_reference(model, bits, block)
     options = {"bits": bits, "block_size": block, "kv_dtype": kv}
-    native = registry.create("native", model_64, options, 2, shared_cache)
+    native = registry.create("native", model, options, 2, shared_cache)
     prompt = [int(t) for t in np.random.default_rng(3).integers(0, 300, 20)]
     tokens = reference.generate(prompt, 12).tokens
     expected = reference.teacher_forced_logits(prompt, tokens)
