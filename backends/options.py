@@ -117,9 +117,10 @@ class OnnxOptions(BackendOptions):
 class NativeOptions(BackendOptions):
     """whistle-stop's own engine (kernels/gpt2.cc): every weight matrix, the LM head
     included, block-quantized to `bits`; activations quantized to int8 per block on the
-    fly; one call per token runs the whole forward pass."""
+    fly (`bits: 32`: float32 weights and activations); one call per token runs the whole
+    forward pass."""
 
-    bits: Literal[4, 8] = 8
+    bits: Literal[4, 8, 32] = 8  # 32: float32 weights and activations, nothing quantized
     # weights (and activations) sharing one scale; larger blocks read fewer scale bytes
     # and spend less per block, smaller ones keep more fidelity
     block_size: Literal[32, 64, 128, 256] = 32
@@ -128,8 +129,9 @@ class NativeOptions(BackendOptions):
     kv_dtype: Literal["float16", "int8"] = "float16"
 
     def weight_bytes(self) -> float:
-        """Bytes a decode step reads per weight: its bits and a float32 scale per block."""
-        return self.bits / 8 + 4 / self.block_size
+        """Bytes a decode step reads per weight: its bits and a float32 scale per block
+        (none for float32 weights)."""
+        return 4.0 if self.bits == 32 else self.bits / 8 + 4 / self.block_size
 
 
 class TorchInt8Options(BackendOptions):

@@ -51,7 +51,7 @@ OURS = {
         "native-q4-b128",
         "native-q4-b128-kv8",
     ],
-    "fp32": ["onnx-fp32"],
+    "fp32": ["onnx-fp32", "native-f32"],
 }
 ENGINES = {
     "int8": ["ct2-int8", "ct2-int8-f32", "llama-q8_0", "ov-int8", "ov-int8-py"],

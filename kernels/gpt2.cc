@@ -17,7 +17,8 @@
 // Activations are quantized per `block` inputs too: int8, one scale and the block's sum
 // (the sum turns sum((q - 8) x) into sum(q x) - 8 sum(x), so unsigned 4-bit values go
 // straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise;
-// with VNNI one vpdpbusd does what maddubs + madd + add did.
+// with VNNI one vpdpbusd does what maddubs + madd + add did. bits 32: float32 weights,
+// 8 to a chunk, against float activations (the float32 path: no scales, no rounding).
 // A prompt (several tokens in one call) runs a second kernel, group_tile: four tokens
 // against each weight vector loaded, the weights unsigned (q + 128 for 8 bits) and the
 // offset taken back out through the activations' block sums; with AVX-512, two rows a
@@ -155,7 +156,7 @@ struct QMatrix {
   const uint8_t* data = nullptr;
   const float* scales = nullptr;  // [rows / 4][cols / block][4]
   const float* bias = nullptr;    // may be null
-  int chunk_inputs() const { return bits == 4 ? 64 : 32; }  // inputs in 32 bytes of a row
+  int chunk_inputs() const { return bits == 4 ? 64 : bits == 8 ? 32 : 8; }  // in 32 bytes
   // the GROUP x 32 bytes of chunk c for rows 4g .. 4g + 3
   const uint8_t* slab(int group, int c) const {
     return data + (static_cast<size_t>(group) * (cols / chunk_inputs()) + c) * GROUP * 32;
@@ -167,6 +168,8 @@ struct QMatrix {
 
 struct QActivations {  // m rows of k inputs, quantized per block
   int k = 0, block = 0;
+  // float (32-bit) weights multiply the float rows themselves, k apart: nothing quantized
+  const float* real = nullptr;
   std::vector<int8_t> q;
   std::vector<float> scale;
   std::vector<int32_t> sum;
@@ -179,6 +182,7 @@ struct QActivations {  // m rows of k inputs, quantized per block
   void quantize_row(int m, const float* x) { quantize_blocks(m, x, 0, k / block); }
   // blocks [first, last) of row m; x is the whole row
   void quantize_blocks(int m, const float* x, int first, int last) {
+    if (real) return;
     int blocks = k / block;
     int8_t* q_row = &q[static_cast<size_t>(m) * k];
     for (int b = first; b < last; ++b) {
@@ -406,6 +410,31 @@ void group_tile(const QMatrix& w, int g, const QActivations& a, int m0, float (*
   }
 }
 
+// Float weights: outputs 4g .. 4g + 3 against MT float activation rows (MT 1 in decode),
+// 8 inputs a chunk. A decode step only streams (one FMA per 32 bytes read); the prompt
+// takes MT tokens per weight vector loaded.
+template <int MT>
+void group_f32(const QMatrix& w, int g, const QActivations& a, int m0, float (*out)[GROUP]) {
+  const int k = w.cols;
+  const float* x[MT];
+  for (int i = 0; i < MT; ++i) x[i] = a.real + static_cast<size_t>(m0 + i) * k;
+  __m256 acc[MT][GROUP];
+  for (auto& row : acc)
+    for (auto& v : row) v = _mm256_setzero_ps();
+  for (int c = 0; c < k / 8; ++c) {
+    const uint8_t* slab = w.slab(g, c);
+    prefetch_slab(slab);
+    __m256 wv[GROUP];
+    for (int r = 0; r < GROUP; ++r) wv[r] = _mm256_loadu_ps(reinterpret_cast<const float*>(slab + 32 * r));
+    for (int i = 0; i < MT; ++i) {
+      const __m256 xv = _mm256_loadu_ps(x[i] + 8 * c);
+      for (int r = 0; r < GROUP; ++r) acc[i][r] = _mm256_fmadd_ps(wv[r], xv, acc[i][r]);
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int r = 0; r < GROUP; ++r) out[i][r] = hsum(acc[i][r]);
+}
+
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
 // group_tile in 512-bit registers, where a block is whole chunks: one register holds two
 // rows' 32 bytes (the slab's halves), against the activations broadcast to both halves.
@@ -484,6 +513,7 @@ void group_tile512(const QMatrix& w, int g, const QActivations& a, int m0, float
 
 template <int MT>
 void group_tile(const QMatrix& w, int g, const QActivations& a, int m0, float (*out)[GROUP]) {
+  if (w.bits == 32) return group_f32<MT>(w, g, a, m0, out);
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
   if (w.bits == 8) return group_tile512<8, MT>(w, g, a, m0, out);
   if (w.block >= 64) return group_tile512<4, MT>(w, g, a, m0, out);
@@ -499,7 +529,7 @@ inline bool tiles(const QMatrix& w) {
 #ifdef WS_VNNI
   return true;
 #else
-  return w.bits == 4;
+  return w.bits != 8;
 #endif
 }
 #endif
@@ -507,6 +537,16 @@ inline bool tiles(const QMatrix& w) {
 // The same four outputs with plain loops (CPUs without AVX2; the layout spelled out).
 void group_plain(const QMatrix& w, int g, const QActivations& a, int m, float* out) {
   const int k = w.cols, block = w.block, blocks = k / block, per = w.chunk_inputs();
+  if (w.bits == 32) {
+    for (int r = 0; r < GROUP; ++r) {
+      float result = 0.f;
+      for (int i = 0; i < k; ++i)
+        result += reinterpret_cast<const float*>(w.slab(g, i / 8) + 32 * r)[i % 8] *
+                  a.real[static_cast<size_t>(m) * k + i];
+      out[r] = result;
+    }
+    return;
+  }
   const float* ws = w.group_scales(g);
   const int8_t* x = &a.q[static_cast<size_t>(m) * k];
   const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
@@ -571,7 +611,9 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
     for (int m = 0; m < m_count; ++m) {
       float out[GROUP];
 #ifdef __AVX2__
-      if (w.bits == 4)
+      if (w.bits == 32)
+        group_f32<1>(w, n / GROUP, a, m, reinterpret_cast<float(*)[GROUP]>(out));
+      else if (w.bits == 4)
         group_q4(w, n / GROUP, a, m, out);
       else
         group_q8(w, n / GROUP, a, m, out);
@@ -699,7 +741,6 @@ void gelu_inplace(float* x, int n) {
   for (; i < n; ++i) x[i] = gelu(x[i]);
 }
 
-// ---------------------------------------------------------------- the model
 // ---------------------------------------------------------------- attention
 // One query against `count` cached positions of a head (keys, values [t][d] contiguous):
 // softmax(q . k * scale) . v into out. key_scale / value_scale: the int8 cache's per-
@@ -760,6 +801,7 @@ void attend_head(const float* query, const T* keys, const T* values, const float
   for (t = 0; t < count; ++t) axpy_cached(scores[t] / total, values + static_cast<size_t>(t) * d, out, d);
 }
 
+// ---------------------------------------------------------------- the model
 struct Layer {
   const float *ln1_g, *ln1_b, *ln2_g, *ln2_b;
   QMatrix qkv, proj, fc, out;
@@ -795,6 +837,7 @@ struct Model {
     hq.resize(m, n_embd, head.block);
     attq.resize(m, n_embd, head.block);
     ffq.resize(m, 4 * n_embd, head.block);
+    if (head.bits == 32) hq.real = h.data(), attq.real = att.data(), ffq.real = ff.data();
     if (kv_int8) fresh.resize(static_cast<size_t>(m) * 2 * n_embd);
   }
 
@@ -972,6 +1015,7 @@ void ws_matmul(void* pool_ptr, const void* data, const float* scales, const floa
   QMatrix w = matrix((n + GROUP - 1) / GROUP * GROUP, k, bits, block, data, scales, bias);
   QActivations a;
   a.resize(m, k, block);
+  if (bits == 32) a.real = x;
   for (int r = 0; r < m; ++r) a.quantize_row(r, x + static_cast<size_t>(r) * k);
   std::function<void(int)> task = [&](int tid) {
     matmul_rows(w, a, m, tid, pool->size(), n,

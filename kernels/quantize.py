@@ -2,6 +2,7 @@
 
 A [N, K] matrix is N output rows over K inputs; every `block` consecutive inputs of a row
 share one float32 scale. 8 bits: q = round(w / s) in [-127, 127], s = max|w| / 127.
+32 bits: the float32 weights as they are, 8 to a 32-byte chunk, no scales.
 4 bits: q = clamp(round(w / s), -8, 7) + 8 stored unsigned, s the block's scale with the
 least squared error among candidates around llama.cpp q4_0's (the block's largest-
 magnitude weight / -8), each refined by least squares for its q (as llama.cpp's newer
@@ -17,16 +18,20 @@ from __future__ import annotations
 
 import numpy as np
 
-BITS = (4, 8)
+BITS = (4, 8, 32)
 
 
 def quantize_rows(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(data, scales): uint8 [N, K/2] (4 bits) or int8 [N, K] (8 bits), float32 [N, K/block]."""
+    """(data, scales): uint8 [N, K/2] (4 bits) or int8 [N, K] (8 bits), float32 [N, K/block];
+    32 bits: the float32 weights as bytes [N, 4K], and no scales [N, 0]."""
     rows, cols = weight.shape
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, not {bits}")
     if cols % 64 or cols % block or block % 32:
         raise ValueError(f"{cols} inputs do not split into blocks of {block} and chunks of 64")
+    if bits == 32:
+        floats = np.ascontiguousarray(weight, dtype=np.float32)
+        return floats.view(np.uint8), np.zeros((rows, 0), np.float32)
     blocks = weight.astype(np.float32).reshape(rows, cols // block, block)
     if bits == 8:
         scales = np.abs(blocks).max(axis=2) / 127.0
@@ -71,6 +76,8 @@ def _nonzero(scale: np.ndarray) -> np.ndarray:
 def dequantize_rows(data: np.ndarray, scales: np.ndarray, bits: int, block: int) -> np.ndarray:
     """The float32 [N, K] matrix the quantized rows stand for (tests, fidelity checks)."""
     rows = data.shape[0]
+    if bits == 32:
+        return np.ascontiguousarray(data).view(np.float32).copy()
     if bits == 8:
         q = data.astype(np.float32)
     else:
@@ -93,5 +100,5 @@ def grouped(data: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarra
         scales = np.concatenate([scales, np.zeros((pad, scales.shape[1]), scales.dtype)])
     groups = data.shape[0] // GROUP
     data = data.reshape(groups, GROUP, -1, 32).transpose(0, 2, 1, 3)
-    scales = scales.reshape(groups, GROUP, -1).transpose(0, 2, 1)
+    scales = scales.reshape(groups, GROUP, scales.shape[1]).transpose(0, 2, 1)
     return np.ascontiguousarray(data).reshape(groups * GROUP, -1), np.ascontiguousarray(scales)
