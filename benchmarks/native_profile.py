@@ -31,7 +31,7 @@ from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
 PATHS = {  # label: bits, block, KV cache
     "native-q8": (8, 32, "float16"),
-    "native-q8-kv8": (8, 32, "int8"),
+    "native-q8-b128-kv8": (8, 128, "int8"),
     "native-q8-b128": (8, 128, "float16"),
     "native-f32": (32, 32, "float16"),
     "native-q4": (4, 32, "float16"),
