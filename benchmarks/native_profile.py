@@ -13,6 +13,9 @@ its roofline share, its non-weight time (step minus the weights at that bandwidt
 (Python and the call into the engine).
 
     .venv/bin/python benchmarks/native_profile.py [--context 128] [--steps 200] [--rounds 3]
+
+`--prompt N` times N-token prompts (one call each) instead of decode steps: the prompt's
+median and its phases, matmuls in GMAC/s of thread 0's share (issue #17's goal 5).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--paths", help=f"comma-separated, of: {', '.join(PATHS)}")
+    parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
     args = parser.parse_args()
     if args.paths:
         unknown = set(args.paths.split(",")) - set(PATHS)
@@ -64,8 +68,8 @@ def main() -> None:
     for name, (bits, block, kv) in PATHS.items():
         options = NativeOptions(bits=bits, block_size=block, kv_dtype=kv)
         engine = NativeBackend(model_dir, options, args.threads, CACHE, profile=True)
-        engine.reserve(args.context + 1)
-        engine.prefill(list(range(args.context)))
+        engine.reserve(max(args.context + 1, args.prompt or 0))
+        engine.prefill(list(range(args.prompt or args.context)))
         engines[name] = engine
     steps = {name: [] for name in PATHS}
     phases = {name: [0.0] * len(PHASES) for name in PATHS}
@@ -80,7 +84,10 @@ def main() -> None:
             for _ in range(args.steps):
                 engine.position = args.context
                 started = time.perf_counter()
-                engine.step(5)
+                if args.prompt:
+                    engine.prefill(list(range(args.prompt)))
+                else:
+                    engine.step(5)
                 steps[name].append(time.perf_counter() - started)
             engine.lib.ws_profile(buffer)
             phases[name] = [t + b / 1e6 for t, b in zip(phases[name], buffer, strict=True)]
@@ -89,7 +96,7 @@ def main() -> None:
     rows = []
     d = config.n_embd
     for name, (bits, block, _) in PATHS.items():
-        per_weight = bits / 8 + 4 / block
+        per_weight = NativeOptions(bits=bits, block_size=block).weight_bytes()
         weights = weight_bytes_per_token(config, per_weight, per_weight)
         step_ms = statistics.median(steps[name]) * 1e3
         bw = statistics.mean(bandwidth[name])
@@ -98,17 +105,31 @@ def main() -> None:
         per_step = [ms / count for ms in phases[name]]
         cells = [name, f"{step_ms:.2f}", f"{bw / 1e9:.1f}", f"{floor_ms / step_ms:.0%}",
                  f"{step_ms - floor_ms:.2f}"]  # fmt: skip
+        if args.prompt:  # bandwidth is not what bounds a prompt: no share, no floor
+            cells = [name, f"{step_ms:.1f}"]
         for phase, ms in zip(PHASES, per_step, strict=True):
-            share_bytes = None
+            weights_share = None  # thread 0's share of the matrix
             if phase in MATMULS:
-                share_bytes = config.n_layer * MATMULS[phase] * d * d * per_weight / args.threads
+                weights_share = config.n_layer * MATMULS[phase] * d * d / args.threads
             elif phase == "head":
-                share_bytes = config.vocab_size * d * per_weight / args.threads
-            rate = f" ({share_bytes / ms / 1e6:.0f})" if share_bytes and ms else ""
-            cells.append(f"{ms:.2f}{rate}")
+                weights_share = config.vocab_size * d / args.threads
+            if weights_share and ms and args.prompt:  # GMAC/s (the head: the last token only)
+                macs = weights_share * (1 if phase == "head" else args.prompt)
+                cells.append(f"{ms:.1f} ({macs / ms / 1e6:.0f})")
+            elif weights_share and ms:  # GB/s
+                cells.append(f"{ms:.2f} ({weights_share * per_weight / ms / 1e6:.0f})")
+            else:
+                cells.append(f"{ms:.2f}")
         # the phases are sums over steps: set them against the mean step, not the median
         cells.append(f"{statistics.mean(steps[name]) * 1e3 - sum(per_step):.2f}")
         rows.append(cells)
+    if args.prompt:
+        print(f"native engine, GPT-2 small (random weights), {args.prompt}-token prompts, "
+              f"{args.threads} threads, {args.rounds} rounds x {args.steps}; ms a prompt, "
+              "matmuls as thread 0's ms (its share's GMAC/s):")  # fmt: skip
+        headings = ["path", "prompt p50", *PHASES, "outside"]
+        print(table(headings, rows))
+        return
     print(f"native engine, GPT-2 small (random weights), context {args.context}, "
           f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; ms a step, "
           "matmuls as thread 0's ms (its share's GB/s):")  # fmt: skip
