@@ -4,8 +4,8 @@ Weights are block-quantized once per model, bits and block (an artifact of .npy 
 into memory at load: anonymous memory gets huge pages, a mapped file's page cache does not;
 mapped, a 4-bit step took 9.0 ms against 7.7 in one comparison here). The KV cache lives in
 the engine, and each prefill or decode step is one call into it: no graph of hundreds of
-ops, no Python between layers. The prompt runs through
-the same int8 kernels, many positions per weight row.
+ops, no Python between layers. A prompt runs its own kernel, several tokens per weight
+vector loaded (`group_tile` in kernels/gpt2.cc).
 """
 
 from __future__ import annotations

@@ -128,6 +128,13 @@ class NativeOptions(BackendOptions):
     # the bytes a decode step reads back, a quarter of 4-bit weights' at context 512)
     kv_dtype: Literal["float16", "int8"] = "float16"
 
+    @model_validator(mode="after")
+    def _blocks_need_quantized_weights(self) -> NativeOptions:
+        if self.bits == 32 and self.block_size != 32:
+            raise ValueError("block_size is the scale block of quantized weights; "
+                             "bits: 32 keeps float32 weights, which have none")  # fmt: skip
+        return self
+
     def weight_bytes(self) -> float:
         """Bytes a decode step reads per weight: its bits and a float32 scale per block
         (none for float32 weights)."""

@@ -82,10 +82,11 @@ def main() -> None:
             before = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
             engine.lib.ws_profile(buffer)  # zero what the warm-up and others left
             for _ in range(args.steps):
-                engine.position = args.context
+                prompt = list(range(args.prompt)) if args.prompt else None
+                engine.position = args.context  # a decode step attends over `--context`
                 started = time.perf_counter()
-                if args.prompt:
-                    engine.prefill(list(range(args.prompt)))
+                if prompt:
+                    engine.prefill(prompt)  # (from position 0)
                 else:
                     engine.step(5)
                 steps[name].append(time.perf_counter() - started)

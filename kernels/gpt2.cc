@@ -19,8 +19,8 @@
 // straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise;
 // with VNNI one vpdpbusd does what maddubs + madd + add did. bits 32: float32 weights,
 // 8 to a chunk, against float activations (the float32 path: no scales, no rounding).
-// A prompt (several tokens in one call) runs a second kernel, group_tile: four tokens
-// against each weight vector loaded, the weights unsigned (q + 128 for 8 bits) and the
+// A prompt (several tokens in one call) runs a second kernel, group_tile: six tokens (two
+// on AVX2) against each weight vector loaded, the weights unsigned (q + 128 for 8 bits) and the
 // offset taken back out through the activations' block sums; with AVX-512, two rows a
 // 512-bit register and no cross-lane reduction per block.
 
@@ -438,8 +438,7 @@ void group_f32(const QMatrix& w, int g, const QActivations& a, int m0, float (*o
 #if defined(__AVX512BW__) && defined(__AVX512VNNI__)
 // group_tile in 512-bit registers, where a block is whole chunks: one register holds two
 // rows' 32 bytes (the slab's halves), against the activations broadcast to both halves.
-// Half the instructions of the 256-bit kernel for the same products (vpdpbusd: ~96
-// GMAC/s a core in ymm, ~117 in zmm on a Zen 4 VM), so the prompt runs faster.
+// Half the instructions of the 256-bit kernel for the same products.
 inline __m512i dot_u8s8(__m512i acc, __m512i u, __m512i s) {
   asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "vm"(s));
   return acc;
@@ -575,9 +574,15 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
                  int valid, Store store, int align = 16) {
   int begin, end;
   share(w.rows, tid, threads, std::max(align, GROUP), begin, end);
+  // outputs of tokens m .. m + tokens - 1 for rows n .. n + 3, bias added, padding skipped
+  auto put = [&](int m, int n, int tokens, const float (*out)[GROUP]) {
+    for (int i = 0; i < tokens; ++i)
+      for (int r = 0; r < GROUP && n + r < valid; ++r)
+        store(m + i, n + r, out[i][r] + (w.bias ? w.bias[n + r] : 0.f));
+  };
 #ifdef __AVX2__
-  // tokens a tile: with AVX-512's 32 registers six (5% faster than four or eight on a
-  // Zen 4 VM, a 512-token prompt); AVX2's 16 hold the totals of two
+  // tokens a tile: with AVX-512's 32 registers six (~5% faster than four or eight for a
+  // 512-token prompt on a Zen 4 VM, in a profiling build); AVX2's 16 hold the totals of two
 #ifdef __AVX512F__
   constexpr int MT = 6;
 #else
@@ -588,19 +593,15 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
     for (int m_begin = 0; m_begin < m_count; m_begin += M_BLOCK) {
       const int m_end = std::min(m_count, m_begin + M_BLOCK);
       for (int n = begin; n < end; n += GROUP) {
+        float out[MT][GROUP];
         int m = m_begin;
         for (; m + MT <= m_end; m += MT) {
-          float out[MT][GROUP];
           group_tile<MT>(w, n / GROUP, a, m, out);
-          for (int i = 0; i < MT; ++i)
-            for (int r = 0; r < GROUP && n + r < valid; ++r)
-              store(m + i, n + r, out[i][r] + (w.bias ? w.bias[n + r] : 0.f));
+          put(m, n, MT, out);
         }
-        for (; m < m_end; ++m) {
-          float out[1][GROUP];
+        for (; m < m_end; ++m) {  // the block's last tokens, one at a time
           group_tile<1>(w, n / GROUP, a, m, out);
-          for (int r = 0; r < GROUP && n + r < valid; ++r)
-            store(m, n + r, out[0][r] + (w.bias ? w.bias[n + r] : 0.f));
+          put(m, n, 1, out);
         }
       }
     }
@@ -609,19 +610,18 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
 #endif
   for (int n = begin; n < end; n += GROUP) {
     for (int m = 0; m < m_count; ++m) {
-      float out[GROUP];
+      float out[1][GROUP];
 #ifdef __AVX2__
       if (w.bits == 32)
-        group_f32<1>(w, n / GROUP, a, m, reinterpret_cast<float(*)[GROUP]>(out));
+        group_f32<1>(w, n / GROUP, a, m, out);
       else if (w.bits == 4)
-        group_q4(w, n / GROUP, a, m, out);
+        group_q4(w, n / GROUP, a, m, out[0]);
       else
-        group_q8(w, n / GROUP, a, m, out);
+        group_q8(w, n / GROUP, a, m, out[0]);
 #else
-      group_plain(w, n / GROUP, a, m, out);
+      group_plain(w, n / GROUP, a, m, out[0]);
 #endif
-      for (int r = 0; r < GROUP && n + r < valid; ++r)
-        store(m, n + r, out[r] + (w.bias ? w.bias[n + r] : 0.f));
+      put(m, n, 1, out);
     }
   }
 }

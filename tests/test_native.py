@@ -169,6 +169,15 @@ def test_the_engine_refuses_more_positions_than_the_model_has(model_64, shared_c
         native.generate([1] * 120, 10)
 
 
+def test_a_block_size_for_float32_weights_is_refused():
+    from pydantic import ValidationError
+
+    options = registry.entry("native").options
+    with pytest.raises(ValidationError, match="bits: 32 keeps float32 weights"):
+        options.model_validate({"bits": 32, "block_size": 128})
+    assert options.model_validate({"bits": 32}).weight_bytes() == 4.0
+
+
 def test_a_model_the_engine_cannot_run_is_refused_with_the_reason(tmp_path):
     narrow = save_tiny_gpt2(tmp_path / "narrow")  # n_embd 32
     with pytest.raises(ValueError, match="multiple of 64"):

@@ -114,11 +114,12 @@ def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_m
         # output to a file, not a pipe nobody reads until the end: a pipe that fills
         # would stop the submit and look like a hang
         logs[name] = tmp_path / f"{name}.log"
-        procs.append(subprocess.Popen(
-            [FARM, "submit", "--grid", str(grid), "--db", pg_url, "--cpus", cpus,
-             "--cache-dir", str(tmp_path / f"cache-{name}")],
-            env=farm_env(), cwd=ROOT, stdout=logs[name].open("w"), stderr=subprocess.STDOUT,
-        ))  # fmt: skip
+        with logs[name].open("w") as output:  # the child keeps its own copy of the file
+            procs.append(subprocess.Popen(
+                [FARM, "submit", "--grid", str(grid), "--db", pg_url, "--cpus", cpus,
+                 "--cache-dir", str(tmp_path / f"cache-{name}")],
+                env=farm_env(), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
+            ))  # fmt: skip
     # a job is a fresh process (imports torch): ~10 s here, a few times that on a slow host
     reads, deadline = 0, time.monotonic() + 420
     while any(p.poll() is None for p in procs):
