@@ -608,12 +608,15 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
     return;
   }
 #endif
+  // Decode (one token): the tile kernel where a block is whole chunks of 64 weights and
+  // more (4-bit, 128 a block, AVX-512 VNNI: 1.07 against 1.30 ms a step on a Zen 5 VM;
+  // AVX2 only: 1.31 against 1.57), the per-token kernels at 32 a block (1.6 against 1.9).
   for (int n = begin; n < end; n += GROUP) {
     for (int m = 0; m < m_count; ++m) {
       float out[1][GROUP];
 #ifdef __AVX2__
-      if (w.bits == 32)
-        group_f32<1>(w, n / GROUP, a, m, out);
+      if (w.bits == 32 || (tiles(w) && w.block >= 64))
+        group_tile<1>(w, n / GROUP, a, m, out);
       else if (w.bits == 4)
         group_q4(w, n / GROUP, a, m, out[0]);
       else
