@@ -22,7 +22,8 @@
 // A prompt (several tokens in one call) runs a second kernel, group_tile: six tokens (two
 // on AVX2) against each weight vector loaded, the weights unsigned (q + 128 for 8 bits) and the
 // offset taken back out through the activations' block sums; with AVX-512, two rows a
-// 512-bit register and no cross-lane reduction per block.
+// 512-bit register and no cross-lane reduction per block. A decode step runs it too, one
+// token a call, where a scale block is whole chunks of 64 weights or more.
 
 #include <algorithm>
 #include <atomic>
@@ -750,6 +751,16 @@ void gelu_inplace(float* x, int n) {
 // position scales (null for half or float). d 64 (GPT-2's head size) on AVX2: scores
 // eight keys at a time, reduced together (a horizontal sum per key cost as much as its
 // products), and the output kept in registers across positions.
+#ifdef __AVX2__
+// the cache lines of [p, p + bytes), WS_PREFETCH bytes ahead: attention streams each
+// head's keys, then its values, 64 KB apiece at context 512 (half precision)
+inline void prefetch_ahead(const void* p, size_t bytes) {
+  if (WS_PREFETCH <= 0) return;
+  const char* at = static_cast<const char*>(p) + WS_PREFETCH;
+  for (size_t line = 0; line < bytes; line += 64) _mm_prefetch(at + line, _MM_HINT_T0);
+}
+#endif
+
 template <typename T>
 void attend_head(const float* query, const T* keys, const T* values, const float* key_scale,
                  const float* value_scale, int count, int d, float scale, float* scores,
@@ -760,6 +771,7 @@ void attend_head(const float* query, const T* keys, const T* values, const float
     __m256 qv[8];
     for (int i = 0; i < 8; ++i) qv[i] = _mm256_loadu_ps(query + 8 * i);
     for (; t + 8 <= count; t += 8) {
+      prefetch_ahead(keys + static_cast<size_t>(t) * 64, 8 * 64 * sizeof(T));
       __m256 a[8];
       for (int j = 0; j < 8; ++j) {
         const T* k = keys + static_cast<size_t>(t + j) * 64;
@@ -793,6 +805,7 @@ void attend_head(const float* query, const T* keys, const T* values, const float
     for (t = 0; t < count; ++t) {
       const __m256 p = _mm256_set1_ps(scores[t]);
       const T* v = values + static_cast<size_t>(t) * 64;
+      prefetch_ahead(v, 64 * sizeof(T));
       for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(load8(v + 8 * i), p, acc[i]);
     }
     const __m256 inverse = _mm256_set1_ps(1.f / total);
