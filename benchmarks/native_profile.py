@@ -14,6 +14,11 @@ its roofline share, its non-weight time (step minus the weights at that bandwidt
 
     .venv/bin/python benchmarks/native_profile.py [--context 128] [--steps 200] [--rounds 3]
 
+`--context 32,512` takes each path at both contexts in the same rounds (a path's two
+contexts seconds apart, not the minutes between two farm jobs, while this host's
+bandwidth moves within minutes) and prints each path's step at the last context over the
+first (issue #17's goal 6), beside the KV cache's bytes a step at each.
+
 `--prompt N` times N-token prompts (one call each) instead of decode steps: the prompt's
 median and its phases, matmuls in GMAC/s of thread 0's share (issue #17's goal 5).
 """
@@ -49,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--context", default="128", help="one context, or several: 32,512")
     parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -62,49 +67,55 @@ def main() -> None:
             parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
         for name in set(PATHS) - set(args.paths.split(",")):
             del PATHS[name]
+    contexts = [int(c) for c in args.context.split(",")]
+    if args.prompt:
+        contexts = contexts[:1]  # a prompt starts at position 0 whatever the context
     model_dir = gpt2_small()
     config = ModelConfig.from_dir(model_dir)
     engines = {}
     for name, (bits, block, kv) in PATHS.items():
         options = NativeOptions(bits=bits, block_size=block, kv_dtype=kv)
         engine = NativeBackend(model_dir, options, args.threads, CACHE, profile=True)
-        engine.reserve(max(args.context + 1, args.prompt or 0))
-        engine.prefill(list(range(args.prompt or args.context)))
+        engine.reserve(max(max(contexts) + 1, args.prompt or 0))
+        engine.prefill(list(range(args.prompt or max(contexts))))
         engines[name] = engine
-    steps = {name: [] for name in PATHS}
-    phases = {name: [0.0] * len(PHASES) for name in PATHS}
-    bandwidth = {name: [] for name in PATHS}
+    runs = [(name, context) for name in PATHS for context in contexts]
+    steps = {run: [] for run in runs}
+    phases = {run: [0.0] * len(PHASES) for run in runs}
+    bandwidth = {run: [] for run in runs}
     buffer = (ctypes.c_double * len(PHASES))()
     for round_index in range(args.rounds):
-        order = list(PATHS) if round_index % 2 == 0 else list(PATHS)[::-1]
-        for name in order:
+        for name, context in runs if round_index % 2 == 0 else runs[::-1]:
             engine = engines[name]
             before = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
             engine.lib.ws_profile(buffer)  # zero what the warm-up and others left
             for _ in range(args.steps):
                 prompt = list(range(args.prompt)) if args.prompt else None
-                engine.position = args.context  # a decode step attends over `--context`
+                engine.position = context  # a decode step attends over `context` tokens
                 started = time.perf_counter()
                 if prompt:
                     engine.prefill(prompt)  # (from position 0)
                 else:
                     engine.step(5)
-                steps[name].append(time.perf_counter() - started)
+                steps[name, context].append(time.perf_counter() - started)
             engine.lib.ws_profile(buffer)
-            phases[name] = [t + b / 1e6 for t, b in zip(phases[name], buffer, strict=True)]
+            run = (name, context)
+            phases[run] = [t + b / 1e6 for t, b in zip(phases[run], buffer, strict=True)]
             after = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
-            bandwidth[name] += [before, after]
+            bandwidth[run] += [before, after]
     rows = []
     d = config.n_embd
-    for name, (bits, block, _) in PATHS.items():
+    for name, context in runs:
+        bits, block, _ = PATHS[name]
         per_weight = NativeOptions(bits=bits, block_size=block).weight_bytes()
         weights = weight_bytes_per_token(config, per_weight, per_weight)
-        step_ms = statistics.median(steps[name]) * 1e3
-        bw = statistics.mean(bandwidth[name])
+        step_ms = statistics.median(steps[name, context]) * 1e3
+        bw = statistics.mean(bandwidth[name, context])
         floor_ms = weights / bw * 1e3
         count = args.steps * args.rounds
-        per_step = [ms / count for ms in phases[name]]
-        cells = [name, f"{step_ms:.2f}", f"{bw / 1e9:.1f}", f"{floor_ms / step_ms:.0%}",
+        per_step = [ms / count for ms in phases[name, context]]
+        label = f"{name} @{context}" if len(contexts) > 1 else name
+        cells = [label, f"{step_ms:.2f}", f"{bw / 1e9:.1f}", f"{floor_ms / step_ms:.0%}",
                  f"{step_ms - floor_ms:.2f}"]  # fmt: skip
         if args.prompt:  # bandwidth is not what bounds a prompt: no share, no floor
             cells = [name, f"{step_ms:.1f}"]
@@ -122,7 +133,7 @@ def main() -> None:
             else:
                 cells.append(f"{ms:.2f}")
         # the phases are sums over steps: set them against the mean step, not the median
-        cells.append(f"{statistics.mean(steps[name]) * 1e3 - sum(per_step):.2f}")
+        cells.append(f"{statistics.mean(steps[name, context]) * 1e3 - sum(per_step):.2f}")
         rows.append(cells)
     if args.prompt:
         print(f"native engine, GPT-2 small (random weights), {args.prompt}-token prompts, "
@@ -136,6 +147,31 @@ def main() -> None:
           "matmuls as thread 0's ms (its share's GB/s):")  # fmt: skip
     headings = ["path", "step p50", "GB/s", "share", "non-weight", *PHASES, "outside"]
     print(table(headings, rows))
+    if len(contexts) > 1:
+        first, last = contexts[0], contexts[-1]
+        print(
+            f"\nstep at context {last} over {first} (issue #17's goal 6: <= 1.25), beside "
+            "the bytes a step reads (weights, and the KV cache at each context):"
+        )
+        lines = []
+        for name, (bits, block, kv) in PATHS.items():
+            per_weight = NativeOptions(bits=bits, block_size=block).weight_bytes()
+            weights = weight_bytes_per_token(config, per_weight, per_weight)
+            ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
+            cache = [kv_bytes(config, kv, c) for c in (first, last)]
+            bytes_ratio = (weights + cache[1]) / (weights + cache[0])
+            lines.append([name, f"{ratio:.2f}", f"{weights / 1e6:.1f}",
+                          *(f"{b / 1e6:.1f}" for b in cache), f"{bytes_ratio:.2f}"])  # fmt: skip
+        print(table(["path", f"{last} / {first}", "weights MB", f"KV MB @{first}",
+                     f"KV MB @{last}", "bytes ratio"], lines))  # fmt: skip
+
+
+def kv_bytes(config: ModelConfig, kv: str, context: int) -> float:
+    """The KV cache a decode step reads at `context` positions: keys and values of every
+    layer, half precision or int8 with a float scale per (head, position)."""
+    per_value = 2 if kv == "float16" else 1
+    scales = 0 if kv == "float16" else 4 * config.n_head
+    return 2 * config.n_layer * context * (config.n_embd * per_value + scales)
 
 
 if __name__ == "__main__":
