@@ -4,8 +4,12 @@ For each path: warm up, then the median over rounds of the decode step time (ms/
 128 greedy tokens) after a 32-token and after a 512-token prompt, and their ratio.
 Contexts alternate within each round, so drift hits both alike. The concatenated cache
 copies past + new every step; the in-place one writes each token into its buffer.
+`--labels` takes paths of examples/engines.yaml instead, any backend (issue #17's goal 6:
+every quantized path within 1.25x, measured here seconds apart where two farm jobs run
+minutes apart).
 
     .venv/bin/python benchmarks/long_context.py [--rounds 4] [--threads 2] [--only LABELS]
+    .venv/bin/python benchmarks/long_context.py --labels onnx-int8-all-kv8,native-q4-b128
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import argparse
 import statistics
 import sys
 
-from common import CACHE, gpt2_small, table, timed
+import yaml
+from common import CACHE, ROOT, gpt2_small, table, timed
 
 from backends import registry
 from worker.prompts import random_prompt
@@ -40,6 +45,20 @@ def decode_ms(backend, prompt: list[int], tokens: int) -> float:
     return 1e3 / timed(backend, prompt, tokens).decode_tokens_per_s
 
 
+def engine_paths(labels: list[str]) -> dict[str, tuple[str, dict]]:
+    """These labels of examples/engines.yaml: label -> (backend, options)."""
+    entries = yaml.safe_load((ROOT / "examples/engines.yaml").read_text())["backends"]
+    known = {}
+    for entry in entries:
+        entry = {"name": entry} if isinstance(entry, str) else entry  # `- hf`
+        options = {k: v for k, v in entry.items() if k not in ("name", "label")}
+        known[entry.get("label", entry["name"])] = (entry["name"], options)
+    unknown = sorted(set(labels) - set(known))
+    if unknown:
+        sys.exit(f"error: not labels of examples/engines.yaml: {', '.join(unknown)}")
+    return {label: known[label] for label in labels}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,15 +67,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--generation", type=int, default=128)
     parser.add_argument("--only", default=None, help="comma-separated path names")
+    parser.add_argument("--labels", default=None, help="paths of examples/engines.yaml")
     args = parser.parse_args()
 
+    paths = {name: ("onnx", options) for name, options in PATHS.items()}
+    if args.labels:
+        paths = engine_paths(args.labels.split(","))
     model_dir = gpt2_small()
     prompts = {ctx: random_prompt(0, ctx, 50257) for ctx in CONTEXTS}
     rows = []
-    for name, options in PATHS.items():
+    for name, (kind, options) in paths.items():
         if args.only and name not in args.only.split(","):
             continue
-        backend = registry.create("onnx", model_dir, options, args.threads, CACHE)
+        backend = registry.create(kind, model_dir, options, args.threads, CACHE)
         samples: dict[int, list[float]] = {ctx: [] for ctx in CONTEXTS}
         for round_index in range(args.rounds + 1):  # round 0 warms up
             for ctx in CONTEXTS:
