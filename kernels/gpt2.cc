@@ -746,11 +746,6 @@ void gelu_inplace(float* x, int n) {
 }
 
 // ---------------------------------------------------------------- attention
-// One query against `count` cached positions of a head (keys, values [t][d] contiguous):
-// softmax(q . k * scale) . v into out. key_scale / value_scale: the int8 cache's per-
-// position scales (null for half or float). d 64 (GPT-2's head size) on AVX2: scores
-// eight keys at a time, reduced together (a horizontal sum per key cost as much as its
-// products), and the output kept in registers across positions.
 #ifdef __AVX2__
 // the cache lines of [p, p + bytes), WS_PREFETCH bytes ahead: attention streams each
 // head's keys, then its values, 64 KB apiece at context 512 (half precision)
@@ -761,6 +756,11 @@ inline void prefetch_ahead(const void* p, size_t bytes) {
 }
 #endif
 
+// One query against `count` cached positions of a head (keys, values [t][d] contiguous):
+// softmax(q . k * scale) . v into out. key_scale / value_scale: the int8 cache's per-
+// position scales (null for half or float). d 64 (GPT-2's head size) on AVX2: scores
+// eight keys at a time, reduced together (a horizontal sum per key cost as much as its
+// products), and the output kept in registers across positions.
 template <typename T>
 void attend_head(const float* query, const T* keys, const T* values, const float* key_scale,
                  const float* value_scale, int count, int d, float scale, float* scores,

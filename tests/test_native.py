@@ -87,7 +87,9 @@ def test_four_bit_nibbles_hold_inputs_j_and_j_plus_32():
 
 @pytest.mark.parametrize("m", [1, 101])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize(("bits", "block"), [(4, 32), (4, 128), (8, 32), (8, 128), (32, 32)])
+@pytest.mark.parametrize(
+    ("bits", "block"), [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64), (8, 128), (32, 32)]
+)
 def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, m):
     rng = np.random.default_rng(bits + block)
     # 202 rows: a padded last group, thread shares of uneven size; 101 activation rows:
