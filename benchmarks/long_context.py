@@ -18,10 +18,10 @@ import argparse
 import statistics
 import sys
 
-import yaml
 from common import CACHE, ROOT, gpt2_small, table, timed
 
 from backends import registry
+from orchestrator.sweep import load_sweep
 from worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True}
@@ -46,13 +46,9 @@ def decode_ms(backend, prompt: list[int], tokens: int) -> float:
 
 
 def engine_paths(labels: list[str]) -> dict[str, tuple[str, dict]]:
-    """These labels of examples/engines.yaml: label -> (backend, options)."""
-    entries = yaml.safe_load((ROOT / "examples/engines.yaml").read_text())["backends"]
-    known = {}
-    for entry in entries:
-        entry = {"name": entry} if isinstance(entry, str) else entry  # `- hf`
-        options = {k: v for k, v in entry.items() if k not in ("name", "label")}
-        known[entry.get("label", entry["name"])] = (entry["name"], options)
+    """These labels of examples/engines.yaml, as the farm reads it: label -> (backend, options)."""
+    plan = load_sweep(ROOT / "examples/engines.yaml", max_jobs=None)
+    known = {job.label: (job.backend, dict(job.options)) for job in plan.jobs}
     unknown = sorted(set(labels) - set(known))
     if unknown:
         sys.exit(f"error: not labels of examples/engines.yaml: {', '.join(unknown)}")
