@@ -11,7 +11,9 @@ and prints each goal beside its target, met or not:
      non-weight time per decode step <= 1 ms (step p50 minus the weights' bytes at the
      bandwidth measured beside the job)
   5. time to first token at context 512 <= 0.5x transformers eager's
-  6. decode at context 512 within 1.25x of context 32, every quantized path of ours
+  6. decode at context 512 within 1.25x of context 32, every quantized path of ours (two
+     farm jobs minutes apart: where the host's bandwidth moves, `long_context.py --labels`
+     times a path's two contexts alternately in one process)
 
 Context 128 unless said. Engines whose extra is missing, or that failed, are left out of
 "fastest engine" and said so.
@@ -87,20 +89,19 @@ def verdict(value: float | None, target: float, at_least: bool) -> str:
     return "met" if (value >= target if at_least else value <= target) else "NOT met"
 
 
+def read_bandwidth(row: dict) -> float | None:
+    """The mean of the read bandwidths measured before and after the job, bytes/s."""
+    before, after = row["bandwidth_before_bytes_per_s"], row["bandwidth_after_bytes_per_s"]
+    return (before + after) / 2 if before and after else None
+
+
 def non_weight_ms(row: dict) -> float | None:
     """Decode step p50 minus the time its weights take to stream at the bandwidth
-    measured beside the job (mean of before and after)."""
-    before, after = row["bandwidth_before_bytes_per_s"], row["bandwidth_after_bytes_per_s"]
-    if not (row["decode_ms_p50"] and row["weight_bytes_per_token"] and before and after):
+    measured beside the job."""
+    bandwidth = read_bandwidth(row)
+    if not (row["decode_ms_p50"] and row["weight_bytes_per_token"] and bandwidth):
         return None
-    return row["decode_ms_p50"] - row["weight_bytes_per_token"] / ((before + after) / 2) * 1e3
-
-
-def bandwidth_gbs(row: dict) -> float:
-    """The mean of the read bandwidths measured before and after the job, in GB/s."""
-    measured = [row["bandwidth_before_bytes_per_s"], row["bandwidth_after_bytes_per_s"]]
-    measured = [b for b in measured if b]
-    return statistics.mean(measured) / 1e9 if measured else 0.0
+    return row["decode_ms_p50"] - row["weight_bytes_per_token"] / bandwidth * 1e3
 
 
 def best(found: dict, sweep: str, labels: list[str], context: int = 128, fidelity=0.95):
@@ -191,7 +192,7 @@ def main() -> None:
                 speeds = [r["decode_tokens_per_s"] for r in runs]
                 spread = (max(speeds) - min(speeds)) / statistics.median(speeds)
                 shares = "/".join(f"{r['roofline_fraction'] or 0:.0%}" for r in runs)
-                read = "/".join(f"{bandwidth_gbs(r):.0f}" for r in runs)
+                read = "/".join(f"{(read_bandwidth(r) or 0) / 1e9:.0f}" for r in runs)
                 lines.append([label, "/".join(f"{s:.1f}" for s in speeds), f"{spread:.1%}",
                               verdict(spread, 0.15, at_least=False), shares, read])  # fmt: skip
         print(table(["path", "tok/s", "spread", "", "share", "GB/s"], lines))
