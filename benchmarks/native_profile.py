@@ -35,6 +35,7 @@ from common import CACHE, gpt2_small, table
 from backends.config import ModelConfig
 from backends.native import NativeBackend
 from backends.options import NativeOptions
+from kernels.build import FLAGS
 from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
 PATHS = {  # label: bits, block, KV cache
@@ -60,7 +61,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--paths", help=f"comma-separated, of: {', '.join(PATHS)}")
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
+    parser.add_argument("--cflags", default="", help="more compiler flags for the engine, "
+                        "e.g. '-mno-avx512f -mno-avxvnni' for its AVX2 kernels")  # fmt: skip
     args = parser.parse_args()
+    FLAGS.extend(args.cflags.split())  # part of the library's key: its own build
     if args.paths:
         unknown = set(args.paths.split(",")) - set(PATHS)
         if unknown:
@@ -79,6 +83,11 @@ def main() -> None:
         engine.reserve(max(max(contexts) + 1, args.prompt or 0))
         engine.prefill(list(range(args.prompt or max(contexts))))
         engines[name] = engine
+    # bytes a weight (its bits and scales), and the weights' bytes a decode step reads
+    per_weight = {name: NativeOptions(bits=bits, block_size=block).weight_bytes()
+                  for name, (bits, block, _) in PATHS.items()}  # fmt: skip
+    weights = {name: weight_bytes_per_token(config, b, b) for name, b in per_weight.items()}
+    prompt = list(range(args.prompt)) if args.prompt else None
     runs = [(name, context) for name in PATHS for context in contexts]
     steps = {run: [] for run in runs}
     phases = {run: [0.0] * len(PHASES) for run in runs}
@@ -90,7 +99,6 @@ def main() -> None:
             before = fresh_read_bandwidth(args.threads)["read_bytes_per_s"]
             engine.lib.ws_profile(buffer)  # zero what the warm-up and others left
             for _ in range(args.steps):
-                prompt = list(range(args.prompt)) if args.prompt else None
                 engine.position = context  # a decode step attends over `context` tokens
                 started = time.perf_counter()
                 if prompt:
@@ -106,12 +114,9 @@ def main() -> None:
     rows = []
     d = config.n_embd
     for name, context in runs:
-        bits, block, _ = PATHS[name]
-        per_weight = NativeOptions(bits=bits, block_size=block).weight_bytes()
-        weights = weight_bytes_per_token(config, per_weight, per_weight)
         step_ms = statistics.median(steps[name, context]) * 1e3
         bw = statistics.mean(bandwidth[name, context])
-        floor_ms = weights / bw * 1e3
+        floor_ms = weights[name] / bw * 1e3
         count = args.steps * args.rounds
         per_step = [ms / count for ms in phases[name, context]]
         label = f"{name} @{context}" if len(contexts) > 1 else name
@@ -129,7 +134,7 @@ def main() -> None:
                 macs = weights_share * (1 if phase == "head" else args.prompt)
                 cells.append(f"{ms:.1f} ({macs / ms / 1e6:.0f})")
             elif weights_share and ms:  # GB/s
-                cells.append(f"{ms:.2f} ({weights_share * per_weight / ms / 1e6:.0f})")
+                cells.append(f"{ms:.2f} ({weights_share * per_weight[name] / ms / 1e6:.0f})")
             else:
                 cells.append(f"{ms:.2f}")
         # the phases are sums over steps: set them against the mean step, not the median
@@ -154,13 +159,11 @@ def main() -> None:
             "the bytes a step reads (weights, and the KV cache at each context):"
         )
         lines = []
-        for name, (bits, block, kv) in PATHS.items():
-            per_weight = NativeOptions(bits=bits, block_size=block).weight_bytes()
-            weights = weight_bytes_per_token(config, per_weight, per_weight)
+        for name, (_, _, kv) in PATHS.items():
             ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
             cache = [kv_bytes(config, kv, c) for c in (first, last)]
-            bytes_ratio = (weights + cache[1]) / (weights + cache[0])
-            lines.append([name, f"{ratio:.2f}", f"{weights / 1e6:.1f}",
+            bytes_ratio = (weights[name] + cache[1]) / (weights[name] + cache[0])
+            lines.append([name, f"{ratio:.2f}", f"{weights[name] / 1e6:.1f}",
                           *(f"{b / 1e6:.1f}" for b in cache), f"{bytes_ratio:.2f}"])  # fmt: skip
         print(table(["path", f"{last} / {first}", "weights MB", f"KV MB @{first}",
                      f"KV MB @{last}", "bytes ratio"], lines))  # fmt: skip

@@ -248,17 +248,21 @@ inline __m256i dot2_u8s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256
 #ifndef WS_PREFETCH
 #define WS_PREFETCH 4096
 #endif
-// a slab's two cache lines, WS_PREFETCH bytes ahead in the stream
-inline void prefetch_slab(const uint8_t* slab) {
+// the cache lines of [p, p + bytes), WS_PREFETCH bytes ahead in a stream: the weights'
+// (a slab at a time) and attention's (each head's keys, then its values: 64 KB apiece
+// at context 512 in half precision)
+inline void prefetch_ahead(const void* p, size_t bytes) {
   if (WS_PREFETCH <= 0) return;
-  _mm_prefetch(reinterpret_cast<const char*>(slab) + WS_PREFETCH, _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(slab) + WS_PREFETCH + 64, _MM_HINT_T0);
+  const char* at = static_cast<const char*>(p) + WS_PREFETCH;
+  for (size_t line = 0; line < bytes; line += 64) _mm_prefetch(at + line, _MM_HINT_T0);
 }
+inline void prefetch_slab(const uint8_t* slab) { prefetch_ahead(slab, GROUP * 32); }
 
-// Outputs 4g .. 4g + 3 against activation row m. 4 bits: int16 pair sums of q (0..15)
-// times x stay under 2 * 15 * 127 per maddubs, so two chunks add in int16 before widening.
+// Outputs 4g .. 4g + 3 against activation row m, 4 bits at 32 a block (a decode step;
+// blocks of 64 and more run group_tile<1>): a chunk holds two blocks, the low and high
+// nibbles, each with its scale.
 void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out) {
-  const int k = w.cols, block = w.block, blocks = k / block;
+  const int k = w.cols, blocks = k / 32;
   const float* ws = w.group_scales(g);
   const int8_t* x = &a.q[static_cast<size_t>(m) * k];
   const float* xs = &a.scale[static_cast<size_t>(m) * blocks];
@@ -267,42 +271,19 @@ void group_q4(const QMatrix& w, int g, const QActivations& a, int m, float* out)
   __m256 acc[GROUP];
   float correction[GROUP] = {};  // sum of scale * sum(x): the "- 8" of every weight
   for (auto& v : acc) v = _mm256_setzero_ps();
-  if (block == 32) {  // a chunk holds two blocks (low and high nibbles): two scales
-    for (int c = 0; c < k / 64; ++c) {
-      const uint8_t* slab = w.slab(g, c);
-      prefetch_slab(slab);
-      __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
-      for (int r = 0; r < GROUP; ++r) {
-        __m256i bytes = load(slab + 32 * r), zero = _mm256_setzero_si256();
-        __m256i p0 = dot_u8s8(zero, _mm256_and_si256(bytes, low), x0);
-        __m256i p1 = dot_u8s8(zero, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1);
-        float s0 = ws[(2 * c) * GROUP + r] * xs[2 * c];
-        float s1 = ws[(2 * c + 1) * GROUP + r] * xs[2 * c + 1];
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0), acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1), acc[r]);
-        correction[r] += s0 * xsum[2 * c] + s1 * xsum[2 * c + 1];
-      }
-    }
-  } else {  // whole chunks per block: widen once a chunk, convert once a block
-    const int chunks = block / 64;
-    for (int b = 0; b < blocks; ++b) {
-      __m256i total[GROUP];
-      for (auto& v : total) v = _mm256_setzero_si256();
-      for (int c = b * chunks; c < (b + 1) * chunks; ++c) {
-        const uint8_t* slab = w.slab(g, c);
-        prefetch_slab(slab);
-        __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
-        for (int r = 0; r < GROUP; ++r) {
-          __m256i bytes = load(slab + 32 * r);
-          total[r] = dot2_u8s8(total[r], _mm256_and_si256(bytes, low), x0,
-                               _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1);
-        }
-      }
-      for (int r = 0; r < GROUP; ++r) {
-        float s = ws[b * GROUP + r] * xs[b];
-        acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[r]), _mm256_set1_ps(s), acc[r]);
-        correction[r] += s * xsum[b];
-      }
+  for (int c = 0; c < k / 64; ++c) {
+    const uint8_t* slab = w.slab(g, c);
+    prefetch_slab(slab);
+    __m256i x0 = load(x + 64 * c), x1 = load(x + 64 * c + 32);
+    for (int r = 0; r < GROUP; ++r) {
+      __m256i bytes = load(slab + 32 * r), zero = _mm256_setzero_si256();
+      __m256i p0 = dot_u8s8(zero, _mm256_and_si256(bytes, low), x0);
+      __m256i p1 = dot_u8s8(zero, _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low), x1);
+      float s0 = ws[(2 * c) * GROUP + r] * xs[2 * c];
+      float s1 = ws[(2 * c + 1) * GROUP + r] * xs[2 * c + 1];
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s0), acc[r]);
+      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s1), acc[r]);
+      correction[r] += s0 * xsum[2 * c] + s1 * xsum[2 * c + 1];
     }
   }
   for (int r = 0; r < GROUP; ++r) out[r] = hsum(acc[r]) - 8.f * correction[r];
@@ -746,16 +727,6 @@ void gelu_inplace(float* x, int n) {
 }
 
 // ---------------------------------------------------------------- attention
-#ifdef __AVX2__
-// the cache lines of [p, p + bytes), WS_PREFETCH bytes ahead: attention streams each
-// head's keys, then its values, 64 KB apiece at context 512 (half precision)
-inline void prefetch_ahead(const void* p, size_t bytes) {
-  if (WS_PREFETCH <= 0) return;
-  const char* at = static_cast<const char*>(p) + WS_PREFETCH;
-  for (size_t line = 0; line < bytes; line += 64) _mm_prefetch(at + line, _MM_HINT_T0);
-}
-#endif
-
 // One query against `count` cached positions of a head (keys, values [t][d] contiguous):
 // softmax(q . k * scale) . v into out. key_scale / value_scale: the int8 cache's per-
 // position scales (null for half or float). d 64 (GPT-2's head size) on AVX2: scores
