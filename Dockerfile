@@ -16,6 +16,8 @@ COPY contract contract
 COPY executors executors
 COPY cli cli
 COPY kernels kernels
+COPY reports reports
+COPY whistle_stop whistle_stop
 COPY examples examples
 RUN pip install --no-cache-dir .
 ENV FARM_CACHE_DIR=/cache FARM_DB_URL=/data/farm.db

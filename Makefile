@@ -47,6 +47,7 @@ engines: setup
 
 test: setup $(VENV)/.test-plugin
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
 test-fast: setup $(VENV)/.test-plugin

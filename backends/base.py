@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from backends.options import BackendOptions
+    from whistle_stop.backends.options import BackendOptions
 
 
 @dataclass

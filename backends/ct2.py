@@ -21,11 +21,11 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
+from whistle_stop.backends.base import Generation, LoadReport
+from whistle_stop.backends.options import CTranslate2Options
+from whistle_stop.backends.weights import weights_digest
 
-from backends.artifacts import cached_artifact, dir_bytes, source_digest
-from backends.base import Generation, LoadReport
-from backends.options import CTranslate2Options
-from backends.weights import weights_digest
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 # bytes per projection weight, and per LM-head weight (CTranslate2 quantizes the output
 # projection with the rest)
@@ -40,16 +40,26 @@ class CTranslate2Backend:
     ) -> None:
         supported = ctranslate2.get_supported_compute_types("cpu")
         if options.compute_type not in supported:
-            raise RuntimeError(f"this CPU runs CTranslate2 compute types {sorted(supported)}, "
-                               f"not {options.compute_type}")  # fmt: skip
+            raise RuntimeError(
+                f"this CPU runs CTranslate2 compute types {sorted(supported)}, "
+                f"not {options.compute_type}"
+            )
         version = metadata.version("ctranslate2")
-        parts = [weights_digest(model_dir, cache_dir), version, options.compute_type,
-                 source_digest("backends.ct2")]  # fmt: skip
+        parts = [
+            weights_digest(model_dir, cache_dir),
+            version,
+            options.compute_type,
+            source_digest("whistle_stop.backends.ct2"),
+        ]
         convert = functools.partial(_convert, model_dir, compute_type=options.compute_type)
         artifact = cached_artifact(cache_dir, f"ct2-{options.compute_type}", parts, convert)
-        self.generator = ctranslate2.Generator(str(artifact.path), device="cpu",
-                                               compute_type=options.compute_type,
-                                               intra_threads=threads, inter_threads=1)  # fmt: skip
+        self.generator = ctranslate2.Generator(
+            str(artifact.path),
+            device="cpu",
+            compute_type=options.compute_type,
+            intra_threads=threads,
+            inter_threads=1,
+        )
         width = WEIGHT_BYTES[options.compute_type]
         self.load_report = LoadReport(
             artifact_built=artifact.built,
@@ -62,14 +72,15 @@ class CTranslate2Backend:
                 "compute_type": options.compute_type,
                 "cpu_compute_types": sorted(supported),
                 "intra_threads": threads,
-            },  # fmt: skip
+            },
         )
 
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         tokens, times = [], []
         # exactly new_tokens: no end token stops it early
-        steps = self.generator.generate_tokens([f"t{i}" for i in prompt], max_length=new_tokens,
-                                               sampling_topk=1, end_token=[])  # fmt: skip
+        steps = self.generator.generate_tokens(
+            [f"t{i}" for i in prompt], max_length=new_tokens, sampling_topk=1, end_token=[]
+        )
         for step in steps:
             tokens.append(step.token_id)
             times.append(time.perf_counter())
@@ -87,8 +98,7 @@ def _convert(model_dir: Path, out: Path, compute_type: str) -> None:
     source = out.parent / f".{out.name}.source"
     with_vocabulary(model_dir, source)
     try:
-        TransformersConverter(str(source)).convert(str(out), quantization=compute_type,
-                                                   force=True)  # fmt: skip
+        TransformersConverter(str(source)).convert(str(out), quantization=compute_type, force=True)
     finally:
         shutil.rmtree(source, ignore_errors=True)
 

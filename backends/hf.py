@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import torch
-
-from backends.base import DTYPE_BYTES, Generation, LoadReport, StepwiseBackend
-from backends.options import HFOptions
-from backends.weights import load_hf_model
+from whistle_stop.backends.base import DTYPE_BYTES, Generation, LoadReport, StepwiseBackend
+from whistle_stop.backends.options import HFOptions
+from whistle_stop.backends.weights import load_hf_model
 
 
 class TokenClock:

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import torch
-
-from backends.hf import HFBackend
-from backends.options import HFCompileOptions
+from whistle_stop.backends.hf import HFBackend
+from whistle_stop.backends.options import HFCompileOptions
 
 
 class HFCompileBackend(HFBackend):

@@ -20,14 +20,14 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama
+from whistle_stop.backends.base import Generation, LoadReport
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.gguf_export import quantize, write_gguf
+from whistle_stop.backends.llamacpp_build import refuse_amx_under_hypervisor
+from whistle_stop.backends.options import LlamaCppOptions
+from whistle_stop.backends.weights import weights_digest
 
-from backends.artifacts import cached_artifact, source_digest
-from backends.base import Generation, LoadReport
-from backends.config import ModelConfig
-from backends.gguf_export import quantize, write_gguf
-from backends.llamacpp_build import refuse_amx_under_hypervisor
-from backends.options import LlamaCppOptions
-from backends.weights import weights_digest
+from whistle_stop.artifacts import cached_artifact, source_digest
 
 # bytes per weight of each quantization (blocks of 32: q8_0 = 32 int8 + an fp16 scale;
 # q4_0 = 32 nibbles + a scale; q4_K_M mixes 4.5-bit q4_K with 6.56-bit q6_K for some
@@ -45,16 +45,22 @@ class LlamaCppBackend:
         system_info = llama_cpp.llama_print_system_info().decode().strip()
         refuse_amx_under_hypervisor(system_info, Path("/proc/cpuinfo").read_text())
         version = metadata.version("llama_cpp_python")
-        parts = [weights_digest(model_dir, cache_dir), version,
-                 source_digest("backends.gguf_export")]  # fmt: skip
-        f32 = cached_artifact(cache_dir, "gguf-f32", parts,
-                              lambda out: write_gguf(model_dir, out / "model.gguf"))  # fmt: skip
+        parts = [
+            weights_digest(model_dir, cache_dir),
+            version,
+            source_digest("whistle_stop.backends.gguf_export"),
+        ]
+        f32 = cached_artifact(
+            cache_dir, "gguf-f32", parts, lambda out: write_gguf(model_dir, out / "model.gguf")
+        )
         built, build_s, path = f32.built, f32.build_s or 0.0, f32.path / "model.gguf"
         if options.quant != "f32":
             quantized = cached_artifact(
-                cache_dir, f"gguf-{options.quant}", [*parts, options.quant],
+                cache_dir,
+                f"gguf-{options.quant}",
+                [*parts, options.quant],
                 lambda out: quantize(path, out / "model.gguf", options.quant, threads),
-            )  # fmt: skip
+            )
             built, build_s = built or quantized.built, build_s + (quantized.build_s or 0.0)
             path = quantized.path / "model.gguf"
         self.path, self.threads = path, threads
@@ -76,18 +82,26 @@ class LlamaCppBackend:
                 "flash_attn": options.flash_attn,
                 "n_threads": threads,
                 "system_info": system_info,
-            },  # fmt: skip
+            },
         )
 
     def _context(self, *, logits_all: bool) -> Llama:
-        return Llama(str(self.path), n_ctx=self.positions, n_batch=self.positions,
-                     n_threads=self.threads, n_threads_batch=self.threads,
-                     flash_attn=self.flash_attn, logits_all=logits_all, verbose=False)  # fmt: skip
+        return Llama(
+            str(self.path),
+            n_ctx=self.positions,
+            n_batch=self.positions,
+            n_threads=self.threads,
+            n_threads_batch=self.threads,
+            flash_attn=self.flash_attn,
+            logits_all=logits_all,
+            verbose=False,
+        )
 
     def _last_logits(self) -> np.ndarray:
         row = self._logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(ctypes.cast(row, ctypes.POINTER(ctypes.c_float)),
-                                     shape=(self.vocab,))  # fmt: skip
+        return np.ctypeslib.as_array(
+            ctypes.cast(row, ctypes.POINTER(ctypes.c_float)), shape=(self.vocab,)
+        )
 
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:
         self.llm.reset()

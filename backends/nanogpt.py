@@ -11,11 +11,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-
-from backends.base import DTYPE_BYTES, LoadReport, StepwiseBackend
-from backends.config import ModelConfig
-from backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache
-from backends.options import NanoGPTOptions
+from whistle_stop.backends.base import DTYPE_BYTES, LoadReport, StepwiseBackend
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache
+from whistle_stop.backends.options import NanoGPTOptions
 
 
 def load_gpt(model_dir: Path, dtype: str = "float32") -> GPT:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from backends.config import ModelConfig
+from whistle_stop.backends.config import ModelConfig
 
 
 class PreallocatedCache:

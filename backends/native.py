@@ -14,12 +14,12 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
+from whistle_stop.backends.base import LoadReport, StepwiseBackend
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.options import NativeOptions
+from whistle_stop.backends.weights import weights_digest
 
-from backends.artifacts import cached_artifact, dir_bytes, source_digest
-from backends.base import LoadReport, StepwiseBackend
-from backends.config import ModelConfig
-from backends.options import NativeOptions
-from backends.weights import weights_digest
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 LAYER_WEIGHTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _FLOAT = ctypes.POINTER(ctypes.c_float)
@@ -50,7 +50,7 @@ def _check_config(config: ModelConfig) -> None:
 
 
 def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
-    from kernels.quantize import grouped, quantize_rows
+    from whistle_stop.kernels.quantize import grouped, quantize_rows
 
     state = _state(model_dir)
     config = ModelConfig.from_dir(model_dir)
@@ -82,7 +82,7 @@ class NativeBackend(StepwiseBackend):
         profile: bool = False,
     ) -> None:
         """`profile`: the engine built to time its phases (benchmarks; jobs never do)."""
-        from kernels.build import load
+        from whistle_stop.kernels.build import load
 
         self.config = config = ModelConfig.from_dir(model_dir)
         _check_config(config)
@@ -91,7 +91,7 @@ class NativeBackend(StepwiseBackend):
             "native",
             weights_digest(model_dir, cache_dir),
             {"bits": options.bits, "block_size": options.block_size},  # what shapes the weights
-            source_digest("backends.native", "kernels.quantize"),
+            source_digest("whistle_stop.backends.native", "whistle_stop.kernels.quantize"),
         ]
         artifact = cached_artifact(
             cache_dir, "native", parts, lambda out: _quantize_model(model_dir, options, out)
@@ -109,9 +109,15 @@ class NativeBackend(StepwiseBackend):
                 pointers += [self._ptr(f"{p}{name}.{part}") for part in ("data", "scales")]
                 pointers.append(self._ptr(f"{p}{name}.bias"))
         dims = (ctypes.c_int32 * 8)(
-            config.n_layer, config.n_embd, config.n_head, config.vocab_size,
-            config.n_positions, options.bits, options.block_size, options.kv_dtype == "int8",
-        )  # fmt: skip
+            config.n_layer,
+            config.n_embd,
+            config.n_head,
+            config.vocab_size,
+            config.n_positions,
+            options.bits,
+            options.block_size,
+            options.kv_dtype == "int8",
+        )
         self.pool = self.lib.ws_pool_create(threads)
         self.model = self.lib.ws_model_create(
             self.pool, dims, (ctypes.c_void_p * len(pointers))(*pointers)

@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-
-from backends.base import LoadReport, StepwiseBackend
-from backends.config import ModelConfig
-from backends.onnx_export import onnx_artifact
-from backends.options import BLOCK_SIZE, OnnxOptions
-from backends.weights import weights_digest
+from whistle_stop.backends.base import LoadReport, StepwiseBackend
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.onnx_export import onnx_artifact
+from whistle_stop.backends.options import BLOCK_SIZE, OnnxOptions
+from whistle_stop.backends.weights import weights_digest
 
 
 def session_options(threads: int) -> ort.SessionOptions:
@@ -209,8 +208,9 @@ class InPlaceCache:
         binding.bind_cpu_input("write_index", self.write_index)  # keep them alive
         self.sessions[phase].run_with_iobinding(binding)
         if start and self.float_prefill:
-            for cache, written, step in zip(self.buffers, self.float_buffers, self.steps,
-                                            strict=True):  # fmt: skip
+            for cache, written, step in zip(
+                self.buffers, self.float_buffers, self.steps, strict=True
+            ):
                 quantized = np.rint(written[:, :, :needed] / step)
                 cache[:, :, :needed] = np.clip(quantized, -128, 127)
         self.length = needed

@@ -24,13 +24,17 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.options import BLOCK_SIZE, OnnxOptions
 
-from backends.artifacts import cached_artifact, dir_bytes, source_digest
-from backends.config import ModelConfig
-from backends.options import BLOCK_SIZE, OnnxOptions
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 # the code that writes, rewrites and quantizes the graph: its source is in every key
-EXPORTER = ("backends.onnx_export", "backends.onnx_graph", "backends.nanogpt_model")
+EXPORTER = (
+    "whistle_stop.backends.onnx_export",
+    "whistle_stop.backends.onnx_graph",
+    "whistle_stop.backends.nanogpt_model",
+)
 TOOLS = ("torch", "onnx", "onnxscript", "onnxruntime")
 MODEL_FILE = "model.onnx"
 KV_SCALES = "kv_scales.npz"  # an int8 cache's steps, (n_layer, C) for keys and for values
@@ -70,9 +74,12 @@ def onnx_artifact(model_dir: Path, options: OnnxOptions, cache_dir: Path, digest
     if options.optimize:
         steps.append(("optimize", {}))
     if options.quantize != "none":
-        quantize = {"quantize": options.quantize, "per_channel": options.per_channel,
-                    "quantize_lm_head": options.quantize_lm_head,
-                    "op_types": ["MatMul", "Gemm"]}  # fmt: skip
+        quantize = {
+            "quantize": options.quantize,
+            "per_channel": options.per_channel,
+            "quantize_lm_head": options.quantize_lm_head,
+            "op_types": ["MatMul", "Gemm"],
+        }
         if options.reduce_range:  # absent when off: earlier artifacts keep their keys
             quantize["reduce_range"] = True
         if options.quantize == "int4":
@@ -115,9 +122,13 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
     emits ONNX's own Attention op, which ONNX Runtime runs fused. The in-place graph's
     attention is ONNX Runtime's GroupQueryAttention (backends/onnx_graph.py)."""
     import torch
-
-    from backends.nanogpt import load_gpt
-    from backends.onnx_graph import TRANSLATIONS, ConcatGraph, InPlaceGraph, sample_inputs
+    from whistle_stop.backends.nanogpt import load_gpt
+    from whistle_stop.backends.onnx_graph import (
+        TRANSLATIONS,
+        ConcatGraph,
+        InPlaceGraph,
+        sample_inputs,
+    )
 
     gpt = load_gpt(model_dir)
     in_place = options.get("kv_cache") == "in_place"
@@ -149,7 +160,7 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
 def _calibrated_kv_scales(gpt, calibration: dict):
     import random
 
-    from backends.onnx_graph import kv_scales
+    from whistle_stop.backends.onnx_graph import kv_scales
 
     config, first = gpt.config, calibration["seed"]
     rngs = [random.Random(seed) for seed in range(first, first + calibration["prompts"])]

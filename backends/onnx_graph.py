@@ -24,8 +24,7 @@ from collections.abc import Sequence
 import torch
 from onnxscript import values
 from torch.nn import functional as F
-
-from backends.nanogpt_model import GPT, ConcatCache
+from whistle_stop.backends.nanogpt_model import GPT, ConcatCache
 
 _MICROSOFT = values.Opset("com.microsoft", 1)
 
@@ -40,26 +39,43 @@ def _register_gqa_schema() -> None:
         return
     param, optional = defs.OpSchema.FormalParameter, defs.OpSchema.FormalParameterOption.Optional
     unused = ["cos_cache", "sin_cache", "position_ids", "attention_bias", "head_sink"]
-    inputs = [param("query", "T"), param("key", "T", param_option=optional),
-              param("value", "T", param_option=optional), param("past_key", "T_CACHE"),
-              param("past_value", "T_CACHE"), param("seqlens_k", "M"),
-              param("total_sequence_length", "M"),
-              *(param(name, "T", param_option=optional) for name in unused),
-              param("k_scale", "T", param_option=optional),
-              param("v_scale", "T", param_option=optional)]  # fmt: skip
+    inputs = [
+        param("query", "T"),
+        param("key", "T", param_option=optional),
+        param("value", "T", param_option=optional),
+        param("past_key", "T_CACHE"),
+        param("past_value", "T_CACHE"),
+        param("seqlens_k", "M"),
+        param("total_sequence_length", "M"),
+        *(param(name, "T", param_option=optional) for name in unused),
+        param("k_scale", "T", param_option=optional),
+        param("v_scale", "T", param_option=optional),
+    ]
     ints, text = defs.OpSchema.AttrType.INT, defs.OpSchema.AttrType.STRING
     attribute = defs.OpSchema.Attribute
     schema = defs.OpSchema(
-        "GroupQueryAttention", "com.microsoft", 1,
+        "GroupQueryAttention",
+        "com.microsoft",
+        1,
         inputs=inputs,
-        outputs=[param("output", "T"), param("present_key", "T_CACHE"),
-                 param("present_value", "T_CACHE")],
-        type_constraints=[("T", ["tensor(float)"], ""), ("M", ["tensor(int32)"], ""),
-                          ("T_CACHE", ["tensor(float)", "tensor(int8)"], "")],
-        attributes=[attribute("num_heads", ints), attribute("kv_num_heads", ints),
-                    attribute("k_quant_type", text), attribute("v_quant_type", text),
-                    attribute("kv_cache_bit_width", ints)],
-    )  # fmt: skip
+        outputs=[
+            param("output", "T"),
+            param("present_key", "T_CACHE"),
+            param("present_value", "T_CACHE"),
+        ],
+        type_constraints=[
+            ("T", ["tensor(float)"], ""),
+            ("M", ["tensor(int32)"], ""),
+            ("T_CACHE", ["tensor(float)", "tensor(int8)"], ""),
+        ],
+        attributes=[
+            attribute("num_heads", ints),
+            attribute("kv_num_heads", ints),
+            attribute("k_quant_type", text),
+            attribute("v_quant_type", text),
+            attribute("kv_cache_bit_width", ints),
+        ],
+    )
     defs.register_schema(schema)
 
 
@@ -109,14 +125,12 @@ def _load(cached: torch.Tensor, scale: torch.Tensor | None, like: torch.Tensor) 
 
 
 @gqa.register_fake
-def _gqa_shape(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None,
-               v_scale=None):  # fmt: skip
+def _gqa_shape(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None, v_scale=None):
     B, T, C3 = qkv.shape
     return qkv.new_empty(B, T, C3 // 3), torch.empty_like(past_k), torch.empty_like(past_v)
 
 
-def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None,
-             v_scale=None):  # fmt: skip
+def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=None, v_scale=None):
     """The exporter's translation: one GroupQueryAttention node; key and value are absent
     because the query input is packed q|k|v. With scales, the cache is int8 per channel."""
     _register_gqa_schema()
@@ -126,10 +140,25 @@ def gqa_onnx(qkv, past_k, past_v, seqlens_k, total_length, num_heads, k_scale=No
             qkv, None, None, past_k, past_v, seqlens_k, total_length, **heads
         )
     return _MICROSOFT.GroupQueryAttention(
-        qkv, None, None, past_k, past_v, seqlens_k, total_length,
-        None, None, None, None, None, k_scale, v_scale,
-        k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8, **heads,
-    )  # fmt: skip
+        qkv,
+        None,
+        None,
+        past_k,
+        past_v,
+        seqlens_k,
+        total_length,
+        None,
+        None,
+        None,
+        None,
+        None,
+        k_scale,
+        v_scale,
+        k_quant_type="PER_CHANNEL",
+        v_quant_type="PER_CHANNEL",
+        kv_cache_bit_width=8,
+        **heads,
+    )
 
 
 TRANSLATIONS = {torch.ops.whistle_stop.gqa.default: gqa_onnx}
@@ -144,8 +173,13 @@ class BufferCache:
 
     It owns attention too (`attend`), because one kernel writes the cache and reads it."""
 
-    def __init__(self, past_k: list[torch.Tensor], past_v: list[torch.Tensor], write_index,
-                 scales: KVScales | None = None):  # fmt: skip
+    def __init__(
+        self,
+        past_k: list[torch.Tensor],
+        past_v: list[torch.Tensor],
+        write_index,
+        scales: KVScales | None = None,
+    ):
         self.past_k, self.past_v, self.length = past_k, past_v, write_index
         self.scales = scales  # an int8 cache's steps: scales[0][layer] is that layer's keys'
         self.present_k: list[torch.Tensor] = []
@@ -207,8 +241,9 @@ class InPlaceGraph(ConcatGraph):
         layers = len(past) // 2
         scales = None
         if self.int8_cache:
-            scales = tuple([getattr(self, f"{kind}_scale_{i}") for i in range(layers)]
-                           for kind in ("k", "v"))  # fmt: skip
+            scales = tuple(
+                [getattr(self, f"{kind}_scale_{i}") for i in range(layers)] for kind in ("k", "v")
+            )
         cache = BufferCache(past[:layers], past[layers:], write_index, scales)
         hidden = self.gpt.last_hidden(input_ids, cache)
         logits = _logits(self.gpt, hidden, self.head, self.head_form)

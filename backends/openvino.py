@@ -29,17 +29,17 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import openvino_genai
+from whistle_stop.backends.base import Generation, LoadReport, StepwiseBackend
+from whistle_stop.backends.options import OpenVINOOptions
+from whistle_stop.backends.weights import weights_digest
 
-from backends.artifacts import cached_artifact, dir_bytes, source_digest
-from backends.base import Generation, LoadReport, StepwiseBackend
-from backends.options import OpenVINOOptions
-from backends.weights import weights_digest
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 MODEL_FILE = "openvino_model.xml"  # what GenAI's LLMPipeline looks for in a directory
 
 
 def _convert(*args) -> None:
-    from backends.openvino_export import convert  # torch: imported only to build
+    from whistle_stop.backends.openvino_export import convert  # torch: imported only to build
 
     convert(*args)
 
@@ -69,32 +69,51 @@ class OpenVINOBackend(StepwiseBackend):
         capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
         if options.precision == "bf16" and "BF16" not in capabilities:
             # the plugin would quietly run f32 instead: the label would lie
-            raise RuntimeError(f"this CPU has no bf16 path in OpenVINO (it has "
-                               f"{', '.join(capabilities)})")  # fmt: skip
+            raise RuntimeError(
+                f"this CPU has no bf16 path in OpenVINO (it has {', '.join(capabilities)})"
+            )
         version = ov.get_version()
-        parts = [weights_digest(model_dir, cache_dir), version, metadata.version("nncf"),
-                 options.weights, options.group_size, options.all_layers,
-                 source_digest("backends.openvino_export", "backends.nanogpt_model")]  # fmt: skip
+        parts = [
+            weights_digest(model_dir, cache_dir),
+            version,
+            metadata.version("nncf"),
+            options.weights,
+            options.group_size,
+            options.all_layers,
+            source_digest(
+                "whistle_stop.backends.openvino_export", "whistle_stop.backends.nanogpt_model"
+            ),
+        ]
         artifact = cached_artifact(
-            cache_dir, f"openvino-{options.weights}", parts,
-            lambda out: _convert(model_dir, out, options.weights, options.group_size,
-                                options.all_layers),
-        )  # fmt: skip
+            cache_dir,
+            f"openvino-{options.weights}",
+            parts,
+            lambda out: _convert(
+                model_dir, out / MODEL_FILE, options.weights, options.group_size, options.all_layers
+            ),
+        )
         self.path = artifact.path
         # latency: one stream, all `threads` on one request (the plugin's own default on
         # CPU, stated so a changed default cannot change the figures)
-        self.properties = {"INFERENCE_PRECISION_HINT": options.precision,
-                           "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
-                           "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+        self.properties = {
+            "INFERENCE_PRECISION_HINT": options.precision,
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if options.kv_cache != "default":
             self.properties["KV_CACHE_PRECISION"] = options.kv_cache
         self.request = None
         self.pipeline = None
-        extra = {"engine": f"openvino {version}", "runner": options.runner,
-                 "weights": options.weights, "properties": self.properties,
-                 "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION")
-                 or self.core.get_property("CPU", "KV_CACHE_PRECISION").to_string(),
-                 "cpu_capabilities": capabilities}  # fmt: skip
+        extra = {
+            "engine": f"openvino {version}",
+            "runner": options.runner,
+            "weights": options.weights,
+            "properties": self.properties,
+            "kv_cache_precision": self.properties.get("KV_CACHE_PRECISION")
+            or self.core.get_property("CPU", "KV_CACHE_PRECISION").to_string(),
+            "cpu_capabilities": capabilities,
+        }
         clock = time.perf_counter()
         if options.runner == "genai":
             self.pipeline = openvino_genai.LLMPipeline(
@@ -119,8 +138,10 @@ class OpenVINOBackend(StepwiseBackend):
         """Compile for the Python loop; what the plugin made of the graph, for the record."""
         compiled = self.core.compile_model(self.path / MODEL_FILE, "CPU", self.properties)
         self.request = compiled.create_infer_request()
-        kinds = Counter(op.get_rt_info()["layerType"].astype(str)
-                        for op in compiled.get_runtime_model().get_ops())  # fmt: skip
+        kinds = Counter(
+            op.get_rt_info()["layerType"].astype(str)
+            for op in compiled.get_runtime_model().get_ops()
+        )
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         return {
             "inference_precision": precision.to_string(),
@@ -142,12 +163,14 @@ class OpenVINOBackend(StepwiseBackend):
 
     def _infer(self, ids: np.ndarray):
         new = ids.shape[1]
-        self.request.infer({
-            "input_ids": ids,
-            "attention_mask": np.ones((1, self.total), dtype=np.int64),
-            "position_ids": np.arange(self.total - new, self.total, dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32),
-        })  # fmt: skip
+        self.request.infer(
+            {
+                "input_ids": ids,
+                "attention_mask": np.ones((1, self.total), dtype=np.int64),
+                "position_ids": np.arange(self.total - new, self.total, dtype=np.int64)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32),
+            }
+        )
         # a copy: the output tensor is overwritten by the next infer (200 KB, ~20 us)
         return self.request.get_tensor("logits").data[0, -1].copy()
 

@@ -27,9 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
-
-from backends.nanogpt_model import GPT
-from backends.openvino import MODEL_FILE
+from whistle_stop.backends.nanogpt_model import GPT
 
 
 class _LayerCache:
@@ -79,11 +77,14 @@ class StatefulGraph(torch.nn.Module):
         return F.linear(hidden, transformer.wte.weight), *cache.present
 
 
-def convert(model_dir: Path, out: Path, weights: str, group_size: int, all_layers: bool) -> None:
-    """Write `out/openvino_model.xml` (+ .bin), config.json and generation_config.json."""
+def convert(
+    model_dir: Path, model_file: Path, weights: str, group_size: int, all_layers: bool
+) -> None:
+    """Write `model_file` (an .xml, + .bin) and, beside it, config.json and
+    generation_config.json."""
+    out = model_file.parent
     import openvino as ov
-
-    from backends.nanogpt import load_gpt
+    from whistle_stop.backends.nanogpt import load_gpt
 
     gpt = load_gpt(model_dir)
     config = gpt.config
@@ -103,7 +104,7 @@ def convert(model_dir: Path, out: Path, weights: str, group_size: int, all_layer
     _make_stateful(model, layers)
     if weights != "f32":
         model = _compress(model, weights, group_size, all_layers)
-    ov.save_model(model, out / MODEL_FILE, compress_to_fp16=False)
+    ov.save_model(model, model_file, compress_to_fp16=False)
     (out / "config.json").write_text((model_dir / "config.json").read_text())
     # no end token: the farm asks for exactly N tokens (GenAI would also read eos from here)
     (out / "generation_config.json").write_text(json.dumps({"eos_token_id": -1}))
@@ -111,8 +112,11 @@ def convert(model_dir: Path, out: Path, weights: str, group_size: int, all_layer
 
 def cache_names(layers: int) -> list[tuple[str, str]]:
     """(past input, present output) per layer and kind, in the graph's port order."""
-    return [(f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}")
-            for layer in range(layers) for kind in ("key", "value")]  # fmt: skip
+    return [
+        (f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}")
+        for layer in range(layers)
+        for kind in ("key", "value")
+    ]
 
 
 def _name_ports(model, layers: int) -> None:
@@ -148,8 +152,9 @@ def _make_stateful(model, layers: int) -> None:
     # ReadValue without an initial value (the export fixed the batch at 1, as the farm runs)
     for op in model.get_ops():
         if op.get_type_name() == "ReadValue":
-            shape = [0 if dim.is_dynamic else dim.get_length()
-                     for dim in op.get_output_partial_shape(0)]  # fmt: skip
+            shape = [
+                0 if dim.is_dynamic else dim.get_length() for dim in op.get_output_partial_shape(0)
+            ]
             op.set_arguments([ops.constant(np.zeros(shape, np.float32))])
     model.validate_nodes_and_infer_types()
 
@@ -159,5 +164,10 @@ def _compress(model, weights: str, group_size: int, all_layers: bool):
 
     if weights == "int8":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
-    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, ratio=1.0,
-                                 group_size=group_size, all_layers=all_layers)  # fmt: skip
+    return nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT4_SYM,
+        ratio=1.0,
+        group_size=group_size,
+        all_layers=all_layers,
+    )

@@ -92,8 +92,10 @@ class OnnxOptions(BackendOptions):
                 "it needs io_binding: true (the default)"
             )
         if self.kv_dtype != "float32" and self.kv_cache != "in_place":
-            raise ValueError("kv_dtype is the precision of the in-place cache; add "
-                             "kv_cache: in_place and fused_attention: true")  # fmt: skip
+            raise ValueError(
+                "kv_dtype is the precision of the in-place cache; add "
+                "kv_cache: in_place and fused_attention: true"
+            )
         if self.int8_kernel == "nbits" and self.quantize != "int8":
             raise ValueError("int8_kernel says how int8 weights are multiplied; add quantize: int8")
         blocks = self.quantize == "int4" or self.int8_kernel == "nbits"
@@ -131,8 +133,10 @@ class NativeOptions(BackendOptions):
     @model_validator(mode="after")
     def _blocks_need_quantized_weights(self) -> NativeOptions:
         if self.bits == 32 and self.block_size != 32:
-            raise ValueError("block_size is the scale block of quantized weights; "
-                             "bits: 32 keeps float32 weights, which have none")  # fmt: skip
+            raise ValueError(
+                "block_size is the scale block of quantized weights; "
+                "bits: 32 keeps float32 weights, which have none"
+            )
         return self
 
     def weight_bytes(self) -> float:
@@ -183,8 +187,9 @@ class OpenVINOOptions(BackendOptions):
     @model_validator(mode="after")
     def _int4_only(self) -> OpenVINOOptions:
         if self.weights != "int4" and (self.group_size != 128 or self.all_layers):
-            raise ValueError("group_size and all_layers shape 4-bit weights; they need "
-                             "weights: int4")  # fmt: skip
+            raise ValueError(
+                "group_size and all_layers shape 4-bit weights; they need weights: int4"
+            )
         if self.group_size != -1 and self.group_size <= 0:
             raise ValueError("group_size is a positive number of weights, or -1 (per channel)")
         return self

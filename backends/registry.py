@@ -15,7 +15,7 @@ import importlib
 from dataclasses import dataclass
 from importlib import metadata
 
-from backends import options as opts
+from whistle_stop.backends import options as opts
 
 ENTRY_POINT_GROUP = "whistle_stop.backends"
 
@@ -44,41 +44,49 @@ class BackendEntry:
 
 
 BUILTIN: dict[str, BackendEntry] = {
-    "hf": BackendEntry("backends.hf:HFBackend", opts.HFOptions, "transformers eager generate()"),
+    "hf": BackendEntry(
+        "whistle_stop.backends.hf:HFBackend", opts.HFOptions, "transformers eager generate()"
+    ),
     "nanogpt": BackendEntry(
-        "backends.nanogpt:NanoGPTBackend", opts.NanoGPTOptions, "our nanoGPT-style module"
+        "whistle_stop.backends.nanogpt:NanoGPTBackend",
+        opts.NanoGPTOptions,
+        "our nanoGPT-style module",
     ),
     "onnx": BackendEntry(
-        "backends.onnx:OnnxBackend", opts.OnnxOptions, "ONNX Runtime, past key/values fed back"
+        "whistle_stop.backends.onnx:OnnxBackend",
+        opts.OnnxOptions,
+        "ONNX Runtime, past key/values fed back",
     ),
     "hf-compile": BackendEntry(
-        "backends.hf_compile:HFCompileBackend",
+        "whistle_stop.backends.hf_compile:HFCompileBackend",
         opts.HFCompileOptions,
         "transformers + torch.compile",
     ),
     "native": BackendEntry(
-        "backends.native:NativeBackend",
+        "whistle_stop.backends.native:NativeBackend",
         opts.NativeOptions,
         "our own engine: block-quantized weights, one call a token",
     ),
     "torch-int8": BackendEntry(
-        "backends.torch_int8:TorchInt8Backend", opts.TorchInt8Options, "PyTorch dynamic int8"
+        "whistle_stop.backends.torch_int8:TorchInt8Backend",
+        opts.TorchInt8Options,
+        "PyTorch dynamic int8",
     ),
     # the engines a user would pick instead: optional, each behind its own extra
     "ctranslate2": BackendEntry(
-        "backends.ct2:CTranslate2Backend",
+        "whistle_stop.backends.ct2:CTranslate2Backend",
         opts.CTranslate2Options,
         "CTranslate2's Generator",
         extra="ctranslate2",
     ),
     "llama-cpp": BackendEntry(
-        "backends.llamacpp:LlamaCppBackend",
+        "whistle_stop.backends.llamacpp:LlamaCppBackend",
         opts.LlamaCppOptions,
         "llama.cpp on a GGUF file",
         extra="llama-cpp",
     ),
     "openvino": BackendEntry(
-        "backends.openvino:OpenVINOBackend",
+        "whistle_stop.backends.openvino:OpenVINOBackend",
         opts.OpenVINOOptions,
         "OpenVINO (GenAI's LLMPipeline or a Python loop)",
         extra="openvino",

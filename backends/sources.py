@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.config import ModelConfig, ModelConfigError
+from whistle_stop.backends.config import ModelConfig, ModelConfigError
 
 # The four published GPT-2 sizes (OpenAI's checkpoints): layers, heads, width.
 GPT2_SIZES: dict[str, dict[str, int]] = {

@@ -12,10 +12,9 @@ import warnings
 from pathlib import Path
 
 import torch
-
-from backends.base import LoadReport
-from backends.nanogpt import NanoGPTBackend
-from backends.options import NanoGPTOptions, TorchInt8Options
+from whistle_stop.backends.base import LoadReport
+from whistle_stop.backends.nanogpt import NanoGPTBackend
+from whistle_stop.backends.options import NanoGPTOptions, TorchInt8Options
 
 
 def quantize_linears(model: torch.nn.Module, *, per_channel: bool, lm_head: bool):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from backends.artifacts import build_once
-from backends.sources import ModelSource
+from whistle_stop.backends.sources import ModelSource
+
+from whistle_stop.artifacts import build_once
 
 
 def materialize(source: ModelSource, cache_dir: Path, seed: int) -> Path:

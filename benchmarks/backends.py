@@ -61,8 +61,14 @@ fidelity_tokens: 64
     if args.only:
         jobs = [job for job in jobs if job.label in args.only.split(",")]
     payloads = run([job.to_dict() for job in jobs])
-    base = next((p.metrics.decode_tokens_per_s for j, p in zip(jobs, payloads, strict=True)
-                 if j.label == "hf" and p.status == "done"), None)  # fmt: skip
+    base = next(
+        (
+            p.metrics.decode_tokens_per_s
+            for j, p in zip(jobs, payloads, strict=True)
+            if j.label == "hf" and p.status == "done"
+        ),
+        None,
+    )
     rows = []
     for job, payload in zip(jobs, payloads, strict=True):
         if payload.status != "done":
@@ -73,18 +79,42 @@ fidelity_tokens: 64
         m = payload.metrics
         size = f"{m.artifact_bytes / 1e6:.0f} MB" if m.artifact_bytes else "-"
         nan = float("nan")
-        rows.append([job.label, f"{m.prefill_ms_p50:.1f}", f"{m.decode_ms_p50:.2f}",
-                     f"{m.decode_tokens_per_s:.1f}",
-                     f"{m.decode_tokens_per_s / base:.2f}x" if base else "-",
-                     f"{m.roofline_fraction:.0%}", size,
-                     f"{m.top1_agreement if m.top1_agreement is not None else nan:.3f}",
-                     f"{m.mean_kl if m.mean_kl is not None else nan:.2e}",
-                     f"{m.cv:.1%}"])  # fmt: skip
-    print(table(["backend", "prefill ms", "decode ms/tok p50", "tok/s", "vs hf", "roofline", "artifact",
-                 "top-1 agree", "mean KL", "cv"], rows))  # fmt: skip
+        rows.append(
+            [
+                job.label,
+                f"{m.prefill_ms_p50:.1f}",
+                f"{m.decode_ms_p50:.2f}",
+                f"{m.decode_tokens_per_s:.1f}",
+                f"{m.decode_tokens_per_s / base:.2f}x" if base else "-",
+                f"{m.roofline_fraction:.0%}",
+                size,
+                f"{m.top1_agreement if m.top1_agreement is not None else nan:.3f}",
+                f"{m.mean_kl if m.mean_kl is not None else nan:.2e}",
+                f"{m.cv:.1%}",
+            ]
+        )
+    print(
+        table(
+            [
+                "backend",
+                "prefill ms",
+                "decode ms/tok p50",
+                "tok/s",
+                "vs hf",
+                "roofline",
+                "artifact",
+                "top-1 agree",
+                "mean KL",
+                "cv",
+            ],
+            rows,
+        )
+    )
     bandwidth = next(p.metrics.bandwidth_bytes_per_s for p in payloads if p.status == "done")
-    print(f"random:gpt2, context {args.context}, {args.generation} new tokens, {args.threads} threads, "
-          f"{args.repeats} repeats; memory read bandwidth {bandwidth / 1e9:.1f} GB/s")  # fmt: skip
+    print(
+        f"random:gpt2, context {args.context}, {args.generation} new tokens, {args.threads} threads, "
+        f"{args.repeats} repeats; memory read bandwidth {bandwidth / 1e9:.1f} GB/s"
+    )
 
 
 if __name__ == "__main__":

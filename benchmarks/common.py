@@ -13,10 +13,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from contract.cpus import available_cpus, parse_cpu_list  # noqa: E402
-from executors.local import LocalWorker  # noqa: E402
-from orchestrator.sweep import backend_label, parse_sweep  # noqa: E402
-from worker.measure import Repeat  # noqa: E402
+from whistle_stop.contract.cpus import available_cpus, parse_cpu_list  # noqa: E402
+from whistle_stop.executors.local import LocalWorker  # noqa: E402
+from whistle_stop.orchestrator.sweep import backend_label, parse_sweep  # noqa: E402
+from whistle_stop.worker.measure import Repeat  # noqa: E402
 
 CACHE = Path("~/.cache/whistle-stop").expanduser()
 
@@ -44,7 +44,7 @@ def edited_grid(
 def farm(*args: str) -> None:
     """The `farm` command of this checkout (not whichever one is installed), as a user
     runs it; its exit status is the sweep's business, not the benchmark's."""
-    main = "import sys; from cli import main; sys.argv[0] = 'farm'; main()"
+    main = "import sys; from whistle_stop.cli import main; sys.argv[0] = 'farm'; main()"
     subprocess.run([sys.executable, "-c", main, *args], check=False, cwd=ROOT)
 
 
@@ -69,8 +69,12 @@ def run(specs: list[dict], cpus: str | None = None, progress: bool = True) -> li
         payloads = []
         for index, spec in enumerate(specs, 1):
             if progress:
-                print(f"  [{index}/{len(specs)}] {spec['label']} ctx={spec['context']} "
-                      f"gen={spec['generation']}", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"  [{index}/{len(specs)}] {spec['label']} ctx={spec['context']} "
+                    f"gen={spec['generation']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             payloads.append(await worker.run(spec))
         return payloads
 
@@ -89,8 +93,10 @@ def one_node_model(node, inputs: list, outputs: list, initializers: list = ()) -
 
 def table(headings: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]  # fmt: skip
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += [
         "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
     ]
@@ -119,15 +125,15 @@ def in_process_arguments(doc: str, rounds: int):
 
 def gpt2_small() -> Path:
     """GPT-2 small with random weights (seed 0): what every benchmark runs."""
-    from backends.sources import parse_model_source
-    from backends.weights import materialize
+    from whistle_stop.backends.sources import parse_model_source
+    from whistle_stop.backends.weights import materialize
 
     return materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
 
 
 def full_options(backend: str, options: dict):
     """Options as a job passes them to its backend: validated, defaults filled in."""
-    from backends import registry
+    from whistle_stop.backends import registry
 
     return registry.entry(backend).options.model_validate(options)
 
@@ -135,7 +141,7 @@ def full_options(backend: str, options: dict):
 def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
     """Random GPT-2 small weights, and each named (backend, options) loaded on them:
     (model_dir, {name: backend})."""
-    from backends import registry
+    from whistle_stop.backends import registry
 
     model_dir = gpt2_small()
     loaded = {}

@@ -27,35 +27,64 @@ from collections import defaultdict
 from pathlib import Path
 
 from common import CACHE, gpt2_small, table
-
-from backends.config import ModelConfig
-from backends.onnx import OnnxBackend
-from backends.options import OnnxOptions
-from worker.prompts import random_prompt
-from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.onnx import OnnxBackend
+from whistle_stop.backends.options import OnnxOptions
+from whistle_stop.worker.prompts import random_prompt
+from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
 FUSED = {"fused_attention": True, "kv_cache": "in_place"}
 PATHS = {
     "onnx-fp32": FUSED,
     "onnx-int8-all": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
     "onnx-int4-all": {**FUSED, "quantize": "int4", "quantize_lm_head": True},
-    "onnx-int4-all-b128": {**FUSED, "quantize": "int4", "quantize_lm_head": True,
-                           "block_size": 128},
-    "onnx-int8-nbits": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
-                        "int8_kernel": "nbits", "block_size": 128},
+    "onnx-int4-all-b128": {
+        **FUSED,
+        "quantize": "int4",
+        "quantize_lm_head": True,
+        "block_size": 128,
+    },
+    "onnx-int8-nbits": {
+        **FUSED,
+        "quantize": "int8",
+        "quantize_lm_head": True,
+        "int8_kernel": "nbits",
+        "block_size": 128,
+    },
     # the cache in int8 (kv_dtype): a quarter of its bytes read back every step
-    "onnx-int8-all-kv8": {**FUSED, "quantize": "int8", "quantize_lm_head": True,
-                          "kv_dtype": "int8"},
-    "onnx-int4-b128-kv8": {**FUSED, "quantize": "int4", "quantize_lm_head": True,
-                           "block_size": 128, "kv_dtype": "int8"},
+    "onnx-int8-all-kv8": {
+        **FUSED,
+        "quantize": "int8",
+        "quantize_lm_head": True,
+        "kv_dtype": "int8",
+    },
+    "onnx-int4-b128-kv8": {
+        **FUSED,
+        "quantize": "int4",
+        "quantize_lm_head": True,
+        "block_size": 128,
+        "kv_dtype": "int8",
+    },
     # ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu...) first
-    "onnx-int8-all-opt": {**FUSED, "optimize": True, "quantize": "int8",
-                          "quantize_lm_head": True},
-    "onnx-int4-b128-opt": {**FUSED, "optimize": True, "quantize": "int4",
-                           "quantize_lm_head": True, "block_size": 128},
-}  # fmt: skip
-WEIGHT_OPS = {"MatMul", "Gemm", "MatMulInteger", "MatMulNBits", "FusedMatMul",
-              "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "FusedGemm"}  # fmt: skip
+    "onnx-int8-all-opt": {**FUSED, "optimize": True, "quantize": "int8", "quantize_lm_head": True},
+    "onnx-int4-b128-opt": {
+        **FUSED,
+        "optimize": True,
+        "quantize": "int4",
+        "quantize_lm_head": True,
+        "block_size": 128,
+    },
+}
+WEIGHT_OPS = {
+    "MatMul",
+    "Gemm",
+    "MatMulInteger",
+    "MatMulNBits",
+    "FusedMatMul",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+    "FusedGemm",
+}
 
 
 def profile(options: dict, context: int, steps: int, threads: int, directory: Path):
@@ -129,21 +158,50 @@ def main() -> None:
         )
         kernels = statistics.median(sum(s["by_op"].values()) for s in steps)
         floor = weights / bandwidth * 1e3
-        lines.append([label, f"{unprofiled:.2f}", f"{floor:.2f}", f"{unprofiled - floor:.2f}",
-                      f"{floor / unprofiled:.0%}", f"{bandwidth / 1e9:.1f}",
-                      f"{statistics.median(s['nodes'] for s in steps):.0f}", f"{step:.2f}",
-                      f"{weight_ops:.2f}", f"{other:.2f}", f"{step - kernels:.2f}"])  # fmt: skip
+        lines.append(
+            [
+                label,
+                f"{unprofiled:.2f}",
+                f"{floor:.2f}",
+                f"{unprofiled - floor:.2f}",
+                f"{floor / unprofiled:.0%}",
+                f"{bandwidth / 1e9:.1f}",
+                f"{statistics.median(s['nodes'] for s in steps):.0f}",
+                f"{step:.2f}",
+                f"{weight_ops:.2f}",
+                f"{other:.2f}",
+                f"{step - kernels:.2f}",
+            ]
+        )
         totals: dict[str, float] = defaultdict(float)
         for s in steps:
             for op, ms in s["by_op"].items():
                 totals[op] += ms / len(steps)
         top = sorted(totals.items(), key=lambda item: -item[1])[:6]
         tops.append([label, ", ".join(f"{op} {ms:.2f}" for op, ms in top)])
-    print(f"decode steps at context {args.context}, {args.threads} threads, ms per step "
-          f"(medians over {args.steps} steps; profile files in {directory}):")  # fmt: skip
+    print(
+        f"decode steps at context {args.context}, {args.threads} threads, ms per step "
+        f"(medians over {args.steps} steps; profile files in {directory}):"
+    )
     print("(step, weights at bw, non-weight, roofline: without the profiler; the rest: under it)")
-    print(table(["path", "step", "weights at bw", "non-weight", "roofline", "GB/s", "nodes",
-                 "profiled step", "weight ops", "other ops", "gaps"], lines))  # fmt: skip
+    print(
+        table(
+            [
+                "path",
+                "step",
+                "weights at bw",
+                "non-weight",
+                "roofline",
+                "GB/s",
+                "nodes",
+                "profiled step",
+                "weight ops",
+                "other ops",
+                "gaps",
+            ],
+            lines,
+        )
+    )
     print("\nop types by time, ms per step:")
     print(table(["path", "ops"], tops))
 

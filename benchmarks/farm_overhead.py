@@ -25,12 +25,13 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from db.models import Job  # noqa: E402
-from db.session import make_session_factory  # noqa: E402
-from executors.celery import CeleryExecutor  # noqa: E402
-from orchestrator.dispatch import run_sweep  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from orchestrator.sweep import parse_sweep  # noqa: E402
+from whistle_stop.db.models import Job  # noqa: E402
+from whistle_stop.db.session import make_session_factory  # noqa: E402
+from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
+from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
+from whistle_stop.orchestrator.store import Store  # noqa: E402
+from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
+
 from tests.conftest import save_tiny_gpt2  # noqa: E402
 from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
 
@@ -98,8 +99,10 @@ def main() -> None:
             workers.append(
                 FarmWorker(redis.url(), "0", "w0", tmp / "w0.log", tmp / "cache", env).start()
             )
-            overheads = [asyncio.run(one_job_overhead(model, redis.url(), str(tmp / "o.db"), seed))
-                         for seed in range(args.jobs)]  # fmt: skip
+            overheads = [
+                asyncio.run(one_job_overhead(model, redis.url(), str(tmp / "o.db"), seed))
+                for seed in range(args.jobs)
+            ]
             if overheads:
                 print(
                     f"per-job overhead over {args.jobs} one-job sweeps: median {statistics.median(overheads):.2f} s, "

@@ -35,14 +35,14 @@ sys.path.insert(0, str(ROOT))
 from common import table  # noqa: E402
 from rich.console import Console  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
+from whistle_stop.contract.events import Failed, Finished, Queued  # noqa: E402
+from whistle_stop.db.models import Result  # noqa: E402
+from whistle_stop.db.session import make_session_factory  # noqa: E402
+from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
+from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
+from whistle_stop.orchestrator.store import Store  # noqa: E402
+from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
 
-from db.models import Result  # noqa: E402
-from db.session import make_session_factory  # noqa: E402
-from executors.base import Failed, Finished, Queued  # noqa: E402
-from executors.celery import CeleryExecutor  # noqa: E402
-from orchestrator.dispatch import run_sweep  # noqa: E402
-from orchestrator.store import Store  # noqa: E402
-from orchestrator.sweep import parse_sweep  # noqa: E402
 from tests.conftest import save_tiny_gpt2  # noqa: E402
 from tests.farm_harness import FARM, RedisServer, farm_env, noop_workers  # noqa: E402
 
@@ -53,9 +53,11 @@ def sweep_text(model: Path, name: str, jobs: int, step_s: float) -> str:
     """A grid of `jobs` cells: contexts x generation lengths of a no-op backend."""
     generations = list(range(1, min(jobs, 100) + 1))
     contexts = list(range(1, -(-jobs // len(generations)) + 1))
-    return (f"name: {name}\nmodel: {model}\nbackends:\n  - name: noop\n    step_s: {step_s}\n"
-            f"context_sizes: {contexts}\ngeneration_lengths: {generations}\nthreads: [1]\n"
-            "warmups: 0\nrepeats: 1\nfidelity_tokens: 0\nbandwidth: host\n")  # fmt: skip
+    return (
+        f"name: {name}\nmodel: {model}\nbackends:\n  - name: noop\n    step_s: {step_s}\n"
+        f"context_sizes: {contexts}\ngeneration_lengths: {generations}\nthreads: [1]\n"
+        "warmups: 0\nrepeats: 1\nfidelity_tokens: 0\nbandwidth: host\n"
+    )
 
 
 class TimedStore(Store):
@@ -139,11 +141,17 @@ def one_size(tmp: Path, model: Path, workers: int, jobs: int, step_s: float, db:
         own_s = step_s * statistics.fmean(range(1, min(jobs, 100) + 1))  # a job's own time
         throughput = stored / wall
         return [
-            str(workers), f"{stored}/{jobs}", f"{ready_s:.0f}", f"{jobs / enqueue[0]:.0f}",
-            f"{wall:.1f}", f"{throughput:.0f}", f"{1e3 * (workers / throughput - own_s):.1f}",
-            f"{enqueue[1] + collect[1]:.1f}", f"{max(enqueue[2], collect[2]):.0f}",
+            str(workers),
+            f"{stored}/{jobs}",
+            f"{ready_s:.0f}",
+            f"{jobs / enqueue[0]:.0f}",
+            f"{wall:.1f}",
+            f"{throughput:.0f}",
+            f"{1e3 * (workers / throughput - own_s):.1f}",
+            f"{enqueue[1] + collect[1]:.1f}",
+            f"{max(enqueue[2], collect[2]):.0f}",
             f"{redis_peak_mb(redis):.0f}",
-        ]  # fmt: skip
+        ]
     finally:
         for worker in started:
             worker.kill9()
@@ -160,8 +168,9 @@ def alone(tmp: Path, model: Path, runs: int, db: str) -> tuple[float, float]:
         workers = noop_workers(redis.url(), 1, tmp / "alone", farm_env())
         store = TimedStore(make_session_factory(db))
         for run in range(runs):
-            plan = parse_sweep(sweep_text(model, f"alone-{run}", 1, 0.0), origin="-",
-                               default_name="-")  # fmt: skip
+            plan = parse_sweep(
+                sweep_text(model, f"alone-{run}", 1, 0.0), origin="-", default_name="-"
+            )
             asyncio.run(submit(plan, store, redis.url()))
         ordered = sorted(store.overheads[1:])  # the first pays the child's imports
         return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
@@ -173,13 +182,18 @@ def alone(tmp: Path, model: Path, runs: int, db: str) -> tuple[float, float]:
 
 def big_database(db: str, results: int) -> tuple[float, float]:
     """A database of `results` results; the time of `farm status` and `farm report -f csv`."""
-    from executors.base import Finished
+    from whistle_stop.contract.events import Finished
+
     from tests.test_report import payload
 
-    plan = parse_sweep(f"name: big\nbackends: [hf, nanogpt]\ncontext_sizes: "
-                       f"{list(range(1, results // 200 + 1))}\ngeneration_lengths: "
-                       f"{list(range(1, 101))}\n", origin="-", default_name="big",
-                       max_jobs=None)  # fmt: skip
+    plan = parse_sweep(
+        f"name: big\nbackends: [hf, nanogpt]\ncontext_sizes: "
+        f"{list(range(1, results // 200 + 1))}\ngeneration_lengths: "
+        f"{list(range(1, 101))}\n",
+        origin="-",
+        default_name="big",
+        max_jobs=None,
+    )
     store = Store(make_session_factory(db))
     pending = store.record_sweep(plan).to_run
     done = payload("hf", 32, 4)
@@ -202,24 +216,48 @@ def main() -> None:
     parser.add_argument("--step-s", type=float, default=0.0, help="each no-op token's time")
     parser.add_argument("--alone", type=int, default=30, help="one-job sweeps for the latency")
     parser.add_argument("--big", action="store_true", help="time status/report on 100,000")
-    parser.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1/test",
-                        help="PostgreSQL for --big (a database is made and dropped)")  # fmt: skip
+    parser.add_argument(
+        "--pg",
+        default="postgresql+psycopg://postgres@127.0.0.1/test",
+        help="PostgreSQL for --big (a database is made and dropped)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         model = save_tiny_gpt2(tmp / "tiny", n_positions=1024)
-        rows = [one_size(tmp, model, w, args.jobs, args.step_s, str(tmp / f"s{w}.db"))
-                for w in map(int, args.workers.split(","))]  # fmt: skip
-        print(table(["workers", "stored", "ready s", "enqueue jobs/s", "wall s", "stored/s",
-                     "overhead ms/job", "orch. CPU s", "orch. RSS MB", "Redis MB"], rows))  # fmt: skip
+        rows = [
+            one_size(tmp, model, w, args.jobs, args.step_s, str(tmp / f"s{w}.db"))
+            for w in map(int, args.workers.split(","))
+        ]
+        print(
+            table(
+                [
+                    "workers",
+                    "stored",
+                    "ready s",
+                    "enqueue jobs/s",
+                    "wall s",
+                    "stored/s",
+                    "overhead ms/job",
+                    "orch. CPU s",
+                    "orch. RSS MB",
+                    "Redis MB",
+                ],
+                rows,
+            )
+        )
         p50, p99 = alone(tmp, model, args.alone, str(tmp / "alone.db"))
-        print(f"one job alone, (enqueue -> stored) - its own time ({args.alone} runs): "
-              f"p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms")  # fmt: skip
+        print(
+            f"one job alone, (enqueue -> stored) - its own time ({args.alone} runs): "
+            f"p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms"
+        )
         if args.big:
             status_s, report_s = big_database(str(tmp / "big.db"), 100_000)
-            print(f"100,000 results, SQLite: farm status {status_s:.2f} s, "
-                  f"farm report -f csv {report_s:.2f} s")  # fmt: skip
+            print(
+                f"100,000 results, SQLite: farm status {status_s:.2f} s, "
+                f"farm report -f csv {report_s:.2f} s"
+            )
             big_postgres(args.pg)
 
 
@@ -239,8 +277,10 @@ def big_postgres(url: str) -> None:
         admin.execute(f'CREATE DATABASE "{name}"')
         try:
             status_s, report_s = big_database(url.rsplit("/", 1)[0] + f"/{name}", 100_000)
-            print(f"100,000 results, PostgreSQL: farm status {status_s:.2f} s, "
-                  f"farm report -f csv {report_s:.2f} s")  # fmt: skip
+            print(
+                f"100,000 results, PostgreSQL: farm status {status_s:.2f} s, "
+                f"farm report -f csv {report_s:.2f} s"
+            )
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

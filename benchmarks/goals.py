@@ -32,9 +32,8 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, edited_grid, submit, table
-
-from db.session import open_readonly
-from orchestrator.reports.query import find_sweeps, result_rows
+from whistle_stop.db.session import open_readonly
+from whistle_stop.reports.query import find_sweeps, result_rows
 
 OURS = {
     "int8": [
@@ -64,8 +63,13 @@ ENGINES = {
 BASELINE = "hf"
 
 
-def run_sweeps(count: int, db: Path, labels: list[str] | None, contexts: list[int] | None,
-               rounds: int | None = None):  # fmt: skip
+def run_sweeps(
+    count: int,
+    db: Path,
+    labels: list[str] | None,
+    contexts: list[int] | None,
+    rounds: int | None = None,
+):
     """engines.yaml `count` times, as separate sweeps; only `labels` (and the baseline and
     its control) and `contexts` when given, and `rounds` instead of the file's."""
     directory = Path(tempfile.mkdtemp(prefix="goals-"))
@@ -106,8 +110,9 @@ def non_weight_ms(row: dict) -> float | None:
 
 def best(found: dict, sweep: str, labels: list[str], context: int = 128, fidelity=0.95):
     """The fastest of `labels` in this sweep at this context with top-1 >= fidelity."""
-    candidates = [found[(sweep, label, context)] for label in labels
-                  if (sweep, label, context) in found]  # fmt: skip
+    candidates = [
+        found[(sweep, label, context)] for label in labels if (sweep, label, context) in found
+    ]
     good = [r for r in candidates if (r["top1_agreement"] or 0) >= fidelity]
     return max(good, key=lambda r: r["decode_tokens_per_s"], default=None)
 
@@ -117,8 +122,16 @@ def goal_lines(found: dict, sweep: str) -> list[list[str]]:
 
     def add(goal, path, what, value, target, at_least=True, fmt="{:.2f}"):
         shown = "-" if value is None else fmt.format(value)
-        lines.append([goal, path, what, shown, ("≥ " if at_least else "≤ ") + fmt.format(target),
-                      verdict(value, target, at_least)])  # fmt: skip
+        lines.append(
+            [
+                goal,
+                path,
+                what,
+                shown,
+                ("≥ " if at_least else "≤ ") + fmt.format(target),
+                verdict(value, target, at_least),
+            ]
+        )
 
     for goal, kind, share, lead in (("1", "int8", 0.75, 1.2), ("2", "4-bit", 0.70, 1.5)):
         ours = best(found, sweep, OURS[kind], fidelity=0.95 if kind == "int8" else 0.0)
@@ -181,8 +194,10 @@ def main() -> None:
     if len(names) > 1:  # goal 4's first part: the same path's decode speed, sweep to sweep
         # beside it, what the speed follows on a shared host: the bandwidth read before and
         # after each job, and the share of it the path reached (steadier where it is the limit)
-        print("\ngoal 4: decode tok/s at context 128 across sweeps (target: spread < 15%),"
-              " then roofline share and GB/s read beside the job")  # fmt: skip
+        print(
+            "\ngoal 4: decode tok/s at context 128 across sweeps (target: spread < 15%),"
+            " then roofline share and GB/s read beside the job"
+        )
         lines = []
         for kind in ("int8", "4-bit"):
             for label in OURS[kind]:
@@ -193,8 +208,16 @@ def main() -> None:
                 spread = (max(speeds) - min(speeds)) / statistics.median(speeds)
                 shares = "/".join(f"{r['roofline_fraction'] or 0:.0%}" for r in runs)
                 read = "/".join(f"{(read_bandwidth(r) or 0) / 1e9:.0f}" for r in runs)
-                lines.append([label, "/".join(f"{s:.1f}" for s in speeds), f"{spread:.1%}",
-                              verdict(spread, 0.15, at_least=False), shares, read])  # fmt: skip
+                lines.append(
+                    [
+                        label,
+                        "/".join(f"{s:.1f}" for s in speeds),
+                        f"{spread:.1%}",
+                        verdict(spread, 0.15, at_least=False),
+                        shares,
+                        read,
+                    ]
+                )
         print(table(["path", "tok/s", "spread", "", "share", "GB/s"], lines))
 
 

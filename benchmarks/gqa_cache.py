@@ -43,10 +43,18 @@ def gqa_model(int8: bool) -> bytes:
         for name in ("k_scale", "v_scale"):
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [channels]))
         names += ["", "", "", "", "", "k_scale", "v_scale"]
-        attributes |= {"k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL",
-                       "kv_cache_bit_width": 8}  # fmt: skip
-    node = helper.make_node("GroupQueryAttention", names, ["y", "present_k", "present_v"],
-                            domain="com.microsoft", **attributes)  # fmt: skip
+        attributes |= {
+            "k_quant_type": "PER_CHANNEL",
+            "v_quant_type": "PER_CHANNEL",
+            "kv_cache_bit_width": 8,
+        }
+    node = helper.make_node(
+        "GroupQueryAttention",
+        names,
+        ["y", "present_k", "present_v"],
+        domain="com.microsoft",
+        **attributes,
+    )
     outputs = [
         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", channels]),
         helper.make_tensor_value_info("present_k", cache_type, cache_shape),
@@ -64,9 +72,12 @@ def time_case(int8: bool, cached: int, new: int, threads: int, repeats: int) -> 
     session = ort.InferenceSession(gqa_model(int8), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     dtype = np.int8 if int8 else np.float32
-    caches = {name: ort.OrtValue.ortvalue_from_numpy(
-        rng.integers(-127, 128, (1, HEADS, CAPACITY, HEAD_SIZE)).astype(dtype))
-        for name in ("past_k", "past_v")}  # fmt: skip
+    caches = {
+        name: ort.OrtValue.ortvalue_from_numpy(
+            rng.integers(-127, 128, (1, HEADS, CAPACITY, HEAD_SIZE)).astype(dtype)
+        )
+        for name in ("past_k", "past_v")
+    }
     feeds = {
         "qkv": rng.standard_normal((1, new, 3 * HEADS * HEAD_SIZE), dtype=np.float32),
         "seqlens_k": np.array([cached + new - 1], dtype=np.int32),
@@ -101,12 +112,21 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for what, cached, new in (("prompt", 0, args.prompt), ("decode step", args.prompt, 1)):
-        float_ms, int8_ms = (time_case(int8, cached, new, args.threads, args.repeats)
-                             for int8 in (False, True))  # fmt: skip
-        rows.append([f"{what} at {cached + new}", f"{float_ms:.3f}", f"{int8_ms:.3f}",
-                     f"{int8_ms / float_ms:.2f}x"])  # fmt: skip
-    print(f"one GroupQueryAttention node ({HEADS} heads of {HEAD_SIZE}), {args.threads} "
-          f"threads, onnxruntime {ort.__version__}, median ms of {args.repeats}:")  # fmt: skip
+        float_ms, int8_ms = (
+            time_case(int8, cached, new, args.threads, args.repeats) for int8 in (False, True)
+        )
+        rows.append(
+            [
+                f"{what} at {cached + new}",
+                f"{float_ms:.3f}",
+                f"{int8_ms:.3f}",
+                f"{int8_ms / float_ms:.2f}x",
+            ]
+        )
+    print(
+        f"one GroupQueryAttention node ({HEADS} heads of {HEAD_SIZE}), {args.threads} "
+        f"threads, onnxruntime {ort.__version__}, median ms of {args.repeats}:"
+    )
     print(table(["case", "float32 cache", "int8 cache", "int8/float"], rows))
 
 

@@ -19,10 +19,9 @@ import statistics
 import sys
 
 from common import CACHE, ROOT, gpt2_small, table, timed
-
-from backends import registry
-from orchestrator.sweep import load_sweep
-from worker.prompts import random_prompt
+from whistle_stop.backends import registry
+from whistle_stop.orchestrator.sweep import load_sweep
+from whistle_stop.worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True}
 IN_PLACE = {**FUSED, "kv_cache": "in_place"}
@@ -86,8 +85,10 @@ def main() -> None:
         rows.append([name, f"{short:.2f}", f"{long:.2f}", f"{long / short:.2f}x"])
         print("  " + " | ".join(rows[-1]), file=sys.stderr, flush=True)
     print(table(["path", "ms/token at 32", "ms/token at 512", "512 / 32"], rows))
-    print(f"random:gpt2, {args.generation} greedy tokens, {args.threads} threads, "
-          f"medians of {args.rounds} rounds")  # fmt: skip
+    print(
+        f"random:gpt2, {args.generation} greedy tokens, {args.threads} threads, "
+        f"medians of {args.rounds} rounds"
+    )
 
 
 if __name__ == "__main__":

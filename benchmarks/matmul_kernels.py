@@ -29,8 +29,12 @@ from common import one_node_model, table
 from onnx import TensorProto, helper, numpy_helper
 
 BLOCK = 128
-SHAPES = {"c_attn": (768, 2304), "c_fc": (768, 3072), "mlp c_proj": (3072, 768),
-          "lm_head": (768, 50257)}  # fmt: skip
+SHAPES = {
+    "c_attn": (768, 2304),
+    "c_fc": (768, 3072),
+    "mlp c_proj": (3072, 768),
+    "lm_head": (768, 50257),
+}
 
 
 def node_model(k: int, n: int, bits: int, level: int) -> bytes:
@@ -39,8 +43,17 @@ def node_model(k: int, n: int, bits: int, level: int) -> bytes:
     rng = np.random.default_rng(0)
     weights = rng.integers(0, 256, (n, blocks, BLOCK * bits // 8), dtype=np.uint8)
     scales = rng.random(n * blocks, dtype=np.float32) * 0.01
-    node = helper.make_node("MatMulNBits", ["A", "B", "S"], ["Y"], domain="com.microsoft",
-                            K=k, N=n, bits=bits, block_size=BLOCK, accuracy_level=level)  # fmt: skip
+    node = helper.make_node(
+        "MatMulNBits",
+        ["A", "B", "S"],
+        ["Y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=bits,
+        block_size=BLOCK,
+        accuracy_level=level,
+    )
     return one_node_model(
         node,
         [helper.make_tensor_value_info("A", TensorProto.FLOAT, [1, k])],
@@ -52,8 +65,9 @@ def node_model(k: int, n: int, bits: int, level: int) -> bytes:
 def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(node_model(k, n, bits, level), options,
-                                   providers=["CPUExecutionProvider"])  # fmt: skip
+    session = ort.InferenceSession(
+        node_model(k, n, bits, level), options, providers=["CPUExecutionProvider"]
+    )
     feed = {"A": np.random.default_rng(1).standard_normal((1, k), dtype=np.float32)}
     for _ in range(10):
         session.run(None, feed)
@@ -66,7 +80,7 @@ def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) ->
 
 
 def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
-    from kernels.quantize import grouped, quantize_rows
+    from whistle_stop.kernels.quantize import grouped, quantize_rows
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((n, k), dtype=np.float32)
@@ -74,8 +88,19 @@ def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
     x = rng.standard_normal((1, k), dtype=np.float32)
     y = np.zeros((1, n), dtype=np.float32)
     floats = ctypes.POINTER(ctypes.c_float)
-    args = (pool, data.ctypes.data, scales.ctypes.data_as(floats), None, n, k, bits, BLOCK,
-            x.ctypes.data_as(floats), 1, y.ctypes.data_as(floats))  # fmt: skip
+    args = (
+        pool,
+        data.ctypes.data,
+        scales.ctypes.data_as(floats),
+        None,
+        n,
+        k,
+        bits,
+        BLOCK,
+        x.ctypes.data_as(floats),
+        1,
+        y.ctypes.data_as(floats),
+    )
     for _ in range(10):
         lib.ws_matmul(*args)
     times = []
@@ -92,7 +117,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from kernels.build import load
+    from whistle_stop.kernels.build import load
 
     lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
     pool = lib.ws_pool_create(args.threads)
@@ -108,8 +133,10 @@ def main() -> None:
             ms = native_ms(lib, pool, k, n, bits, 100)
             cells += [f"{ms:.3f}", f"{megabytes / ms:.1f}"]
             rows.append([f"{name} {k}x{n}", str(bits), f"{megabytes:.1f}", *cells])
-    print(f"MatMulNBits, one token, block {BLOCK}, {args.threads} threads, onnxruntime "
-          f"{ort.__version__}, median of repeated runs:")  # fmt: skip
+    print(
+        f"MatMulNBits, one token, block {BLOCK}, {args.threads} threads, onnxruntime "
+        f"{ort.__version__}, median of repeated runs:"
+    )
     header = ["shape", "bits", "MB", "level 0 ms", "GB/s", "level 4 ms", "GB/s"]
     print(table([*header, "native ms", "GB/s"], rows))
 

@@ -31,12 +31,11 @@ import statistics
 import time
 
 from common import CACHE, gpt2_small, table
-
-from backends.config import ModelConfig
-from backends.native import NativeBackend
-from backends.options import NativeOptions
-from kernels.build import FLAGS
-from worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.native import NativeBackend
+from whistle_stop.backends.options import NativeOptions
+from whistle_stop.kernels.build import FLAGS
+from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
 PATHS = {  # label: bits, block, KV cache
     "native-q8": (8, 32, "float16"),
@@ -61,8 +60,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--paths", help=f"comma-separated, of: {', '.join(PATHS)}")
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
-    parser.add_argument("--cflags", default="", help="more compiler flags for the engine, "
-                        "e.g. '-mno-avx512f -mno-avxvnni' for its AVX2 kernels")  # fmt: skip
+    parser.add_argument(
+        "--cflags",
+        default="",
+        help="more compiler flags for the engine, "
+        "e.g. '-mno-avx512f -mno-avxvnni' for its AVX2 kernels",
+    )
     args = parser.parse_args()
     FLAGS.extend(args.cflags.split())  # part of the library's key: its own build
     if args.paths:
@@ -84,8 +87,10 @@ def main() -> None:
         engine.prefill(list(range(args.prompt or max(contexts))))
         engines[name] = engine
     # bytes a weight (its bits and scales), and the weights' bytes a decode step reads
-    per_weight = {name: NativeOptions(bits=bits, block_size=block).weight_bytes()
-                  for name, (bits, block, _) in PATHS.items()}  # fmt: skip
+    per_weight = {
+        name: NativeOptions(bits=bits, block_size=block).weight_bytes()
+        for name, (bits, block, _) in PATHS.items()
+    }
     weights = {name: weight_bytes_per_token(config, b, b) for name, b in per_weight.items()}
     prompt = list(range(args.prompt)) if args.prompt else None
     runs = [(name, context) for name in PATHS for context in contexts]
@@ -120,8 +125,13 @@ def main() -> None:
         count = args.steps * args.rounds
         per_step = [ms / count for ms in phases[name, context]]
         label = f"{name} @{context}" if len(contexts) > 1 else name
-        cells = [label, f"{step_ms:.2f}", f"{bw / 1e9:.1f}", f"{floor_ms / step_ms:.0%}",
-                 f"{step_ms - floor_ms:.2f}"]  # fmt: skip
+        cells = [
+            label,
+            f"{step_ms:.2f}",
+            f"{bw / 1e9:.1f}",
+            f"{floor_ms / step_ms:.0%}",
+            f"{step_ms - floor_ms:.2f}",
+        ]
         if args.prompt:  # bandwidth is not what bounds a prompt: no share, no floor
             cells = [name, f"{step_ms:.1f}"]
         for phase, ms in zip(PHASES, per_step, strict=True):
@@ -141,15 +151,19 @@ def main() -> None:
         cells.append(f"{statistics.mean(steps[name, context]) * 1e3 - sum(per_step):.2f}")
         rows.append(cells)
     if args.prompt:
-        print(f"native engine, GPT-2 small (random weights), {args.prompt}-token prompts, "
-              f"{args.threads} threads, {args.rounds} rounds x {args.steps}; ms a prompt, "
-              "matmuls as thread 0's ms (its share's GMAC/s):")  # fmt: skip
+        print(
+            f"native engine, GPT-2 small (random weights), {args.prompt}-token prompts, "
+            f"{args.threads} threads, {args.rounds} rounds x {args.steps}; ms a prompt, "
+            "matmuls as thread 0's ms (its share's GMAC/s):"
+        )
         headings = ["path", "prompt p50", *PHASES, "outside"]
         print(table(headings, rows))
         return
-    print(f"native engine, GPT-2 small (random weights), context {args.context}, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; ms a step, "
-          "matmuls as thread 0's ms (its share's GB/s):")  # fmt: skip
+    print(
+        f"native engine, GPT-2 small (random weights), context {args.context}, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; ms a step, "
+        "matmuls as thread 0's ms (its share's GB/s):"
+    )
     headings = ["path", "step p50", "GB/s", "share", "non-weight", *PHASES, "outside"]
     print(table(headings, rows))
     if len(contexts) > 1:
@@ -163,10 +177,28 @@ def main() -> None:
             ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
             cache = [kv_bytes(config, kv, c) for c in (first, last)]
             bytes_ratio = (weights[name] + cache[1]) / (weights[name] + cache[0])
-            lines.append([name, f"{ratio:.2f}", f"{weights[name] / 1e6:.1f}",
-                          *(f"{b / 1e6:.1f}" for b in cache), f"{bytes_ratio:.2f}"])  # fmt: skip
-        print(table(["path", f"{last} / {first}", "weights MB", f"KV MB @{first}",
-                     f"KV MB @{last}", "bytes ratio"], lines))  # fmt: skip
+            lines.append(
+                [
+                    name,
+                    f"{ratio:.2f}",
+                    f"{weights[name] / 1e6:.1f}",
+                    *(f"{b / 1e6:.1f}" for b in cache),
+                    f"{bytes_ratio:.2f}",
+                ]
+            )
+        print(
+            table(
+                [
+                    "path",
+                    f"{last} / {first}",
+                    "weights MB",
+                    f"KV MB @{first}",
+                    f"KV MB @{last}",
+                    "bytes ratio",
+                ],
+                lines,
+            )
+        )
 
 
 def kv_bytes(config: ModelConfig, kv: str, context: int) -> float:

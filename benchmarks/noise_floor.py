@@ -24,9 +24,8 @@ from pathlib import Path
 
 import yaml
 from common import ROOT, edited_grid, submit, table
-
-from db.session import open_readonly
-from orchestrator.reports.query import find_sweeps, result_rows
+from whistle_stop.db.session import open_readonly
+from whistle_stop.reports.query import find_sweeps, result_rows
 
 
 def main() -> None:
@@ -39,8 +38,13 @@ def main() -> None:
     parser.add_argument("--best", default=None, help="a label whose speedup to follow")
     parser.add_argument("--backends", default=None, help="only these labels (comma-separated)")
     parser.add_argument("--contexts", default=None, help="only these contexts")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a sweep key, e.g. --set min_duration_s=3")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep key, e.g. --set min_duration_s=3",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
     args = parser.parse_args()
     directory = Path(tempfile.mkdtemp(prefix="noise-floor-"))
@@ -50,10 +54,19 @@ def main() -> None:
     pairs = (setting.partition("=") for setting in args.set)
     settings = {key: yaml.safe_load(value) for key, _, value in pairs}
     for index in range(1, args.sweeps + 1):
-        data = edited_grid(args.sweep, labels, contexts, **settings, name=f"nf{index}",
-                           rounds=args.rounds, control=True)  # fmt: skip
-        print(f"sweep {index}/{args.sweeps}: {data['name']} (rounds {args.rounds}) in "
-              f"{directory}", flush=True)  # fmt: skip
+        data = edited_grid(
+            args.sweep,
+            labels,
+            contexts,
+            **settings,
+            name=f"nf{index}",
+            rounds=args.rounds,
+            control=True,
+        )
+        print(
+            f"sweep {index}/{args.sweeps}: {data['name']} (rounds {args.rounds}) in {directory}",
+            flush=True,
+        )
         submit(data, directory, db)
     with open_readonly(str(db))() as session:
         sweeps = find_sweeps(session, None, every=True)
@@ -69,8 +82,10 @@ def main() -> None:
         return found
 
     names = [s.name for s in sweeps]
-    for label, what in ((f"{baseline}-control", "control / baseline (the noise floor)"),
-                        (args.best, f"speedup of {args.best} over {baseline}")):  # fmt: skip
+    for label, what in (
+        (f"{baseline}-control", "control / baseline (the noise floor)"),
+        (args.best, f"speedup of {args.best} over {baseline}"),
+    ):
         if label is None:
             continue
         found = cells(label)
@@ -79,10 +94,16 @@ def main() -> None:
             values = [ratios[n] for n in names if n in ratios]
             every += values
             spread = (max(values) - min(values)) / statistics.median(values)
-            lines.append([f"{context}/{generation}/{threads}", *(f"{v:.3f}" for v in values),
-                          f"{spread:.1%}"])  # fmt: skip
-        print(f"\n{what}, rounds: {args.rounds}, ratios taken within each round "
-              "(median over rounds):")  # fmt: skip
+            lines.append(
+                [
+                    f"{context}/{generation}/{threads}",
+                    *(f"{v:.3f}" for v in values),
+                    f"{spread:.1%}",
+                ]
+            )
+        print(
+            f"\n{what}, rounds: {args.rounds}, ratios taken within each round (median over rounds):"
+        )
         print(table(["ctx/gen/thr", *names[: len(lines[0]) - 2], "spread"], lines))
         if every:
             print(f"all cells and sweeps: {min(every):.3f} to {max(every):.3f}")

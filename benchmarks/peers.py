@@ -16,8 +16,7 @@ from pathlib import Path
 
 import yaml
 from common import ROOT, farm
-
-from backends import registry
+from whistle_stop.backends import registry
 
 
 def main() -> None:
@@ -36,8 +35,9 @@ def main() -> None:
             registry.check_extra(name)
             kept.append(entry)
         except registry.MissingDependencyError as error:
-            print(f"left out {entry.get('label', name) if isinstance(entry, dict) else name}: "
-                  f"{error}")  # fmt: skip
+            print(
+                f"left out {entry.get('label', name) if isinstance(entry, dict) else name}: {error}"
+            )
     data["backends"] = kept
     if args.rounds:
         data["rounds"] = args.rounds

@@ -17,9 +17,8 @@ import statistics
 import sys
 
 from common import in_process_arguments, load_paths, table, timed
-
-from worker.prompts import random_prompt
-from worker.roofline import measure_bandwidth, weight_bytes_per_token
+from whistle_stop.worker.prompts import random_prompt
+from whistle_stop.worker.roofline import measure_bandwidth, weight_bytes_per_token
 
 FUSED = {"fused_attention": True, "kv_cache": "in_place"}
 PATHS = {
@@ -57,16 +56,22 @@ def main() -> None:
                 bandwidths.append(bandwidth)
         print(f"round {round_index}/{args.rounds}", file=sys.stderr, flush=True)
     rows = [
-        [name, f"{bytes_per_token[name] / 1e6:.0f}", f"{statistics.median(speeds[name]):.1f}",
-         f"{statistics.median(shares[name]):.0%}",
-         f"{min(shares[name]):.0%}-{max(shares[name]):.0%}"]
+        [
+            name,
+            f"{bytes_per_token[name] / 1e6:.0f}",
+            f"{statistics.median(speeds[name]):.1f}",
+            f"{statistics.median(shares[name]):.0%}",
+            f"{min(shares[name]):.0%}-{max(shares[name]):.0%}",
+        ]
         for name in paths
-    ]  # fmt: skip
+    ]
     print(table(["path", "MB read/token", "decode tok/s", "roofline share", "range"], rows))
-    print(f"bandwidth beside the runs: median {statistics.median(bandwidths) / 1e9:.1f} GB/s, "
-          f"{min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f}; random:gpt2, context "
-          f"{args.context}, {args.generation} greedy tokens, {args.threads} threads, "
-          f"{args.rounds} rounds")  # fmt: skip
+    print(
+        f"bandwidth beside the runs: median {statistics.median(bandwidths) / 1e9:.1f} GB/s, "
+        f"{min(bandwidths) / 1e9:.1f}-{max(bandwidths) / 1e9:.1f}; random:gpt2, context "
+        f"{args.context}, {args.generation} greedy tokens, {args.threads} threads, "
+        f"{args.rounds} rounds"
+    )
 
 
 if __name__ == "__main__":

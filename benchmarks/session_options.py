@@ -15,9 +15,8 @@ import sys
 
 import onnxruntime as ort
 from common import CACHE, full_options, gpt2_small, in_process_arguments, table, timed
-
-from backends.onnx import OnnxBackend
-from worker.prompts import random_prompt
+from whistle_stop.backends.onnx import OnnxBackend
+from whistle_stop.worker.prompts import random_prompt
 
 FUSED = {"fused_attention": True, "kv_cache": "in_place"}
 MODELS = {
@@ -74,11 +73,20 @@ def main() -> None:
         base = statistics.median(speeds["defaults"])
         for name in variants:
             speed = statistics.median(speeds[name])
-            rows.append([model, name, f"{speed:.1f}", f"{speed / base:.2f}x",
-                         f"{1e3 * statistics.median(ttft[name]):.0f}"])  # fmt: skip
+            rows.append(
+                [
+                    model,
+                    name,
+                    f"{speed:.1f}",
+                    f"{speed / base:.2f}x",
+                    f"{1e3 * statistics.median(ttft[name]):.0f}",
+                ]
+            )
     print(table(["path", "session settings", "decode tok/s", "vs defaults", "TTFT ms"], rows))
-    print(f"random:gpt2, context {args.context}, {args.generation} greedy tokens, "
-          f"{args.threads} threads, medians of {args.rounds} interleaved rounds")  # fmt: skip
+    print(
+        f"random:gpt2, context {args.context}, {args.generation} greedy tokens, "
+        f"{args.threads} threads, medians of {args.rounds} interleaved rounds"
+    )
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ input error (nothing was written); 3 something failed at run time (jobs failed i
 
 from __future__ import annotations
 
-from cli import reports, run, worker  # noqa: F401  (each registers its commands)
-from cli.common import app
+from whistle_stop.cli import reports, run, worker  # noqa: F401  (each registers its commands)
+from whistle_stop.cli.common import app
 
 
 def main() -> None:

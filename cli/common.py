@@ -107,7 +107,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 def sessions(db: str):
     """The session factory of a database this command may create or upgrade."""
-    from db.session import DatabaseError, make_session_factory
+    from whistle_stop.db.session import DatabaseError, make_session_factory
 
     try:
         return make_session_factory(db)
@@ -117,7 +117,7 @@ def sessions(db: str):
 
 def open_existing(db: str):
     """A read-only session on an existing whistle-stop database: reading never writes."""
-    from db.session import DatabaseError, open_readonly
+    from whistle_stop.db.session import DatabaseError, open_readonly
 
     try:
         return open_readonly(db)()

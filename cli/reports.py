@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli.common import DEFAULT_DB, DbOption, app, console, errors, fail, open_existing
+from whistle_stop.cli.common import DEFAULT_DB, DbOption, app, console, errors, fail, open_existing
 
 
 class Format(StrEnum):
@@ -86,7 +85,7 @@ def report(
             help="Only rows where COLUMN OP VALUE, OP one of = != < <= > >=; "
             "e.g. ctx=128 or 'tok/s>100'. Repeatable."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     group_by: Annotated[
         str | None, typer.Option(help="One table per value of this column, e.g. host.")
     ] = None,
@@ -100,7 +99,7 @@ def report(
             help="Columns to show, e.g. backend,ctx,tok/s,key, or all "
             "(default: as many as the terminal fits)."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     sort: Annotated[
         list[str] | None, typer.Option(help="Sort by this column; -COLUMN for descending.")
     ] = None,
@@ -118,18 +117,27 @@ def report(
     noisy flag), status and the job key (`farm show KEY`). A terminal table shows the
     columns that fit; numbers are never cut. HTML is one page with the plots inline.
     """
-    from orchestrator.reports.query import ReportError
-    from orchestrator.reports.views import ReportRequest
-    from orchestrator.reports.views import report as make_report
+    from whistle_stop.reports.query import ReportError
+    from whistle_stop.reports.views import ReportRequest
+    from whistle_stop.reports.views import report as make_report
 
     if out is not None and format is Format.table:
         raise fail("--out writes markdown, csv, json or html: add -f markdown (or csv, ...)")
     _check_out(out)
     request = ReportRequest(
-        sweeps=sweep or [], every=all_sweeps, backends=backend or [], hosts=host or [],
-        where=where or [], group_by=group_by, pivot=pivot, baseline=baseline,
-        fmt=format.value, columns=_split(columns), sort=_split(sort), width=console.width,
-    )  # fmt: skip
+        sweeps=sweep or [],
+        every=all_sweeps,
+        backends=backend or [],
+        hosts=host or [],
+        where=where or [],
+        group_by=group_by,
+        pivot=pivot,
+        baseline=baseline,
+        fmt=format.value,
+        columns=_split(columns),
+        sort=_split(sort),
+        width=console.width,
+    )
     with open_existing(db) as session:
         try:
             text = make_report(session, request, console, errors)
@@ -142,7 +150,7 @@ def report(
 @app.command()
 def sweeps(*, db: DbOption = DEFAULT_DB) -> None:
     """List the sweeps: when, how many jobs done, failed and unfinished, and on which hosts."""
-    from orchestrator.reports.views import sweeps_table
+    from whistle_stop.reports.views import sweeps_table
 
     with open_existing(db) as session:
         console.print(sweeps_table(session))
@@ -159,8 +167,8 @@ def show(
     error (JSON). The same spec in two sweeps is one key twice: name it SWEEP/KEY."""
     import json
 
-    from orchestrator.reports.query import ReportError
-    from orchestrator.reports.views import show_job
+    from whistle_stop.reports.query import ReportError
+    from whistle_stop.reports.views import show_job
 
     with open_existing(db) as session:
         try:
@@ -184,8 +192,8 @@ def plot(
 
     A figure whose data is missing (one context size only, say) is skipped, with the reason.
     """
-    from orchestrator.reports.query import ReportError
-    from orchestrator.reports.views import write_plots
+    from whistle_stop.reports.query import ReportError
+    from whistle_stop.reports.views import write_plots
 
     _check_out(out, directory=True)
     with open_existing(db) as session:
@@ -219,7 +227,7 @@ def compare_sweeps(
             help="Exit 1 if a speed regression is worse than this (e.g. 5%), or any "
             "job got less faithful, newly failed or went missing: a CI gate."
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     allow_missing: Annotated[
         bool, typer.Option(help="With --fail-above: jobs missing from B do not fail the gate.")
     ] = False,
@@ -238,8 +246,8 @@ def compare_sweeps(
     """Compare the same jobs in two sweeps, metric by metric: speed with a significance
     test (Mann-Whitney U on the raw repeats), fidelity by threshold. The last line counts
     regressions, improvements, unchanged, newly failed and missing jobs."""
-    from orchestrator.reports.query import ReportError
-    from orchestrator.reports.views import comparison, comparison_notes, render_comparison
+    from whistle_stop.reports.query import ReportError
+    from whistle_stop.reports.views import comparison, comparison_notes, render_comparison
 
     if format is Format.html:
         raise fail("farm compare prints table, markdown, csv or json")
@@ -248,13 +256,24 @@ def compare_sweeps(
     with open_existing(db) as session:
         try:
             result = comparison(
-                session, a, b, threshold=threshold_value,
-                fidelity_threshold=fidelity_threshold, kl_factor=kl_factor,
-            )  # fmt: skip
+                session,
+                a,
+                b,
+                threshold=threshold_value,
+                fidelity_threshold=fidelity_threshold,
+                kl_factor=kl_factor,
+            )
         except ReportError as error:
             raise fail(str(error)) from None
-    output = render_comparison(result, a, b, format.value, threshold=threshold_value,
-                               only_changes=only_changes, width=console.width)  # fmt: skip
+    output = render_comparison(
+        result,
+        a,
+        b,
+        format.value,
+        threshold=threshold_value,
+        only_changes=only_changes,
+        width=console.width,
+    )
     if isinstance(output, str):
         write(output, None)
     else:
@@ -267,8 +286,9 @@ def compare_sweeps(
         return
     reasons = []
     if result.worst_regression() > limit:
-        reasons.append(f"a regression of {result.worst_regression():.1%} is above --fail-above "
-                       f"{limit:.1%}")  # fmt: skip
+        reasons.append(
+            f"a regression of {result.worst_regression():.1%} is above --fail-above {limit:.1%}"
+        )
     if result.fidelity_regressions():
         reasons.append(f"{len(result.fidelity_regressions())} fidelity regression(s)")
     if result.newly_failed:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from cli.common import (
+from whistle_stop.cli.common import (
     DEFAULT_CACHE,
     DEFAULT_DB,
     BrokerOption,
@@ -23,7 +22,7 @@ from cli.common import (
     open_existing,
     sessions,
 )
-from contract.cpus import CpuSetError
+from whistle_stop.contract.cpus import CpuSetError
 
 
 @app.command()
@@ -66,8 +65,8 @@ def submit(
     --broker, jobs go to `farm worker` processes through Celery and Redis.
     Re-submitting a sweep skips the jobs already done. Exits 3 if any job failed.
     """
-    from executors.local import plan_cpu_sets
-    from orchestrator.sweep import MAX_JOBS, SweepError, load_sweep
+    from whistle_stop.executors.local import plan_cpu_sets
+    from whistle_stop.orchestrator.sweep import MAX_JOBS, SweepError, load_sweep
 
     try:
         plan = load_sweep(grid, max_jobs=None if yes else MAX_JOBS)
@@ -75,7 +74,7 @@ def submit(
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
     if not broker:  # the embedded workers run this installation: an engine it lacks fails now
-        from backends.registry import MissingDependencyError, check_extra
+        from whistle_stop.backends.registry import MissingDependencyError, check_extra
 
         try:
             for name in sorted({job.backend for job in plan.jobs}):
@@ -83,23 +82,27 @@ def submit(
         except MissingDependencyError as error:
             raise fail(f"{grid}: {error}") from None
     if broker and not wait and plan.rounds > 1:
-        raise fail(f"{grid}: rounds: {plan.rounds} needs a submit that waits (each round "
-                   "starts when the one before it is stored); drop --no-wait")  # fmt: skip
-    submitting = _submit(plan, db, broker, queue, cpu_sets, cache_dir, rerun or keep, rerun,
-                         wait, quiet)  # fmt: skip
+        raise fail(
+            f"{grid}: rounds: {plan.rounds} needs a submit that waits (each round "
+            "starts when the one before it is stored); drop --no-wait"
+        )
+    submitting = _submit(
+        plan, db, broker, queue, cpu_sets, cache_dir, rerun or keep, rerun, wait, quiet
+    )
     summary = asyncio_run(submitting, plan.name, detached=bool(broker))
     if broker and not wait:
-        errors.print(f"collect the results later with: farm collect --sweep {plan.name}",
-                     highlight=False)  # fmt: skip
+        errors.print(
+            f"collect the results later with: farm collect --sweep {plan.name}", highlight=False
+        )
         return
     _finish(summary)
 
 
 async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, decided, rerun, wait, quiet):
-    from executors.celery import CeleryExecutor
-    from executors.local import LocalExecutor
-    from orchestrator.dispatch import run_sweep
-    from orchestrator.store import Store
+    from whistle_stop.executors.celery import CeleryExecutor
+    from whistle_stop.executors.local import LocalExecutor
+    from whistle_stop.orchestrator.dispatch import run_sweep
+    from whistle_stop.orchestrator.store import Store
 
     # the broker is checked before the database is even opened: nothing written if it is away
     if broker:
@@ -111,8 +114,10 @@ async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, decided, rerun, 
         if not decided:
             _check_provenance(store, plan.name)
         if not quiet:
-            errors.print(f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on "
-                         f"{executor.describe()}", highlight=False)  # fmt: skip
+            errors.print(
+                f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on {executor.describe()}",
+                highlight=False,
+            )
         return await run_sweep(plan, store, executor, errors, rerun=rerun, wait=wait, quiet=quiet)
     finally:
         await executor.aclose()
@@ -120,21 +125,23 @@ async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, decided, rerun, 
 
 def _check_provenance(store, sweep: str) -> None:
     """Done jobs measured under other software are neither skipped nor rerun silently."""
-    from contract.provenance import library_versions, source_hash
+    from whistle_stop.contract.provenance import library_versions, source_hash
 
     now = {"versions": library_versions(), "source_hash": source_hash()}
     jobs, changes = store.provenance_changes(sweep, now)
     if jobs:
-        raise fail(f"sweep {sweep!r}: {jobs} done job(s) ran under other software ("
-                   f"{'; '.join(changes)}); --rerun measures them again, --keep keeps "
-                   "them")  # fmt: skip
+        raise fail(
+            f"sweep {sweep!r}: {jobs} done job(s) ran under other software ("
+            f"{'; '.join(changes)}); --rerun measures them again, --keep keeps "
+            "them"
+        )
 
 
 def asyncio_run(coroutine, sweep: str, *, detached: bool):
     """Run a command's coroutine; a broker that does not answer, Ctrl-C or SIGTERM is one
     line. SIGTERM (`kill`, a supervisor, a CI runner's cancel) stops the way Ctrl-C does:
     running jobs go back to pending and the worker processes stop, not mid-write."""
-    from executors.celery import BrokerError
+    from whistle_stop.executors.celery import BrokerError
 
     terminated: list[int] = []
 
@@ -165,8 +172,11 @@ def _finish(summary) -> None:
         f"{summary.done} done, {summary.failed} failed, {summary.skipped} skipped.", highlight=False
     )
     if summary.failed:
-        raise fail(f"{summary.failed} job(s) failed; see why with: farm report --sweep "
-                   f"{summary.sweep} (failed rows end the table), or farm show KEY", 3)  # fmt: skip
+        raise fail(
+            f"{summary.failed} job(s) failed; see why with: farm report --sweep "
+            f"{summary.sweep} (failed rows end the table), or farm show KEY",
+            3,
+        )
     errors.print(f"See the results with: farm report --sweep {summary.sweep}", highlight=False)
 
 
@@ -188,9 +198,9 @@ def collect(
         raise fail("farm collect needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
 
     async def run():
-        from executors.celery import CeleryExecutor
-        from orchestrator.dispatch import collect as collect_results
-        from orchestrator.store import Store
+        from whistle_stop.executors.celery import CeleryExecutor
+        from whistle_stop.orchestrator.dispatch import collect as collect_results
+        from whistle_stop.orchestrator.store import Store
 
         executor = await CeleryExecutor.open(broker, queue)
         try:
@@ -202,8 +212,9 @@ def collect(
 
     summary = asyncio_run(run(), sweep, detached=True)
     if not quiet:
-        errors.print(f"stored {summary.done} done and {summary.failed} failed result(s)",
-                     highlight=False)  # fmt: skip
+        errors.print(
+            f"stored {summary.done} done and {summary.failed} failed result(s)", highlight=False
+        )
 
 
 @app.command()
@@ -215,7 +226,7 @@ def status(
     queue: QueueOption = "farm",
 ) -> None:
     """Jobs by state; with a broker, the queue depth and what each worker is running."""
-    from orchestrator.reports.query import ReportError, find_sweep, status_counts
+    from whistle_stop.reports.query import ReportError, find_sweep, status_counts
 
     if not broker or "://" in db or Path(db).exists():
         with open_existing(db) as session:
@@ -227,7 +238,7 @@ def status(
         states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
         typer.echo(f"sweep {found.name}: {states or 'no jobs'}")
     if broker:
-        from executors.celery import farm_status
+        from whistle_stop.executors.celery import farm_status
 
         depth, workers = asyncio_run(farm_status(broker, queue), sweep or "", detached=True)
         typer.echo(f"queue {queue!r}: {depth} job(s) waiting")

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-
-from cli.common import DEFAULT_CACHE, BrokerOption, CacheOption, QueueOption, app, fail
-from contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
+from whistle_stop.cli.common import DEFAULT_CACHE, BrokerOption, CacheOption, QueueOption, app, fail
+from whistle_stop.contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
 
 
 @app.command()
@@ -41,13 +40,21 @@ def worker(
     (seconds, soft), FARM_JOB_GRACE (extra seconds before the kill) and
     FARM_MAX_ATTEMPTS (crashes before a job is failed).
     """
-    from worker.serve import WorkerStartError, serve
+    from whistle_stop.worker.serve import WorkerStartError, serve
 
     if not broker:
         raise fail("farm worker needs a broker: --broker redis://HOST:6379/0 or FARM_BROKER_URL")
     try:
-        serve(broker_url=broker, cpus=cpus, threads=threads, queue=queue, name=name,
-              cache_dir=cache_dir, jobs_per_child=jobs_per_child, preload=preload)  # fmt: skip
+        serve(
+            broker_url=broker,
+            cpus=cpus,
+            threads=threads,
+            queue=queue,
+            name=name,
+            cache_dir=cache_dir,
+            jobs_per_child=jobs_per_child,
+            preload=preload,
+        )
     except (CpuSetError, WorkerStartError) as error:
         raise fail(str(error)) from None
 
@@ -68,7 +75,7 @@ def bandwidth(
     Workers measure it once per host and CPU set and cache it; this shows (or renews) it.
     The measurement runs in a child process pinned to the set.
     """
-    from worker.bandwidth import measure_in_child
+    from whistle_stop.worker.bandwidth import measure_in_child
 
     try:
         cpu_set = parse_cpu_list(cpus) if cpus else available_cpus()

@@ -13,16 +13,40 @@ from typing import Any
 
 # JSON types each field must have on the wire (bool is never an int; an int is a float)
 FIELD_TYPES = {
-    "model": "a string", "backend": "a string", "label": "a string", "options": "an object",
-    "context": "an integer", "generation": "an integer", "threads": "an integer",
-    "warmups": "an integer", "repeats": "an integer", "min_duration_s": "a number",
-    "max_repeats": "an integer", "noise_threshold": "a number", "fidelity_tokens": "an integer",
-    "eval_text": "a string or null", "eval_tokens": "an integer", "rerun_noisy": "a boolean",
-    "prompt_text": "a string or null", "tokenizer": "a string", "seed": "an integer",
-    "fidelity_prompts": "an integer", "bandwidth": "a string", "round": "an integer",
-}  # fmt: skip
-COUNTS = ("context", "generation", "threads", "warmups", "repeats", "max_repeats",
-          "fidelity_tokens", "eval_tokens", "fidelity_prompts")  # fmt: skip
+    "model": "a string",
+    "backend": "a string",
+    "label": "a string",
+    "options": "an object",
+    "context": "an integer",
+    "generation": "an integer",
+    "threads": "an integer",
+    "warmups": "an integer",
+    "repeats": "an integer",
+    "min_duration_s": "a number",
+    "max_repeats": "an integer",
+    "noise_threshold": "a number",
+    "fidelity_tokens": "an integer",
+    "eval_text": "a string or null",
+    "eval_tokens": "an integer",
+    "rerun_noisy": "a boolean",
+    "prompt_text": "a string or null",
+    "tokenizer": "a string",
+    "seed": "an integer",
+    "fidelity_prompts": "an integer",
+    "bandwidth": "a string",
+    "round": "an integer",
+}
+COUNTS = (
+    "context",
+    "generation",
+    "threads",
+    "warmups",
+    "repeats",
+    "max_repeats",
+    "fidelity_tokens",
+    "eval_tokens",
+    "fidelity_prompts",
+)
 BANDWIDTH_MODES = ("fresh", "host")
 
 
@@ -120,3 +144,8 @@ class JobSpec:
         if data["bandwidth"] not in BANDWIDTH_MODES:
             raise MalformedJobError(f"job spec bandwidth must be one of {BANDWIDTH_MODES}")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})
+
+
+def control_label(baseline: str) -> str:
+    """The label of the baseline's twin (`control: true`): the sweep adds it, reports know it."""
+    return f"{baseline}-control"

@@ -13,7 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from contract.status import JobStatus
+from whistle_stop.contract.status import JobStatus
 
 
 def last_words(log: Path, offset: int = 0, lines: int = 5) -> str:

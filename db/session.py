@@ -19,8 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
-
-from db.models import Base
+from whistle_stop.db.models import Base
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
 SCHEMA_LOCK = 4729_0001  # the PostgreSQL advisory lock held while the schema is made

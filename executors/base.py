@@ -10,69 +10,9 @@ spirit of optimum-benchmark's launchers: one `launch`, many ways to launch).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
-from contract.payload import ResultPayload
-from contract.status import JobStatus
-
-
-@dataclass(frozen=True)
-class PendingJob:
-    """A job the store says must run."""
-
-    id: int
-    key: str
-    spec: dict[str, Any]
-    restart: bool = False  # it failed before, or --rerun: any state left from before is cleared
-    round: int = 1  # the sweep's round it belongs to: rounds run one after the other
-
-
-@dataclass(frozen=True)
-class Queued:
-    """Handed to a broker; some worker will start it."""
-
-    job_id: int
-
-
-@dataclass(frozen=True)
-class Started:
-    job_id: int
-    worker: str
-    attempt: int = 1
-
-
-@dataclass(frozen=True)
-class Finished:
-    """Measured: the payload's status is done."""
-
-    job_id: int
-    result: ResultPayload
-
-
-@dataclass(frozen=True)
-class Failed:
-    """Not measured: the payload's status is failed, and its error says why."""
-
-    job_id: int
-    result: ResultPayload
-
-
-@dataclass(frozen=True)
-class Lost:
-    """Its worker stopped renewing the lease (died, froze, lost the network): the job was
-    handed to the queue again, as a new attempt."""
-
-    job_id: int
-    worker: str | None
-    why: str
-
-
-Event = Queued | Started | Finished | Failed | Lost
-
-
-def outcome(job_id: int, result: ResultPayload) -> Finished | Failed:
-    return Finished(job_id, result) if result.status is JobStatus.DONE else Failed(job_id, result)
+from whistle_stop.contract.events import Event, PendingJob
 
 
 class Executor(Protocol):

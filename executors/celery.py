@@ -16,9 +16,18 @@ from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
 from kombu.utils.url import maybe_sanitize_url
-
-from contract.payload import MalformedPayloadError, ResultPayload
-from contract.queue import (
+from whistle_stop.contract.events import (
+    Event,
+    Failed,
+    Finished,
+    Lost,
+    PendingJob,
+    Queued,
+    Started,
+    outcome,
+)
+from whistle_stop.contract.payload import MalformedPayloadError, ResultPayload
+from whistle_stop.contract.queue import (
     RESULTS_GROUP,
     TASK_NAME,
     EntryKind,
@@ -33,7 +42,6 @@ from contract.queue import (
     results_stream,
     task_id_for,
 )
-from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, Started, outcome
 
 CONSUMER = "orchestrator"  # one orchestrator per sweep at a time: its pending entries are ours
 LOOK_EVERY_S = 5  # how often a watcher looks for lost jobs (and how long a read blocks)
@@ -110,8 +118,11 @@ class CeleryExecutor:
             for task_id in task_ids:
                 pipe.exists(enqueued_key(task_id))
             in_flight = await pipe.execute()
-        fresh = [(job, task_id) for job, task_id, marked in zip(jobs, task_ids, in_flight,
-                 strict=True) if job.restart or not marked]  # fmt: skip
+        fresh = [
+            (job, task_id)
+            for job, task_id, marked in zip(jobs, task_ids, in_flight, strict=True)
+            if job.restart or not marked
+        ]
         async with self.client.pipeline(transaction=False) as pipe:
             for _, task_id in fresh:
                 pipe.delete(enqueued_key(task_id), *job_state_keys(task_id))
@@ -120,8 +131,13 @@ class CeleryExecutor:
         def send_all() -> None:  # one thread for the batch: kombu's publish is blocking
             with app.producer_or_acquire() as producer:
                 for job, task_id in fresh:
-                    app.send_task(TASK_NAME, args=[sweep, job.id, job.spec], task_id=task_id,
-                                  queue=self.queue, producer=producer)  # fmt: skip
+                    app.send_task(
+                        TASK_NAME,
+                        args=[sweep, job.id, job.spec],
+                        task_id=task_id,
+                        queue=self.queue,
+                        producer=producer,
+                    )
 
         await asyncio.to_thread(send_all)
         async with self.client.pipeline(transaction=False) as pipe:
@@ -175,14 +191,18 @@ class CeleryExecutor:
         """The job's message again, with its own task id: a new attempt of the same job."""
         app = make_app(self.broker_url)
         await asyncio.to_thread(
-            app.send_task, TASK_NAME, args=[sweep, job.id, job.spec],
-            task_id=task_id_for(sweep, job.key), queue=self.queue,
-        )  # fmt: skip
+            app.send_task,
+            TASK_NAME,
+            args=[sweep, job.id, job.spec],
+            task_id=task_id_for(sweep, job.key),
+            queue=self.queue,
+        )
 
     async def _ensure_group(self, sweep: str) -> None:
         try:
-            await self.client.xgroup_create(results_stream(sweep), RESULTS_GROUP, id="0",
-                                            mkstream=True)  # fmt: skip
+            await self.client.xgroup_create(
+                results_stream(sweep), RESULTS_GROUP, id="0", mkstream=True
+            )
         except aioredis.ResponseError as error:
             if "BUSYGROUP" not in str(error):
                 raise
@@ -281,8 +301,10 @@ class LeaseWatch:
             self.suspects.discard(job.id)
             self.handed_back[job.id] = started
             await self.executor.republish(self.sweep, job)
-            why = (f"no heartbeat for {self.settings.lease_s:g} s (FARM_LEASE_S): the worker "
-                   f"died, froze or lost its network; attempt {started + 1} queued")  # fmt: skip
+            why = (
+                f"no heartbeat for {self.settings.lease_s:g} s (FARM_LEASE_S): the worker "
+                f"died, froze or lost its network; attempt {started + 1} queued"
+            )
             events.append(Lost(job.id, self.workers.get(job.id), why))
         return events
 

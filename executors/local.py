@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
-from contract.payload import MalformedPayloadError, ResultPayload, last_words
-from executors.base import Event, PendingJob, Started, outcome
+from whistle_stop.contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
+from whistle_stop.contract.events import Event, PendingJob, Started, outcome
+from whistle_stop.contract.payload import MalformedPayloadError, ResultPayload, last_words
 
 # Big enough for a result line with every per-token sample of a long generation.
 LINE_LIMIT = 64 * 1024 * 1024
@@ -42,16 +42,21 @@ class LocalWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
         self.log_offset = log.tell()  # this job's stderr starts here
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worker.local",
-            "--cpus", format_cpu_list(self.cpus),
-            "--name", self.name,
-            "--cache-dir", str(self.cache_dir),
+            sys.executable,
+            "-m",
+            "whistle_stop.worker.local",
+            "--cpus",
+            format_cpu_list(self.cpus),
+            "--name",
+            self.name,
+            "--cache-dir",
+            str(self.cache_dir),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             limit=LINE_LIMIT,
             env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"},
-        )  # fmt: skip
+        )
         log.close()
 
     async def run(self, spec: dict[str, Any]) -> ResultPayload:

@@ -15,16 +15,24 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from backends.artifacts import cached_artifact
+from whistle_stop.artifacts import cached_artifact
 
 SOURCE = Path(__file__).with_name("gpt2.cc")
 LIBRARY = "libws_gpt2.so"
 # -O3 with the float reassociation the dot products and layer norms need to vectorize;
 # not -ffast-math: the softmax keeps its -inf start and nothing assumes finite values
 FLAGS = [
-    "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
-    "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-]  # fmt: skip
+    "-O3",
+    "-march=native",
+    "-std=c++17",
+    "-shared",
+    "-fPIC",
+    "-pthread",
+    "-fno-math-errno",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+]
 
 
 class CompilerMissingError(RuntimeError):

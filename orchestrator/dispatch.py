@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from rich.console import Console
-
-from contract.status import JobStatus
-from executors.base import Event, Executor, Failed, Finished, Lost, PendingJob
-from orchestrator.progress import SweepProgress
-from orchestrator.store import Store
-from orchestrator.sweep import SweepPlan
+from whistle_stop.contract.events import Event, Failed, Finished, Lost, PendingJob
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.executors.base import Executor
+from whistle_stop.orchestrator.progress import SweepProgress
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import SweepPlan
 
 
 @dataclass
@@ -84,9 +84,14 @@ def _rounds(jobs: list[PendingJob]) -> list[tuple[int, list[PendingJob]]]:
 
 
 async def collect(
-    sweep: str, store: Store, executor: Executor, console: Console, *, wait: bool,
+    sweep: str,
+    store: Store,
+    executor: Executor,
+    console: Console,
+    *,
+    wait: bool,
     quiet: bool = False,
-) -> SweepSummary:  # fmt: skip
+) -> SweepSummary:
     """Store the results of jobs started earlier; with `wait`, those still to come too."""
     summary = SweepSummary(sweep)
     backlog = SweepProgress(console, sweep, 0, quiet=quiet)  # notes only, no bar
@@ -117,8 +122,9 @@ async def _consume(
                     progress.note(f"ignored a late result for {late}: the job has its result")
                 continue
             if isinstance(event, Lost):
-                progress.note(f"lost {applied.describe()} on {event.worker or 'a worker'}: "
-                              f"{event.why}")  # fmt: skip
+                progress.note(
+                    f"lost {applied.describe()} on {event.worker or 'a worker'}: {event.why}"
+                )
             summary.done += applied.status is JobStatus.DONE
             summary.failed += applied.status is JobStatus.FAILED
             progress.update(applied)

@@ -17,9 +17,8 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-
-from contract.status import JobStatus
-from orchestrator.store import Applied
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.orchestrator.store import Applied
 
 
 class SweepProgress:

@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass, fields
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
-
-from contract.jobspec import JobSpec
-from contract.payload import HostFacts, ResultPayload
-from contract.status import UNFINISHED, JobStatus
-from db.models import Environment, Job, Result, Sweep, utcnow
-from executors.base import Event, Failed, Finished, Lost, PendingJob, Queued, Started
-from orchestrator.sweep import SweepPlan
+from whistle_stop.contract.events import Event, Failed, Finished, Lost, PendingJob, Queued, Started
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.contract.payload import HostFacts, ResultPayload
+from whistle_stop.contract.status import UNFINISHED, JobStatus
+from whistle_stop.db.models import Environment, Job, Result, Sweep, utcnow
+from whistle_stop.orchestrator.sweep import SweepPlan
 
 
 @dataclass(frozen=True)
@@ -82,8 +81,10 @@ class Store:
                 job.status, job.error = JobStatus.PENDING, None
                 to_run.append(job)
             session.flush()
-            pending = [PendingJob(job.id, job.key, job.spec, job.key in restarted, job.round or 1)
-                       for job in to_run]  # fmt: skip
+            pending = [
+                PendingJob(job.id, job.key, job.spec, job.key in restarted, job.round or 1)
+                for job in to_run
+            ]
         return Recorded(pending, already_done)
 
     def provenance_changes(self, sweep_name: str, now: dict) -> tuple[int, list[str]]:
@@ -123,11 +124,18 @@ class Store:
                     applied.append(None)
                     continue
                 changed = _apply(session, job, event, environments)
-                applied.append(Applied(
-                    job.label, job.context, job.generation, job.threads,
-                    job.status if changed else None, job.worker, job.error,
-                    job.result.decode_tokens_per_s if job.result else None,
-                ))  # fmt: skip
+                applied.append(
+                    Applied(
+                        job.label,
+                        job.context,
+                        job.generation,
+                        job.threads,
+                        job.status if changed else None,
+                        job.worker,
+                        job.error,
+                        job.result.decode_tokens_per_s if job.result else None,
+                    )
+                )
         return applied
 
     def release_running(self, job_ids: list[int]) -> None:
@@ -150,8 +158,11 @@ class Store:
             )
             jobs = list(session.scalars(query))
             first = min((job.round or 1 for job in jobs), default=1)
-            return [PendingJob(job.id, job.key, job.spec, round=job.round or 1) for job in jobs
-                    if (job.round or 1) == first or job.status != JobStatus.PENDING]  # fmt: skip
+            return [
+                PendingJob(job.id, job.key, job.spec, round=job.round or 1)
+                for job in jobs
+                if (job.round or 1) == first or job.status != JobStatus.PENDING
+            ]
 
 
 def _differences(environment: Environment, now: dict) -> list[str]:
@@ -161,8 +172,11 @@ def _differences(environment: Environment, now: dict) -> list[str]:
         if then != version:
             found.append(f"{name} {then or 'absent'} -> {version or 'absent'}")
     if environment.source_hash != now["source_hash"]:
-        found.append("whistle-stop's source changed" if environment.source_hash
-                     else "whistle-stop's source not recorded (an older version)")  # fmt: skip
+        found.append(
+            "whistle-stop's source changed"
+            if environment.source_hash
+            else "whistle-stop's source not recorded (an older version)"
+        )
     return found
 
 
@@ -216,8 +230,11 @@ def _apply(session: Session, job: Job, event: Event, environments: Environments)
     if isinstance(event, Lost):
         if job.status not in UNFINISHED:
             return False  # it finished after all: nothing was lost
-        lost = {"worker": event.worker, "at": utcnow().isoformat(timespec="seconds"),
-                "why": event.why}  # fmt: skip
+        lost = {
+            "worker": event.worker,
+            "at": utcnow().isoformat(timespec="seconds"),
+            "why": event.why,
+        }
         job.lost_attempts = [*(job.lost_attempts or []), lost]  # a new list: JSON is replaced
         job.status = JobStatus.QUEUED
         return True

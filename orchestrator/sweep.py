@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from backends import registry
-from backends.sources import ModelSourceError, parse_model_source
-from contract.jobspec import JobSpec
-from orchestrator.sweep_text import SweepTextError, parse_yaml, read_text
+from whistle_stop.backends import registry
+from whistle_stop.backends.sources import ModelSourceError, parse_model_source
+from whistle_stop.contract.jobspec import JobSpec, control_label
+from whistle_stop.orchestrator.sweep_text import SweepTextError, parse_yaml, read_text
 
 PositiveInts = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
 
@@ -186,8 +185,13 @@ def parse_sweep(
             f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond the "
             f"model's {source.n_positions} positions; lower the largest context or length"
         )
-    return SweepPlan(name=sweep.name or default_name, source_text=text, jobs=jobs,
-                     baseline=sweep.baseline, rounds=sweep.rounds)  # fmt: skip
+    return SweepPlan(
+        name=sweep.name or default_name,
+        source_text=text,
+        jobs=jobs,
+        baseline=sweep.baseline,
+        rounds=sweep.rounds,
+    )
 
 
 def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
@@ -245,17 +249,15 @@ def _add_control(origin: str, sweep: SweepFile) -> SweepFile:
     base = next((b for b in sweep.backends if b.label == sweep.baseline), None)
     base = base or next((b for b in sweep.backends if b.name == sweep.baseline), None)
     if base is None:
-        raise SweepError(f"{origin}: control: true copies the baseline {sweep.baseline!r}, "
-                         f"which is not among the backends ({', '.join(labels)}); set "
-                         "baseline:")  # fmt: skip
+        raise SweepError(
+            f"{origin}: control: true copies the baseline {sweep.baseline!r}, "
+            f"which is not among the backends ({', '.join(labels)}); set "
+            "baseline:"
+        )
     control = base.model_copy(update={"label": control_label(base.label)})
     if control.label in labels:
         raise SweepError(f"{origin}: control: true adds {control.label!r}, already a label")
     return sweep.model_copy(update={"backends": [*sweep.backends, control]})
-
-
-def control_label(baseline: str) -> str:
-    return f"{baseline}-control"
 
 
 def _tokenizers(sweep: SweepFile) -> list[str]:

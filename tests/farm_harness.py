@@ -40,9 +40,12 @@ class RedisServer:
     """redis-server with an append-only file, so a kill -9 and restart keeps the queue."""
 
     def __init__(
-        self, directory: Path, binds: tuple[str, ...] = ("127.0.0.1",), password: str = "",
+        self,
+        directory: Path,
+        binds: tuple[str, ...] = ("127.0.0.1",),
+        password: str = "",
         fsync: str = "always",
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.directory, self.binds, self.port = directory, binds, free_port()
         self.password, self.fsync = password, fsync
         self.process: subprocess.Popen | None = None
@@ -54,15 +57,31 @@ class RedisServer:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", *self.binds,
-             "--save", "", "--appendonly", "yes", "--appendfsync", self.fsync,
-             "--dir", str(self.directory), "--protected-mode", "no",
-             "--logfile", str(self.directory / "redis.log"),
-             *(["--requirepass", self.password] if self.password else [])],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                *self.binds,
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                self.fsync,
+                "--dir",
+                str(self.directory),
+                "--protected-mode",
+                "no",
+                "--logfile",
+                str(self.directory / "redis.log"),
+                *(["--requirepass", self.password] if self.password else []),
+            ],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port, password=self.password or None,
-                             socket_connect_timeout=1)  # fmt: skip
+        )
+        client = redis.Redis(
+            port=self.port, password=self.password or None, socket_connect_timeout=1
+        )
         wait_for(lambda: _pings(client), 15, "redis-server to answer")
 
     def kill(self) -> None:
@@ -96,11 +115,31 @@ def farm_env(**settings: str) -> dict[str, str]:
 class FarmWorker:
     """One `farm worker` process group (Celery parent + its job child)."""
 
-    def __init__(self, broker: str, cpus: str, name: str, log: Path, cache: Path,
-                 env: dict[str, str], prefix: tuple[str, ...] = (),
-                 extra: tuple[str, ...] = ()) -> None:  # fmt: skip
-        self.args = [*prefix, FARM, "worker", "--broker", broker, "--cpus", cpus,
-                     "--name", name, "--cache-dir", str(cache), *extra]  # fmt: skip
+    def __init__(
+        self,
+        broker: str,
+        cpus: str,
+        name: str,
+        log: Path,
+        cache: Path,
+        env: dict[str, str],
+        prefix: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.args = [
+            *prefix,
+            FARM,
+            "worker",
+            "--broker",
+            broker,
+            "--cpus",
+            cpus,
+            "--name",
+            name,
+            "--cache-dir",
+            str(cache),
+            *extra,
+        ]
         self.name, self.log, self.env = name, log, env
         self.process: subprocess.Popen | None = None
 
@@ -108,9 +147,13 @@ class FarmWorker:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT,
+                self.args,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=ROOT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         if wait:
             wait_for(
                 lambda: "ready." in self.log_text(offset) or self._died(), 60, f"{self.name} ready"
@@ -160,8 +203,13 @@ def noop_workers(broker: str, count: int, directory: Path, env: dict[str, str]) 
     cpus = sorted(os.sched_getaffinity(0))
     cache = directory / "cache"
     (cache / "bandwidth").mkdir(parents=True, exist_ok=True)
-    figures = {"read_bytes_per_s": 2e10, "copy_bytes_per_s": 2e10, "threads": 1,
-               "measured_at": time.time(), "note": "placeholder: no-op jobs read no weights"}  # fmt: skip
+    figures = {
+        "read_bytes_per_s": 2e10,
+        "copy_bytes_per_s": 2e10,
+        "threads": 1,
+        "measured_at": time.time(),
+        "note": "placeholder: no-op jobs read no weights",
+    }
     workers = []
     for index in range(count):
         host, cpu = f"noop{index}", str(cpus[index % len(cpus)])
@@ -169,8 +217,18 @@ def noop_workers(broker: str, count: int, directory: Path, env: dict[str, str]) 
             json.dumps({**figures, "host": host, "cpus": cpu})
         )
         prefix = ("unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$@"', "sh")
-        workers.append(FarmWorker(broker, cpu, f"n{index}", directory / f"n{index}.log", cache,
-                                  env, prefix, ("--jobs-per-child", "0", "--no-preload")))  # fmt: skip
+        workers.append(
+            FarmWorker(
+                broker,
+                cpu,
+                f"n{index}",
+                directory / f"n{index}.log",
+                cache,
+                env,
+                prefix,
+                ("--jobs-per-child", "0", "--no-preload"),
+            )
+        )
     assert socket.gethostname() not in {f"noop{i}" for i in range(count)}
     for worker in workers:
         worker.start(wait=False)

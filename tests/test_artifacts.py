@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.artifacts import build_once
+from whistle_stop.artifacts import build_once
 
 
 def slow_build(out: Path) -> None:

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from backends import registry
-from worker.prompts import random_prompt
+from whistle_stop.backends import registry
+from whistle_stop.worker.prompts import random_prompt
 
 PROMPT_TOKENS, NEW_TOKENS = 12, 10
 
@@ -29,8 +28,12 @@ FLOAT32 = [
     ("onnx", {"fused_attention": True}),
     ("onnx", {"fused_attention": True, "kv_cache": "in_place"}),
 ]
-INT4_ALL_IN_PLACE = {"fused_attention": True, "kv_cache": "in_place", "quantize": "int4",
-                     "quantize_lm_head": True}  # fmt: skip
+INT4_ALL_IN_PLACE = {
+    "fused_attention": True,
+    "kv_cache": "in_place",
+    "quantize": "int4",
+    "quantize_lm_head": True,
+}
 QUANTIZED = [
     ("onnx", {"quantize": "int8"}),
     ("onnx", {"optimize": True, "quantize": "int8"}),
@@ -38,7 +41,7 @@ QUANTIZED = [
     (
         "onnx",
         {"quantize": "int8", "per_channel": True, "quantize_lm_head": True, "reduce_range": True},
-    ),  # fmt: skip
+    ),
     ("onnx", {"quantize": "int4"}),
     ("onnx", {"fused_attention": True, "quantize": "int8", "quantize_lm_head": True}),
     ("onnx", {"fused_attention": True, "kv_cache": "in_place", "quantize": "int8"}),
@@ -136,8 +139,7 @@ def test_torch_int8_really_quantizes_the_linear_layers(tiny_model, artifacts, lm
 def test_hf_conv1d_is_why_torch_int8_uses_our_module(tiny_model):
     """transformers' GPT-2 has no nn.Linear to quantize apart from the LM head."""
     import torch
-
-    from backends.weights import load_hf_model
+    from whistle_stop.backends.weights import load_hf_model
 
     linears = [m for m in load_hf_model(tiny_model).modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 1
@@ -168,7 +170,7 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
-    monkeypatch.delitem(sys.modules, "backends.onnx", raising=False)
+    monkeypatch.delitem(sys.modules, "whistle_stop.backends.onnx", raising=False)
     with pytest.raises(registry.MissingDependencyError, match="pip install onnxruntime"):
         registry.load_class("onnx")
 
@@ -176,17 +178,19 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("settings", "nbits"),
-    [({"quantize": "int8"}, None), ({"quantize": "int8", "fused_attention": True}, None),
-     ({"quantize": "int4", "fused_attention": True}, (4, 32)),
-     ({"quantize": "int4", "fused_attention": True, "block_size": 128}, (4, 128)),
-     ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, (8, 64))],
+    [
+        ({"quantize": "int8"}, None),
+        ({"quantize": "int8", "fused_attention": True}, None),
+        ({"quantize": "int4", "fused_attention": True}, (4, 32)),
+        ({"quantize": "int4", "fused_attention": True, "block_size": 128}, (4, 128)),
+        ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, (8, 64)),
+    ],
     ids=str,
-)  # fmt: skip
+)
 def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, settings, nbits):
     import onnx
-
-    from backends.onnx_export import onnx_artifact
-    from backends.weights import weights_digest
+    from whistle_stop.backends.onnx_export import onnx_artifact
+    from whistle_stop.backends.weights import weights_digest
 
     def quantized_matmuls(lm_head: bool) -> int:
         options = registry.entry("onnx").options.model_validate(
@@ -218,9 +222,8 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
 def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
     """No per-step work on the 154 MB head weight: its MatMul reads an initializer directly."""
     import onnx
-
-    from backends.onnx_export import onnx_artifact
-    from backends.weights import weights_digest
+    from whistle_stop.backends.onnx_export import onnx_artifact
+    from whistle_stop.backends.weights import weights_digest
 
     options = registry.entry("onnx").options.model_validate({})
     graph = onnx.load(
@@ -245,8 +248,9 @@ def test_the_in_place_cache_is_written_in_place_and_grows_when_short(
     """ORT writes each token's keys and values into our own buffers (no present copies);
     a sequence longer than what was reserved grows the buffers and keeps what they hold."""
     prompt, ref_tokens, ref_logits = reference
-    backend = build("onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model,
-                    artifacts)  # fmt: skip
+    backend = build(
+        "onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model, artifacts
+    )
     cache = backend.in_place
     backend.reserve(len(prompt) + 2)
     before = [buffer.copy() for buffer in cache.buffers]
@@ -269,8 +273,9 @@ def test_in_place_attention_is_one_group_query_attention_per_layer(
     import onnx
 
     prompt, ref_tokens, _ = reference
-    backend = build("onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model,
-                    artifacts)  # fmt: skip
+    backend = build(
+        "onnx", {"fused_attention": True, "kv_cache": "in_place"}, tiny_model, artifacts
+    )
     model = onnx.load(backend.model_path)
     ops = [node.op_type for node in model.graph.node]
     layers = json.loads((tiny_model / "config.json").read_text())["n_layer"]
@@ -291,8 +296,10 @@ def test_prefill_int8_runs_the_prompt_on_int8_and_decodes_on_int4(tiny_model, ar
     hybrid = build("onnx", {**INT4_ALL_IN_PLACE, "prefill_int8": True}, tiny_model, artifacts)
     int8 = build("onnx", {**INT4_ALL_IN_PLACE, "quantize": "int8"}, tiny_model, artifacts)
     int4 = build("onnx", INT4_ALL_IN_PLACE, tiny_model, artifacts)
-    rows = {name: backend.teacher_forced_logits(prompt, ref_tokens)
-            for name, backend in [("hybrid", hybrid), ("int8", int8), ("int4", int4)]}  # fmt: skip
+    rows = {
+        name: backend.teacher_forced_logits(prompt, ref_tokens)
+        for name, backend in [("hybrid", hybrid), ("int8", int8), ("int4", int4)]
+    }
     np.testing.assert_array_equal(rows["hybrid"][0], rows["int8"][0])
     assert not np.allclose(rows["hybrid"][0], rows["int4"][0])
     assert not np.allclose(rows["hybrid"][1:], rows["int8"][1:])  # decode is not int8's
@@ -308,16 +315,16 @@ def test_an_int8_cache_is_what_onnx_runtime_reads_and_writes(tiny_model, artifac
     of the graph holds, within one step of rounding, and the logits stay close to float32's."""
     import onnx
     import torch
-
-    from backends.nanogpt import load_gpt
-    from backends.onnx_export import CALIBRATION, _calibrated_kv_scales
-    from backends.onnx_graph import InPlaceGraph
+    from whistle_stop.backends.nanogpt import load_gpt
+    from whistle_stop.backends.onnx_export import CALIBRATION, _calibrated_kv_scales
+    from whistle_stop.backends.onnx_graph import InPlaceGraph
 
     prompt, ref_tokens, ref_logits = reference
     float_cache = {"fused_attention": True, "kv_cache": "in_place"}
     backend = build("onnx", {**float_cache, "kv_dtype": "int8"}, tiny_model, artifacts)
-    attention = [n for n in onnx.load(backend.model_path).graph.node
-                 if n.op_type == "GroupQueryAttention"]  # fmt: skip
+    attention = [
+        n for n in onnx.load(backend.model_path).graph.node if n.op_type == "GroupQueryAttention"
+    ]
     assert attention and all(
         {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}["kv_cache_bit_width"] == 8
         for n in attention
@@ -356,8 +363,9 @@ def test_the_in_place_cache_asks_for_its_prerequisites():
     with pytest.raises(ValidationError, match="needs quantize: int4 and kv_cache: in_place"):
         options.model_validate({"quantize": "int8", "prefill_int8": True})
     with pytest.raises(ValidationError, match="needs io_binding: true"):
-        options.model_validate({"kv_cache": "in_place", "fused_attention": True,
-                                "io_binding": False})  # fmt: skip
+        options.model_validate(
+            {"kv_cache": "in_place", "fused_attention": True, "io_binding": False}
+        )
     with pytest.raises(ValidationError, match="add quantize: int8"):
         options.model_validate({"int8_kernel": "nbits"})
     with pytest.raises(ValidationError, match="kv_dtype is the precision of the in-place cache"):
@@ -370,9 +378,13 @@ def test_the_in_place_cache_asks_for_its_prerequisites():
 
 @pytest.mark.parametrize(
     ("options", "bytes_per_weight"),
-    [({}, 4.0), ({"quantize": "int8"}, 1.0), ({"quantize": "int4"}, 0.625),
-     ({"quantize": "int4", "block_size": 128}, 0.53125),
-     ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, 1.0625)],
-)  # fmt: skip
+    [
+        ({}, 4.0),
+        ({"quantize": "int8"}, 1.0),
+        ({"quantize": "int4"}, 0.625),
+        ({"quantize": "int4", "block_size": 128}, 0.53125),
+        ({"quantize": "int8", "int8_kernel": "nbits", "block_size": 64}, 1.0625),
+    ],
+)
 def test_the_roofline_counts_each_block_scale(options, bytes_per_weight):
     assert registry.entry("onnx").options(**options).weight_bytes() == bytes_per_weight

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 from typer.testing import CliRunner
-
-from cli import app
+from whistle_stop.cli import app
 
 COMMANDS = [
     "submit",
@@ -44,12 +43,21 @@ def test_help_never_imports_torch(args):
 def test_bandwidth_reads_the_cache(tmp_path):
     import os
 
-    from contract.cpus import format_cpu_list
+    from whistle_stop.contract.cpus import format_cpu_list
 
     cpus = format_cpu_list(sorted(os.sched_getaffinity(0)))
     cached = tmp_path / "bandwidth" / f"{socket.gethostname()}-cpus{cpus}.json"
     cached.parent.mkdir()
-    cached.write_text(json.dumps({"read_bytes_per_s": 25e9, "copy_bytes_per_s": 20e9, "threads": 2,
-                                  "host": "box", "cpus": cpus}))  # fmt: skip
+    cached.write_text(
+        json.dumps(
+            {
+                "read_bytes_per_s": 25e9,
+                "copy_bytes_per_s": 20e9,
+                "threads": 2,
+                "host": "box",
+                "cpus": cpus,
+            }
+        )
+    )
     result = CliRunner().invoke(app, ["bandwidth", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0 and "read 25.0 GB/s" in result.output

@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 import typer
 import yaml
-
-from cli import app
+from whistle_stop.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +61,6 @@ def test_the_image_copies_every_package_pyproject_installs():
 
     root = Path(__file__).resolve().parent.parent
     found = tomllib.loads((root / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in found["tool"]["setuptools"]["packages"]["find"]["include"]}
+    packages = set(found["tool"]["setuptools"]["package-dir"].values())
     copied = set(re.findall(r"^COPY (\w+) \1$", (root / "Dockerfile").read_text(), re.M))
     assert packages <= copied, sorted(packages - copied)

@@ -1,5 +1,5 @@
-"""The typed contract: what crosses a process boundary matches what the database stores,
-and the package boundaries the README draws hold in the import graph."""
+"""The typed contract: what crosses a process boundary matches what the database stores
+(the package boundaries are checked in test_imports.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from whistle_stop.contract.payload import HostFacts, MalformedPayloadError, Metrics, ResultPayload
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.db.models import Environment, Result
 
-from contract.payload import HostFacts, MalformedPayloadError, Metrics, ResultPayload
-from contract.status import JobStatus
-from db.models import Environment, Result
+from tests.test_imports import modules
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("cli", "contract", "executors", "orchestrator", "worker", "backends", "db", "kernels")
 RESULT_HEADER = {"id", "job_id", "environment_id", "worker", "cpus", "created_at"}
 
 
@@ -32,8 +32,15 @@ def test_host_facts_are_the_environment_columns():
 
 def _metrics(**changes) -> dict:
     figures = {f.name: 1.0 for f in dataclasses.fields(Metrics)}
-    figures |= {"noisy": False, "remeasured": False, "repeats": 3, "load_extra": {},
-                "samples": {}, "tokens": [1, 2], "pinning_violations": []}  # fmt: skip
+    figures |= {
+        "noisy": False,
+        "remeasured": False,
+        "repeats": 3,
+        "load_extra": {},
+        "samples": {},
+        "tokens": [1, 2],
+        "pinning_violations": [],
+    }
     return figures | changes
 
 
@@ -75,51 +82,11 @@ def test_a_malformed_payload_is_refused_naming_the_field(change, message):
         ResultPayload.from_json(json.dumps(payload))
 
 
-def _modules() -> dict[str, Path]:
-    found = {}
-    for package in PACKAGES:
-        for path in (ROOT / package).rglob("*.py"):
-            found[".".join(path.relative_to(ROOT).with_suffix("").parts)] = path
-    return found
-
-
-def _imports(path: Path) -> set[str]:
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-def test_the_import_graph_keeps_the_boundaries():
-    """Workers and executors never touch the database; the orchestrator and the CLI reach
-    the worker only through the contract (the CLI may start `farm worker`, nothing more)."""
-    allowed_worker_imports = {"cli.worker": {"worker.serve", "worker.bandwidth"}}
-    problems = []
-    for module, path in _modules().items():
-        package = module.split(".")[0]
-        for imported in _imports(path):
-            top = imported.split(".")[0]
-            if (
-                package in ("worker", "executors", "backends", "contract", "kernels")
-                and top == "db"
-            ):
-                problems.append(f"{module} imports {imported}")
-            if package in ("orchestrator", "executors", "cli") and top == "worker":
-                if imported not in allowed_worker_imports.get(module, set()):
-                    problems.append(f"{module} imports {imported}")
-            if package == "contract" and top not in ("contract",) and top in PACKAGES:
-                problems.append(f"{module} imports {imported}")
-    assert problems == []
-
-
 def test_statuses_are_spelled_only_by_the_enum():
     statuses = {status.value for status in JobStatus}
     found = []
-    for module, path in _modules().items():
-        if module == "contract.status":
+    for module, path in modules().items():
+        if module == "whistle_stop.contract.status":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Constant) and node.value in statuses:
@@ -128,13 +95,13 @@ def test_statuses_are_spelled_only_by_the_enum():
 
 
 def test_the_source_hash_covers_the_engines_cpp(tmp_path, monkeypatch):
-    from contract import provenance
+    from whistle_stop.contract import provenance
 
     (tmp_path / "kernels").mkdir()
     engine = tmp_path / "kernels" / "gpt2.cc"
     engine.write_text("int x = 1;")
     (tmp_path / "kernels" / "notes.txt").write_text("not source")
-    monkeypatch.setattr(provenance, "PROJECT_ROOT", tmp_path)
+    monkeypatch.setattr(provenance, "package_dirs", lambda: {"kernels": tmp_path / "kernels"})
     before = provenance.source_hash.__wrapped__()
     (tmp_path / "kernels" / "notes.txt").write_text("still not source")
     assert provenance.source_hash.__wrapped__() == before

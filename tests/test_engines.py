@@ -6,25 +6,45 @@ from importlib import metadata
 
 import numpy as np
 import pytest
-
-from backends import registry
-from backends.registry import BackendEntry
-from contract.jobspec import JobSpec
-from worker.runner import run_job
+from whistle_stop.backends import registry
+from whistle_stop.backends.registry import BackendEntry
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.worker.runner import run_job
 
 
 def spec(model, backend: str, generation: int = 6, **options) -> dict:
-    return JobSpec(model=str(model), backend=backend, label=backend,
-                   options=tuple(sorted(options.items())), context=8, generation=generation,
-                   threads=1, warmups=1, repeats=2, min_duration_s=0, max_repeats=2,
-                   noise_threshold=0.05, fidelity_tokens=4, eval_text=None, eval_tokens=16,
-                   rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0,
-                   fidelity_prompts=2, bandwidth="host").to_dict()  # fmt: skip
+    return JobSpec(
+        model=str(model),
+        backend=backend,
+        label=backend,
+        options=tuple(sorted(options.items())),
+        context=8,
+        generation=generation,
+        threads=1,
+        warmups=1,
+        repeats=2,
+        min_duration_s=0,
+        max_repeats=2,
+        noise_threshold=0.05,
+        fidelity_tokens=4,
+        eval_text=None,
+        eval_tokens=16,
+        rerun_noisy=False,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+        fidelity_prompts=2,
+        bandwidth="host",
+    ).to_dict()
 
 
 def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
-    missing = BackendEntry("whistle_stop_no_such_engine:Engine", registry.opts.BackendOptions,
-                           "an engine", extra="no-such-engine")  # fmt: skip
+    missing = BackendEntry(
+        "whistle_stop_no_such_engine:Engine",
+        registry.opts.BackendOptions,
+        "an engine",
+        extra="no-such-engine",
+    )
     monkeypatch.setitem(registry.BUILTIN, "phantom", missing)
     with pytest.raises(registry.MissingDependencyError) as caught:
         registry.check_extra("phantom")
@@ -36,8 +56,12 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch):
 def test_the_embedded_pool_refuses_an_engine_it_lacks_before_writing(monkeypatch, tmp_path):
     from tests.test_submit import farm, write_sweep
 
-    missing = BackendEntry("whistle_stop_no_such_engine:Engine", registry.opts.BackendOptions,
-                           "an engine", extra="no-such-engine")  # fmt: skip
+    missing = BackendEntry(
+        "whistle_stop_no_such_engine:Engine",
+        registry.opts.BackendOptions,
+        "an engine",
+        extra="no-such-engine",
+    )
     monkeypatch.setitem(registry.BUILTIN, "phantom", missing)
     grid = write_sweep(tmp_path / "e.yaml", "backends: [hf, phantom]\n")
     db = tmp_path / "farm.db"
@@ -94,7 +118,7 @@ def test_llama_cpp_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path
     """The GGUF written from our weights computes what transformers computes, and q8_0 is
     close but not identical: what makes llama.cpp a fair entry in the grid."""
     pytest.importorskip("llama_cpp", reason="the llama-cpp extra is not installed")
-    from backends import registry as backends
+    from whistle_stop.backends import registry as backends
 
     hf, prompt, ref_tokens, ref_logits, scale = transformers_reference(tiny_model, tmp_path)
 
@@ -117,10 +141,13 @@ def test_a_crashing_engine_is_one_failed_job_and_the_sweep_goes_on(tmp_path, tin
     AMX VMs) fails its job with the signal and its last words, and the next job runs."""
     from tests.test_submit import farm, write_sweep
 
-    grid = write_sweep(tmp_path / "crash.yaml", f"model: {tiny_model}\nbackends:\n"
-                       "  - {name: fault, mode: crash}\n  - {name: fault, mode: ok}\n"
-                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
-                       "bandwidth: host\n")  # fmt: skip
+    grid = write_sweep(
+        tmp_path / "crash.yaml",
+        f"model: {tiny_model}\nbackends:\n"
+        "  - {name: fault, mode: crash}\n  - {name: fault, mode: ok}\n"
+        "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
+        "bandwidth: host\n",
+    )
     db = tmp_path / "farm.db"
     result = farm("submit", "--grid", str(grid), "--db", str(db), "--cache-dir", str(tmp_path))
     assert result.exit_code == 3
@@ -138,14 +165,18 @@ def test_openvino_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path)
     """The stateful model converted from our module computes what transformers computes,
     through GenAI's C++ loop and through ours; int8 weights are close, not identical."""
     pytest.importorskip("openvino_genai", reason="the openvino extra is not installed")
-    from backends import registry as backends
+    from whistle_stop.backends import registry as backends
 
     hf, prompt, ref_tokens, ref_logits, scale = transformers_reference(tiny_model, tmp_path)
 
     for runner in ("genai", "python"):
-        f32 = backends.create("openvino", tiny_model,
-                              {"weights": "f32", "runner": runner, "kv_cache": "f32"},
-                              1, tmp_path)  # fmt: skip
+        f32 = backends.create(
+            "openvino",
+            tiny_model,
+            {"weights": "f32", "runner": runner, "kv_cache": "f32"},
+            1,
+            tmp_path,
+        )
         for length in (prompt, prompt[:2]):  # a repeated prompt, then a shorter one
             generation = f32.generate(length, 12)
             assert generation.tokens == hf.generate(length, 12).tokens
@@ -173,8 +204,7 @@ def test_openvino_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path)
 
 def test_openvino_options_refuse_what_only_4_bit_weights_use():
     from pydantic import ValidationError
-
-    from backends.options import OpenVINOOptions
+    from whistle_stop.backends.options import OpenVINOOptions
 
     assert OpenVINOOptions(weights="int4", group_size=32, all_layers=True).group_size == 32
     with pytest.raises(ValidationError, match="need weights: int4"):
@@ -198,7 +228,7 @@ def test_openvino_int4_is_a_farm_backend(tiny_model, tmp_path):
 
 
 def test_an_amx_llama_cpp_build_is_refused_under_a_hypervisor_with_the_fix(monkeypatch):
-    from backends.llamacpp_build import refuse_amx_under_hypervisor
+    from whistle_stop.backends.llamacpp_build import refuse_amx_under_hypervisor
 
     amx = "CPU : AVX2 = 1 | AVX512_VNNI = 1 | AMX_INT8 = 1 | OPENMP = 1 |"
     built_without = amx.replace("AMX_INT8 = 1 | ", "")

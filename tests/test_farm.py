@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
+from whistle_stop.db.models import Job, Result
 
-from db.models import Job, Result
 from tests.farm_harness import FARM, ROOT, FarmWorker, RedisServer, farm_env, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -33,8 +33,13 @@ def measured_bandwidth(tmp_path_factory) -> Path:
     start-up when its cache lacks it, which would add seconds to every worker start."""
     cache = tmp_path_factory.mktemp("bandwidth-cache")
     for cpus in ("0", "1") if TWO_CPUS else ("0",):
-        subprocess.run([FARM, "bandwidth", "--cpus", cpus, "--cache-dir", str(cache)],
-                       check=True, env=farm_env(), cwd=ROOT, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [FARM, "bandwidth", "--cpus", cpus, "--cache-dir", str(cache)],
+            check=True,
+            env=farm_env(),
+            cwd=ROOT,
+            capture_output=True,
+        )
     return cache / "bandwidth"
 
 
@@ -47,8 +52,13 @@ def farm(tmp_path, tiny_model, measured_bandwidth):
 
 
 class Farm:
-    def __init__(self, tmp_path: Path, model: Path, binds: tuple[str, ...] = ("127.0.0.1",),
-                 password: str = ""):  # fmt: skip
+    def __init__(
+        self,
+        tmp_path: Path,
+        model: Path,
+        binds: tuple[str, ...] = ("127.0.0.1",),
+        password: str = "",
+    ):
         self.tmp, self.model = tmp_path, model
         self.redis = RedisServer(tmp_path / "redis", binds, password)
         self.redis.start()
@@ -58,26 +68,53 @@ class Farm:
         self.submits: list[subprocess.Popen] = []
 
     def worker(self, cpus: str, name: str, *, broker: str | None = None, prefix=(), start=True):
-        worker = FarmWorker(broker or self.redis.url(), cpus, name, self.tmp / f"{name}.log",
-                            self.tmp / "cache", self.env, prefix)  # fmt: skip
+        worker = FarmWorker(
+            broker or self.redis.url(),
+            cpus,
+            name,
+            self.tmp / f"{name}.log",
+            self.tmp / "cache",
+            self.env,
+            prefix,
+        )
         self.workers.append(worker)
         return worker.start() if start else worker
 
     def sweep(self, backends: list[dict], *, name: str = "farm", contexts=(8,)) -> Path:
         text = {
-            "name": name, "model": str(self.model), "backends": backends,
-            "context_sizes": list(contexts), "generation_lengths": [5], "threads": [1],
-            "warmups": 0, "repeats": 1, "fidelity_tokens": 0,
-        }  # fmt: skip
+            "name": name,
+            "model": str(self.model),
+            "backends": backends,
+            "context_sizes": list(contexts),
+            "generation_lengths": [5],
+            "threads": [1],
+            "warmups": 0,
+            "repeats": 1,
+            "fidelity_tokens": 0,
+        }
         path = self.tmp / f"{name}.yaml"
         path.write_text(json.dumps(text))  # JSON is YAML
         return path
 
     def submit(self, grid: Path, *extra: str) -> subprocess.Popen:
         process = subprocess.Popen(
-            [FARM, "submit", "--grid", str(grid), "--broker", self.redis.url(), "--db", str(self.db), *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, cwd=ROOT,
-        )  # fmt: skip
+            [
+                FARM,
+                "submit",
+                "--grid",
+                str(grid),
+                "--broker",
+                self.redis.url(),
+                "--db",
+                str(self.db),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+        )
         self.submits.append(process)
         return process
 
@@ -179,13 +216,20 @@ def test_kill9_worker_mid_job_completes_on_another_worker_once(farm):
 
 
 def _show(farm: Farm, key: str) -> dict:
-    shown = subprocess.run([FARM, "show", key, "--db", str(farm.db)], capture_output=True,
-                           text=True, env=farm.env, cwd=ROOT, check=True)  # fmt: skip
+    shown = subprocess.run(
+        [FARM, "show", key, "--db", str(farm.db)],
+        capture_output=True,
+        text=True,
+        env=farm.env,
+        cwd=ROOT,
+        check=True,
+    )
     return json.loads(shown.stdout)
 
 
-def test_a_lost_worker_costs_its_lease_not_hours_with_default_limits(tmp_path, tiny_model,
-                                                                     measured_bandwidth):  # fmt: skip
+def test_a_lost_worker_costs_its_lease_not_hours_with_default_limits(
+    tmp_path, tiny_model, measured_bandwidth
+):
     """SIGKILL a worker's whole process group mid-job, with every limit at its default:
     the job comes back once its lease lapses (FARM_LEASE_S, 30 s), runs on the survivor,
     and the lost attempt is on the job for `farm show`."""
@@ -230,9 +274,22 @@ def test_a_frozen_worker_that_wakes_up_late_adds_no_second_result(farm):
     frozen.thaw()
     wait_for(lambda: frozen.log_text().count("succeeded") >= 1, 60, "the frozen job to end")
     collected = subprocess.run(
-        [FARM, "collect", "--sweep", "farm", "--no-wait", "--broker", farm.redis.url(),
-         "--db", str(farm.db)], capture_output=True, text=True, env=farm.env, cwd=ROOT,
-    )  # fmt: skip
+        [
+            FARM,
+            "collect",
+            "--sweep",
+            "farm",
+            "--no-wait",
+            "--broker",
+            farm.redis.url(),
+            "--db",
+            str(farm.db),
+        ],
+        capture_output=True,
+        text=True,
+        env=farm.env,
+        cwd=ROOT,
+    )
     assert collected.returncode == 0, collected.stderr
     assert "stored 0 done and 0 failed" in collected.stderr
     assert_exactly_one_result_each(farm)
@@ -246,8 +303,11 @@ def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
     wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
     status = subprocess.run(
         [FARM, "status", "--db", str(farm.db), "--broker", farm.redis.url()],
-        capture_output=True, text=True, timeout=60, env=farm.env,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=farm.env,
+    )
     assert "1 running" in status.stdout and "w0@" in status.stdout, status.stdout + status.stderr
     assert "farm: slow ctx=8 gen=5" in status.stdout  # what the worker is running
     worker.terminate()  # warm shutdown: the running job completes first
@@ -331,12 +391,20 @@ def test_bad_messages_are_rejected_and_the_worker_keeps_serving(farm):
             connection.channel(), exchange=Exchange("farm", type="direct"), routing_key="farm"
         )
         queue = Queue("farm", Exchange("farm", type="direct"), routing_key="farm")
-        producer.publish({"not": "a task"}, serializer="pickle", declare=[queue],
-                         headers={"task": "whistle_stop.run_job", "id": "pickled"})  # fmt: skip
-        producer.publish("{not json", content_type="application/json", content_encoding="utf-8",
-                         headers={"task": "whistle_stop.run_job", "id": "garbled"})  # fmt: skip
-    from contract.queue import TASK_NAME
-    from executors.celery import make_app
+        producer.publish(
+            {"not": "a task"},
+            serializer="pickle",
+            declare=[queue],
+            headers={"task": "whistle_stop.run_job", "id": "pickled"},
+        )
+        producer.publish(
+            "{not json",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers={"task": "whistle_stop.run_job", "id": "garbled"},
+        )
+    from whistle_stop.contract.queue import TASK_NAME
+    from whistle_stop.executors.celery import make_app
 
     make_app(farm.redis.url()).send_task(
         TASK_NAME, args=["farm", 999, {"bogus": True}], queue="farm"
@@ -362,11 +430,10 @@ def test_forged_messages_are_dropped_without_running_anything(farm, tmp_path):
     """Messages naming callables, modules and wrong types: each logged and dropped, nothing
     imported (the payload module would leave a marker), and the worker serves on."""
     import redis
-
-    from contract.jobspec import JobSpec
-    from contract.payload import ResultPayload
-    from contract.queue import TASK_NAME, task_id_for
-    from executors.celery import make_app
+    from whistle_stop.contract.jobspec import JobSpec
+    from whistle_stop.contract.payload import ResultPayload
+    from whistle_stop.contract.queue import TASK_NAME, task_id_for
+    from whistle_stop.executors.celery import make_app
 
     marker = tmp_path / "marker"
     farm.env["WHISTLE_STOP_PAYLOAD_MARKER"] = str(marker)
@@ -401,13 +468,29 @@ def test_forged_messages_are_dropped_without_running_anything(farm, tmp_path):
 
 
 def _good_spec(model: Path) -> dict:
-    from contract.jobspec import JobSpec
+    from whistle_stop.contract.jobspec import JobSpec
 
-    return JobSpec(model=str(model), backend=FAULT, label="x", options=(("mode", "ok"),),
-                   context=8, generation=5, threads=1, warmups=0, repeats=1, min_duration_s=0.0,
-                   max_repeats=1, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
-                   eval_tokens=2, rerun_noisy=False, prompt_text=None, tokenizer="fast",
-                   seed=0).to_dict()  # fmt: skip
+    return JobSpec(
+        model=str(model),
+        backend=FAULT,
+        label="x",
+        options=(("mode", "ok"),),
+        context=8,
+        generation=5,
+        threads=1,
+        warmups=0,
+        repeats=1,
+        min_duration_s=0.0,
+        max_repeats=1,
+        noise_threshold=0.05,
+        fidelity_tokens=0,
+        eval_text=None,
+        eval_tokens=2,
+        rerun_noisy=False,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+    ).to_dict()
 
 
 def test_a_password_protected_broker(tmp_path, tiny_model, measured_bandwidth):
@@ -426,10 +509,22 @@ def test_a_password_protected_broker(tmp_path, tiny_model, measured_bandwidth):
         farm.run(farm.sweep([ok("guarded")]))
         assert_exactly_one_result_each(farm)
         no_password = subprocess.run(
-            [FARM, "submit", "--grid", str(farm.sweep([ok("x")], name="other")),
-             "--broker", farm.redis.url(password=""), "--db", str(farm.db)],
-            capture_output=True, text=True, env=farm.env, cwd=ROOT, timeout=60,
-        )  # fmt: skip
+            [
+                FARM,
+                "submit",
+                "--grid",
+                str(farm.sweep([ok("x")], name="other")),
+                "--broker",
+                farm.redis.url(password=""),
+                "--db",
+                str(farm.db),
+            ],
+            capture_output=True,
+            text=True,
+            env=farm.env,
+            cwd=ROOT,
+            timeout=60,
+        )
         assert no_password.returncode == 2 and "refused the password" in no_password.stderr
     finally:
         farm.close()
@@ -449,9 +544,21 @@ def test_a_broker_that_does_not_answer(tmp_path):
     db = tmp_path / "farm.db"
     started = time.monotonic()
     result = subprocess.run(
-        [FARM, "submit", "--grid", str(grid), "--db", str(db), "--broker", "redis://:hunter2@127.0.0.1:9/0"],
-        capture_output=True, text=True, timeout=60, env=farm_env(),
-    )  # fmt: skip
+        [
+            FARM,
+            "submit",
+            "--grid",
+            str(grid),
+            "--db",
+            str(db),
+            "--broker",
+            "redis://:hunter2@127.0.0.1:9/0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=farm_env(),
+    )
     assert result.returncode == 2
     assert "does not answer" in result.stderr and "hunter2" not in result.stderr + result.stdout
     assert time.monotonic() - started < 15
@@ -461,8 +568,11 @@ def test_a_broker_that_does_not_answer(tmp_path):
 def test_worker_refuses_cpus_this_machine_lacks(tmp_path):
     result = subprocess.run(
         [FARM, "worker", "--broker", "redis://127.0.0.1:9/0", "--cpus", "4000-4001"],
-        capture_output=True, text=True, timeout=60, env=farm_env(),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=farm_env(),
+    )
     assert result.returncode == 2 and "valid CPUs" in result.stderr
 
 
@@ -491,8 +601,18 @@ class TwoHosts:
     def prefix(self, index: int) -> tuple[str, ...]:
         """Run a command inside host `index`, under its own hostname."""
         netns, _, _, hostname = self.hosts[index]
-        return ("ip", "netns", "exec", netns, "unshare", "--uts", "sh", "-c",
-                f'hostname {hostname} && exec "$@"', "sh")  # fmt: skip
+        return (
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+            f'hostname {hostname} && exec "$@"',
+            "sh",
+        )
 
     def remove(self) -> None:
         for netns, host_if, _, _ in self.hosts:
@@ -544,7 +664,22 @@ def test_rounds_run_on_celery_workers_one_round_after_another(farm):
     rows = farm.jobs()
     assert sorted((job.round, job.position) for job, _ in rows) == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert_exactly_one_result_each(farm)
-    refused = subprocess.run([FARM, "submit", "--grid", str(grid), "--broker", farm.redis.url(),
-                              "--db", str(farm.db), "--no-wait", "--rerun"],
-                             capture_output=True, text=True, env=farm.env, cwd=ROOT)  # fmt: skip
+    refused = subprocess.run(
+        [
+            FARM,
+            "submit",
+            "--grid",
+            str(grid),
+            "--broker",
+            farm.redis.url(),
+            "--db",
+            str(farm.db),
+            "--no-wait",
+            "--rerun",
+        ],
+        capture_output=True,
+        text=True,
+        env=farm.env,
+        cwd=ROOT,
+    )
     assert refused.returncode == 2 and "drop --no-wait" in refused.stderr

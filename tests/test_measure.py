@@ -7,8 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from worker.measure import Repeat, TimerCheck, percentile, raw_samples, should_stop, summarize
+from whistle_stop.worker.measure import (
+    Repeat,
+    TimerCheck,
+    percentile,
+    raw_samples,
+    should_stop,
+    summarize,
+)
 
 
 @pytest.mark.parametrize(
@@ -75,13 +81,30 @@ def test_decode_time_is_never_total_minus_prefill():
 @pytest.mark.slow
 def test_token_clock_agrees_with_the_outer_wall_clock(tiny_model: Path, tmp_path):
     """Sum of per-token intervals plus prefill within 2% of an outer timer, on a real model."""
-    from contract.jobspec import JobSpec
-    from worker.runner import run_job
+    from whistle_stop.contract.jobspec import JobSpec
+    from whistle_stop.worker.runner import run_job
 
-    spec = JobSpec(model=str(tiny_model), backend="hf", label="hf", options=(("dtype", "float32"),),
-                   context=16, generation=32, threads=1, warmups=1, repeats=5, min_duration_s=0.0,
-                   max_repeats=5, noise_threshold=0.05, fidelity_tokens=8, eval_text=None,
-                   eval_tokens=16, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
+    spec = JobSpec(
+        model=str(tiny_model),
+        backend="hf",
+        label="hf",
+        options=(("dtype", "float32"),),
+        context=16,
+        generation=32,
+        threads=1,
+        warmups=1,
+        repeats=5,
+        min_duration_s=0.0,
+        max_repeats=5,
+        noise_threshold=0.05,
+        fidelity_tokens=8,
+        eval_text=None,
+        eval_tokens=16,
+        rerun_noisy=False,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+    )
     payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="test")
     assert payload.status == "done", payload.error
     assert payload.metrics.timer_gap < 0.02

@@ -14,10 +14,10 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+from whistle_stop.backends import registry
+from whistle_stop.backends.nanogpt import load_gpt
+from whistle_stop.kernels.quantize import dequantize_rows, grouped, quantize_rows
 
-from backends import registry
-from backends.nanogpt import load_gpt
-from kernels.quantize import dequantize_rows, grouped, quantize_rows
 from tests.conftest import save_tiny_gpt2
 
 FLOATS = ctypes.POINTER(ctypes.c_float)
@@ -31,7 +31,7 @@ def shared_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(shared_cache):
-    from kernels.build import load
+    from whistle_stop.kernels.build import load
 
     lib, _ = load(shared_cache)
     return lib
@@ -48,8 +48,13 @@ def model_head_64(tmp_path_factory):
     """Heads of 64 (GPT-2's size): the attention path that scores eight keys at a time.
     Weights 5x GPT-2's initial scale, so attention is peaked: near-uniform attention (the
     default init) hid scores given to the wrong positions."""
-    return save_tiny_gpt2(tmp_path_factory.mktemp("gpt2-h64"), n_embd=128, n_head=2,
-                          vocab_size=300, initializer_range=0.1)  # fmt: skip
+    return save_tiny_gpt2(
+        tmp_path_factory.mktemp("gpt2-h64"),
+        n_embd=128,
+        n_head=2,
+        vocab_size=300,
+        initializer_range=0.1,
+    )
 
 
 def test_eight_bit_rows_round_to_nearest_and_keep_their_largest_weight():
@@ -59,8 +64,9 @@ def test_eight_bit_rows_round_to_nearest_and_keep_their_largest_weight():
     blocks = weight.reshape(5, 4, 32)
     assert (np.abs(back - blocks) <= np.abs(scales)[..., None] / 2 + 1e-6).all()
     largest = np.abs(blocks).argmax(2)[..., None]
-    np.testing.assert_allclose(np.take_along_axis(back, largest, 2),
-                               np.take_along_axis(blocks, largest, 2), rtol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        np.take_along_axis(back, largest, 2), np.take_along_axis(blocks, largest, 2), rtol=1e-6
+    )
     assert data.dtype == np.int8 and data.shape == (5, 128)
 
 
@@ -103,9 +109,19 @@ def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, m):
     in_groups, group_scales = grouped(data, scales)
     y = np.zeros((m, n), np.float32)
     pool = engine.ws_pool_create(threads)
-    engine.ws_matmul(pool, in_groups.ctypes.data, group_scales.ctypes.data_as(FLOATS),
-                     bias.ctypes.data_as(FLOATS), n, k, bits, block, x.ctypes.data_as(FLOATS),
-                     m, y.ctypes.data_as(FLOATS))  # fmt: skip
+    engine.ws_matmul(
+        pool,
+        in_groups.ctypes.data,
+        group_scales.ctypes.data_as(FLOATS),
+        bias.ctypes.data_as(FLOATS),
+        n,
+        k,
+        bits,
+        block,
+        x.ctypes.data_as(FLOATS),
+        m,
+        y.ctypes.data_as(FLOATS),
+    )
     engine.ws_pool_destroy(pool)
     expected = x @ dequantize_rows(data, scales, bits, block).T + bias
     # only the activations' int8 rounding: ~0.5% of the largest output (float32: none)
@@ -131,11 +147,18 @@ def _dequantized_reference(model_dir, bits: int, block: int):
 
 @pytest.mark.parametrize(
     ("bits", "block", "kv", "head"),
-    [(4, 32, "float16", 16), (8, 32, "float16", 16), (4, 64, "int8", 16),
-     (8, 128, "float16", 64), (4, 128, "int8", 64), (32, 32, "float16", 64)],
-)  # fmt: skip
-def test_the_engine_computes_gpt2_on_its_quantized_weights(request, shared_cache, bits, block, kv,
-                                                           head):  # fmt: skip
+    [
+        (4, 32, "float16", 16),
+        (8, 32, "float16", 16),
+        (4, 64, "int8", 16),
+        (8, 128, "float16", 64),
+        (4, 128, "int8", 64),
+        (32, 32, "float16", 64),
+    ],
+)
+def test_the_engine_computes_gpt2_on_its_quantized_weights(
+    request, shared_cache, bits, block, kv, head
+):
     model = request.getfixturevalue("model_64" if head == 16 else "model_head_64")
     reference = registry.create("nanogpt", model, {}, 1, shared_cache)
     reference.model = _dequantized_reference(model, bits, block)

@@ -11,27 +11,44 @@ import time
 
 import numpy as np
 import pytest
-
-from contract.jobspec import JobSpec
-from executors.local import LocalWorker
-from worker import fidelity
-from worker.runner import run_job
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.executors.local import LocalWorker
+from whistle_stop.worker import fidelity
+from whistle_stop.worker.runner import run_job
 
 FAULT = "fault"  # tests/plugin, installed as an entry point
 TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
 
 
 def spec(model, backend=FAULT, threads=1, generation=8, **options) -> dict:
-    return JobSpec(model=str(model), backend=backend, label="x", options=tuple(sorted(options.items())),
-                   context=8, generation=generation, threads=threads, warmups=0, repeats=2,
-                   min_duration_s=0, max_repeats=2, noise_threshold=0.05, fidelity_tokens=0,
-                   eval_text=None, eval_tokens=16, rerun_noisy=False, prompt_text=None,
-                   tokenizer="fast", seed=0, bandwidth="host").to_dict()  # fmt: skip
+    return JobSpec(
+        model=str(model),
+        backend=backend,
+        label="x",
+        options=tuple(sorted(options.items())),
+        context=8,
+        generation=generation,
+        threads=threads,
+        warmups=0,
+        repeats=2,
+        min_duration_s=0,
+        max_repeats=2,
+        noise_threshold=0.05,
+        fidelity_tokens=0,
+        eval_text=None,
+        eval_tokens=16,
+        rerun_noisy=False,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+        bandwidth="host",
+    ).to_dict()
 
 
 def run(model, tmp_path, cpus=None, **options):
-    payload = run_job(spec(model, **options), cache_dir=tmp_path, worker_name="t",
-                      assigned_cpus=cpus)  # fmt: skip
+    payload = run_job(
+        spec(model, **options), cache_dir=tmp_path, worker_name="t", assigned_cpus=cpus
+    )
     assert payload.status == "done", payload.error
     return payload.metrics
 
@@ -63,8 +80,7 @@ def test_a_pool_the_job_did_not_ask_for_is_seen(tiny_model, tmp_path):
     assert found and "rogue-" in found[0] and "for a 1-thread job" in found[0]
     # the same working threads, declared by the backend: allowed, and recorded (this
     # backend starts three new ones per call, so two repeats show six)
-    declared = in_worker(tiny_model, tmp_path, [0], mode="extra_pool", step_s=0.02,
-                         declare_extra=6)  # fmt: skip
+    declared = in_worker(tiny_model, tmp_path, [0], mode="extra_pool", step_s=0.02, declare_extra=6)
     assert declared.machine["busy_threads"] >= 3
     assert declared.machine["declared_extra_threads"] == 6
     assert not [v for v in declared.pinning_violations if "did not ask for" in v]
@@ -73,8 +89,13 @@ def test_a_pool_the_job_did_not_ask_for_is_seen(tiny_model, tmp_path):
 def test_another_process_on_the_job_cpus_is_seen_and_named(tiny_model, tmp_path):
     # a busy loop pinned to the job's CPU, named as a kernel thread would be
     burner = subprocess.Popen(
-        [sys.executable, "-c", "import ctypes, os; os.sched_setaffinity(0, {0}); "
-         "ctypes.CDLL(None).prctl(15, b'ws-burner', 0, 0, 0)\nwhile True: pass"])  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import ctypes, os; os.sched_setaffinity(0, {0}); "
+            "ctypes.CDLL(None).prctl(15, b'ws-burner', 0, 0, 0)\nwhile True: pass",
+        ]
+    )
     try:
         time.sleep(0.3)  # pinned and named before the job starts
         metrics = in_worker(tiny_model, tmp_path, [0], mode="ok", step_s=0.02, generation=16)
@@ -91,8 +112,15 @@ def test_a_quiet_job_has_no_pinning_findings_and_reports_the_machine(tiny_model,
     assert metrics.pinning_violations == []
     machine = metrics.machine
     assert machine["thread_samples"] >= 2 * 2  # at least a sample per repeat, and periodic
-    for key in ("steal", "voluntary_switches", "involuntary_switches", "major_faults",
-                "anon_huge_bytes", "busy_threads", "busiest_others"):  # fmt: skip
+    for key in (
+        "steal",
+        "voluntary_switches",
+        "involuntary_switches",
+        "major_faults",
+        "anon_huge_bytes",
+        "busy_threads",
+        "busiest_others",
+    ):
         assert key in machine
     assert 0 <= machine["others_on_cpus"] <= 1
     assert machine["voluntary_switches"] > 0  # it slept between tokens
@@ -154,8 +182,10 @@ def test_fidelity_pools_prompts_and_reports_kl_percentiles():
 
 
 def test_hf_float32_is_the_reference_and_says_so(tiny_model, tmp_path):
-    job = spec(tiny_model, backend="hf", dtype="float32") | {"fidelity_tokens": 4,
-                                                             "fidelity_prompts": 3}  # fmt: skip
+    job = spec(tiny_model, backend="hf", dtype="float32") | {
+        "fidelity_tokens": 4,
+        "fidelity_prompts": 3,
+    }
     metrics = run_job(job, cache_dir=tmp_path, worker_name="t").metrics
     assert metrics.top1_agreement == 1.0 and metrics.mean_kl == 0.0
     assert metrics.fidelity_positions == 12

@@ -4,9 +4,8 @@ must compute what the plain model computes, step after step, before any export."
 from __future__ import annotations
 
 import torch
-
-from backends.nanogpt_model import GPT, GPTConfig
-from backends.onnx_graph import ConcatGraph, InPlaceGraph, kv_scales
+from whistle_stop.backends.nanogpt_model import GPT, GPTConfig
+from whistle_stop.backends.onnx_graph import ConcatGraph, InPlaceGraph, kv_scales
 
 CONFIG = GPTConfig(block_size=32, vocab_size=64, n_layer=2, n_head=2, n_embd=16)
 PROMPT, STEPS = [3, 14, 15, 9, 2], [6, 5, 35]

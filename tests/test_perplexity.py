@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from whistle_stop.backends import registry
+from whistle_stop.worker.perplexity import perplexity, token_ids
 
-from backends import registry
 from tests.conftest import save_tiny_gpt2
-from worker.perplexity import perplexity, token_ids
 
 TEXT = (
     "The farm measures how fast a small GPT runs on a CPU and what each faster path costs. "
@@ -28,8 +28,9 @@ def model_with_tokenizer(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-with-tokenizer")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator([TEXT], trainer)
     tokenizer.decoder = decoders.ByteLevel()
     PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(directory)
@@ -41,7 +42,7 @@ def model_with_tokenizer(tmp_path_factory):
 
 def direct_nll(model_dir, ids: list[int], window: int) -> float:
     """The same windows, scored with transformers' full-sequence forward."""
-    from backends.weights import load_hf_model
+    from whistle_stop.backends.weights import load_hf_model
 
     model = load_hf_model(model_dir)
     nll, scored, begin = 0.0, 0, 0
@@ -73,17 +74,36 @@ def test_sliding_window_perplexity_matches_a_direct_computation(
 
 @pytest.mark.slow
 def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tmp_path):
-    from contract.jobspec import JobSpec
-    from worker.runner import run_job
+    from whistle_stop.contract.jobspec import JobSpec
+    from whistle_stop.worker.runner import run_job
 
     deltas = {}
-    for backend, options in [("hf", {"dtype": "float32"}), ("nanogpt", {"dtype": "float32", "kv_cache": True}),
-                             ("torch-int8", {"per_channel": False, "quantize_lm_head": True, "kv_cache": True})]:  # fmt: skip
-        spec = JobSpec(model=str(model_with_tokenizer), backend=backend, label=backend,
-                       options=tuple(sorted(options.items())), context=8, generation=4, threads=1,
-                       warmups=0, repeats=1, min_duration_s=0, max_repeats=1, noise_threshold=0.05,
-                       fidelity_tokens=4, eval_text=str(model_with_tokenizer / "eval.txt"),
-                       eval_tokens=50, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
+    for backend, options in [
+        ("hf", {"dtype": "float32"}),
+        ("nanogpt", {"dtype": "float32", "kv_cache": True}),
+        ("torch-int8", {"per_channel": False, "quantize_lm_head": True, "kv_cache": True}),
+    ]:
+        spec = JobSpec(
+            model=str(model_with_tokenizer),
+            backend=backend,
+            label=backend,
+            options=tuple(sorted(options.items())),
+            context=8,
+            generation=4,
+            threads=1,
+            warmups=0,
+            repeats=1,
+            min_duration_s=0,
+            max_repeats=1,
+            noise_threshold=0.05,
+            fidelity_tokens=4,
+            eval_text=str(model_with_tokenizer / "eval.txt"),
+            eval_tokens=50,
+            rerun_noisy=False,
+            prompt_text=None,
+            tokenizer="fast",
+            seed=0,
+        )
         payload = run_job(spec.to_dict(), cache_dir=tmp_path, worker_name="t")
         assert payload.status == "done", payload.error
         assert np.isfinite(payload.metrics.perplexity)
@@ -94,7 +114,7 @@ def test_each_backend_reports_its_perplexity_against_hf(model_with_tokenizer, tm
 
 
 def test_eval_text_needs_a_tokenizer(tmp_path, model_with_tokenizer):
-    from orchestrator.sweep import SweepError, parse_sweep
+    from whistle_stop.orchestrator.sweep import SweepError, parse_sweep
 
     (tmp_path / "t.txt").write_text("hello")
     with pytest.raises(SweepError, match="perplexity needs a tokenizer"):
@@ -110,15 +130,16 @@ def test_eval_text_needs_a_tokenizer(tmp_path, model_with_tokenizer):
 
 
 def test_a_text_prompt_times_tokenization_and_detokenization(model_with_tokenizer, tmp_path):
-    from orchestrator.sweep import parse_sweep
-    from worker.runner import run_job
+    from whistle_stop.orchestrator.sweep import parse_sweep
+    from whistle_stop.worker.runner import run_job
 
     (tmp_path / "prompt.txt").write_text("the farm measures fast inference")
     sweep = parse_sweep(
         f"model: {model_with_tokenizer}\nbackends: [hf]\ncontext_sizes: [12]\ngeneration_lengths: [4]\n"
         f"threads: [1]\nrepeats: 2\nwarmups: 0\nfidelity_tokens: 0\nprompt: text\nprompt_text: {tmp_path / 'prompt.txt'}",
-        origin="s.yaml", default_name="s",
-    )  # fmt: skip
+        origin="s.yaml",
+        default_name="s",
+    )
     [job] = sweep.jobs
     assert job.prompt_text == "the farm measures fast inference" and job.tokenizer == "fast"
     payload = run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")
@@ -134,7 +155,7 @@ def test_a_text_prompt_times_tokenization_and_detokenization(model_with_tokenize
     ],
 )
 def test_bad_text_prompts(model_with_tokenizer, extra, message):
-    from orchestrator.sweep import SweepError, parse_sweep
+    from whistle_stop.orchestrator.sweep import SweepError, parse_sweep
 
     with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_sweep(
@@ -145,7 +166,7 @@ def test_bad_text_prompts(model_with_tokenizer, extra, message):
 
 
 def test_a_text_prompt_needs_a_model_with_a_tokenizer():
-    from orchestrator.sweep import SweepError, parse_sweep
+    from whistle_stop.orchestrator.sweep import SweepError, parse_sweep
 
     with pytest.raises(SweepError, match="needs a tokenizer"):
         parse_sweep(
@@ -155,8 +176,7 @@ def test_a_text_prompt_needs_a_model_with_a_tokenizer():
 
 def test_the_slow_tokenizer_gives_the_fast_ones_ids(model_with_tokenizer):
     from transformers import AutoTokenizer
-
-    from worker.slow_tokenizer import SlowBPETokenizer
+    from whistle_stop.worker.slow_tokenizer import SlowBPETokenizer
 
     fast = AutoTokenizer.from_pretrained(model_with_tokenizer)
     slow = SlowBPETokenizer(model_with_tokenizer)
@@ -166,15 +186,16 @@ def test_the_slow_tokenizer_gives_the_fast_ones_ids(model_with_tokenizer):
 
 
 def test_the_tokenizer_axis_runs_fast_and_slow(model_with_tokenizer, tmp_path):
-    from orchestrator.sweep import parse_sweep
-    from worker.runner import run_job
+    from whistle_stop.orchestrator.sweep import parse_sweep
+    from whistle_stop.worker.runner import run_job
 
     sweep = parse_sweep(
         f"model: {model_with_tokenizer}\nbackends: [hf]\ncontext_sizes: [12]\ngeneration_lengths: [4]\n"
         "threads: [1]\nrepeats: 2\nwarmups: 0\nfidelity_tokens: 0\nprompt: text\n"
         "prompt_text: the farm measures fast inference\ntokenizers: [fast, slow]",
-        origin="s.yaml", default_name="s",
-    )  # fmt: skip
+        origin="s.yaml",
+        default_name="s",
+    )
     assert sorted(job.tokenizer for job in sweep.jobs) == ["fast", "slow"]
     payloads = {
         job.tokenizer: run_job(job.to_dict(), cache_dir=tmp_path, worker_name="t")

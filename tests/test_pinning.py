@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
-
-from contract.cpus import CpuSetError, format_cpu_list, parse_cpu_list
-from worker.pinning import threads_outside
+from whistle_stop.contract.cpus import CpuSetError, format_cpu_list, parse_cpu_list
+from whistle_stop.worker.pinning import threads_outside
 
 
 @pytest.mark.parametrize(
@@ -26,9 +25,13 @@ def test_parse_cpu_list_accepts_this_machines_cpus():
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("", "empty CPU list; valid CPUs here"), ("9999", "not available here; valid CPUs"),
-     ("a-b", "malformed"), ("3-1", "malformed")],
-)  # fmt: skip
+    [
+        ("", "empty CPU list; valid CPUs here"),
+        ("9999", "not available here; valid CPUs"),
+        ("a-b", "malformed"),
+        ("3-1", "malformed"),
+    ],
+)
 def test_bad_cpu_lists_are_refused_with_the_valid_ones(text, message):
     with pytest.raises(CpuSetError, match=message):
         parse_cpu_list(text)

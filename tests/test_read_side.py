@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from whistle_stop.cli import app
 
-from cli import app
 from tests.test_report import fill
 
 runner = CliRunner()
@@ -33,8 +33,11 @@ def farm_db(tmp_path_factory) -> Path:
 
 
 def _digests(directory: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.iterdir()) if p.is_file()}  # fmt: skip
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
 
 
 def _other_files(tmp_path: Path) -> dict[str, Path]:
@@ -106,15 +109,25 @@ NUMBER_CUT = re.compile(r"[\d.]…|…[\d.]")
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_table_fits_and_never_cuts_a_number(width, farm_db, monkeypatch):
     monkeypatch.setenv("COLUMNS", str(width))
-    result = runner.invoke(app, ["report", "--db", str(farm_db), "--sweep", "base"],
-                           terminal_width=width)  # fmt: skip
+    result = runner.invoke(
+        app, ["report", "--db", str(farm_db), "--sweep", "base"], terminal_width=width
+    )
     assert result.exit_code == 0, result.output
     table = [line for line in result.stdout.splitlines() if line.strip()]
     assert all(len(line) <= width for line in table), max(map(len, table))
     assert not any(NUMBER_CUT.search(line) for line in table), result.stdout
     header = table[1]
-    for heading in ("backend", "ctx", "gen", "tok/s", "speedup", "prefill ms", "top-1", "KL",
-                    "status"):  # fmt: skip
+    for heading in (
+        "backend",
+        "ctx",
+        "gen",
+        "tok/s",
+        "speedup",
+        "prefill ms",
+        "top-1",
+        "KL",
+        "status",
+    ):
         assert heading in header, header
     if width >= 120:
         assert "key" in header.split()  # so `farm show` is reachable from the table
@@ -142,8 +155,9 @@ def test_an_empty_result_says_so_and_an_empty_csv_keeps_its_header(farm_db):
 
 
 def test_the_pivot_says_what_a_cell_is(farm_db):
-    result = runner.invoke(app, ["report", "--db", str(farm_db), "--pivot", "label:gen:tok/s",
-                                 "-f", "markdown"])  # fmt: skip
+    result = runner.invoke(
+        app, ["report", "--db", str(farm_db), "--pivot", "label:gen:tok/s", "-f", "markdown"]
+    )
     assert result.exit_code == 0, result.output
     assert (
         "mean decode_tokens_per_s over the matching jobs (averaged over context)" in result.stderr
@@ -161,8 +175,9 @@ def test_out_writes_every_text_format(farm_db, tmp_path):
 
 
 def test_show_reaches_a_key_held_by_two_sweeps(farm_db):
-    key = json.loads(runner.invoke(app, ["report", "--db", str(farm_db), "-f", "json",
-                                         "--sweep", "same"]).stdout)[0]["key"]  # fmt: skip
+    key = json.loads(
+        runner.invoke(app, ["report", "--db", str(farm_db), "-f", "json", "--sweep", "same"]).stdout
+    )[0]["key"]
     ambiguous = runner.invoke(app, ["show", key, "--db", str(farm_db)])
     assert ambiguous.exit_code == 2 and "name one as SWEEP/KEY, e.g. farm show" in ambiguous.stderr
     for args in (["show", f"same/{key}"], ["show", key[:8], "--sweep", "same"]):

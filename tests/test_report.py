@@ -10,18 +10,29 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-
-from cli import app
-from contract.payload import ResultPayload
-from db.session import make_session_factory
-from executors.base import outcome
-from orchestrator.store import Store
-from orchestrator.sweep import parse_sweep
+from whistle_stop.cli import app
+from whistle_stop.contract.events import outcome
+from whistle_stop.contract.payload import ResultPayload
+from whistle_stop.db.session import make_session_factory
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import parse_sweep
 
 runner = CliRunner()
-ENVIRONMENT = {"fingerprint": "f1", "hostname": "box", "cpu_model": "cpu", "cpu_features": ["avx2"],
-               "logical_cores": 2, "physical_cores": 2, "memory_bytes": 1, "os": "linux",
-               "kernel": "6", "container": False, "python": "3.11", "versions": {}, "git_revision": None}  # fmt: skip
+ENVIRONMENT = {
+    "fingerprint": "f1",
+    "hostname": "box",
+    "cpu_model": "cpu",
+    "cpu_features": ["avx2"],
+    "logical_cores": 2,
+    "physical_cores": 2,
+    "memory_bytes": 1,
+    "os": "linux",
+    "kernel": "6",
+    "container": False,
+    "python": "3.11",
+    "versions": {},
+    "git_revision": None,
+}
 SPEED = {"hf": 25.0, "onnx": 50.0, "onnx[quantize=int8]": 100.0}
 AGREEMENT = {"hf": 1.0, "onnx": 1.0, "onnx[quantize=int8]": 0.95}
 
@@ -36,22 +47,46 @@ def payload(
     prefill = 0.001 * context * slowdown
     e2e = [prefill + step * (generation - 1) * (1 + 0.001 * i) for i in range(5)]
     metrics = {
-        "repeats": 5, "prefill_ms": 1e3 * prefill, "prefill_ms_p50": 1e3 * prefill, "decode_ms": 1e3 * step,
-        "decode_ms_p50": 1e3 * step, "decode_ms_p90": 1e3 * step, "decode_ms_p99": 1e3 * step,
-        "decode_tokens_per_s": 1 / step, "e2e_s": sum(e2e) / 5, "e2e_s_p50": e2e[2], "e2e_s_p90": e2e[4],
-        "e2e_s_stdev": 0.001, "cv": 0.01, "noisy": False, "timer_gap": 0.0, "materialize_s": 0.1,
-        "load_s": 1.0, "rss_peak_bytes": 1, "model_rss_bytes": 1, "torch_threads": 2,
-        "top1_agreement": AGREEMENT[label], "mean_kl": 1e-3, "roofline_fraction": 0.5 / SPEED["hf"] * SPEED[label] / 4,
+        "repeats": 5,
+        "prefill_ms": 1e3 * prefill,
+        "prefill_ms_p50": 1e3 * prefill,
+        "decode_ms": 1e3 * step,
+        "decode_ms_p50": 1e3 * step,
+        "decode_ms_p90": 1e3 * step,
+        "decode_ms_p99": 1e3 * step,
+        "decode_tokens_per_s": 1 / step,
+        "e2e_s": sum(e2e) / 5,
+        "e2e_s_p50": e2e[2],
+        "e2e_s_p90": e2e[4],
+        "e2e_s_stdev": 0.001,
+        "cv": 0.01,
+        "noisy": False,
+        "timer_gap": 0.0,
+        "materialize_s": 0.1,
+        "load_s": 1.0,
+        "rss_peak_bytes": 1,
+        "model_rss_bytes": 1,
+        "torch_threads": 2,
+        "top1_agreement": AGREEMENT[label],
+        "mean_kl": 1e-3,
+        "roofline_fraction": 0.5 / SPEED["hf"] * SPEED[label] / 4,
         "load_extra": {},
-    }  # fmt: skip
+    }
     samples = {
         "prefill_s": [prefill * (1 + 0.01 * i) for i in range(5)],
         "e2e_s": e2e,
         "decode_steps_s": [[step * (1 + 0.002 * i)] * (generation - 1) for i in range(5)],
     }
     metrics |= {"samples": samples, "tokens": [1] * generation, "pinning_violations": []}
-    return ResultPayload.from_dict({"status": "done", "worker": "w@box", "cpus": "0-1",
-                                    "environment": ENVIRONMENT, "metrics": metrics})  # fmt: skip
+    return ResultPayload.from_dict(
+        {
+            "status": "done",
+            "worker": "w@box",
+            "cpus": "0-1",
+            "environment": ENVIRONMENT,
+            "metrics": metrics,
+        }
+    )
 
 
 SWEEP = """

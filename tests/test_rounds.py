@@ -10,14 +10,14 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 from sqlalchemy import func, select
+from whistle_stop.contract.events import Started, outcome
+from whistle_stop.db.models import Job, Sweep
+from whistle_stop.db.session import make_session_factory
+from whistle_stop.orchestrator.dispatch import run_sweep
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import SweepError, parse_sweep
+from whistle_stop.reports.query import result_rows
 
-from db.models import Job, Sweep
-from db.session import make_session_factory
-from executors.base import Started, outcome
-from orchestrator.dispatch import run_sweep
-from orchestrator.reports.query import result_rows
-from orchestrator.store import Store
-from orchestrator.sweep import SweepError, parse_sweep
 from tests.test_report import payload
 
 GRID = """
@@ -167,7 +167,7 @@ def test_a_round_with_a_noisy_job_is_left_out_of_the_speedup_unless_all_are(tmp_
     onnx = {r["context"]: r for r in rows if r["label"] == "onnx"}
     assert onnx[32]["speedup_rounds"] == 3
     assert onnx[128]["speedup_rounds"] == 3  # no steady round: every round counts
-    from orchestrator.reports.columns import BY_NAME, cell
+    from whistle_stop.reports.columns import BY_NAME, cell
 
     assert cell(control[0], BY_NAME["rounds"]) == "2/3"  # the report says what it pooled
     assert cell(onnx[32], BY_NAME["rounds"]) == "3"

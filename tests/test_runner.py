@@ -5,25 +5,44 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from backends.config import ModelConfig
-from contract.jobspec import JobSpec
-from worker import roofline
-from worker.runner import run_job
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.worker import roofline
+from whistle_stop.worker.runner import run_job
 
 FAULT = "fault"  # tests/plugin, installed as an entry point
 
 
 def spec(model, backend=FAULT, threads=1, **options) -> dict:
-    return JobSpec(model=str(model), backend=backend, label="x", options=tuple(sorted(options.items())),
-                   context=8, generation=4, threads=threads, warmups=0, repeats=2, min_duration_s=0,
-                   max_repeats=2, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
-                   eval_tokens=16, rerun_noisy=True, prompt_text=None, tokenizer="fast", seed=0).to_dict()  # fmt: skip
+    return JobSpec(
+        model=str(model),
+        backend=backend,
+        label="x",
+        options=tuple(sorted(options.items())),
+        context=8,
+        generation=4,
+        threads=threads,
+        warmups=0,
+        repeats=2,
+        min_duration_s=0,
+        max_repeats=2,
+        noise_threshold=0.05,
+        fidelity_tokens=0,
+        eval_text=None,
+        eval_tokens=16,
+        rerun_noisy=True,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+    ).to_dict()
 
 
 def test_a_backend_that_changes_its_thread_count_is_flagged(tiny_model, tmp_path):
-    payload = run_job(spec(tiny_model, torch_threads=3, mode="ok", step_s=0.001, sleep_s=0),
-                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    payload = run_job(
+        spec(tiny_model, torch_threads=3, mode="ok", step_s=0.001, sleep_s=0),
+        cache_dir=tmp_path,
+        worker_name="t",
+    )
     assert payload.status == "done", payload.error
     assert "torch runs 3 threads, job asked for 1" in payload.metrics.pinning_violations
 
@@ -32,8 +51,11 @@ def test_more_threads_than_cpus_is_flagged(tiny_model, tmp_path):
     import os
 
     threads = len(os.sched_getaffinity(0)) + 1
-    payload = run_job(spec(tiny_model, threads=threads, mode="ok", step_s=0.001, sleep_s=0, torch_threads=0),
-                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    payload = run_job(
+        spec(tiny_model, threads=threads, mode="ok", step_s=0.001, sleep_s=0, torch_threads=0),
+        cache_dir=tmp_path,
+        worker_name="t",
+    )
     assert any("oversubscribe" in v for v in payload.metrics.pinning_violations)
 
 
@@ -94,7 +116,10 @@ def test_real_bandwidth_measurement_is_plausible():
 
 
 def test_repeats_that_choose_other_tokens_fail_the_job(tiny_model, tmp_path):
-    payload = run_job(spec(tiny_model, mode="vary", step_s=0.001, sleep_s=0, torch_threads=0),
-                      cache_dir=tmp_path, worker_name="t")  # fmt: skip
+    payload = run_job(
+        spec(tiny_model, mode="vary", step_s=0.001, sleep_s=0, torch_threads=0),
+        cache_dir=tmp_path,
+        worker_name="t",
+    )
     assert payload.status == "failed"
     assert "repeat 2 chose other greedy tokens than repeat 1, first at position 1" in payload.error

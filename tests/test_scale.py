@@ -10,10 +10,10 @@ import subprocess
 import pytest
 import redis
 from sqlalchemy import func, select
+from whistle_stop.contract.queue import RESULTS_GROUP, results_stream
+from whistle_stop.db.models import Job, Result
+from whistle_stop.db.session import make_session_factory
 
-from contract.queue import RESULTS_GROUP, results_stream
-from db.models import Job, Result
-from db.session import make_session_factory
 from tests.farm_harness import FARM, ROOT, RedisServer, farm_env, noop_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -34,8 +34,12 @@ def test_five_hundred_jobs_flow_through_four_workers(tmp_path, tiny_model):
         db = tmp_path / "farm.db"
         done = subprocess.run(
             [FARM, "submit", "--grid", str(grid), "--broker", server.url(), "--db", str(db)],
-            capture_output=True, text=True, env=farm_env(), cwd=ROOT, timeout=180,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            env=farm_env(),
+            cwd=ROOT,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert "500 done, 0 failed" in done.stderr
         with make_session_factory(str(db))() as session:

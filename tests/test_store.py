@@ -8,14 +8,14 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
+from whistle_stop.contract.events import Failed, Finished, Queued, Started
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.db.models import Environment, Job, Result
+from whistle_stop.db.session import make_engine, make_session_factory, upgrade_schema
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import parse_sweep
+from whistle_stop.reports.query import find_sweep, status_counts
 
-from contract.status import JobStatus
-from db.models import Environment, Job, Result
-from db.session import make_engine, make_session_factory, upgrade_schema
-from executors.base import Failed, Finished, Queued, Started
-from orchestrator.reports.query import find_sweep, status_counts
-from orchestrator.store import Store
-from orchestrator.sweep import parse_sweep
 from tests.test_report import ENVIRONMENT, payload
 
 SWEEP = "backends: [hf, nanogpt]\ncontext_sizes: [32]\ngeneration_lengths: [16]\n"
@@ -65,8 +65,13 @@ def test_byte_counts_past_32_bits_and_missing_figures(any_db):
     store = _store(any_db)
     [job] = store.record_sweep(parse_sweep("backends: [hf]", origin="s", default_name="s")).to_run
     result = payload("hf", 128, 16)
-    metrics = replace(result.metrics, artifact_bytes=6_000_000_000, rss_peak_bytes=25 * 2**30,
-                      decode_ms_p99=math.nan, load_extra={"nan": math.nan})  # fmt: skip
+    metrics = replace(
+        result.metrics,
+        artifact_bytes=6_000_000_000,
+        rss_peak_bytes=25 * 2**30,
+        decode_ms_p99=math.nan,
+        load_extra={"nan": math.nan},
+    )
     environment = replace(result.environment, memory_bytes=25 * 2**30)
     store.apply(Finished(job.id, replace(result, metrics=metrics, environment=environment)))
     with store.sessions() as session:
@@ -88,12 +93,13 @@ def test_an_older_database_is_upgraded_in_place(any_db):
         assert upgrade_schema(connection) == ["results.remeasured"]
     with store.sessions() as session:
         assert session.scalar(select(Result.remeasured)) is False
-    assert "remeasured" in {c["name"] for c in inspect(create_engine(
-        make_engine(any_db).url)).get_columns("results")}  # fmt: skip
+    assert "remeasured" in {
+        c["name"] for c in inspect(create_engine(make_engine(any_db).url)).get_columns("results")
+    }
 
 
 def test_environment_fixture_matches_the_contract():
-    from contract.payload import HostFacts
+    from whistle_stop.contract.payload import HostFacts
 
     assert HostFacts.from_dict(ENVIRONMENT).hostname == "box"
 
@@ -107,30 +113,54 @@ def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_m
     procs, logs = [], {}
     for name in ("left", "right"):
         grid = tmp_path / f"{name}.yaml"
-        grid.write_text(f"name: {name}\nmodel: {tiny_model}\nbackends:\n  - name: fault\n"
-                        "    step_s: 0.01\ncontext_sizes: [8, 16]\ngeneration_lengths: [4]\n"
-                        "threads: [1]\nwarmups: 0\nrepeats: 1\nfidelity_tokens: 0\n")  # fmt: skip
+        grid.write_text(
+            f"name: {name}\nmodel: {tiny_model}\nbackends:\n  - name: fault\n"
+            "    step_s: 0.01\ncontext_sizes: [8, 16]\ngeneration_lengths: [4]\n"
+            "threads: [1]\nwarmups: 0\nrepeats: 1\nfidelity_tokens: 0\n"
+        )
         cpus = "0" if name == "left" else "1"
         # output to a file, not a pipe nobody reads until the end: a pipe that fills
         # would stop the submit and look like a hang
         logs[name] = tmp_path / f"{name}.log"
         with logs[name].open("w") as output:  # the child keeps its own copy of the file
-            procs.append(subprocess.Popen(
-                [FARM, "submit", "--grid", str(grid), "--db", pg_url, "--cpus", cpus,
-                 "--cache-dir", str(tmp_path / f"cache-{name}")],
-                env=farm_env(), cwd=ROOT, stdout=output, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [
+                        FARM,
+                        "submit",
+                        "--grid",
+                        str(grid),
+                        "--db",
+                        pg_url,
+                        "--cpus",
+                        cpus,
+                        "--cache-dir",
+                        str(tmp_path / f"cache-{name}"),
+                    ],
+                    env=farm_env(),
+                    cwd=ROOT,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     # a job is a fresh process (imports torch): ~10 s here, a few times that on a slow host
     reads, deadline = 0, time.monotonic() + 420
     while any(p.poll() is None for p in procs):
         if time.monotonic() > deadline:
             for process in procs:
                 process.kill()
-            pytest.fail("a submit did not finish:\n" + "\n".join(
-                f"--- {name}:\n{log.read_text()}" for name, log in logs.items()))  # fmt: skip
-        report = subprocess.run([FARM, "report", "--all", "-f", "csv", "--db", pg_url],
-                                env=farm_env(), cwd=ROOT, capture_output=True, text=True,
-                                timeout=60)  # fmt: skip
+            pytest.fail(
+                "a submit did not finish:\n"
+                + "\n".join(f"--- {name}:\n{log.read_text()}" for name, log in logs.items())
+            )
+        report = subprocess.run(
+            [FARM, "report", "--all", "-f", "csv", "--db", pg_url],
+            env=farm_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert report.returncode in (0, 2), report.stderr  # 2: no sweep recorded yet
         reads += report.returncode == 0
         time.sleep(0.5)  # leave the submits some CPU: two of them share two CPUs with this
@@ -138,7 +168,12 @@ def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_m
         assert process.wait() == 0, log.read_text()
     assert reads >= 1
     for name in ("left", "right"):
-        report = subprocess.run([FARM, "report", "--db", pg_url, "--sweep", name, "-f", "csv"],
-                                env=farm_env(), cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+        report = subprocess.run(
+            [FARM, "report", "--db", pg_url, "--sweep", name, "-f", "csv"],
+            env=farm_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert report.returncode == 0, report.stderr
         assert report.stdout.count(",done,") == 2, report.stdout

@@ -10,9 +10,8 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
-
-from cli import app
-from db.models import Environment, Job, Result, Sweep
+from whistle_stop.cli import app
+from whistle_stop.db.models import Environment, Job, Result, Sweep
 
 runner = CliRunner()
 FAULT = "fault"  # tests/plugin, installed as an entry point
@@ -222,8 +221,15 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
         "--cache-dir",
         str(cache_dir),
     ]
-    process = subprocess.Popen(args, env=farm_env(), cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    process = subprocess.Popen(
+        args,
+        env=farm_env(),
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def statuses():
         try:
@@ -244,8 +250,11 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
     assert time.monotonic() - started < 15
     assert "finished results are kept" in output and "Traceback" not in output
     assert statuses().count("done") >= 1 and "running" not in statuses()
-    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in worker), 10,
-             "the worker process to stop")  # fmt: skip
+    wait_for(
+        lambda: not any(os.path.exists(f"/proc/{pid}") for pid in worker),
+        10,
+        "the worker process to stop",
+    )
     resumed = subprocess.run(
         args, env=farm_env(), cwd=ROOT, capture_output=True, text=True, timeout=120
     )
@@ -257,18 +266,29 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
 def test_done_jobs_of_other_software_are_neither_skipped_nor_rerun_silently(
     tmp_path, tiny_model, db_path, cache_dir
 ):
-    grid = write_sweep(tmp_path / "tiny.yaml", f"model: {tiny_model}\nbackends: [{FAULT}]\n"
-                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
-                       "fidelity_tokens: 0\nbandwidth: host\n")  # fmt: skip
+    grid = write_sweep(
+        tmp_path / "tiny.yaml",
+        f"model: {tiny_model}\nbackends: [{FAULT}]\n"
+        "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\n"
+        "fidelity_tokens: 0\nbandwidth: host\n",
+    )
     args = ("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
     assert farm(*args).exit_code == 0
     with Session(create_engine(f"sqlite:///{db_path}")) as session:  # as if measured earlier
         result = session.scalars(select(Result)).one()
         now = result.environment
-        result.environment = Environment(**{
-            c.name: getattr(now, c.name) for c in Environment.__table__.columns if c.name != "id"
-        } | {"fingerprint": "older", "versions": {**now.versions, "torch": "2.0.0"},
-             "source_hash": "0123456789abcdef"})  # fmt: skip
+        result.environment = Environment(
+            **{
+                c.name: getattr(now, c.name)
+                for c in Environment.__table__.columns
+                if c.name != "id"
+            }
+            | {
+                "fingerprint": "older",
+                "versions": {**now.versions, "torch": "2.0.0"},
+                "source_hash": "0123456789abcdef",
+            }
+        )
         session.commit()
     before = db_path.read_bytes()
     refused = farm(*args)
@@ -285,16 +305,25 @@ def test_done_jobs_of_other_software_are_neither_skipped_nor_rerun_silently(
 
 @pytest.mark.slow
 def test_rounds_on_the_embedded_pool_pool_into_one_row(tmp_path, tiny_model, db_path, cache_dir):
-    grid = write_sweep(tmp_path / "r.yaml", f"name: r\nmodel: {tiny_model}\nbackends: [hf, nanogpt]\n"
-                       "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\nrounds: 2\n"
-                       "control: true\nfidelity_tokens: 2\nrepeats: 2\nbandwidth: host\n")  # fmt: skip
+    grid = write_sweep(
+        tmp_path / "r.yaml",
+        f"name: r\nmodel: {tiny_model}\nbackends: [hf, nanogpt]\n"
+        "context_sizes: [8]\ngeneration_lengths: [4]\nthreads: [1]\nrounds: 2\n"
+        "control: true\nfidelity_tokens: 2\nrepeats: 2\nbandwidth: host\n",
+    )
     args = ("submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir))
     result = farm(*args)
     assert result.exit_code == 0, result.output
     assert "round 2 of 2: 3 job(s)" in result.output
     found = rows(db_path)
     assert sorted((job.round, job.position) for job, _ in found) == [
-        (1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]  # fmt: skip
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+    ]
     report = farm("report", "--db", str(db_path), "--format", "json")
     pooled = json.loads(report.output)
     assert len(pooled) == 3 and all(r["rounds"] == 2 for r in pooled)

@@ -6,9 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
-from contract.jobspec import JobSpec, MalformedJobError
-from orchestrator.sweep import SweepError, load_sweep, parse_sweep
+from whistle_stop.contract.jobspec import JobSpec, MalformedJobError
+from whistle_stop.orchestrator.sweep import SweepError, load_sweep, parse_sweep
 
 GOOD = """
 name: demo
@@ -139,8 +138,9 @@ def test_local_model_positions_come_from_its_config(tiny_model):
     )
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).parent.parent.glob("examples/*.yaml")),
-                         ids=lambda path: path.name)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parent.parent.glob("examples/*.yaml")), ids=lambda path: path.name
+)
 def test_every_example_sweep_validates(path):
     """A typo in a shipped example would otherwise surface only when someone runs it."""
     sweep = load_sweep(path)

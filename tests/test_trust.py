@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-
-from cli import app
-from contract.jobspec import FIELD_TYPES, JobSpec, MalformedJobError
-from contract.queue import task_id_for
-from worker.messages import RejectedMessage, accept
+from whistle_stop.cli import app
+from whistle_stop.contract.jobspec import FIELD_TYPES, JobSpec, MalformedJobError
+from whistle_stop.contract.queue import task_id_for
+from whistle_stop.worker.messages import RejectedMessage, accept
 
 runner = CliRunner()
 GOOD = "backends: [hf]\ncontext_sizes: [8]\ngeneration_lengths: [4]\n"
@@ -28,34 +27,77 @@ BOMB = (
 )
 
 HOSTILE = {
-    "module path as backend": ("backends: ['os:system']\n", "backends are named, never given as module paths"),
-    "importable class as backend": ("backends: ['whistle_stop_testplugins.payload:Touch']\n", "unknown backend"),
-    "mapping with a module path": ("backends:\n  - name: subprocess:Popen\n    args: [ls]\n", "unknown backend 'subprocess:Popen'"),
-    "boolean as context": ("backends: [hf]\ncontext_sizes: [true]\n", "context_sizes.0: Input should be a valid integer"),
+    "module path as backend": (
+        "backends: ['os:system']\n",
+        "backends are named, never given as module paths",
+    ),
+    "importable class as backend": (
+        "backends: ['whistle_stop_testplugins.payload:Touch']\n",
+        "unknown backend",
+    ),
+    "mapping with a module path": (
+        "backends:\n  - name: subprocess:Popen\n    args: [ls]\n",
+        "unknown backend 'subprocess:Popen'",
+    ),
+    "boolean as context": (
+        "backends: [hf]\ncontext_sizes: [true]\n",
+        "context_sizes.0: Input should be a valid integer",
+    ),
     "float as context": ("backends: [hf]\ncontext_sizes: [1.5]\n", "context_sizes.0"),
-    "string as a list": ("backends: [hf]\ncontext_sizes: '128'\n", "context_sizes: Input should be a valid list"),
+    "string as a list": (
+        "backends: [hf]\ncontext_sizes: '128'\n",
+        "context_sizes: Input should be a valid list",
+    ),
     "string as a number": ("backends: [hf]\nthreads: ['2']\n", "threads.0"),
     "float as seed": ("backends: [hf]\nseed: 1.5\n", "seed"),
     "zero length": ("backends: [hf]\ngeneration_lengths: [0]\n", "greater than 0"),
-    "option of the wrong type": ("backends:\n  - name: onnx\n    fused_attention: 'yes'\n", "fused_attention"),
-    "option that does not exist": ("backends:\n  - name: hf\n    exec: 'import os'\n", "unknown option 'exec'"),
-    "label that is not text": ("backends:\n  - name: hf\n    label: {a: 1}\n", "label must be a string"),
-    "name that is a list": ("name: [a, b]\nbackends: [hf]\n", "name: Input should be a valid string"),
-    "python tag": ('!!python/object/apply:os.system ["touch /tmp/owned"]\n', "could not determine a constructor"),
-    "python tag inside": ("backends: [hf]\nseed: !!python/name:os.system\n", "could not determine a constructor"),
+    "option of the wrong type": (
+        "backends:\n  - name: onnx\n    fused_attention: 'yes'\n",
+        "fused_attention",
+    ),
+    "option that does not exist": (
+        "backends:\n  - name: hf\n    exec: 'import os'\n",
+        "unknown option 'exec'",
+    ),
+    "label that is not text": (
+        "backends:\n  - name: hf\n    label: {a: 1}\n",
+        "label must be a string",
+    ),
+    "name that is a list": (
+        "name: [a, b]\nbackends: [hf]\n",
+        "name: Input should be a valid string",
+    ),
+    "python tag": (
+        '!!python/object/apply:os.system ["touch /tmp/owned"]\n',
+        "could not determine a constructor",
+    ),
+    "python tag inside": (
+        "backends: [hf]\nseed: !!python/name:os.system\n",
+        "could not determine a constructor",
+    ),
     "alias bomb": (BOMB, "anchors and aliases expand to more than 100,000 values"),
     "self-referencing anchor": ("backends: &a [*a]\n", "anchors and aliases expand"),
     "empty file": ("", "expected a mapping of keys"),
     "top-level list": ("- hf\n- onnx\n", "expected a mapping of keys"),
-    "unknown key": ("backends: [hf]\ngeneraton_lengths: [4]\n", "did you mean 'generation_lengths'"),
+    "unknown key": (
+        "backends: [hf]\ngeneraton_lengths: [4]\n",
+        "did you mean 'generation_lengths'",
+    ),
     "model naming a module": ("model: 'os:system'\nbackends: [hf]\n", "unknown model source"),
-    "grid of 10,404 jobs": ("backends: [hf, nanogpt]\ncontext_sizes: [" + ",".join(map(str, range(1, 103))) + "]\ngeneration_lengths: [" + ",".join(map(str, range(1, 52))) + "]\n", "expands to 10,404 jobs, more than 10,000"),
-}  # fmt: skip
+    "grid of 10,404 jobs": (
+        "backends: [hf, nanogpt]\ncontext_sizes: ["
+        + ",".join(map(str, range(1, 103)))
+        + "]\ngeneration_lengths: ["
+        + ",".join(map(str, range(1, 52)))
+        + "]\n",
+        "expands to 10,404 jobs, more than 10,000",
+    ),
+}
 RAW = {
     "binary file": (b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)), "a binary file, not YAML text"),
     "not UTF-8": ("backends: [hf]\nname: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
     "over 1 MiB": (b"# " + b"x" * (1 << 20) + b"\nbackends: [hf]\n", "a sweep file is at most"),
-}  # fmt: skip
+}
 
 
 def _digest(path: Path) -> str | None:
@@ -72,7 +114,7 @@ def _digest(path: Path) -> str | None:
 def existing(tmp_path):
     """A database and a cache that hold something already: they must not change."""
     db, cache = tmp_path / "farm.db", tmp_path / "cache"
-    from db.session import make_engine
+    from whistle_stop.db.session import make_engine
 
     make_engine(str(db)).dispose()  # closed: the write-ahead log is folded into the file
     (cache / "models").mkdir(parents=True)
@@ -85,8 +127,9 @@ def _refused(tmp_path, existing, grid: Path, expected: str, monkeypatch) -> None
     marker = tmp_path / "marker"
     monkeypatch.setenv("WHISTLE_STOP_PAYLOAD_MARKER", str(marker))
     before = (_digest(db), _digest(cache))
-    result = runner.invoke(app, ["submit", "--grid", str(grid), "--db", str(db),
-                                 "--cache-dir", str(cache)])  # fmt: skip
+    result = runner.invoke(
+        app, ["submit", "--grid", str(grid), "--db", str(db), "--cache-dir", str(cache)]
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2, result.output
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -130,10 +173,27 @@ def test_the_payload_module_would_be_noticed(tmp_path, monkeypatch):
 
 
 def _spec(**changes):
-    spec = JobSpec(model="random:gpt2", backend="hf", label="hf", options=(("dtype", "float32"),),
-                   context=8, generation=4, threads=1, warmups=0, repeats=1, min_duration_s=0.0,
-                   max_repeats=1, noise_threshold=0.05, fidelity_tokens=0, eval_text=None,
-                   eval_tokens=2, rerun_noisy=False, prompt_text=None, tokenizer="fast", seed=0)  # fmt: skip
+    spec = JobSpec(
+        model="random:gpt2",
+        backend="hf",
+        label="hf",
+        options=(("dtype", "float32"),),
+        context=8,
+        generation=4,
+        threads=1,
+        warmups=0,
+        repeats=1,
+        min_duration_s=0.0,
+        max_repeats=1,
+        noise_threshold=0.05,
+        fidelity_tokens=0,
+        eval_text=None,
+        eval_tokens=2,
+        rerun_noisy=False,
+        prompt_text=None,
+        tokenizer="fast",
+        seed=0,
+    )
     return spec.to_dict() | changes
 
 

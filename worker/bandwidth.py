@@ -14,13 +14,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contract.cpus import format_cpu_list, parse_cpu_list
+from whistle_stop.contract.cpus import format_cpu_list, parse_cpu_list
 
 
 def measure_in_child(cpus: list[int], cache_dir: Path, *, remeasure: bool = False) -> dict:
     """The cached (or, with `remeasure`, fresh) bandwidth of `cpus`. Raises RuntimeError."""
-    command = [sys.executable, "-m", "worker.bandwidth", "--cpus", format_cpu_list(cpus),
-               "--cache-dir", str(cache_dir)] + (["--remeasure"] if remeasure else [])  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "whistle_stop.worker.bandwidth",
+        "--cpus",
+        format_cpu_list(cpus),
+        "--cache-dir",
+        str(cache_dir),
+    ] + (["--remeasure"] if remeasure else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -35,11 +42,11 @@ def main() -> None:
     parser.add_argument("--remeasure", action="store_true")
     args = parser.parse_args()
 
-    from worker.pinning import pin_process
+    from whistle_stop.worker.pinning import pin_process
 
     cpus = parse_cpu_list(args.cpus)
     pin_process(cpus)  # before torch is imported
-    from worker.roofline import cached_bandwidth
+    from whistle_stop.worker.roofline import cached_bandwidth
 
     figures = cached_bandwidth(args.cpus, len(cpus), args.cache_dir, remeasure=args.remeasure)
     print(json.dumps(figures))

@@ -26,10 +26,9 @@ from celery import Celery, Task
 from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 from celery.worker.request import Request
-
-from contract.jobspec import JobSpec
-from contract.payload import ResultPayload, last_words
-from contract.queue import TASK_NAME, FarmSettings, celery_config
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.contract.payload import ResultPayload, last_words
+from whistle_stop.contract.queue import TASK_NAME, FarmSettings, celery_config
 
 logger = get_task_logger(__name__)
 
@@ -91,8 +90,10 @@ class FarmTask(Task):
 
         if isinstance(exc, TimeLimitExceeded) and len(args) == 3 and isinstance(args[0], str):
             sweep, job_id, spec = args
-            error = (f"TimeLimitExceeded: the job passed the hard time limit of "
-                     f"{CONTEXT.settings.hard_limit_s:g} s and was killed")  # fmt: skip
+            error = (
+                f"TimeLimitExceeded: the job passed the hard time limit of "
+                f"{CONTEXT.settings.hard_limit_s:g} s and was killed"
+            )
             key = JobSpec.from_dict(spec).key  # it was accepted before it ran
             _channel(self.app).result(sweep, job_id, task_id, _failed(error, key))
 
@@ -120,8 +121,7 @@ def run_job_task(self: Task, *args, **kwargs) -> str:
     silence. Losing the broker is not such a failure: the job is delivered again.
     """
     import redis
-
-    from worker.messages import RejectedMessage, accept
+    from whistle_stop.worker.messages import RejectedMessage, accept
 
     task_id = self.request.id
     try:
@@ -132,8 +132,10 @@ def run_job_task(self: Task, *args, **kwargs) -> str:
     channel = _channel(self.app)
     installed = registry_names()
     if spec.backend not in installed:
-        error = (f"backend {spec.backend!r} is not installed on worker {CONTEXT.name}; "
-                 f"it has: {', '.join(installed)}")  # fmt: skip
+        error = (
+            f"backend {spec.backend!r} is not installed on worker {CONTEXT.name}; "
+            f"it has: {', '.join(installed)}"
+        )
         channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: unknown backend"
     try:
@@ -149,8 +151,8 @@ def run_job_task(self: Task, *args, **kwargs) -> str:
 
 
 def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> str:
-    from worker.channel import holder_name
-    from worker.runner import run_job
+    from whistle_stop.worker.channel import holder_name
+    from whistle_stop.worker.runner import run_job
 
     if channel.is_done(task_id):
         return "duplicate: already done"
@@ -159,8 +161,10 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
     if attempt > limit:
         crash = channel.last_crash(task_id)
         last = f" (last: {crash['death']})" if crash["death"] else ""
-        error = (f"{crash['said']}WorkerLost: the job crashed its worker {limit} time(s)"
-                 f"{last}; not tried again")  # fmt: skip
+        error = (
+            f"{crash['said']}WorkerLost: the job crashed its worker {limit} time(s)"
+            f"{last}; not tried again"
+        )
         channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: too many attempts"
     with channel.lease(task_id, holder_name()) as mine:
@@ -168,8 +172,12 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
         with _stderr_to(stderr_path(task_id)):
-            result = run_job(spec.to_dict(), cache_dir=CONTEXT.cache_dir,
-                             worker_name=CONTEXT.name, assigned_cpus=CONTEXT.cpus)  # fmt: skip
+            result = run_job(
+                spec.to_dict(),
+                cache_dir=CONTEXT.cache_dir,
+                worker_name=CONTEXT.name,
+                assigned_cpus=CONTEXT.cpus,
+            )
         channel.result(sweep, job_id, task_id, replace(result, attempt=attempt))
     return result.status
 
@@ -193,13 +201,13 @@ def _stderr_to(path: Path) -> Iterator[None]:
 
 
 def registry_names() -> list[str]:
-    from backends.registry import names
+    from whistle_stop.backends.registry import names
 
     return names()
 
 
 def _channel(app: Celery):
-    from worker.channel import WorkerChannel
+    from whistle_stop.worker.channel import WorkerChannel
 
     return WorkerChannel(app.conf.broker_url, CONTEXT.settings.lease_s)
 
@@ -214,7 +222,7 @@ def _child_start(**_kwargs) -> None:
     import ctypes
     import signal
 
-    from worker.runner import preload
+    from whistle_stop.worker.runner import preload
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if CONTEXT.preload:

@@ -16,9 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
-
-from contract.payload import ResultPayload
-from contract.queue import (
+from whistle_stop.contract.payload import ResultPayload
+from whistle_stop.contract.queue import (
     DONE_TTL_S,
     EntryKind,
     attempts_key,

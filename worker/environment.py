@@ -11,11 +11,19 @@ import socket
 import subprocess
 from pathlib import Path
 
-from contract.provenance import PROJECT_ROOT, library_versions, source_hash
+from whistle_stop.contract.provenance import PROJECT_ROOT, library_versions, source_hash
 
 # Instruction-set features that decide which inference kernels a CPU can run.
-ISA_FEATURES = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
-                "amx_int8")  # fmt: skip
+ISA_FEATURES = (
+    "avx2",
+    "avx_vnni",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
 
 
 @functools.cache
@@ -82,8 +90,9 @@ def _in_container() -> bool:
 
 def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args],
-                                capture_output=True, text=True, timeout=5)  # fmt: skip
+        result = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout if result.returncode == 0 else None

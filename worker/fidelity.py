@@ -13,14 +13,14 @@ import math
 from pathlib import Path
 
 import numpy as np
+from whistle_stop.contract.provenance import library_versions
 
-from backends.artifacts import build_once
-from contract.provenance import library_versions
+from whistle_stop.artifacts import build_once
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 
 
-def _reference_versions() -> list[str | None]:
+def reference_versions() -> list[str | None]:
     """The libraries the reference is computed with: part of its cache key, so an upgraded
     torch or transformers computes a new reference instead of reusing the old one."""
     versions = library_versions()
@@ -34,13 +34,13 @@ def reference(
 
     Returns (tokens of length `generation`, logits (generation, vocab) float32).
     """
-    parts = [digest, prompt, generation, _reference_versions()]
+    parts = [digest, prompt, generation, reference_versions()]
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
     final = cache_dir / "references" / key
 
     def build(out: Path) -> None:
-        from backends.hf import HFBackend
-        from backends.options import HFOptions
+        from whistle_stop.backends.hf import HFBackend
+        from whistle_stop.backends.options import HFOptions
 
         hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
         tokens = hf.generate(prompt, generation).tokens
@@ -113,24 +113,3 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of (positions, vocab) logits, stable for large values."""
     shifted = x - x.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def reference_perplexity(
-    model_dir: Path, digest: str, ids: list[int], window: int, cache_dir: Path
-) -> float:
-    """Perplexity of `hf` float32 on these token ids, computed once and cached."""
-    from worker.perplexity import perplexity
-
-    parts = [digest, ids, window, _reference_versions()]
-    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-    final = cache_dir / "references" / f"ppl-{key}"
-
-    def build(out: Path) -> None:
-        from backends.hf import HFBackend
-        from backends.options import HFOptions
-
-        hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
-        (out / "perplexity.json").write_text(json.dumps(perplexity(hf, ids, window)))
-
-    build_once(final, build)
-    return float(json.loads((final / "perplexity.json").read_text()))

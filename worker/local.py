@@ -16,8 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from contract.cpus import parse_cpu_list
-from worker.pinning import pin_process
+from whistle_stop.contract.cpus import parse_cpu_list
+from whistle_stop.worker.pinning import pin_process
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     results = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints and C-level output must not corrupt the protocol
 
-    from worker.runner import preload, run_job
+    from whistle_stop.worker.runner import preload, run_job
 
     preload()
 

@@ -11,7 +11,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from contract.figures import decode_tokens_per_s
+from whistle_stop.contract.figures import decode_tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,9 @@ class TimerCheck:
     noise: float  # 3 standard errors of the same quantity from run-to-run variation
 
     @classmethod
-    def of(cls, short_runs_s: list[float], longer_s: float, stamped_s: float,
-           extra: int) -> TimerCheck:  # fmt: skip
+    def of(
+        cls, short_runs_s: list[float], longer_s: float, stamped_s: float, extra: int
+    ) -> TimerCheck:
         """`short_runs_s`: e2e of every N-token run in order, the last two right before and
         after the longer one; `longer_s` its e2e; `stamped_s` its last `extra` stamps' span."""
         before, after = short_runs_s[-2], short_runs_s[-1]
@@ -130,8 +131,10 @@ class TimerCheck:
         if self.disagreement <= limit:
             return None
         if self.noise >= self.disagreement:
-            return (f"timer check inconclusive: the clocks differ by {self.disagreement:.0%}, "
-                    f"inside what the runs' own variation allows ({self.noise:.0%})")  # fmt: skip
+            return (
+                f"timer check inconclusive: the clocks differ by {self.disagreement:.0%}, "
+                f"inside what the runs' own variation allows ({self.noise:.0%})"
+            )
         return f"token stamps disagree with the outer clock by {self.disagreement:.0%}"
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from contract.jobspec import JobSpec, MalformedJobError
-from contract.queue import task_id_for
+from whistle_stop.contract.jobspec import JobSpec, MalformedJobError
+from whistle_stop.contract.queue import task_id_for
 
 MAX_SWEEP_NAME = 200  # the sweeps.name column
 
@@ -47,7 +47,7 @@ def accept(task_id: str, args: Any, kwargs: Any) -> tuple[str, int, JobSpec]:
 
 
 def _check_options(job: JobSpec) -> None:
-    from backends import registry
+    from whistle_stop.backends import registry
 
     if job.backend not in registry.names():
         return  # a well-formed job this worker cannot run: the task fails it, with the reason

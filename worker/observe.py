@@ -97,8 +97,11 @@ class Observer:
         cpu_end = _cpu_ticks()
         own = getattr(self, "own", None)
         # threads that ended during the region are known from the samples only
-        worked = {tid: cpu_s - self.threads_start.get(tid, ThreadTimes("", 0.0)).cpu_s
-                  for tid, cpu_s in self.cpu_seen.items() if tid != own}  # fmt: skip
+        worked = {
+            tid: cpu_s - self.threads_start.get(tid, ThreadTimes("", 0.0)).cpu_s
+            for tid, cpu_s in self.cpu_seen.items()
+            if tid != own
+        }
         busy = sorted(tid for tid, cpu_s in worked.items() if cpu_s > BUSY_FLOOR * wall)
         voluntary = involuntary = 0
         for tid, t in threads_end.items():
@@ -134,15 +137,18 @@ class Observer:
             self.flags.append(f"{involuntary / wall:.0f} involuntary context switches/s")
         if others is not None and others > OTHERS_LIMIT:
             names = ", ".join(f"{name} {cpu_s:.2f} s" for name, cpu_s in busiest) or "unknown"
-            self.flags.append(f"other processes took {others:.0%} of the job's CPUs "
-                              f"(busiest: {names})")  # fmt: skip
+            self.flags.append(
+                f"other processes took {others:.0%} of the job's CPUs (busiest: {names})"
+            )
         if others_busy is not None and others_busy > 0.5:
             self.flags.append(f"the other CPUs were {others_busy:.0%} busy")
         for tid, cpus in sorted(self.ran_outside.items()):
             listed = ",".join(map(str, sorted(cpus)))
             name = self.names.get(tid, "?")
-            self.violations.append(f"thread {tid} ({name}) ran on CPU {listed}, outside the "
-                                   f"assigned {_listed(self.cpus)}")  # fmt: skip
+            self.violations.append(
+                f"thread {tid} ({name}) ran on CPU {listed}, outside the "
+                f"assigned {_listed(self.cpus)}"
+            )
         if len(busy) > self.threads + self.extra_threads:
             names = ", ".join(sorted({self.names[tid] for tid in busy}))
             declared = f" and {self.extra_threads} more its backend runs" * bool(self.extra_threads)
@@ -153,7 +159,7 @@ class Observer:
 
 
 def _listed(cpus: list[int]) -> str:
-    from contract.cpus import format_cpu_list
+    from whistle_stop.contract.cpus import format_cpu_list
 
     return format_cpu_list(cpus)
 

@@ -8,12 +8,15 @@ Perplexity is exp of the mean negative log-likelihood.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from pathlib import Path
 
 import numpy as np
+from whistle_stop.worker.fidelity import log_softmax, reference_versions
 
-from worker.fidelity import log_softmax
+from whistle_stop.artifacts import build_once
 
 
 def load_eval_text(source: str) -> str:
@@ -56,3 +59,22 @@ def perplexity(backend, ids: list[int], window: int) -> float:
         scored = end - 1
         begin += stride
     return math.exp(nll / scored)
+
+
+def reference_perplexity(
+    model_dir: Path, digest: str, ids: list[int], window: int, cache_dir: Path
+) -> float:
+    """Perplexity of `hf` float32 on these token ids, computed once and cached."""
+    parts = [digest, ids, window, reference_versions()]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+    final = cache_dir / "references" / f"ppl-{key}"
+
+    def build(out: Path) -> None:
+        from whistle_stop.backends.hf import HFBackend
+        from whistle_stop.backends.options import HFOptions
+
+        hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
+        (out / "perplexity.json").write_text(json.dumps(perplexity(hf, ids, window)))
+
+    build_once(final, build)
+    return float(json.loads((final / "perplexity.json").read_text()))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from contract.cpus import parse_cpu_list
+from whistle_stop.contract.cpus import parse_cpu_list
 
 
 def pin_process(cpus: list[int]) -> None:

@@ -22,7 +22,7 @@ class TextPrompt:
 
     def __init__(self, model_dir: Path, text: str, context: int, kind: str = "fast") -> None:
         if kind == "slow":
-            from worker.slow_tokenizer import SlowBPETokenizer
+            from whistle_stop.worker.slow_tokenizer import SlowBPETokenizer
 
             self.tokenizer = SlowBPETokenizer(model_dir)
         else:

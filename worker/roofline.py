@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from backends.config import ModelConfig
+from whistle_stop.backends.config import ModelConfig
 
 
 def weight_bytes_per_token(config: ModelConfig, matmul_bytes: float, lm_head_bytes: float) -> float:

@@ -16,21 +16,21 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from backends import registry
-from backends.base import SupportsReserve, SupportsTeacherForcing
-from backends.config import ModelConfig
-from backends.sources import parse_model_source
-from backends.weights import materialize, weights_digest
-from contract.cpus import format_cpu_list
-from contract.figures import roofline_fraction, roofline_tokens_per_s
-from contract.jobspec import JobSpec
-from contract.payload import HostFacts, Metrics, ResultPayload
-from contract.status import JobStatus
-from worker import fidelity, measure, perplexity, roofline
-from worker.environment import host_environment
-from worker.observe import Observer
-from worker.pinning import threads_outside
-from worker.prompts import TextPrompt, random_prompt
+from whistle_stop.backends import registry
+from whistle_stop.backends.base import SupportsReserve, SupportsTeacherForcing
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.sources import parse_model_source
+from whistle_stop.backends.weights import materialize, weights_digest
+from whistle_stop.contract.cpus import format_cpu_list
+from whistle_stop.contract.figures import roofline_fraction, roofline_tokens_per_s
+from whistle_stop.contract.jobspec import JobSpec
+from whistle_stop.contract.payload import HostFacts, Metrics, ResultPayload
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.worker import fidelity, measure, perplexity, roofline
+from whistle_stop.worker.environment import host_environment
+from whistle_stop.worker.observe import Observer
+from whistle_stop.worker.pinning import threads_outside
+from whistle_stop.worker.prompts import TextPrompt, random_prompt
 
 
 def run_job(
@@ -119,8 +119,10 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     figures: dict[str, Any] = {}
     if job.fidelity_tokens and teacher and _is_reference(job):
         figures = _reference_itself(job)
-        flags.append("fidelity: this is the reference (transformers float32): 1 and 0 by "
-                     "construction, not measured")  # fmt: skip
+        flags.append(
+            "fidelity: this is the reference (transformers float32): 1 and 0 by "
+            "construction, not measured"
+        )
     elif references is not None:
         figures = _fidelity(backend, references, tokens, job.fidelity_tokens)
     if job.eval_text and teacher:
@@ -128,8 +130,9 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
 
     report = backend.load_report
     summary = measure.summarize(repeats, job.noise_threshold)
-    roofline_figures = _roofline(config, report, summary["decode_tokens_per_s"], cpus, cache_dir,
-                                 before, after)  # fmt: skip
+    roofline_figures = _roofline(
+        config, report, summary["decode_tokens_per_s"], cpus, cache_dir, before, after
+    )
     flags += roofline_figures.pop("flags")
     figures.update(roofline_figures)
     return Metrics(
@@ -171,21 +174,36 @@ def _is_reference(job: JobSpec) -> bool:
 def _reference_itself(job: JobSpec) -> dict[str, Any]:
     positions = job.fidelity_tokens * job.fidelity_prompts
     low, high = fidelity.wilson(positions, positions)
-    return {"top1_agreement": 1.0, "top1_low": low, "top1_high": high, "mean_kl": 0.0,
-            "kl_p50": 0.0, "kl_p90": 0.0, "kl_p99": 0.0, "kl_max": 0.0, "top_prob_diff": 0.0,
-            "max_logit_diff": 0.0, "first_divergence": job.generation,
-            "fidelity_positions": positions, "fidelity_prompts": job.fidelity_prompts}  # fmt: skip
+    return {
+        "top1_agreement": 1.0,
+        "top1_low": low,
+        "top1_high": high,
+        "mean_kl": 0.0,
+        "kl_p50": 0.0,
+        "kl_p90": 0.0,
+        "kl_p99": 0.0,
+        "kl_max": 0.0,
+        "top_prob_diff": 0.0,
+        "max_logit_diff": 0.0,
+        "first_divergence": job.generation,
+        "fidelity_positions": positions,
+        "fidelity_prompts": job.fidelity_prompts,
+    }
 
 
 def _references(job: JobSpec, model_dir: Path, prompt: list[int], config, cache_dir: Path):
     """transformers float32 on the job's prompt (its free-running tokens too) and on
     `fidelity_prompts - 1` more random prompts of the same length; cached on disk."""
     digest = weights_digest(model_dir, cache_dir)
-    prompts = [prompt] + [random_prompt(job.seed + 1000 * i, job.context, config.vocab_size)
-                          for i in range(1, job.fidelity_prompts)]  # fmt: skip
+    prompts = [prompt] + [
+        random_prompt(job.seed + 1000 * i, job.context, config.vocab_size)
+        for i in range(1, job.fidelity_prompts)
+    ]
     lengths = [job.generation] + [job.fidelity_tokens] * (len(prompts) - 1)
-    return [(p, *fidelity.reference(model_dir, digest, p, n, cache_dir))
-            for p, n in zip(prompts, lengths, strict=True)]  # fmt: skip
+    return [
+        (p, *fidelity.reference(model_dir, digest, p, n, cache_dir))
+        for p, n in zip(prompts, lengths, strict=True)
+    ]
 
 
 def _fidelity(backend, references, tokens: list[int], positions: int) -> dict[str, Any]:
@@ -252,8 +270,10 @@ def _timed_repeats(backend, prompt: list[int], job: JobSpec, text: TextPrompt | 
         measured_s += end - start
     text_s = {}
     if text:
-        text_s = {"tokenize_ms": 1e3 * sum(encode_s) / len(encode_s),
-                  "detokenize_ms": 1e3 * sum(decode_s) / len(decode_s)}  # fmt: skip
+        text_s = {
+            "tokenize_ms": 1e3 * sum(encode_s) / len(encode_s),
+            "detokenize_ms": 1e3 * sum(decode_s) / len(decode_s),
+        }
     return repeats, tokens, text_s
 
 
@@ -262,8 +282,9 @@ def _check_same_tokens(earlier: list[int], tokens: list[int], repeat: int) -> No
     tokens. A backend that does not must say so, or its figures time different work."""
     if not earlier:
         return
-    position = next((i for i, (a, b) in enumerate(zip(earlier, tokens, strict=False)) if a != b),
-                    None)  # fmt: skip
+    position = next(
+        (i for i, (a, b) in enumerate(zip(earlier, tokens, strict=False)) if a != b), None
+    )
     if position is not None or len(earlier) != len(tokens):
         where = position if position is not None else min(len(earlier), len(tokens))
         raise RuntimeError(
@@ -284,8 +305,15 @@ def _bandwidth_now(job: JobSpec) -> dict | None:
 BANDWIDTH_DRIFT = 0.10  # before and after a job may differ by this much
 
 
-def _roofline(config: ModelConfig, report, decode_tokens_per_s: float, cpus: list[int],
-              cache_dir: Path, before: dict | None, after: dict | None):  # fmt: skip
+def _roofline(
+    config: ModelConfig,
+    report,
+    decode_tokens_per_s: float,
+    cpus: list[int],
+    cache_dir: Path,
+    before: dict | None,
+    after: dict | None,
+):
     """Bytes read per token, the bandwidth bound, and how much of it this job reached:
     against the mean of the bandwidth measured around the job, or the host's figure."""
     flags = []
@@ -305,8 +333,10 @@ def _roofline(config: ModelConfig, report, decode_tokens_per_s: float, cpus: lis
     )
     fraction = roofline_fraction(decode_tokens_per_s, read, weight_bytes)
     if fraction is not None and fraction > 1:
-        flags.append(f"{fraction:.0%} of the roofline: weights partly served from the "
-                     "last-level cache, not DRAM")  # fmt: skip
+        flags.append(
+            f"{fraction:.0%} of the roofline: weights partly served from the "
+            "last-level cache, not DRAM"
+        )
     return {
         "weight_bytes_per_token": weight_bytes,
         "bandwidth_bytes_per_s": read,
@@ -327,7 +357,7 @@ def _perplexity(
     window = config.n_positions
     measured = perplexity.perplexity(backend, ids, window)
     digest = weights_digest(model_dir, cache_dir)
-    reference = fidelity.reference_perplexity(model_dir, digest, ids, window, cache_dir)
+    reference = perplexity.reference_perplexity(model_dir, digest, ids, window, cache_dir)
     return {"perplexity": measured, "perplexity_delta": measured - reference}
 
 

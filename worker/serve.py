@@ -15,10 +15,9 @@ import threading
 from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
-
-from contract.cpus import format_cpu_list, parse_cpu_list
-from contract.queue import broker_problem
-from worker.pinning import pin_process
+from whistle_stop.contract.cpus import format_cpu_list, parse_cpu_list
+from whistle_stop.contract.queue import broker_problem
+from whistle_stop.worker.pinning import pin_process
 
 
 class WorkerStartError(RuntimeError):
@@ -37,10 +36,9 @@ def serve(
     preload: bool = True,
 ) -> None:
     import redis
-
-    from contract.queue import FarmSettings
-    from worker.celery_app import CONTEXT, make_app
-    from worker.channel import WorkerChannel
+    from whistle_stop.contract.queue import FarmSettings
+    from whistle_stop.worker.celery_app import CONTEXT, make_app
+    from whistle_stop.worker.channel import WorkerChannel
 
     cpu_set = parse_cpu_list(cpus)  # CpuSetError names the valid CPUs
     node = _node_name(name, cpu_set)
@@ -70,11 +68,18 @@ def serve(
         # 1 (the default): a fresh process per job, its pools and peak memory its own;
         # more only for backends that do not measure anything (the scale benchmark)
         app.conf.worker_max_tasks_per_child = jobs_per_child or None
-        app.worker_main([
-            "worker", "--pool=prefork", "--concurrency=1",
-            f"--queues={queue}", f"--hostname={node}", "--loglevel=INFO",
-            "--without-mingle", "--without-gossip",
-        ])  # fmt: skip
+        app.worker_main(
+            [
+                "worker",
+                "--pool=prefork",
+                "--concurrency=1",
+                f"--queues={queue}",
+                f"--hostname={node}",
+                "--loglevel=INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ]
+        )
     finally:
         stop.set()
         try:
@@ -89,10 +94,11 @@ def _calibrate_bandwidth(cpus: list[int], cache_dir: Path) -> None:
     It takes seconds once per host and CPU set (then it is cached); inside a job it
     would eat into that job's time limit and make the first job look slow.
     """
-    from worker.bandwidth import measure_in_child
+    from whistle_stop.worker.bandwidth import measure_in_child
 
-    print(f"memory bandwidth of CPUs {format_cpu_list(cpus)}: measuring if not cached ...",
-          flush=True)  # fmt: skip
+    print(
+        f"memory bandwidth of CPUs {format_cpu_list(cpus)}: measuring if not cached ...", flush=True
+    )
     try:
         measure_in_child(cpus, cache_dir)
     except RuntimeError as error:  # not fatal: the first job measures it instead

@@ -14,13 +14,23 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from backends.base import Generation, LoadReport
-from backends.options import BackendOptions
+from whistle_stop.backends.base import Generation, LoadReport
+from whistle_stop.backends.options import BackendOptions
 
 
 class FaultOptions(BackendOptions):
-    mode: Literal["ok", "raise", "crash", "sleep", "hang", "vary", "escape", "extra_pool",
-                  "late_stamps", "slowing"] = "ok"  # fmt: skip
+    mode: Literal[
+        "ok",
+        "raise",
+        "crash",
+        "sleep",
+        "hang",
+        "vary",
+        "escape",
+        "extra_pool",
+        "late_stamps",
+        "slowing",
+    ] = "ok"
     step_s: float = 0.001  # time per generated token
     sleep_s: float = 5.0  # how long modes "sleep" and "hang" block in generate()
     torch_threads: int = 0  # if set, change torch's thread count behind the runner's back
@@ -64,8 +74,10 @@ class FaultBackend:
         if self.options.mode in ("escape", "extra_pool"):
             count = 1 if self.options.mode == "escape" else 3
             escape = self.options.mode == "escape"
-            helpers = [threading.Thread(target=_work, args=(stop, escape), name=f"rogue-{i}")
-                       for i in range(count)]  # fmt: skip
+            helpers = [
+                threading.Thread(target=_work, args=(stop, escape), name=f"rogue-{i}")
+                for i in range(count)
+            ]
             for helper in helpers:
                 helper.start()
         self.calls = getattr(self, "calls", 0) + 1

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from backends.base import Generation, LoadReport
-from backends.options import BackendOptions
+from whistle_stop.backends.base import Generation, LoadReport
+from whistle_stop.backends.options import BackendOptions
 
 
 class NoopOptions(BackendOptions):

@@ -13,8 +13,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from contract.figures import decode_tokens_per_s
-from contract.status import JobStatus
+from whistle_stop.contract.figures import decode_tokens_per_s
+from whistle_stop.contract.status import JobStatus
 
 Rows = list[dict[str, Any]]
 Samples = dict[str, dict[str, list]]  # job key -> raw per-repeat samples
@@ -74,8 +74,11 @@ def latency_vs_generation(rows: Rows, samples: Samples, baseline: str) -> tuple[
     )
     for axis, context in zip(axes[0], contexts, strict=True):
         for label in sorted({r["label"] for r in rows}):
-            points = sorted((r["generation"], r["e2e_s"], r["e2e_s_stdev"] or 0) for r in rows
-                            if r["label"] == label and r["context"] == context)  # fmt: skip
+            points = sorted(
+                (r["generation"], r["e2e_s"], r["e2e_s_stdev"] or 0)
+                for r in rows
+                if r["label"] == label and r["context"] == context
+            )
             if points:
                 x, y, err = zip(*points, strict=True)
                 axis.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
@@ -102,21 +105,31 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
     lines = -(-len(cells) // columns)
     plt = _pyplot()
     figure, axes = plt.subplots(
-        lines, columns, figsize=(5.5 * columns, (0.4 * len(labels) + 1.2) * lines),
-        squeeze=False, sharey=True,
-    )  # fmt: skip
+        lines,
+        columns,
+        figsize=(5.5 * columns, (0.4 * len(labels) + 1.2) * lines),
+        squeeze=False,
+        sharey=True,
+    )
     for axis, (context, generation) in zip(axes.flat, cells, strict=False):
         here = (context, generation)
         cell = {r["label"]: r for r in rows if (r["context"], r["generation"]) == here}
-        values = [cell[l]["decode_tokens_per_s"] if l in cell else 0 for l in labels]  # noqa: E741
-        errors = [_stdev(_repeat_speeds(samples.get(cell[l]["key"], {}))) if l in cell else 0
-                  for l in labels]  # noqa: E741  # fmt: skip
+        values = [cell[name]["decode_tokens_per_s"] if name in cell else 0 for name in labels]
+        errors = [
+            _stdev(_repeat_speeds(samples.get(cell[name]["key"], {}))) if name in cell else 0
+            for name in labels
+        ]
         bars = axis.barh(labels, values, xerr=errors, capsize=3)
         for bar, label, error in zip(bars, labels, errors, strict=True):
             speedup = cell.get(label, {}).get("speedup")
             note = f"  {speedup:.2f}x" if speedup else ""
-            axis.text(bar.get_width() + error, bar.get_y() + bar.get_height() / 2, note,
-                      va="center", fontsize=7)  # fmt: skip
+            axis.text(
+                bar.get_width() + error,
+                bar.get_y() + bar.get_height() / 2,
+                note,
+                va="center",
+                fontsize=7,
+            )
         axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.2 or 1)
         axis.set(title=f"context {context}, {generation} tokens", xlabel="decode tokens/s")
         axis.grid(axis="x", alpha=0.3)
@@ -153,9 +166,12 @@ def prefill_vs_context(rows: Rows, samples: Samples, baseline: str) -> tuple[byt
             axis.errorbar(x, means, yerr=spread, marker="o", capsize=3, label=label)
     title = "Prefill time against context size (mean and s.d. over repeats)"
     return _finish(
-        figure, axis, xlabel="context (prompt tokens)", ylabel="time to first token (ms)",
+        figure,
+        axis,
+        xlabel="context (prompt tokens)",
+        ylabel="time to first token (ms)",
         title=title,
-    ), title  # fmt: skip
+    ), title
 
 
 def _per_backend(rows: Rows, key: str) -> dict[str, float]:
@@ -198,9 +214,12 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
     title = "Speed against fidelity (means over each backend's cells)"
     return _finish(
-        figure, axis, xlabel="decode tokens/s", title=title,
+        figure,
+        axis,
+        xlabel="decode tokens/s",
+        title=title,
         ylabel="mean KL from transformers float32 (log; lower is closer)",
-    ), title  # fmt: skip
+    ), title
 
 
 def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
@@ -214,8 +233,12 @@ def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     axis.axvline(100, color="r", linestyle="--", label="memory-bandwidth bound")
     title = "Decode speed against the memory-bandwidth roofline (mean over each backend's cells)"
     return _finish(
-        figure, axis, grid="x", xlabel="achieved share of the roofline (%)", title=title,
-    ), title  # fmt: skip
+        figure,
+        axis,
+        grid="x",
+        xlabel="achieved share of the roofline (%)",
+        title=title,
+    ), title
 
 
 def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:

@@ -13,13 +13,12 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-
-from contract.status import JobStatus
-from db.models import Job, Sweep
-from orchestrator.reports import plots, render
-from orchestrator.reports.columns import BY_NAME, COLUMNS, Column, resolve
-from orchestrator.reports.compare import Change, Comparison, compare
-from orchestrator.reports.query import (
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.db.models import Job, Sweep
+from whistle_stop.reports import plots, render
+from whistle_stop.reports.columns import BY_NAME, COLUMNS, Column, resolve
+from whistle_stop.reports.compare import Change, Comparison, compare
+from whistle_stop.reports.query import (
     EMPTY_ROW_KEYS,
     ReportError,
     apply_filters,
@@ -66,14 +65,19 @@ def report(
     rows = apply_filters(rows, backends=request.backends, hosts=request.hosts, where=request.where)
     rows = sort_rows(rows, request.sort)
     names = _column_names(rows, request.columns)
-    title = "sweep " + ", ".join(s.name for s in sweeps) + "".join(
-        f"; {name + ': ' if len(sweeps) > 1 else ''}noise floor {low:.2f}-{high:.2f}x "
-        f"({baseline}-control/{baseline} within rounds; ~: inside it)"
-        for name, (low, high) in floors.items()
-    )  # fmt: skip
+    title = (
+        "sweep "
+        + ", ".join(s.name for s in sweeps)
+        + "".join(
+            f"; {name + ': ' if len(sweeps) > 1 else ''}noise floor {low:.2f}-{high:.2f}x "
+            f"({baseline}-control/{baseline} within rounds; ~: inside it)"
+            for name, (low, high) in floors.items()
+        )
+    )
     if not rows:
-        notes.print("no jobs match; drop a filter (--backend, --host, --where) to see more",
-                    highlight=False)  # fmt: skip
+        notes.print(
+            "no jobs match; drop a filter (--backend, --host, --where) to see more", highlight=False
+        )
     if request.fmt == "html":
         figures = draw(session, sweeps, rows, baseline)
         images = {name: (caption, png) for name, (png, caption) in figures.items() if png}
@@ -87,8 +91,9 @@ def report(
         return _emit(output, rows, console)
     texts = []
     for heading, group in group_rows(rows, request.group_by).items():
-        output = render.render_rows(group, request.fmt, f"{title} {heading}".strip(),
-                                    width=request.width, names=names)  # fmt: skip
+        output = render.render_rows(
+            group, request.fmt, f"{title} {heading}".strip(), width=request.width, names=names
+        )
         text = _emit(output, group, console)
         if text is not None:
             texts.append(
@@ -107,8 +112,10 @@ def _column_names(rows: list[dict[str, Any]], wanted: list[str]) -> list[str] | 
     try:
         return [resolve(name, keys) for name in wanted]
     except KeyError as error:
-        raise ReportError(f"--columns: no column {error.args[0]!r}; use keys or headings: "
-                          f"{', '.join(c.heading for c in COLUMNS)}, or all") from None  # fmt: skip
+        raise ReportError(
+            f"--columns: no column {error.args[0]!r}; use keys or headings: "
+            f"{', '.join(c.heading for c in COLUMNS)}, or all"
+        ) from None
 
 
 def _emit(output: str | Table, rows: list[dict[str, Any]], console: Console) -> str | None:
@@ -134,9 +141,11 @@ def provenance(sweeps: list[Sweep]) -> list[tuple[str, str]]:
         ("models", ", ".join(models) or "-"),
         ("versions", versions),
         ("git revisions", joined(e.git_revision for e in environments)),
-        ("measured", f"{dates[0]:%Y-%m-%d %H:%M} to {dates[-1]:%Y-%m-%d %H:%M} UTC"
-         if dates else "-"),
-    ]  # fmt: skip
+        (
+            "measured",
+            f"{dates[0]:%Y-%m-%d %H:%M} to {dates[-1]:%Y-%m-%d %H:%M} UTC" if dates else "-",
+        ),
+    ]
 
 
 def sweep_baseline(sweeps: list[Sweep]) -> str:
@@ -150,10 +159,13 @@ def draw(session: Session, sweeps: list[Sweep], rows, baseline: str):
     samples = {f"{name}/{cell}": found for (name, cell), found in pooled_samples(sweeps).items()}
     several = len(sweeps) > 1
     rows = [
-        {**row, "key": f"{row['sweep']}/{row['key']}",
-         "label": f"{row['sweep']}: {row['label']}" if several else row["label"]}
+        {
+            **row,
+            "key": f"{row['sweep']}/{row['key']}",
+            "label": f"{row['sweep']}: {row['label']}" if several else row["label"],
+        }
         for row in rows
-    ]  # fmt: skip
+    ]
     return plots.draw_all(rows, samples, baseline)
 
 
@@ -175,8 +187,10 @@ def write_plots(
             lines.append(f"wrote {out / (name + '.png')}")
     failed = [r for r in rows if r["status"] == JobStatus.FAILED]
     if failed:
-        lines.append(f"not plotted: {len(failed)} failed job(s): "
-                     + ", ".join(sorted({r["label"] for r in failed})))  # fmt: skip
+        lines.append(
+            f"not plotted: {len(failed)} failed job(s): "
+            + ", ".join(sorted({r["label"] for r in failed}))
+        )
     return lines
 
 
@@ -196,11 +210,14 @@ def sweeps_table(session: Session) -> Table:
         states = [job.status for job in sweep.jobs]
         hosts = sorted({job.result.environment.hostname for job in sweep.jobs if job.result})
         table.add_row(
-            sweep.name, f"{sweep.created_at:%Y-%m-%d %H:%M}", str(len(states)),
-            str(states.count(JobStatus.DONE)), str(states.count(JobStatus.FAILED)),
+            sweep.name,
+            f"{sweep.created_at:%Y-%m-%d %H:%M}",
+            str(len(states)),
+            str(states.count(JobStatus.DONE)),
+            str(states.count(JobStatus.FAILED)),
             str(len(states) - states.count(JobStatus.DONE) - states.count(JobStatus.FAILED)),
             ", ".join(hosts) or "-",
-        )  # fmt: skip
+        )
     return table
 
 
@@ -234,10 +251,16 @@ def show_job(session: Session, reference: str, sweep: str | None = None) -> dict
         )
     job = jobs[0]
     shown: dict[str, Any] = {
-        "id": job.id, "sweep": job.sweep.name, "key": job.key, "status": job.status,
-        "attempts": job.attempts, "worker": job.worker, "spec": job.spec, "error": job.error,
+        "id": job.id,
+        "sweep": job.sweep.name,
+        "key": job.key,
+        "status": job.status,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "spec": job.spec,
+        "error": job.error,
         "lost_attempts": job.lost_attempts or [],
-    }  # fmt: skip
+    }
     if job.result:
         result = job.result
         columns = [c.name for c in type(result).__table__.columns]
@@ -251,49 +274,106 @@ def show_job(session: Session, reference: str, sweep: str | None = None) -> dict
 
 
 def comparison(
-    session: Session, a: str, b: str, *, threshold: float, fidelity_threshold: float,
+    session: Session,
+    a: str,
+    b: str,
+    *,
+    threshold: float,
+    fidelity_threshold: float,
     kl_factor: float,
-) -> Comparison:  # fmt: skip
-    return compare(session, find_sweep(session, a), find_sweep(session, b), threshold=threshold,
-                   fidelity_threshold=fidelity_threshold, kl_factor=kl_factor)  # fmt: skip
+) -> Comparison:
+    return compare(
+        session,
+        find_sweep(session, a),
+        find_sweep(session, b),
+        threshold=threshold,
+        fidelity_threshold=fidelity_threshold,
+        kl_factor=kl_factor,
+    )
 
 
 def render_comparison(
-    result: Comparison, a: str, b: str, fmt: str, *, threshold: float, only_changes: bool,
+    result: Comparison,
+    a: str,
+    b: str,
+    fmt: str,
+    *,
+    threshold: float,
+    only_changes: bool,
     width: int = 80,
-) -> str | Table:  # fmt: skip
+) -> str | Table:
     """The comparison in one format; changes first by backend, cell, metric (a fixed order)."""
     changes = [c for c in result.changes if c.verdict != "same" or not only_changes]
     headings = ["backend", "cell", "metric", a, b, "ratio", "p", "verdict"]
 
     def line(change: Change, short: bool = False) -> list[str]:
         p_text = "-" if change.p_value is None else f"{change.p_value:.3f}"
-        metric = BY_NAME[change.metric].heading if short and change.metric in BY_NAME else (
-            "prefill ms" if short and change.metric == "prefill_ms" else change.metric)  # fmt: skip
+        metric = (
+            BY_NAME[change.metric].heading
+            if short and change.metric in BY_NAME
+            else ("prefill ms" if short and change.metric == "prefill_ms" else change.metric)
+        )
         cell = change.cell.replace("ctx=", "").replace(" gen=", "/").replace(" threads=", "/")
-        return [change.label, cell if short else change.cell, metric, f"{change.before:.4g}",
-                f"{change.after:.4g}", f"{change.ratio:.3f}", p_text, change.verdict]  # fmt: skip
+        return [
+            change.label,
+            cell if short else change.cell,
+            metric,
+            f"{change.before:.4g}",
+            f"{change.after:.4g}",
+            f"{change.ratio:.3f}",
+            p_text,
+            change.verdict,
+        ]
 
     if fmt == "json":
-        return json.dumps({
-            "a": a, "b": b, "summary": result.summary(),
-            "changes": [dict(zip(headings[:3] + ["before", "after", "ratio", "p", "verdict"],
-                                 [c.label, c.cell, c.metric, c.before, c.after, c.ratio,
-                                  c.p_value, c.verdict], strict=True)) for c in changes],
-            "newly_failed": result.newly_failed, "missing": result.only_in_a,
-            "only_in_b": result.only_in_b, "not_compared": result.not_compared,
-        }, indent=2, default=str)  # fmt: skip
+        return json.dumps(
+            {
+                "a": a,
+                "b": b,
+                "summary": result.summary(),
+                "changes": [
+                    dict(
+                        zip(
+                            headings[:3] + ["before", "after", "ratio", "p", "verdict"],
+                            [
+                                c.label,
+                                c.cell,
+                                c.metric,
+                                c.before,
+                                c.after,
+                                c.ratio,
+                                c.p_value,
+                                c.verdict,
+                            ],
+                            strict=True,
+                        )
+                    )
+                    for c in changes
+                ],
+                "newly_failed": result.newly_failed,
+                "missing": result.only_in_a,
+                "only_in_b": result.only_in_b,
+                "not_compared": result.not_compared,
+            },
+            indent=2,
+            default=str,
+        )
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out).writerows([headings, *(line(c) for c in changes)])
         return out.getvalue()
     if fmt == "markdown":
         notes = "".join(f"- {note}\n" for note in comparison_notes(result, a, b))
-        return (render.to_markdown(headings, [line(c) for c in changes])
-                + f"\n{result.summary()}\n" + (f"\n{notes}" if notes else ""))  # fmt: skip
+        return (
+            render.to_markdown(headings, [line(c) for c in changes])
+            + f"\n{result.summary()}\n"
+            + (f"\n{notes}" if notes else "")
+        )
     title = f"{a} -> {b} (threshold {threshold:.0%}, Mann-Whitney U, alpha 0.05)"
-    styles = {i: {"regression": "red", "improvement": "green"}.get(c.verdict)
-              for i, c in enumerate(changes)}  # fmt: skip
+    styles = {
+        i: {"regression": "red", "improvement": "green"}.get(c.verdict)
+        for i, c in enumerate(changes)
+    }
     headings[1] = "ctx/gen/thr"
     columns = [Column(h, h, "{}", 0) for h in headings]
     body = [line(c, short=True) for c in changes]

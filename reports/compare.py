@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
-
-from contract.figures import decode_tokens_per_s
-from contract.status import JobStatus
-from db.models import Sweep
-from orchestrator.reports.query import pooled_samples, result_rows
+from whistle_stop.contract.figures import decode_tokens_per_s
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.db.models import Sweep
+from whistle_stop.reports.query import pooled_samples, result_rows
 
 # metric -> (raw sample key, higher is better)
 METRICS = {
@@ -85,9 +84,14 @@ class Comparison:
 
 
 def compare(
-    session: Session, a: Sweep, b: Sweep, *, threshold: float, fidelity_threshold: float = 0.01,
+    session: Session,
+    a: Sweep,
+    b: Sweep,
+    *,
+    threshold: float,
+    fidelity_threshold: float = 0.01,
     kl_factor: float = 2.0,
-) -> Comparison:  # fmt: skip
+) -> Comparison:
     """Every job of A against the same job in B, in a fixed order (backend, cell, metric).
 
     Speed: a change passing `threshold` with p < 0.05 (or too few samples to test).
@@ -117,8 +121,17 @@ def compare(
             verdict = "same"
             if beyond and significant:
                 verdict = "improvement" if better else "regression"
-            changes.append(Change(before["label"], _describe(before), metric, before[metric],
-                                  after[metric], p_value, verdict))  # fmt: skip
+            changes.append(
+                Change(
+                    before["label"],
+                    _describe(before),
+                    metric,
+                    before[metric],
+                    after[metric],
+                    p_value,
+                    verdict,
+                )
+            )
         changes += _speedup(before, after, threshold)
         changes += _fidelity(before, after, fidelity_threshold, kl_factor)
     only_a = [_describe(rows_a[k], label=True) for k in set(rows_a) - set(rows_b)]
@@ -146,13 +159,17 @@ def _fidelity(before: dict, after: dict, threshold: float, kl_factor: float) -> 
         verdict = "same"
         if abs(drop) > threshold:
             verdict = "regression" if drop > 0 else "improvement"
-        changes.append(Change(before["label"], _describe(before), "top1_agreement", *top1, None,
-                              verdict))  # fmt: skip
+        changes.append(
+            Change(before["label"], _describe(before), "top1_agreement", *top1, None, verdict)
+        )
     kl = before["mean_kl"], after["mean_kl"]
     if None not in kl:
         low, high = (max(value, KL_NOISE) for value in kl)
-        verdict = "regression" if high > kl_factor * low else (
-            "improvement" if low > kl_factor * high else "same")  # fmt: skip
+        verdict = (
+            "regression"
+            if high > kl_factor * low
+            else ("improvement" if low > kl_factor * high else "same")
+        )
         changes.append(Change(before["label"], _describe(before), "mean_kl", *kl, None, verdict))
     return changes
 

@@ -12,21 +12,46 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
-
-from contract.status import JobStatus
-from db.models import Job, Result, Sweep
-from orchestrator.reports.columns import resolve
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.db.models import Job, Result, Sweep
+from whistle_stop.reports.columns import resolve
 
 # Every figure a result stores, as a row column (None for a job without a result); the
 # raw samples, tokens and violations stay out of rows (`farm show` has them).
-NOT_IN_ROWS = {"id", "job_id", "environment_id", "worker", "cpus", "created_at", "samples",
-               "tokens", "pinning_violations", "load_extra", "machine", "flags"}  # fmt: skip
+NOT_IN_ROWS = {
+    "id",
+    "job_id",
+    "environment_id",
+    "worker",
+    "cpus",
+    "created_at",
+    "samples",
+    "tokens",
+    "pinning_violations",
+    "load_extra",
+    "machine",
+    "flags",
+}
 FIGURES = tuple(c.name for c in Result.__table__.columns if c.name not in NOT_IN_ROWS)
 
 
-EMPTY_ROW_KEYS = ("sweep", "key", "label", "backend", "context", "generation", "threads", "status",
-                  *FIGURES, "speedup", "speedup_spread", "rounds", "speedup_rounds", "flag_count",
-                  "host")  # fmt: skip
+EMPTY_ROW_KEYS = (
+    "sweep",
+    "key",
+    "label",
+    "backend",
+    "context",
+    "generation",
+    "threads",
+    "status",
+    *FIGURES,
+    "speedup",
+    "speedup_spread",
+    "rounds",
+    "speedup_rounds",
+    "flag_count",
+    "host",
+)
 
 
 class ReportError(LookupError):
@@ -114,8 +139,14 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
     round: a ratio of two jobs measured minutes apart would measure the neighbours too."""
 
     def cell(row):
-        return (row["sweep"], row["context"], row["generation"], row["threads"], row["host"],
-                row["round"])  # fmt: skip
+        return (
+            row["sweep"],
+            row["context"],
+            row["generation"],
+            row["threads"],
+            row["host"],
+            row["round"],
+        )
 
     done = [r for r in rows if r["status"] == JobStatus.DONE]
     reference = {cell(r): r for r in done if r["backend"] == baseline}
@@ -154,14 +185,20 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     steady = [r["speedup"] for r in done if r["speedup"] is not None and r["speedup_steady"]]
     first = {k: v for k, v in first.items() if k != "speedup_steady"}  # a round's, not the cell's
     if len(group) == 1:
-        return {**first, "rounds": 1, "speedup_spread": None, "round_speedups": [],
-                "speedup_rounds": 1}  # fmt: skip
+        return {
+            **first,
+            "rounds": 1,
+            "speedup_spread": None,
+            "round_speedups": [],
+            "speedup_rounds": 1,
+        }
     row = {**first, "rounds": len(done)}
     row["status"] = JobStatus.DONE if done else first["status"]
     unfinished = [r for r in group if r["status"] != JobStatus.DONE]
     if done and unfinished:  # shown, not hidden: the pooled figures lack these rounds
         row["error"] = f"{len(unfinished)} of {len(group)} rounds not done: " + ", ".join(
-            f"round {r['round']} {r['status']}" for r in unfinished)  # fmt: skip
+            f"round {r['round']} {r['status']}" for r in unfinished
+        )
     for name in FIGURES:
         values = [r[name] for r in done if r[name] is not None]
         if name in NOT_POOLED or not all(isinstance(v, int | float) for v in values):
@@ -173,8 +210,9 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     row["round_speedups"] = speedups
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
-    row["speedup_spread"] = ((max(speedups) - min(speedups)) / median(speedups)
-                             if len(speedups) > 1 else None)  # fmt: skip
+    row["speedup_spread"] = (
+        (max(speedups) - min(speedups)) / median(speedups) if len(speedups) > 1 else None
+    )
     row["pinning_ok"] = all(r["pinning_ok"] for r in done) if done else None
     row["flags"] = [f"round {r['round']}: {flag}" for r in done for flag in r["flags"]]
     row["flag_count"] = len(row["flags"]) if done else None
@@ -197,30 +235,36 @@ def pooled_samples(sweeps: list[Sweep]) -> dict[tuple[str, str], dict[str, list]
 def noise_floor(rows: list[dict[str, Any]], baseline: str) -> dict[str, tuple[float, float]]:
     """Per sweep with a control: the range of the control's within-round ratios to the
     baseline. A speedup inside it is marked: the farm cannot tell it from noise."""
-    from orchestrator.sweep import control_label
+    from whistle_stop.contract.jobspec import control_label
 
     floors: dict[str, list[float]] = defaultdict(list)
     controls = {control_label(baseline)}
     for row in rows:
         if row["label"] in controls and row["status"] == JobStatus.DONE:
             floors[row["sweep"]] += row["round_speedups"] or (
-                [row["speedup"]] if row["speedup"] is not None else [])  # fmt: skip
+                [row["speedup"]] if row["speedup"] is not None else []
+            )
     found = {sweep: (min(values), max(values)) for sweep, values in floors.items() if values}
     for row in rows:
         floor = found.get(row["sweep"])
         width = max(abs(floor[0] - 1), abs(floor[1] - 1)) if floor else None
         row["within_noise"] = bool(
-            width is not None and row["speedup"] is not None
+            width is not None
+            and row["speedup"] is not None
             and row["label"] not in controls | {baseline}  # the floor, and its own reference
             and abs(row["speedup"] - 1) <= width
-        )  # fmt: skip
+        )
     return found
 
 
 OPERATORS = {  # longest first, so `<=` is not read as `<`
-    "!=": operator.ne, "<=": operator.le, ">=": operator.ge,
-    "=": operator.eq, "<": operator.lt, ">": operator.gt,
-}  # fmt: skip
+    "!=": operator.ne,
+    "<=": operator.le,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "<": operator.lt,
+    ">": operator.gt,
+}
 
 
 def apply_filters(
@@ -289,8 +333,9 @@ def check_baseline(rows: list[dict[str, Any]], baseline: str) -> None:
     """An unknown --baseline is an error (every speedup would silently be '-')."""
     known = {r["backend"] for r in rows} | {r["label"] for r in rows}
     if rows and baseline not in known and baseline != "hf":
-        raise ReportError(f"--baseline {baseline!r} is not in these sweeps; known: "
-                          f"{', '.join(sorted(known))}")  # fmt: skip
+        raise ReportError(
+            f"--baseline {baseline!r} is not in these sweeps; known: {', '.join(sorted(known))}"
+        )
 
 
 def sort_rows(rows: list[dict[str, Any]], spec: list[str]) -> list[dict[str, Any]]:
@@ -301,8 +346,9 @@ def sort_rows(rows: list[dict[str, Any]], spec: list[str]) -> list[dict[str, Any
         try:
             key = resolve(item.lstrip("-"), keys)
         except KeyError:
-            raise ReportError(f"--sort {item!r}: no such column; use one of: "
-                              f"{', '.join(keys)}") from None  # fmt: skip
+            raise ReportError(
+                f"--sort {item!r}: no such column; use one of: {', '.join(keys)}"
+            ) from None
         present = [r for r in rows if r[key] is not None]
         missing = [r for r in rows if r[key] is None]  # always last
         present.sort(key=lambda r: r[key], reverse=descending)
@@ -336,8 +382,10 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
         ) from None
     values = [r[value_key] for r in rows if r[value_key] is not None]
     if any(not isinstance(v, int | float) or isinstance(v, bool) for v in values):
-        raise ReportError(f"--pivot {spec!r}: {value_key} is not a number; pick a figure "
-                          "such as decode_tokens_per_s")  # fmt: skip
+        raise ReportError(
+            f"--pivot {spec!r}: {value_key} is not a number; pick a figure "
+            "such as decode_tokens_per_s"
+        )
     cells: dict[tuple, list[float]] = defaultdict(list)
     for row in rows:
         if row[value_key] is not None:
@@ -345,9 +393,11 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
     row_values = sorted({row[row_key] for row in rows}, key=str)
     column_values = sorted({row[column_key] for row in rows}, key=lambda v: (str(type(v)), v))
     headings = [f"{row_key} \\ {column_key}", *map(str, column_values)]
-    others = [k for k in ("sweep", "context", "generation", "threads", "host")
-              if k not in (row_key, column_key)
-              and len({r[k] for r in rows if r[k] is not None}) > 1]  # fmt: skip
+    others = [
+        k
+        for k in ("sweep", "context", "generation", "threads", "host")
+        if k not in (row_key, column_key) and len({r[k] for r in rows if r[k] is not None}) > 1
+    ]
     meaning = f"each cell: mean {value_key} over the matching jobs" + (
         f" (averaged over {', '.join(others)})" if others else ""
     )

@@ -14,9 +14,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-from contract.status import JobStatus
-from orchestrator.reports.columns import Column, cell, columns_for, fit
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.reports.columns import Column, cell, columns_for, fit
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
@@ -48,8 +47,14 @@ def to_table(
     room = None if width is None else max(12, width - sum(n + 1 for n in needs[1:]))
     for index, (column, need) in enumerate(zip(columns, needs, strict=True)):
         if index == 0:
-            table.add_column(column.heading, justify="left", no_wrap=True, overflow="ellipsis",
-                             min_width=min(need, 12), max_width=room)  # fmt: skip
+            table.add_column(
+                column.heading,
+                justify="left",
+                no_wrap=True,
+                overflow="ellipsis",
+                min_width=min(need, 12),
+                max_width=room,
+            )
         else:
             table.add_column(column.heading, justify="right", no_wrap=True, min_width=need)
     for index, line in enumerate(body):
@@ -58,9 +63,13 @@ def to_table(
 
 
 def render_rows(
-    rows: list[dict[str, Any]], fmt: str, title: str, *, width: int = 80,
+    rows: list[dict[str, Any]],
+    fmt: str,
+    title: str,
+    *,
+    width: int = 80,
     names: list[str] | None = None,
-) -> str | Table:  # fmt: skip
+) -> str | Table:
     """The per-job report in one format: text, or a rich Table for a terminal `width` wide."""
     if fmt == "json":
         return json.dumps(rows, indent=2, default=str)
