@@ -8,6 +8,12 @@
 - `farm:attempts:<task>`: incremented at each start; past the limit the job is
   failed instead of crashing another worker.
 - `farm:lease:<task>`: held, with a heartbeat, by the one process running the job.
+- `farm:delivery:<task>`: how many times a worker received the job, and which worker
+  last did; written by the worker's main process the moment the message arrives.
+- `farm:claim:<task>`: held by that main process from delivery until the job is over
+  (its start-up, the child's imports, the run, the ack), renewed by its heartbeat: the
+  window the lease does not cover. A job that was delivered and has neither a claim,
+  a lease nor a result was lost with its worker (executors/celery.py, LeaseWatch).
 - `farm:enqueued:<task>`: set when the job is published, so a re-submitted sweep
   does not publish a job that is still in flight.
 - `farm:cpu:<host>:<cpu>`: claimed by a worker for each CPU of its set, so two
@@ -61,6 +67,14 @@ def lease_key(task_id: str) -> str:
     return f"farm:lease:{task_id}"
 
 
+def delivery_key(task_id: str) -> str:
+    return f"farm:delivery:{task_id}"
+
+
+def claim_key(task_id: str) -> str:
+    return f"farm:claim:{task_id}"
+
+
 def enqueued_key(task_id: str) -> str:
     return f"farm:enqueued:{task_id}"
 
@@ -71,7 +85,14 @@ def cpu_claim_key(host: str, cpu: int) -> str:
 
 def job_state_keys(task_id: str) -> list[str]:
     """Everything that says a job was tried: cleared when it starts afresh."""
-    return [done_key(task_id), attempts_key(task_id), lease_key(task_id), crash_key(task_id)]
+    return [
+        done_key(task_id),
+        attempts_key(task_id),
+        lease_key(task_id),
+        crash_key(task_id),
+        delivery_key(task_id),
+        claim_key(task_id),
+    ]
 
 
 def _env_float(name: str, default: float) -> float:
@@ -85,8 +106,9 @@ class FarmSettings:
     time_limit_s: float = field(default_factory=lambda: _env_float("FARM_JOB_TIME_LIMIT", 3600))
     grace_s: float = field(default_factory=lambda: _env_float("FARM_JOB_GRACE", 60))
     max_attempts: int = field(default_factory=lambda: int(os.environ.get("FARM_MAX_ATTEMPTS", 3)))
-    # a running job's lease lapses this long after its worker's last heartbeat; whoever
-    # watches the sweep then hands the job to another worker (executors/celery.py)
+    # a delivered job's claim (and a running job's lease) lapses this long after its
+    # worker's last heartbeat; whoever watches the sweep then hands the job to another
+    # worker (executors/celery.py)
     lease_s: float = field(default_factory=lambda: _env_float("FARM_LEASE_S", 30))
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import redis.asyncio as aioredis
 from kombu.utils.url import maybe_sanitize_url
+
 from whistle_stop.contract.events import (
     Event,
     Failed,
@@ -32,9 +33,10 @@ from whistle_stop.contract.queue import (
     TASK_NAME,
     EntryKind,
     FarmSettings,
-    attempts_key,
     broker_problem,
     celery_config,
+    claim_key,
+    delivery_key,
     done_key,
     enqueued_key,
     job_state_keys,
@@ -234,16 +236,22 @@ class CeleryExecutor:
 
 
 class LeaseWatch:
-    """Notices a running job whose lease lapsed, and hands it back to the queue.
+    """Notices a delivered job whose worker is gone, and hands it back to the queue.
 
-    A worker renews its job's lease every third of FARM_LEASE_S; a worker that dies
-    (power cut, OOM kill, lost VM) stops renewing, and the lease lapses. Without this,
-    the job would come back only after the broker's visibility timeout (hours). A job
-    counts as lost when it has started (its attempt counter exists) and has neither a
-    lease nor a result on two looks in a row (the first look may fall between a worker
-    counting its attempt and taking the lease). It is then published again: the attempt
+    A worker's main process claims each job the moment its message arrives and renews
+    the claim every third of FARM_LEASE_S until the job is over; the process running the
+    job also holds its lease (worker/channel.py). A worker that dies (power cut, OOM
+    kill, lost VM) or freezes stops renewing both. Without this watch the job would come
+    back only after the broker's visibility timeout (hours), whichever moment of its life
+    the worker died in: before its child started, during the child's start-up, while it
+    ran, or before its acknowledgement.
+
+    A job counts as lost when it was delivered (its delivery counter exists) and has
+    neither a claim, a lease nor a result on two looks in a row (two looks, so a job is
+    never handed back on one slow heartbeat). It is then published again: the attempt
     check fails it after FARM_MAX_ATTEMPTS, and the done marker drops any stale copy the
-    broker hands out later.
+    broker hands out later. Every outstanding job is looked at, in one round trip: a job
+    can be delivered without anything in the result stream saying so.
     """
 
     def __init__(self, executor: CeleryExecutor, sweep: str) -> None:
@@ -251,22 +259,14 @@ class LeaseWatch:
         self.settings = FarmSettings()
         self.workers: dict[int, str] = {}  # job id -> the worker that last started it
         self.suspects: set[int] = set()
-        self.handed_back: dict[int, int] = {}  # job id -> its attempts when handed back
+        self.handed_back: dict[int, int] = {}  # job id -> its deliveries when handed back
         self.last_look = 0.0
-        # jobs that may be running: all of them at the first look (some may have started
-        # before this watch began), then those seen starting; a look costs one round trip
-        # for these only, not for the whole sweep
-        self.running: set[int] | None = None
 
     def saw(self, event: Event, outstanding: dict[int, PendingJob]) -> None:
         if isinstance(event, Started):
             self.workers[event.job_id] = event.worker
-            if self.running is not None:
-                self.running.add(event.job_id)
         if isinstance(event, Finished | Failed):
             outstanding.pop(event.job_id, None)
-            if self.running is not None:
-                self.running.discard(event.job_id)
 
     def wait_ms(self) -> int:
         """How long to block on the stream: a suspect is looked at again after a second."""
@@ -277,35 +277,36 @@ class LeaseWatch:
         if now - self.last_look < self.wait_ms() / 1000:
             return []
         self.last_look = now
-        jobs = [job for job in jobs if self.running is None or job.id in self.running]
+        jobs = list(jobs)
         async with self.executor.client.pipeline(transaction=False) as pipe:
             for job in jobs:
                 task_id = task_id_for(self.sweep, job.key)
-                pipe.get(attempts_key(task_id)).exists(lease_key(task_id)).exists(done_key(task_id))
+                pipe.hgetall(delivery_key(task_id)).exists(claim_key(task_id))
+                pipe.exists(lease_key(task_id)).exists(done_key(task_id))
             replies = await pipe.execute()
         events: list[Event] = []
-        first_look = self.running is None
-        if self.running is None:
-            self.running = set()
         for index, job in enumerate(jobs):
-            attempts, leased, done = replies[3 * index : 3 * index + 3]
-            started = int(attempts or 0)
-            if first_look and started and not done:
-                self.running.add(job.id)
-            if not started or leased or done or started <= self.handed_back.get(job.id, 0):
+            delivery, claimed, leased, done = replies[4 * index : 4 * index + 4]
+            delivered = int(delivery.get(b"count", 0))
+            # a worker whose child crashed puts the message back itself: queued, not lost
+            queued = delivered <= int(delivery.get(b"requeued", 0))
+            held = claimed or leased or done or queued
+            if not delivered or held or delivered <= self.handed_back.get(job.id, 0):
                 self.suspects.discard(job.id)
                 continue
             if job.id not in self.suspects:
                 self.suspects.add(job.id)
                 continue
             self.suspects.discard(job.id)
-            self.handed_back[job.id] = started
+            self.handed_back[job.id] = delivered
             await self.executor.republish(self.sweep, job)
+            worker = delivery.get(b"worker", b"").decode() or self.workers.get(job.id)
             why = (
-                f"no heartbeat for {self.settings.lease_s:g} s (FARM_LEASE_S): the worker "
-                f"died, froze or lost its network; attempt {started + 1} queued"
+                f"no heartbeat for {self.settings.lease_s:g} s (FARM_LEASE_S) from the worker "
+                f"it was delivered to: it died, froze or lost its network; handed to the "
+                f"queue again (delivery {delivered + 1})"
             )
-            events.append(Lost(job.id, self.workers.get(job.id), why))
+            events.append(Lost(job.id, worker, why))
         return events
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from whistle_stop.contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
 from whistle_stop.contract.events import Event, PendingJob, Started, outcome
 from whistle_stop.contract.payload import MalformedPayloadError, ResultPayload, last_words
+from whistle_stop.contract.queue import FarmSettings
 
 # Big enough for a result line with every per-token sample of a long generation.
 LINE_LIMIT = 64 * 1024 * 1024
@@ -68,13 +69,24 @@ class LocalWorker:
             await self.stop()
 
     async def _exchange(self, spec: dict[str, Any]) -> ResultPayload:
+        """Here the orchestrator is the worker's parent: a job process that dies is seen
+        at once (its pipe closes), in any window of its life. One that hangs or is frozen
+        is killed at the farm's hard time limit, as a Celery worker's would be."""
         assert self.process and self.process.stdin and self.process.stdout
+        limit_s = FarmSettings().hard_limit_s
         try:
             self.process.stdin.write((json.dumps(spec) + "\n").encode())
             await self.process.stdin.drain()
-            line = await self.process.stdout.readline()
+            line = await asyncio.wait_for(self.process.stdout.readline(), limit_s)
         except (BrokenPipeError, ConnectionResetError):
             line = b""
+        except TimeoutError:
+            self.kill()
+            await self.process.wait()
+            return self._failed(
+                f"TimeLimitExceeded: the job passed the hard time limit of {limit_s:g} s "
+                "(FARM_JOB_TIME_LIMIT + FARM_JOB_GRACE) and was killed"
+            )
         if line:
             try:
                 return ResultPayload.from_json(line)

@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
-from whistle_stop.db.models import Job, Result
 
 from tests.farm_harness import FARM, ROOT, FarmWorker, RedisServer, farm_env, wait_for
+from whistle_stop.db.models import Job, Result
+from whistle_stop.worker import failpoints
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 FAULT = "fault"  # tests/plugin, installed as an entry point
@@ -297,6 +298,59 @@ def test_a_frozen_worker_that_wakes_up_late_adds_no_second_result(farm):
     assert result.worker.startswith("survivor@") and len(job.lost_attempts) == 1
 
 
+WINDOW_LEASE_S = 5
+
+
+@pytest.mark.skipif(not TWO_CPUS, reason="needs a survivor beside the lost worker")
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+@pytest.mark.parametrize("window", failpoints.NAMES)
+def test_a_worker_lost_in_any_window_of_a_job_costs_its_lease(farm, window, how):
+    """Stop the worker's whole process group at one moment of a job's life (a failpoint
+    holds it there), with the broker's visibility timeout at its default (2 h): the job
+    ends with exactly one result within FARM_LEASE_S + the watch's two looks + its own
+    run, and its history names the lost attempt. Lost after publishing, nothing is lost:
+    the result is there and nothing runs again. SIGCONT afterwards adds no second result."""
+    farm.env = farm_env(FARM_LEASE_S=str(WINDOW_LEASE_S))  # default time limits
+    victim_env = {**farm.env, "FARM_FAILPOINT": window, "FARM_FAILPOINT_PAUSE_S": "15"}
+    victim = farm.worker("0", "victim", start=False)
+    victim.env = victim_env
+    victim.start()
+    submit = farm.submit(farm.sweep([ok("job", step_s=0.05)]))
+    wait_for(lambda: f"failpoint {window} reached" in victim.log_text(), 90, window)
+    survivor = farm.worker("1", "survivor")
+    lost_at = time.monotonic()
+    victim.kill9() if how == "SIGKILL" else victim.freeze()
+    output, _ = submit.communicate(timeout=120)
+    took = time.monotonic() - lost_at
+    assert submit.returncode == 0, output
+    assert_exactly_one_result_each(farm)
+    [(job, result)] = farm.jobs()
+    print(f"{window} {how}: {took:.1f} s from the loss to the stored result")
+    if window == "published":
+        assert result.worker.startswith("victim@") and not job.lost_attempts
+        assert "succeeded" not in survivor.log_text()
+    else:
+        # lease + up to two looks of the watch (5 s, then 1 s) + the job on the survivor
+        assert took < WINDOW_LEASE_S + 6 + 20, f"{took:.0f} s from the loss to the result"
+        assert result.worker.startswith("survivor@")
+        shown = _show(farm, job.key)
+        [lost] = shown["lost_attempts"]
+        assert lost["worker"].startswith("victim@") and "FARM_LEASE_S" in lost["why"]
+    if how == "SIGSTOP":
+        victim.thaw()  # its pause ends, it goes on with the job, and finds it done
+        wait_for(lambda: "succeeded in" in victim.log_text(), 60, "the thawed victim's task")
+        collect = [FARM, "collect", "--sweep", "farm", "--no-wait"]
+        collected = subprocess.run(
+            [*collect, "--broker", farm.redis.url(), "--db", str(farm.db)],
+            capture_output=True,
+            text=True,
+            env=farm.env,
+            cwd=ROOT,
+        )
+        assert collected.returncode == 0, collected.stderr
+        assert_exactly_one_result_each(farm)
+
+
 def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
     worker = farm.worker("0", "w0")
     submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
@@ -430,6 +484,7 @@ def test_forged_messages_are_dropped_without_running_anything(farm, tmp_path):
     """Messages naming callables, modules and wrong types: each logged and dropped, nothing
     imported (the payload module would leave a marker), and the worker serves on."""
     import redis
+
     from whistle_stop.contract.jobspec import JobSpec
     from whistle_stop.contract.payload import ResultPayload
     from whistle_stop.contract.queue import TASK_NAME, task_id_for

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
+
 from whistle_stop.cli import app
 from whistle_stop.db.models import Environment, Job, Result, Sweep
 
@@ -91,6 +92,26 @@ def test_tiny_sweep_end_to_end_with_failures(tmp_path, tiny_model, db_path, cach
     assert report.exit_code == 0
     assert report.output.count("| done |") == 4 and report.output.count("| failed |") == 4
     assert "failed: " in report.output
+
+
+@pytest.mark.slow
+def test_a_job_that_hangs_is_killed_at_the_hard_limit_and_the_sweep_goes_on(
+    tmp_path, tiny_model, db_path, cache_dir, monkeypatch
+):
+    """The embedded pool applies the farm's hard time limit too: a job deaf to everything
+    (a stuck C call, a frozen process) is failed with the reason, never waited on forever."""
+    monkeypatch.setenv("FARM_JOB_TIME_LIMIT", "3")
+    monkeypatch.setenv("FARM_JOB_GRACE", "1")
+    hang = f"  - name: {FAULT}\n    mode: hang\n    sleep_s: 600\n"
+    text = sweep_text(tiny_model, extra_backends=hang).replace("[8, 16]", "[8]")
+    grid = write_sweep(tmp_path / "tiny.yaml", text.replace("repeats: 2", "repeats: 1"))
+    args = ["submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir)]
+    result = farm(*args)
+    assert result.exit_code == 3, result.output
+    statuses = {(job.label, job.status) for job, _ in rows(db_path)}
+    assert statuses == {("hf", "done"), ("hf-bfloat16", "done"), ("fault-hang", "failed")}
+    [error] = [job.error for job, _ in rows(db_path) if job.status == "failed"]
+    assert "hard time limit of 4 s" in error
 
 
 @pytest.mark.slow

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import task_received, worker_process_init
 from celery.utils.log import get_task_logger
 from celery.worker.request import Request
+
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.contract.payload import ResultPayload, last_words
 from whistle_stop.contract.queue import TASK_NAME, FarmSettings, celery_config
+from whistle_stop.worker import failpoints
 
 logger = get_task_logger(__name__)
 
@@ -59,7 +61,9 @@ class FarmRequest(Request):
         if isinstance(exc, WorkerLostError):
             try:
                 path = stderr_path(self.id)
-                _channel(self.task.app).crashed(self.id, _death(str(exc)), last_words(path))
+                channel = _channel(self.task.app)
+                channel.crashed(self.id, _death(str(exc)), last_words(path))
+                channel.requeued(self.id)  # task_reject_on_worker_lost puts it back
                 path.unlink(missing_ok=True)
             except Exception:  # noqa: BLE001 - the record is a courtesy; the requeue is not
                 logger.exception("could not record how job %s died", self.id)
@@ -121,9 +125,11 @@ def run_job_task(self: Task, *args, **kwargs) -> str:
     silence. Losing the broker is not such a failure: the job is delivered again.
     """
     import redis
+
     from whistle_stop.worker.messages import RejectedMessage, accept
 
     task_id = self.request.id
+    failpoints.reached("startup")
     try:
         sweep, job_id, spec = accept(task_id, args, kwargs)
     except RejectedMessage as rejected:
@@ -167,10 +173,12 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
         )
         channel.result(sweep, job_id, task_id, _failed(error, spec.key))
         return "failed: too many attempts"
+    failpoints.reached("counted")
     with channel.lease(task_id, holder_name()) as mine:
         if not mine:
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
+        failpoints.reached("running")
         with _stderr_to(stderr_path(task_id)):
             result = run_job(
                 spec.to_dict(),
@@ -179,6 +187,7 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
                 assigned_cpus=CONTEXT.cpus,
             )
         channel.result(sweep, job_id, task_id, replace(result, attempt=attempt))
+        failpoints.reached("published")
     return result.status
 
 
@@ -210,6 +219,39 @@ def _channel(app: Celery):
     from whistle_stop.worker.channel import WorkerChannel
 
     return WorkerChannel(app.conf.broker_url, CONTEXT.settings.lease_s)
+
+
+@task_received.connect
+def _claim_at_delivery(sender, request, **_kwargs) -> None:
+    """In the main process, the moment a job's message arrives: claim the job.
+
+    Why here and not in the child: a child spends seconds between delivery and the
+    lease it takes to run the job (it may still be importing torch, then it checks the
+    message and counts the attempt). A worker that dies in that window held no lease,
+    so nothing would lapse and the broker would hand the message out again only after
+    its visibility timeout (hours). The main process claims the job before any of that
+    and its heartbeat (worker/serve.py) renews the claim until the job is over, so the
+    job is watched from delivery to acknowledgement, prefetched messages included.
+    """
+    if request.name != TASK_NAME or len(request.id) > 64:
+        return  # not a job of ours (its checks come in the child, with the reason)
+    from redis import RedisError
+
+    try:
+        _delivery_channel(sender.app).claim_delivery(request.id, CONTEXT.name)
+    except RedisError:  # the broker is away: the message is redelivered to someone
+        logger.exception("could not claim job %s", request.id)
+    failpoints.reached("delivered")
+
+
+_DELIVERY_CHANNEL = None
+
+
+def _delivery_channel(app: Celery):
+    global _DELIVERY_CHANNEL
+    if _DELIVERY_CHANNEL is None:  # one connection pool for the main process's claims
+        _DELIVERY_CHANNEL = _channel(app)
+    return _DELIVERY_CHANNEL
 
 
 @worker_process_init.connect

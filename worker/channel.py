@@ -16,13 +16,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import redis
+
 from whistle_stop.contract.payload import ResultPayload
 from whistle_stop.contract.queue import (
     DONE_TTL_S,
     EntryKind,
     attempts_key,
+    claim_key,
     cpu_claim_key,
     crash_key,
+    delivery_key,
     done_key,
     lease_key,
     results_stream,
@@ -106,6 +109,32 @@ class WorkerChannel:
                     self.redis.expire(key, self.lease_s)
             except redis.RedisError:
                 pass  # the broker is away; the next beat tries again
+
+    def claim_delivery(self, task_id: str, node: str) -> None:
+        """The moment a message arrives: count the delivery, name its worker, and claim the
+        job for this worker's main process (renewed by `renew_claims` until it is over)."""
+
+        def send() -> None:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(delivery_key(task_id), "count", 1)
+                pipe.hset(delivery_key(task_id), "worker", node)
+                pipe.expire(delivery_key(task_id), DONE_TTL_S)
+                pipe.set(claim_key(task_id), node, ex=self.lease_s)
+                pipe.execute()
+
+        self._retrying(send, deadline_s=30)
+
+    def requeued(self, task_id: str) -> None:
+        """The job's child died and Celery put its message back on the queue: it waits
+        there, delivered to no one, and no claim is missed."""
+        self._retrying(self.redis.hincrby, delivery_key(task_id), "requeued", 1, deadline_s=30)
+
+    def renew_claims(self, task_ids: list[str], node: str) -> None:
+        """The heartbeat of the jobs this worker holds, delivered, starting or running."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.set(claim_key(task_id), node, ex=self.lease_s)
+            pipe.execute()
 
     def claim_cpus(self, cpus: list[int], node: str, ttl_s: int = 30) -> list[str]:
         """Claim each CPU of this host for `node`; return the conflicting claims (none: ok)."""

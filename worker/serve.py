@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from kombu.utils.url import maybe_sanitize_url
+
 from whistle_stop.contract.cpus import format_cpu_list, parse_cpu_list
 from whistle_stop.contract.queue import broker_problem
 from whistle_stop.worker.pinning import pin_process
@@ -36,13 +37,15 @@ def serve(
     preload: bool = True,
 ) -> None:
     import redis
+
     from whistle_stop.contract.queue import FarmSettings
     from whistle_stop.worker.celery_app import CONTEXT, make_app
     from whistle_stop.worker.channel import WorkerChannel
 
     cpu_set = parse_cpu_list(cpus)  # CpuSetError names the valid CPUs
     node = _node_name(name, cpu_set)
-    channel = WorkerChannel(broker_url)
+    settings = FarmSettings()
+    channel = WorkerChannel(broker_url, settings.lease_s)
     try:
         conflicts = channel.claim_cpus(cpu_set, node)
     except redis.RedisError as error:
@@ -56,12 +59,12 @@ def serve(
     pin_process(cpu_set)
     os.environ["OMP_NUM_THREADS"] = str(threads or len(cpu_set))
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, FarmSettings()
+    CONTEXT.name, CONTEXT.cache_dir, CONTEXT.settings = node, cache_dir, settings
     CONTEXT.preload, CONTEXT.cpus = preload, cpu_set
     _calibrate_bandwidth(cpu_set, cache_dir)
 
     stop = threading.Event()
-    keeper = threading.Thread(target=_keep_claim, args=(channel, cpu_set, node, stop), daemon=True)
+    keeper = threading.Thread(target=_heartbeat, args=(channel, cpu_set, node, stop), daemon=True)
     keeper.start()
     try:
         app = make_app(broker_url)
@@ -110,9 +113,16 @@ def _node_name(name: str | None, cpus: list[int]) -> str:
     return base if "@" in base else f"{base}@{socket.gethostname()}"
 
 
-def _keep_claim(channel, cpus: list[int], node: str, stop: threading.Event) -> None:
-    while not stop.wait(10):
+def _heartbeat(channel, cpus: list[int], node: str, stop: threading.Event) -> None:
+    """This worker's pulse, in its main process: its CPU claims and the claim of every job
+    it holds (received, starting or running: Celery's own list of them), renewed every
+    third of a lease. It stops only with the process: a worker that dies or freezes stops
+    renewing, and each of its jobs is handed back once its claim lapses (FARM_LEASE_S)."""
+    from celery.worker import state
+
+    while not stop.wait(min(10, channel.lease_s / 3)):
         try:
             channel.renew_cpus(cpus, node)
+            channel.renew_claims(list(state.requests), node)
         except Exception:  # the broker may be restarting; the next renewal tries again
             pass
