@@ -21,11 +21,11 @@ from pathlib import Path
 
 import ctranslate2
 import numpy as np
+
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 from whistle_stop.backends.base import Generation, LoadReport
 from whistle_stop.backends.options import CTranslate2Options
 from whistle_stop.backends.weights import weights_digest
-
-from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 # bytes per projection weight, and per LM-head weight (CTranslate2 quantizes the output
 # projection with the rest)

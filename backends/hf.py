@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from whistle_stop.backends.base import DTYPE_BYTES, Generation, LoadReport, StepwiseBackend
 from whistle_stop.backends.options import HFOptions
 from whistle_stop.backends.weights import load_hf_model

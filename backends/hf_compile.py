@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from whistle_stop.backends.hf import HFBackend
 from whistle_stop.backends.options import HFCompileOptions
 

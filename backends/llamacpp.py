@@ -20,14 +20,14 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 from llama_cpp import Llama
+
+from whistle_stop.artifacts import cached_artifact, source_digest
 from whistle_stop.backends.base import Generation, LoadReport
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.gguf_export import quantize, write_gguf
 from whistle_stop.backends.llamacpp_build import refuse_amx_under_hypervisor
 from whistle_stop.backends.options import LlamaCppOptions
 from whistle_stop.backends.weights import weights_digest
-
-from whistle_stop.artifacts import cached_artifact, source_digest
 
 # bytes per weight of each quantization (blocks of 32: q8_0 = 32 int8 + an fp16 scale;
 # q4_0 = 32 nibbles + a scale; q4_K_M mixes 4.5-bit q4_K with 6.56-bit q6_K for some

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
 from whistle_stop.backends.base import DTYPE_BYTES, LoadReport, StepwiseBackend
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.nanogpt_model import GPT, GPTConfig, PreallocatedCache

@@ -14,12 +14,12 @@ import ctypes
 from pathlib import Path
 
 import numpy as np
+
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 from whistle_stop.backends.base import LoadReport, StepwiseBackend
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.options import NativeOptions
 from whistle_stop.backends.weights import weights_digest
-
-from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 LAYER_WEIGHTS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 _FLOAT = ctypes.POINTER(ctypes.c_float)

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from whistle_stop.backends.base import LoadReport, StepwiseBackend
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.onnx_export import onnx_artifact

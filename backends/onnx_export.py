@@ -24,10 +24,10 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-from whistle_stop.backends.config import ModelConfig
-from whistle_stop.backends.options import BLOCK_SIZE, OnnxOptions
 
 from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
+from whistle_stop.backends.config import ModelConfig
+from whistle_stop.backends.options import BLOCK_SIZE, OnnxOptions
 
 # the code that writes, rewrites and quantizes the graph: its source is in every key
 EXPORTER = (
@@ -122,6 +122,7 @@ def _export(model_dir: Path, _source: Path | None, options: dict, out: Path) -> 
     emits ONNX's own Attention op, which ONNX Runtime runs fused. The in-place graph's
     attention is ONNX Runtime's GroupQueryAttention (backends/onnx_graph.py)."""
     import torch
+
     from whistle_stop.backends.nanogpt import load_gpt
     from whistle_stop.backends.onnx_graph import (
         TRANSLATIONS,

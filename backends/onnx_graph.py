@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from onnxscript import values
 from torch.nn import functional as F
+
 from whistle_stop.backends.nanogpt_model import GPT, ConcatCache
 
 _MICROSOFT = values.Opset("com.microsoft", 1)

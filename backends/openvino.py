@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 import openvino_genai
+
+from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 from whistle_stop.backends.base import Generation, LoadReport, StepwiseBackend
 from whistle_stop.backends.options import OpenVINOOptions
 from whistle_stop.backends.weights import weights_digest
-
-from whistle_stop.artifacts import cached_artifact, dir_bytes, source_digest
 
 MODEL_FILE = "openvino_model.xml"  # what GenAI's LLMPipeline looks for in a directory
 

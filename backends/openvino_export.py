@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+
 from whistle_stop.backends.nanogpt_model import GPT
 
 
@@ -84,6 +85,7 @@ def convert(
     generation_config.json."""
     out = model_file.parent
     import openvino as ov
+
     from whistle_stop.backends.nanogpt import load_gpt
 
     gpt = load_gpt(model_dir)

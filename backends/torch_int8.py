@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import torch
+
 from whistle_stop.backends.base import LoadReport
 from whistle_stop.backends.nanogpt import NanoGPTBackend
 from whistle_stop.backends.options import NanoGPTOptions, TorchInt8Options

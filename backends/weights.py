@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from whistle_stop.backends.sources import ModelSource
-
 from whistle_stop.artifacts import build_once
+from whistle_stop.backends.sources import ModelSource
 
 
 def materialize(source: ModelSource, cache_dir: Path, seed: int) -> Path:

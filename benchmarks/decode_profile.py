@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from common import CACHE, gpt2_small, table
+
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions

@@ -25,15 +25,14 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.conftest import save_tiny_gpt2  # noqa: E402
+from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
 from whistle_stop.db.models import Job  # noqa: E402
 from whistle_stop.db.session import make_session_factory  # noqa: E402
 from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
 from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
 from whistle_stop.orchestrator.store import Store  # noqa: E402
 from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
-
-from tests.conftest import save_tiny_gpt2  # noqa: E402
-from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
 
 quiet = Console(quiet=True)
 

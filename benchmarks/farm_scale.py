@@ -35,6 +35,9 @@ sys.path.insert(0, str(ROOT))
 from common import table  # noqa: E402
 from rich.console import Console  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
+
+from tests.conftest import save_tiny_gpt2  # noqa: E402
+from tests.farm_harness import FARM, RedisServer, farm_env, noop_workers  # noqa: E402
 from whistle_stop.contract.events import Failed, Finished, Queued  # noqa: E402
 from whistle_stop.db.models import Result  # noqa: E402
 from whistle_stop.db.session import make_session_factory  # noqa: E402
@@ -42,9 +45,6 @@ from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
 from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
 from whistle_stop.orchestrator.store import Store  # noqa: E402
 from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
-
-from tests.conftest import save_tiny_gpt2  # noqa: E402
-from tests.farm_harness import FARM, RedisServer, farm_env, noop_workers  # noqa: E402
 
 quiet = Console(quiet=True)
 
@@ -182,9 +182,8 @@ def alone(tmp: Path, model: Path, runs: int, db: str) -> tuple[float, float]:
 
 def big_database(db: str, results: int) -> tuple[float, float]:
     """A database of `results` results; the time of `farm status` and `farm report -f csv`."""
-    from whistle_stop.contract.events import Finished
-
     from tests.test_report import payload
+    from whistle_stop.contract.events import Finished
 
     plan = parse_sweep(
         f"name: big\nbackends: [hf, nanogpt]\ncontext_sizes: "

@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from common import ROOT, edited_grid, submit, table
+
 from whistle_stop.db.session import open_readonly
 from whistle_stop.reports.query import find_sweeps, result_rows
 

@@ -19,6 +19,7 @@ import statistics
 import sys
 
 from common import CACHE, ROOT, gpt2_small, table, timed
+
 from whistle_stop.backends import registry
 from whistle_stop.orchestrator.sweep import load_sweep
 from whistle_stop.worker.prompts import random_prompt

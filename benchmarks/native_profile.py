@@ -31,6 +31,7 @@ import statistics
 import time
 
 from common import CACHE, gpt2_small, table
+
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 from common import ROOT, edited_grid, submit, table
+
 from whistle_stop.db.session import open_readonly
 from whistle_stop.reports.query import find_sweeps, result_rows
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 from common import ROOT, farm
+
 from whistle_stop.backends import registry
 
 

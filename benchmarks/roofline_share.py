@@ -17,6 +17,7 @@ import statistics
 import sys
 
 from common import in_process_arguments, load_paths, table, timed
+
 from whistle_stop.worker.prompts import random_prompt
 from whistle_stop.worker.roofline import measure_bandwidth, weight_bytes_per_token
 

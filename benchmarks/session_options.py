@@ -15,6 +15,7 @@ import sys
 
 import onnxruntime as ort
 from common import CACHE, full_options, gpt2_small, in_process_arguments, table, timed
+
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.worker.prompts import random_prompt
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
+DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
 # typer carries its own click; its usage errors are the base class of its BadParameter
 UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
@@ -32,7 +33,30 @@ class OneLineErrors(TyperGroup):
             sys.exit(2)
         except typer.Abort:
             sys.exit(130)
+        except Exception as error:  # a bug: one line for the user, the traceback kept
+            fail(f"unexpected {type(error).__name__}: {error} (a bug; {_keep_traceback()})")
+            sys.exit(3)
         sys.exit(result if isinstance(result, int) else 0)
+
+
+def _keep_traceback() -> str:
+    """Write the traceback under the cache's logs/ and say where, for a bug report."""
+    import os
+    import tempfile
+    import time
+    import traceback
+
+    logs = Path(os.environ.get("FARM_CACHE_DIR", DEFAULT_CACHE)).expanduser() / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"farm-error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(traceback.format_exc())
+    except OSError:
+        fd, name = tempfile.mkstemp(prefix="farm-error-", suffix=".txt")
+        os.write(fd, traceback.format_exc().encode())
+        os.close(fd)
+        path = Path(name)
+    return f"please report it with {path}"
 
 
 app = typer.Typer(
@@ -83,19 +107,43 @@ CacheOption = Annotated[
         envvar="FARM_CACHE_DIR",
     ),
 ]
+
+
+def _broker_url(value: str | None) -> str | None:
+    """A Redis URL or nothing: checked at the edge, so no command meets a URL that the
+    Redis client would refuse with a traceback."""
+    from urllib.parse import urlsplit
+
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        raise typer.BadParameter(f"{value!r} is not a URL ({error})") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise typer.BadParameter(
+            f"{value!r} is not a Redis URL: write redis://HOST:6379/0 (or rediss://, unix://)"
+        )
+    if parts.scheme != "unix" and not parts.hostname:
+        raise typer.BadParameter(f"{value!r} names no host: write redis://HOST:6379/0")
+    del port  # only parsed: an out-of-range port raises above
+    return value
+
+
 BrokerOption = Annotated[
     str | None,
     typer.Option(
         help="Redis URL of the Celery broker, e.g. redis://host:6379/0. "
         "Without one, jobs run here on the embedded default.",
         envvar="FARM_BROKER_URL",
+        callback=_broker_url,
     ),
 ]
 QueueOption = Annotated[str, typer.Option(help="Celery queue the jobs go through.")]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress or status lines; errors only.")
 ]
-DEFAULT_CACHE = Path("~/.cache/whistle-stop").expanduser()
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

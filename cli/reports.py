@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from whistle_stop.cli.common import DEFAULT_DB, DbOption, app, console, errors, fail, open_existing
 
 
@@ -45,8 +46,12 @@ def _split(values: list[str] | None) -> list[str]:
     return [part.strip() for value in values or [] for part in value.split(",") if part.strip()]
 
 
-def _check_out(out: Path | None, *, directory: bool = False) -> None:
-    """Refuse an --out that cannot be written, before anything is read."""
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_out(out: Path | None, db: str, *, directory: bool = False) -> None:
+    """Refuse an --out that cannot be written, or that would destroy data (the database
+    this command reads, or any SQLite file), before anything is read."""
     if out is None:
         return
     if directory:
@@ -57,16 +62,37 @@ def _check_out(out: Path | None, *, directory: bool = False) -> None:
         raise fail(f"--out {out} is a directory; name a file, e.g. {out / 'report.html'}")
     if not out.parent.is_dir():
         raise fail(f"--out {out}: no directory {out.parent}; create it first")
+    if _is_database(out, db):
+        raise fail(f"--out {out} is a database; nothing was written: name another file")
+
+
+def _is_database(path: Path, db: str) -> bool:
+    from whistle_stop.db.session import database_url
+
+    url = database_url(db)
+    here = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+    targets = {here, *(here.with_name(here.name + s) for s in ("-wal", "-shm"))} if here else set()
+    if any(path.resolve() == target.resolve() for target in targets):
+        return True
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False  # absent (it will be created) or unreadable (the write will say)
 
 
 def write(text: str, out: Path | None) -> None:
+    """To stdout, or to `out` whole or not at all: written beside it, then renamed over it,
+    so an interrupted write never leaves half a report (nor half of what was there)."""
     if out is None:
         typer.echo(text, nl=not text.endswith("\n"))
         return
+    from whistle_stop.artifacts import write_atomically
+
     try:
-        out.write_text(text)
+        write_atomically(out, text.encode())
     except OSError as error:
-        raise fail(f"--out {out}: cannot write it ({error.strerror})") from None
+        raise fail(f"--out {out}: cannot write it ({error.strerror or error})") from None
     errors.print(f"wrote {out}", highlight=False)
 
 
@@ -123,7 +149,7 @@ def report(
 
     if out is not None and format is Format.table:
         raise fail("--out writes markdown, csv, json or html: add -f markdown (or csv, ...)")
-    _check_out(out)
+    _check_out(out, db)
     request = ReportRequest(
         sweeps=sweep or [],
         every=all_sweeps,
@@ -195,12 +221,14 @@ def plot(
     from whistle_stop.reports.query import ReportError
     from whistle_stop.reports.views import write_plots
 
-    _check_out(out, directory=True)
+    _check_out(out, db, directory=True)
     with open_existing(db) as session:
         try:
             lines = write_plots(session, sweep or [], all_sweeps, out, baseline)
         except ReportError as error:
             raise fail(str(error)) from None
+        except OSError as error:
+            raise fail(f"--out {out}: cannot write there ({error.strerror or error})") from None
     for line in lines:
         errors.print(line, highlight=False, markup=False)
 

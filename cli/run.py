@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from whistle_stop.cli.common import (
     DEFAULT_CACHE,
     DEFAULT_DB,

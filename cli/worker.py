@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from whistle_stop.cli.common import DEFAULT_CACHE, BrokerOption, CacheOption, QueueOption, app, fail
 from whistle_stop.contract.cpus import CpuSetError, available_cpus, format_cpu_list, parse_cpu_list
 

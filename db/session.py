@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, literal
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session, sessionmaker
+
 from whistle_stop.db.models import Base
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}
@@ -77,6 +78,8 @@ def make_engine(path_or_url: str, *, create: bool = True) -> Engine:
     url = database_url(path_or_url)
     if url.startswith("sqlite:///") and Path(url.removeprefix("sqlite:///")).is_dir():
         raise DatabaseError(f"{path_or_url} is a directory, not a database file")
+    if create and url.startswith("sqlite:///"):
+        _refuse_foreign_file(Path(url.removeprefix("sqlite:///")), path_or_url)
     engine = _engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -87,11 +90,39 @@ def make_engine(path_or_url: str, *, create: bool = True) -> Engine:
                     # two submits meeting a new database: one creates the schema while the
                     # other waits, instead of both racing to CREATE the same tables
                     connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+                _refuse_foreign(connection, path_or_url)
                 Base.metadata.create_all(connection)
                 upgrade_schema(connection)
         except sa_exc.DatabaseError as error:
             raise DatabaseError(f"{path_or_url}: {_reason(error)}") from None
     return engine
+
+
+def _refuse_foreign(connection: Connection, name: str) -> None:
+    """A database that holds tables and none of ours belongs to another application:
+    adding whistle-stop's tables to it would be a write nobody asked for."""
+    tables = set(inspect(connection).get_table_names())
+    if tables and not tables & TABLES:
+        shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        raise DatabaseError(
+            f"{name} is another application's database (tables {shown}, none of "
+            "whistle-stop's); nothing was written: pass --db a new file or an empty database"
+        )
+
+
+def _refuse_foreign_file(path: Path, name: str) -> None:
+    """The same check on an SQLite file, read-only: the writer's first connection turns on
+    write-ahead logging, which is already a write to someone else's file."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    reader = _engine(f"sqlite:///file:{path.resolve()}?mode=ro&uri=true")
+    try:
+        with reader.connect() as connection:
+            _refuse_foreign(connection, name)
+    except sa_exc.DBAPIError as error:
+        raise DatabaseError(f"{name}: {_reason(error)}") from None
+    finally:
+        reader.dispose()
 
 
 def upgrade_schema(connection: Connection) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from rich.console import Console
+
 from whistle_stop.contract.events import Event, Failed, Finished, Lost, PendingJob
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.executors.base import Executor

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.orchestrator.store import Applied
 

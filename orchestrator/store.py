@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+
 from whistle_stop.contract.events import Event, Failed, Finished, Lost, PendingJob, Queued, Started
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.contract.payload import HostFacts, ResultPayload

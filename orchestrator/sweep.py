@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
 from whistle_stop.backends import registry
 from whistle_stop.backends.sources import ModelSourceError, parse_model_source
 from whistle_stop.contract.jobspec import JobSpec, control_label

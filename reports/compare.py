@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session
+
 from whistle_stop.contract.figures import decode_tokens_per_s
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Sweep

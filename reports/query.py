@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
+
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Job, Result, Sweep
 from whistle_stop.reports.columns import resolve

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.reports.columns import Column, cell, columns_for, fit
 

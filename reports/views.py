@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+
+from whistle_stop.artifacts import write_atomically
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Job, Sweep
 from whistle_stop.reports import plots, render
@@ -183,7 +185,7 @@ def write_plots(
         if png is None:
             lines.append(f"skipped {name}: {why}")
         else:
-            (out / f"{name}.png").write_bytes(png)
+            write_atomically(out / f"{name}.png", png)
             lines.append(f"wrote {out / (name + '.png')}")
     failed = [r for r in rows if r["status"] == JobStatus.FAILED]
     if failed:
@@ -226,13 +228,11 @@ def show_job(session: Session, reference: str, sweep: str | None = None) -> dict
     environment, figures, raw samples, error."""
     if sweep is None and "/" in reference:
         sweep, _, reference = reference.rpartition("/")
-    query = select(Job).join(Sweep).where(Job.key.startswith(reference))
-    if reference.isdigit():
-        query = (
-            select(Job)
-            .join(Sweep)
-            .where((Job.id == int(reference)) | Job.key.startswith(reference))
-        )
+    # autoescape: a key prefix is text, never a LIKE pattern (`farm show %` matches nothing)
+    by_key = Job.key.startswith(reference, autoescape=True)
+    query = select(Job).join(Sweep).where(by_key)
+    if reference.isdigit() and int(reference) < 2**63:  # ids are 64-bit integers
+        query = select(Job).join(Sweep).where((Job.id == int(reference)) | by_key)
     if sweep is not None:
         find_sweep(session, sweep)  # an unknown sweep says which exist
         query = query.where(Sweep.name == sweep)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from whistle_stop.backends import registry
 from whistle_stop.worker.prompts import random_prompt
 
@@ -139,6 +140,7 @@ def test_torch_int8_really_quantizes_the_linear_layers(tiny_model, artifacts, lm
 def test_hf_conv1d_is_why_torch_int8_uses_our_module(tiny_model):
     """transformers' GPT-2 has no nn.Linear to quantize apart from the LM head."""
     import torch
+
     from whistle_stop.backends.weights import load_hf_model
 
     linears = [m for m in load_hf_model(tiny_model).modules() if isinstance(m, torch.nn.Linear)]
@@ -189,6 +191,7 @@ def test_a_missing_dependency_names_the_package_to_install(monkeypatch):
 )
 def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts, settings, nbits):
     import onnx
+
     from whistle_stop.backends.onnx_export import onnx_artifact
     from whistle_stop.backends.weights import weights_digest
 
@@ -222,6 +225,7 @@ def test_quantize_lm_head_really_quantizes_one_more_matmul(tiny_model, artifacts
 def test_the_onnx_lm_head_reads_a_constant_weight(tiny_model, artifacts):
     """No per-step work on the 154 MB head weight: its MatMul reads an initializer directly."""
     import onnx
+
     from whistle_stop.backends.onnx_export import onnx_artifact
     from whistle_stop.backends.weights import weights_digest
 
@@ -315,6 +319,7 @@ def test_an_int8_cache_is_what_onnx_runtime_reads_and_writes(tiny_model, artifac
     of the graph holds, within one step of rounding, and the logits stay close to float32's."""
     import onnx
     import torch
+
     from whistle_stop.backends.nanogpt import load_gpt
     from whistle_stop.backends.onnx_export import CALIBRATION, _calibrated_kv_scales
     from whistle_stop.backends.onnx_graph import InPlaceGraph

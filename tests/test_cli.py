@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from typer.testing import CliRunner
+
 from whistle_stop.cli import app
 
 COMMANDS = [
@@ -28,7 +29,7 @@ COMMANDS = [
 @pytest.mark.parametrize("args", [["--help"], *[[c, "--help"] for c in COMMANDS]])
 def test_help_never_imports_torch(args):
     code = (
-        "import sys\nfrom cli import app\n"
+        "import sys\nfrom whistle_stop.cli import app\n"
         f"try:\n    app({args!r})\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'onnxruntime', 'transformers', 'matplotlib') if m in sys.modules]\n"
         "print('HEAVY', heavy)"

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import typer
 import yaml
+
 from whistle_stop.cli import app
 
 ROOT = Path(__file__).resolve().parent.parent

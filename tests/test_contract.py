@@ -9,11 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tests.test_imports import modules
 from whistle_stop.contract.payload import HostFacts, MalformedPayloadError, Metrics, ResultPayload
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Environment, Result
-
-from tests.test_imports import modules
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_HEADER = {"id", "job_id", "environment_id", "worker", "cpus", "created_at"}

@@ -6,6 +6,7 @@ from importlib import metadata
 
 import numpy as np
 import pytest
+
 from whistle_stop.backends import registry
 from whistle_stop.backends.registry import BackendEntry
 from whistle_stop.contract.jobspec import JobSpec
@@ -204,6 +205,7 @@ def test_openvino_runs_our_checkpoint_as_transformers_does(tiny_model, tmp_path)
 
 def test_openvino_options_refuse_what_only_4_bit_weights_use():
     from pydantic import ValidationError
+
     from whistle_stop.backends.options import OpenVINOOptions
 
     assert OpenVINOOptions(weights="int4", group_size=32, all_layers=True).group_size == 32

@@ -7,6 +7,7 @@ keeps `farm --help` fast, but it is still an arrow between two modules.
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -90,6 +91,28 @@ def test_no_import_points_up_or_crosses_a_boundary():
             if FLOOR[there] > FLOOR[here] or (here, there) in FORBIDDEN:
                 problems.append(f"{module} -> {target}")
     assert problems == []
+
+
+def test_nothing_imports_a_folder_by_its_bare_name():
+    """A checkout puts `db/` on sys.path too: `import db` would work here and nowhere
+    else. Every import in the tree (tests and benchmarks too) goes through whistle_stop."""
+    bare = set(whistle_stop.PACKAGES) | {"artifacts"}
+    found = []
+    for path in ROOT.rglob("*.py"):
+        if any(part.startswith(".") or part == "build" for part in path.relative_to(ROOT).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in bare]
+        text = path.read_text()
+        found += [
+            f"{path.relative_to(ROOT)}: {m}" for m in re.findall(r"from (?:cli|db) import", text)
+        ]
+    assert found == []
 
 
 def test_the_store_does_not_know_the_executors():

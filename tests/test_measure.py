@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from whistle_stop.worker.measure import (
     Repeat,
     TimerCheck,

@@ -14,11 +14,11 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import save_tiny_gpt2
 from whistle_stop.backends import registry
 from whistle_stop.backends.nanogpt import load_gpt
 from whistle_stop.kernels.quantize import dequantize_rows, grouped, quantize_rows
-
-from tests.conftest import save_tiny_gpt2
 
 FLOATS = ctypes.POINTER(ctypes.c_float)
 

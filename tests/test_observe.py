@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.executors.local import LocalWorker
 from whistle_stop.worker import fidelity

@@ -4,6 +4,7 @@ must compute what the plain model computes, step after step, before any export."
 from __future__ import annotations
 
 import torch
+
 from whistle_stop.backends.nanogpt_model import GPT, GPTConfig
 from whistle_stop.backends.onnx_graph import ConcatGraph, InPlaceGraph, kv_scales
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from whistle_stop.backends import registry
-from whistle_stop.worker.perplexity import perplexity, token_ids
 
 from tests.conftest import save_tiny_gpt2
+from whistle_stop.backends import registry
+from whistle_stop.worker.perplexity import perplexity, token_ids
 
 TEXT = (
     "The farm measures how fast a small GPT runs on a CPU and what each faster path costs. "
@@ -176,6 +176,7 @@ def test_a_text_prompt_needs_a_model_with_a_tokenizer():
 
 def test_the_slow_tokenizer_gives_the_fast_ones_ids(model_with_tokenizer):
     from transformers import AutoTokenizer
+
     from whistle_stop.worker.slow_tokenizer import SlowBPETokenizer
 
     fast = AutoTokenizer.from_pretrained(model_with_tokenizer)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+
 from whistle_stop.contract.cpus import CpuSetError, format_cpu_list, parse_cpu_list
 from whistle_stop.worker.pinning import threads_outside
 

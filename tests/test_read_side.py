@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from whistle_stop.cli import app
 
 from tests.test_report import fill
+from whistle_stop.cli import app
 
 runner = CliRunner()
 
@@ -48,6 +48,7 @@ def _other_files(tmp_path: Path) -> dict[str, Path]:
         connection.execute("create table notes (text)")
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "g.yaml").write_text("name: g\nmodel: random:gpt2\nbackends: [hf]\n")
     existing = tmp_path / "existing.png"
     existing.write_bytes(b"not a directory")
     return {"empty": empty, "other": other, "corrupt": corrupt, "existing": existing}
@@ -85,6 +86,21 @@ BAD = [
     (["show", "nope/abc", "--db", "{db}"], 2, "no sweep named 'nope'"),
     (["compare", "base", "nope", "--db", "{db}"], 2, "no sweep named 'nope'"),
     (["compare", "base", "same", "--db", "{db}", "-f", "html"], 2, "table, markdown, csv or json"),
+    # nothing a user types destroys data or shows a traceback (issue 28's cases, as classes)
+    (["report", "--db", "{db}", "-f", "html", "--out", "{db}"], 2, "is a database; nothing was"),
+    (["report", "--db", "{db}", "-f", "csv", "--out", "{other}"], 2, "is a database; nothing was"),
+    (["report", "--db", "{db}", "-f", "json", "--out", "{db}-wal"], 2, "is a database; nothing"),
+    (["submit", "--grid", "{dir}/g.yaml", "--db", "{other}"], 2, "another application's database"),
+    (["plot", "--db", "{db}", "--out", "/sys/plots"], 2, "cannot write there"),
+    (["show", "99999999999999999999999999", "--db", "{db}"], 2, "no job with id or key '9999"),
+    (["show", "%", "--db", "{db}"], 2, "no job with id or key '%'"),
+    (["show", "_", "--db", "{db}"], 2, "no job with id or key '_'"),
+    (["status", "--broker", "localhost:6379"], 2, "is not a Redis URL"),
+    (["status", "--broker", "http://x"], 2, "is not a Redis URL"),
+    (["status", "--broker", "redis://:6379"], 2, "names no host"),
+    (["submit", "--grid", "{dir}/g.yaml", "--broker", "localhost:6379"], 2, "not a Redis URL"),
+    (["collect", "--sweep", "s", "--broker", "redis://h:99999"], 2, "Port out of range"),
+    (["worker", "--cpus", "0", "--broker", "localhost:6379"], 2, "is not a Redis URL"),
 ]
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
 from whistle_stop.cli import app
 from whistle_stop.contract.events import outcome
 from whistle_stop.contract.payload import ResultPayload

@@ -10,6 +10,8 @@ from dataclasses import replace
 import pytest
 from rich.console import Console
 from sqlalchemy import func, select
+
+from tests.test_report import payload
 from whistle_stop.contract.events import Started, outcome
 from whistle_stop.db.models import Job, Sweep
 from whistle_stop.db.session import make_session_factory
@@ -17,8 +19,6 @@ from whistle_stop.orchestrator.dispatch import run_sweep
 from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import SweepError, parse_sweep
 from whistle_stop.reports.query import result_rows
-
-from tests.test_report import payload
 
 GRID = """
 backends: [hf, onnx, {name: onnx, quantize: int8}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.worker import roofline

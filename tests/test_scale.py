@@ -10,11 +10,11 @@ import subprocess
 import pytest
 import redis
 from sqlalchemy import func, select
+
+from tests.farm_harness import FARM, ROOT, RedisServer, farm_env, noop_workers
 from whistle_stop.contract.queue import RESULTS_GROUP, results_stream
 from whistle_stop.db.models import Job, Result
 from whistle_stop.db.session import make_session_factory
-
-from tests.farm_harness import FARM, ROOT, RedisServer, farm_env, noop_workers
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

@@ -8,6 +8,8 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
+
+from tests.test_report import ENVIRONMENT, payload
 from whistle_stop.contract.events import Failed, Finished, Queued, Started
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Environment, Job, Result
@@ -15,8 +17,6 @@ from whistle_stop.db.session import make_engine, make_session_factory, upgrade_s
 from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import parse_sweep
 from whistle_stop.reports.query import find_sweep, status_counts
-
-from tests.test_report import ENVIRONMENT, payload
 
 SWEEP = "backends: [hf, nanogpt]\ncontext_sizes: [32]\ngeneration_lengths: [16]\n"
 

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from whistle_stop.contract.jobspec import JobSpec, MalformedJobError
 from whistle_stop.orchestrator.sweep import SweepError, load_sweep, parse_sweep
 

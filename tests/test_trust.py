@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
 from whistle_stop.cli import app
 from whistle_stop.contract.jobspec import FIELD_TYPES, JobSpec, MalformedJobError
 from whistle_stop.contract.queue import task_id_for

@@ -77,3 +77,15 @@ def source_digest(*modules: str) -> str:
         assert spec is not None and spec.origin is not None, module
         digest.update(Path(spec.origin).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`path` holds `data` whole, or what it held before: written beside it, then renamed
+    over it (a rename within a directory is atomic), so an interrupted write never leaves
+    half a file where a good one was."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -13,9 +13,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from whistle_stop.contract.provenance import library_versions
 
 from whistle_stop.artifacts import build_once
+from whistle_stop.contract.provenance import library_versions
 
 Z95 = 1.959964  # the normal quantile of a two-sided 95% interval
 

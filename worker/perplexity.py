@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from whistle_stop.worker.fidelity import log_softmax, reference_versions
 
 from whistle_stop.artifacts import build_once
+from whistle_stop.worker.fidelity import log_softmax, reference_versions
 
 
 def load_eval_text(source: str) -> str:
