@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,6 +25,9 @@ from whistle_stop.cli.common import (
     sessions,
 )
 from whistle_stop.contract.cpus import CpuSetError
+
+if TYPE_CHECKING:  # the plan's module imports the backends' registry: not for `--help`
+    from whistle_stop.orchestrator.sweep import SweepPlan
 
 
 @app.command()
@@ -74,23 +78,23 @@ def submit(
         cpu_sets = None if broker else plan_cpu_sets(workers, cpus)
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
+    request = Submission(
+        plan=plan,
+        db=db,
+        executor=ExecutorChoice(broker, queue, cpu_sets, cache_dir),
+        rerun=rerun,
+        keep=keep,
+        wait=wait,
+        quiet=quiet,
+    )
     if not broker:  # the embedded workers run this installation: an engine it lacks fails now
-        from whistle_stop.backends.registry import MissingDependencyError, check_extra
-
-        try:
-            for name in sorted({job.backend for job in plan.jobs}):
-                check_extra(name)
-        except MissingDependencyError as error:
-            raise fail(f"{grid}: {error}") from None
+        _check_extras(plan, grid)
     if broker and not wait and plan.rounds > 1:
         raise fail(
             f"{grid}: rounds: {plan.rounds} needs a submit that waits (each round "
             "starts when the one before it is stored); drop --no-wait"
         )
-    submitting = _submit(
-        plan, db, broker, queue, cpu_sets, cache_dir, rerun or keep, rerun, wait, quiet
-    )
-    summary = asyncio_run(submitting, plan.name, detached=bool(broker))
+    summary = asyncio_run(_submit(request), plan.name, detached=bool(broker))
     if broker and not wait:
         errors.print(
             f"collect the results later with: farm collect --sweep {plan.name}", highlight=False
@@ -99,27 +103,73 @@ def submit(
     _finish(summary)
 
 
-async def _submit(plan, db, broker, queue, cpu_sets, cache_dir, decided, rerun, wait, quiet):
-    from whistle_stop.executors.celery import CeleryExecutor
-    from whistle_stop.executors.local import LocalExecutor
+@dataclass(frozen=True)
+class ExecutorChoice:
+    """Where the jobs run: Celery workers through `broker`, or pinned local processes."""
+
+    broker: str | None
+    queue: str
+    cpu_sets: list[list[int]] | None  # embedded mode only
+    cache_dir: Path
+
+    async def open(self):
+        """Connect first: a broker that does not answer is refused before the database is
+        even opened, so nothing is written."""
+        from whistle_stop.executors.celery import CeleryExecutor
+        from whistle_stop.executors.local import LocalExecutor
+
+        if self.broker:
+            return await CeleryExecutor.open(self.broker, self.queue)
+        return LocalExecutor(self.cpu_sets, self.cache_dir)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One `farm submit`, wired: the validated plan, the store's database, the executor."""
+
+    plan: SweepPlan
+    db: str
+    executor: ExecutorChoice
+    rerun: bool  # measure done jobs again
+    keep: bool  # keep done jobs measured under other software without asking
+    wait: bool
+    quiet: bool
+
+
+def _check_extras(plan: SweepPlan, grid: Path) -> None:
+    from whistle_stop.backends.registry import MissingDependencyError, check_extra
+
+    try:
+        for name in sorted({job.backend for job in plan.jobs}):
+            check_extra(name)
+    except MissingDependencyError as error:
+        raise fail(f"{grid}: {error}") from None
+
+
+async def _submit(request: Submission):
     from whistle_stop.orchestrator.dispatch import run_sweep
     from whistle_stop.orchestrator.store import Store
 
-    # the broker is checked before the database is even opened: nothing written if it is away
-    if broker:
-        executor = await CeleryExecutor.open(broker, queue)
-    else:
-        executor = LocalExecutor(cpu_sets, cache_dir)
+    plan = request.plan
+    executor = await request.executor.open()
     try:
-        store = Store(sessions(db))
-        if not decided:
+        store = Store(sessions(request.db))
+        if not (request.rerun or request.keep):
             _check_provenance(store, plan.name)
-        if not quiet:
+        if not request.quiet:
             errors.print(
                 f"sweep [bold]{plan.name}[/bold]: {len(plan.jobs)} job(s) on {executor.describe()}",
                 highlight=False,
             )
-        return await run_sweep(plan, store, executor, errors, rerun=rerun, wait=wait, quiet=quiet)
+        return await run_sweep(
+            plan,
+            store,
+            executor,
+            errors,
+            rerun=request.rerun,
+            wait=request.wait,
+            quiet=request.quiet,
+        )
     finally:
         await executor.aclose()
 

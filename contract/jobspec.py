@@ -11,42 +11,17 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-# JSON types each field must have on the wire (bool is never an int; an int is a float)
-FIELD_TYPES = {
-    "model": "a string",
-    "backend": "a string",
-    "label": "a string",
-    "options": "an object",
-    "context": "an integer",
-    "generation": "an integer",
-    "threads": "an integer",
-    "warmups": "an integer",
-    "repeats": "an integer",
-    "min_duration_s": "a number",
-    "max_repeats": "an integer",
-    "noise_threshold": "a number",
-    "fidelity_tokens": "an integer",
-    "eval_text": "a string or null",
-    "eval_tokens": "an integer",
-    "rerun_noisy": "a boolean",
-    "prompt_text": "a string or null",
-    "tokenizer": "a string",
-    "seed": "an integer",
-    "fidelity_prompts": "an integer",
-    "bandwidth": "a string",
-    "round": "an integer",
+# The JSON type each field must have on the wire, from its annotation (so the dataclass
+# below is the one list of fields): bool is never an int; an int is a float.
+WIRE_TYPES = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "str | None": "a string or null",
+    "tuple[tuple[str, Any], ...]": "an object",  # options: a JSON object on the wire
 }
-COUNTS = (
-    "context",
-    "generation",
-    "threads",
-    "warmups",
-    "repeats",
-    "max_repeats",
-    "fidelity_tokens",
-    "eval_tokens",
-    "fidelity_prompts",
-)
+NOT_COUNTS = ("seed", "round")  # every other integer field counts something: never negative
 BANDWIDTH_MODES = ("fresh", "host")
 
 
@@ -144,6 +119,10 @@ class JobSpec:
         if data["bandwidth"] not in BANDWIDTH_MODES:
             raise MalformedJobError(f"job spec bandwidth must be one of {BANDWIDTH_MODES}")
         return cls(**{**data, "options": tuple(sorted(data["options"].items()))})
+
+
+FIELD_TYPES = {f.name: WIRE_TYPES[f.type] for f in fields(JobSpec)}
+COUNTS = tuple(n for n, kind in FIELD_TYPES.items() if kind == "an integer" and n not in NOT_COUNTS)
 
 
 def control_label(baseline: str) -> str:

@@ -1,8 +1,9 @@
 """What a worker sends back for one job: a typed payload, JSON on the wire.
 
-`Metrics` has exactly the figures a `Result` row stores and `HostFacts` exactly the
-columns of an `Environment` row (tests/test_contract.py holds both to that), so a new
-figure cannot be lost between the worker and the database. Parsing is strict: a
+`Metrics` declares the figures once: the `Result` table's columns are made from its
+fields (db/models.py), and `HostFacts` has exactly the columns of an `Environment` row
+(tests/test_contract.py holds it to that), so a new figure cannot be lost between the
+worker and the database. Parsing is strict: a
 missing or unknown field is an error naming it, never a silent NULL or a silent drop.
 """
 
@@ -85,65 +86,69 @@ class Metrics:
     repeats: int
     prefill_ms: float
     prefill_ms_p50: float
-    decode_ms: float
-    decode_ms_p50: float
-    decode_ms_p90: float
-    decode_ms_p99: float
-    decode_tokens_per_s: float
+    # a one-token generation has no decode step: these are NaN on the wire, NULL stored
+    decode_ms: float | None
+    decode_ms_p50: float | None
+    decode_ms_p90: float | None
+    decode_ms_p99: float | None
+    decode_tokens_per_s: float | None
     e2e_s: float
     e2e_s_p50: float
     e2e_s_p90: float
     e2e_s_stdev: float
     cv: float
     noisy: bool
-    timer_gap: float
+    timer_gap: float  # the tail after the last token stamp, relative to e2e
     # loading and memory
     materialize_s: float
     load_s: float
     rss_peak_bytes: int
     model_rss_bytes: int
     torch_threads: int
-    load_extra: dict[str, Any]
+    load_extra: dict[str, Any]  # what the backend reports of its load (fusions ...)
     # raw figures kept beside the summary
-    samples: dict[str, list]
-    tokens: list[int]
+    samples: dict[str, list]  # raw per-repeat figures
+    tokens: list[int]  # the greedy tokens of the last repeat
     pinning_violations: list[str]
-    remeasured: bool = False
+    remeasured: bool = False  # noisy once, measured again
     compile_s: float | None = None
     artifact_built: bool | None = None
     artifact_build_s: float | None = None
     artifact_bytes: int | None = None
     # fidelity against transformers float32 (worker/fidelity.py)
-    top1_agreement: float | None = None
-    mean_kl: float | None = None
+    top1_agreement: float | None = None  # teacher-forced, per position
+    mean_kl: float | None = None  # KL(reference || backend) of next-token distributions
     max_logit_diff: float | None = None
-    first_divergence: int | None = None
+    first_divergence: int | None = None  # first free-running token that differs
     fidelity_positions: int | None = None
     fidelity_prompts: int | None = None
-    top1_low: float | None = None
+    top1_low: float | None = None  # 95% Wilson interval of top1_agreement
     top1_high: float | None = None
     kl_p50: float | None = None
     kl_p90: float | None = None
     kl_p99: float | None = None
     kl_max: float | None = None
-    top_prob_diff: float | None = None
+    top_prob_diff: float | None = None  # mean |p - p_ref| of the reference's top token
     # the bandwidth roofline (worker/roofline.py)
     weight_bytes_per_token: float | None = None
-    bandwidth_bytes_per_s: float | None = None
+    bandwidth_bytes_per_s: float | None = None  # streaming read, this host and CPU set
     roofline_tokens_per_s: float | None = None
     roofline_fraction: float | None = None
-    bandwidth_before_bytes_per_s: float | None = None
-    bandwidth_after_bytes_per_s: float | None = None
-    bandwidth_measured_at: float | None = None
+    bandwidth_before_bytes_per_s: float | None = None  # measured right before the job ...
+    bandwidth_after_bytes_per_s: float | None = None  # ... and right after it
+    bandwidth_measured_at: float | None = None  # Unix time (the host figure's if cached)
+    # the token clock against the outer clock: the mean stamped step of k extra tokens
+    # against (e2e(N+k) - e2e(N)) / k (None: no room for extra tokens; worker/measure.py)
     timer_check: float | None = None
     # the machine during the timed region, and what may make a figure mislead
+    # steal, switches, faults, huge pages, the other CPUs' load, the threads that worked
     machine: dict[str, Any] | None = None
-    flags: list[str] | None = None
+    flags: list[str] | None = None  # why a figure may mislead ("steal 8% ...")
     # text prompts and perplexity
     tokenize_ms: float | None = None
     detokenize_ms: float | None = None
-    perplexity: float | None = None
-    perplexity_delta: float | None = None
+    perplexity: float | None = None  # on the sweep's eval_text, if any
+    perplexity_delta: float | None = None  # minus transformers float32's
 
     @classmethod
     def from_dict(cls, data: Any) -> Metrics:

@@ -6,13 +6,25 @@ filter and sort in SQL; raw per-repeat samples are kept as JSON beside them.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Double,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from whistle_stop.contract.payload import Metrics
 from whistle_stop.contract.status import JobStatus
 
 
@@ -102,8 +114,30 @@ class Environment(Base):
     source_hash: Mapped[str | None] = mapped_column(String(32))  # of whistle-stop's own code
 
 
-class Result(Base):
-    """The measurement of one job. Times in the unit their name says."""
+# Python annotation -> column type, for the figures declared in contract/payload.py
+SQL_TYPES = {"int": Integer, "float": Double, "bool": Boolean, "dict": JSON, "list": JSON}
+
+
+def _metric_columns() -> dict[str, Any]:
+    """One column per field of the payload's `Metrics`: the figures are declared once,
+    there, so what a worker sends and what the store keeps cannot drift apart."""
+    columns = {}
+    for figure in dataclasses.fields(Metrics):
+        base, _, optional = figure.type.partition(" | ")
+        kind = BigInteger if figure.name.endswith("_bytes") else SQL_TYPES[base.split("[")[0]]
+        nullable = bool(optional)
+        default = figure.default if figure.default not in (dataclasses.MISSING, None) else None
+        extra = {} if default is None else {"default": default}
+        columns[figure.name] = mapped_column(kind, nullable=nullable, **extra)
+    return columns
+
+
+MetricColumns = type("MetricColumns", (), _metric_columns())
+
+
+class Result(MetricColumns, Base):
+    """The measurement of one job: who ran it where, then every figure of `Metrics`
+    (contract/payload.py says what each means, in the unit its name says)."""
 
     __tablename__ = "results"
 
@@ -112,74 +146,7 @@ class Result(Base):
     environment_id: Mapped[int] = mapped_column(ForeignKey("environments.id"))
     worker: Mapped[str] = mapped_column(String(200))
     cpus: Mapped[str] = mapped_column(String(200))  # the CPU list the job really ran on
-    torch_threads: Mapped[int]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-
-    repeats: Mapped[int]
-    prefill_ms: Mapped[float]
-    prefill_ms_p50: Mapped[float]
-    decode_ms: Mapped[float | None]  # None: a one-token generation has no decode step
-    decode_ms_p50: Mapped[float | None]
-    decode_ms_p90: Mapped[float | None]
-    decode_ms_p99: Mapped[float | None]
-    decode_tokens_per_s: Mapped[float | None]
-    e2e_s: Mapped[float]
-    e2e_s_p50: Mapped[float]
-    e2e_s_p90: Mapped[float]
-    e2e_s_stdev: Mapped[float]
-    cv: Mapped[float]
-    noisy: Mapped[bool]
-    remeasured: Mapped[bool] = mapped_column(default=False)  # noisy once, measured again
-    timer_gap: Mapped[float]  # the tail after the last token stamp, relative to e2e
-    # the token clock against the outer clock: the mean stamped step of k extra tokens
-    # against (e2e(N+k) - e2e(N)) / k, e2e(N) the mean of runs right before and after the
-    # longer one (None: no room for extra tokens; worker/measure.py TimerCheck)
-    timer_check: Mapped[float | None]
-
-    materialize_s: Mapped[float]
-    load_s: Mapped[float]
-    compile_s: Mapped[float | None]
-    artifact_built: Mapped[bool | None]
-    artifact_build_s: Mapped[float | None]
-    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    rss_peak_bytes: Mapped[int] = mapped_column(BigInteger)
-    model_rss_bytes: Mapped[int] = mapped_column(BigInteger)
-
-    # agreement with transformers float32 on the same prompt (None: not measured)
-    top1_agreement: Mapped[float | None]  # teacher-forced, per position
-    mean_kl: Mapped[float | None]  # KL(reference || backend) of next-token distributions
-    max_logit_diff: Mapped[float | None]
-    first_divergence: Mapped[int | None]  # first free-running token that differs
-    fidelity_positions: Mapped[int | None]
-    fidelity_prompts: Mapped[int | None]
-    top1_low: Mapped[float | None]  # 95% Wilson interval of top1_agreement
-    top1_high: Mapped[float | None]
-    kl_p50: Mapped[float | None]
-    kl_p90: Mapped[float | None]
-    kl_p99: Mapped[float | None]
-    kl_max: Mapped[float | None]
-    top_prob_diff: Mapped[float | None]  # mean |p - p_ref| of the reference's top token
-    # the memory-bandwidth bound on decode speed (see worker/roofline.py)
-    weight_bytes_per_token: Mapped[float | None]
-    bandwidth_bytes_per_s: Mapped[float | None]  # streaming read, this host and CPU set
-    bandwidth_before_bytes_per_s: Mapped[float | None]  # measured right before the job ...
-    bandwidth_after_bytes_per_s: Mapped[float | None]  # ... and right after it
-    bandwidth_measured_at: Mapped[float | None]  # when (Unix time; the host figure's if cached)
-    roofline_tokens_per_s: Mapped[float | None]
-    roofline_fraction: Mapped[float | None]
-    tokenize_ms: Mapped[float | None]  # text prompts: the prompt's tokenization
-    detokenize_ms: Mapped[float | None]  # ... and the output's detokenization
-    perplexity: Mapped[float | None]  # on the sweep's eval_text, if any
-    perplexity_delta: Mapped[float | None]  # minus transformers float32's
-    load_extra: Mapped[dict[str, Any]]  # what the backend reports of its load (fusions ...)
-
-    pinning_violations: Mapped[list[Any]]
-    # the machine during the timed region (worker/observe.py): steal, switches, faults,
-    # huge pages, the other CPUs' load, the threads that worked and where they ran
-    machine: Mapped[dict[str, Any] | None]
-    flags: Mapped[list[Any] | None]  # why a figure may mislead ("steal 8% ...")
-    tokens: Mapped[list[Any]]  # the greedy tokens of the last repeat
-    samples: Mapped[dict[str, Any]]  # raw per-repeat figures
 
     job: Mapped[Job] = relationship(back_populates="result")
     environment: Mapped[Environment] = relationship()

@@ -187,6 +187,8 @@ class LocalExecutor:
 
 def plan_cpu_sets(workers: int | None, cpus: list[str] | None) -> list[list[int]]:
     """Explicit `--cpus` sets, or the available CPUs split evenly into `workers` sets."""
+    if cpus and workers:
+        raise CpuSetError("--workers and --cpus both split the CPUs: give one of them")
     if cpus:
         sets = [parse_cpu_list(text) for text in cpus]
         seen: set[int] = set()

@@ -302,6 +302,17 @@ def round_order_seed(seed: int, number: int) -> str:
     return f"{seed}:round{number}"
 
 
+# Settings a job carries exactly as the sweep file gives them: the fields both models
+# name alike, less those a cell sets or the grid derives (each named in _grid).
+PER_CELL = ("backend", "label", "options", "context", "generation", "threads", "round")
+DERIVED = ("max_repeats", "prompt_text", "tokenizer")
+SWEEP_WIDE = tuple(
+    f.name
+    for f in dataclasses.fields(JobSpec)
+    if f.name not in (*PER_CELL, *DERIVED) and f.name in SweepFile.model_fields
+)
+
+
 def _grid(sweep: SweepFile) -> tuple[JobSpec, ...]:
     """The grid: the product of backends x context x generation x threads, deduplicated."""
     jobs: dict[str, JobSpec] = {}
@@ -310,27 +321,16 @@ def _grid(sweep: SweepFile) -> tuple[JobSpec, ...]:
         sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads, tokenizers
     ):
         job = JobSpec(
-            model=sweep.model,
+            **{name: getattr(sweep, name) for name in SWEEP_WIDE},
             backend=backend.name,
             label=backend.label,
             options=tuple(sorted(backend.options.items())),
             context=context,
             generation=generation,
             threads=threads,
-            warmups=sweep.warmups,
-            repeats=sweep.repeats,
-            min_duration_s=sweep.min_duration_s,
             max_repeats=max(sweep.max_repeats, sweep.repeats),
-            noise_threshold=sweep.noise_threshold,
-            fidelity_tokens=sweep.fidelity_tokens,
-            eval_text=sweep.eval_text,
-            eval_tokens=sweep.eval_tokens,
-            rerun_noisy=sweep.rerun_noisy,
             prompt_text=sweep.prompt_text if sweep.prompt == "text" else None,
             tokenizer=tokenizer,
-            seed=sweep.seed,
-            fidelity_prompts=sweep.fidelity_prompts,
-            bandwidth=sweep.bandwidth,
         )
         jobs.setdefault(job.key, job)
     return tuple(jobs.values())

@@ -178,7 +178,7 @@ def _run_once(channel, task_id: str, sweep: str, job_id: int, spec: JobSpec) -> 
         if not mine:
             return "duplicate: finished elsewhere"
         channel.started(sweep, job_id, task_id, CONTEXT.name, attempt)
-        failpoints.reached("running")
+        failpoints.reached("leased")
         with _stderr_to(stderr_path(task_id)):
             result = run_job(
                 spec.to_dict(),

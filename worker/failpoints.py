@@ -8,7 +8,7 @@ tests, `reached` is one environment lookup. The names, in the order a job meets 
     delivered   the worker's main process has the message and has claimed it
     startup     the job's process begins the task (checks, the first Redis calls)
     counted     the attempt is counted; the lease is not taken yet
-    running     the lease is held and `started` published; the job is about to run
+    leased      the lease is held and `started` published; the job is about to run
     published   the result is in the stream; the message is not acknowledged yet
 """
 
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-NAMES = ("delivered", "startup", "counted", "running", "published")
+NAMES = ("delivered", "startup", "counted", "leased", "published")
 
 
 def reached(name: str) -> None:
