@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.*
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup quick test test-fast lint benchmark clean engines
+.PHONY: setup quick test test-fast lint benchmark clean engines docs results
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,14 @@ $(VENV)/.installed: pyproject.toml
 quick: setup
 	$(BIN)/farm submit --grid examples/quick.yaml
 	$(BIN)/farm report --sweep quick
+
+# Generated documentation: the sweep-file reference from the validation models, and the
+# results pages (and the README's headline) from the exports in docs/results/.
+docs: setup
+	$(BIN)/farm reference --out docs/sweep-file.md
+
+results: setup
+	$(BIN)/farm results docs/results --readme README.md
 
 # The tests' own backends (tests/plugin) are installed the way a user's plugin would be,
 # and the engines whose wheels are quick to install (llama.cpp builds from source: its

@@ -63,7 +63,7 @@ app = typer.Typer(
     cls=OneLineErrors,
     help="whistle-stop: a benchmark farm for fast GPT inference on CPUs.",
     no_args_is_help=True,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # plain click help: it wraps at 80 columns and never cuts an option
     pretty_exceptions_enable=False,  # a plain traceback: short, and pastes into an issue
     context_settings={"help_option_names": ["-h", "--help"]},
 )

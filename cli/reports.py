@@ -23,13 +23,22 @@ class Format(StrEnum):
     html = "html"
 
 
+class CompareFormat(StrEnum):  # a comparison is a table of changes: no HTML page
+    table = "table"
+    markdown = "markdown"
+    csv = "csv"
+    json = "json"
+
+
 FormatOption = Annotated[
     Format,
     typer.Option("--format", "-f", case_sensitive=False, help="How to print the results."),
 ]
 SweepsOption = Annotated[
     list[str] | None,
-    typer.Option("--sweep", help="Sweep name; repeat for several (default: the latest)."),
+    typer.Option(
+        "--sweep", metavar="NAME", help="Sweep name; repeat for several (default: the latest)."
+    ),
 ]
 AllOption = Annotated[bool, typer.Option("--all", help="Every sweep in the database.")]
 BaselineOption = Annotated[
@@ -102,14 +111,18 @@ def report(
     sweep: SweepsOption = None,
     all_sweeps: AllOption = False,
     backend: Annotated[
-        list[str] | None, typer.Option(help="Only this backend (name or label); repeatable.")
+        list[str] | None,
+        typer.Option(metavar="LABEL", help="Only this backend (name or label); repeatable."),
     ] = None,
-    host: Annotated[list[str] | None, typer.Option(help="Only results from this host.")] = None,
+    host: Annotated[
+        list[str] | None, typer.Option(metavar="HOST", help="Only results from this host.")
+    ] = None,
     where: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="CLAUSE",
             help="Only rows where COLUMN OP VALUE, OP one of = != < <= > >=; "
-            "e.g. ctx=128 or 'tok/s>100'. Repeatable."
+            "e.g. ctx=128 or 'tok/s>100'. Repeatable.",
         ),
     ] = None,
     group_by: Annotated[
@@ -122,12 +135,14 @@ def report(
     columns: Annotated[
         list[str] | None,
         typer.Option(
+            metavar="COLUMNS",
             help="Columns to show, e.g. backend,ctx,tok/s,key, or all "
-            "(default: as many as the terminal fits)."
+            "(default: as many as the terminal fits).",
         ),
     ] = None,
     sort: Annotated[
-        list[str] | None, typer.Option(help="Sort by this column; -COLUMN for descending.")
+        list[str] | None,
+        typer.Option(metavar="COLUMN", help="Sort by this column; -COLUMN for descending."),
     ] = None,
     baseline: BaselineOption = None,
     format: FormatOption = Format.table,
@@ -233,12 +248,16 @@ def plot(
         errors.print(line, highlight=False, markup=False)
 
 
-def _fraction(text: str) -> float:
-    """'5%' or '0.05' -> 0.05."""
+def _fraction(text: str, option: str = "--threshold") -> float:
+    """'5%' or '0.05' -> 0.05; a negative or non-finite fraction is refused (it would flag
+    identical values as changes)."""
     try:
-        return float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
+        value = float(text.rstrip("%")) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a fraction; write 5% or 0.05") from None
+        raise fail(f"{option} {text!r} is not a fraction; write 5% or 0.05") from None
+    if not 0 <= value < float("inf"):
+        raise fail(f"{option} {text!r}: a fraction of 0 or more, e.g. 5% or 0.05")
+    return value
 
 
 @app.command(name="compare")
@@ -268,7 +287,13 @@ def compare_sweeps(
     only_changes: Annotated[
         bool, typer.Option(help="Leave out the metrics that did not change.")
     ] = False,
-    format: FormatOption = Format.table,
+    format: Annotated[
+        CompareFormat,
+        typer.Option("--format", "-f", case_sensitive=False, help="How to print it."),
+    ] = CompareFormat.table,
+    out: Annotated[
+        Path | None, typer.Option(help="Write to this file (markdown, csv or json).")
+    ] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Compare the same jobs in two sweeps, metric by metric: speed with a significance
@@ -277,10 +302,13 @@ def compare_sweeps(
     from whistle_stop.reports.query import ReportError
     from whistle_stop.reports.views import comparison, comparison_notes, render_comparison
 
-    if format is Format.html:
-        raise fail("farm compare prints table, markdown, csv or json")
-    limit = _fraction(fail_above) if fail_above else None
+    if out is not None and format is CompareFormat.table:
+        raise fail("--out writes markdown, csv or json: add -f markdown (or csv, json)")
+    _check_out(out, db)
+    limit = _fraction(fail_above, "--fail-above") if fail_above else None
     threshold_value = _fraction(threshold)
+    if fidelity_threshold < 0 or kl_factor < 1:
+        raise fail("--fidelity-threshold is 0 or more and --kl-factor 1 or more")
     with open_existing(db) as session:
         try:
             result = comparison(
@@ -303,10 +331,10 @@ def compare_sweeps(
         width=console.width,
     )
     if isinstance(output, str):
-        write(output, None)
+        write(output, out)
     else:
         console.print(output)
-    if format is Format.table:
+    if format is CompareFormat.table:
         for note in comparison_notes(result, a, b):
             errors.print(note, highlight=False, markup=False, soft_wrap=True)
         errors.print(result.summary(), highlight=False)
@@ -325,3 +353,50 @@ def compare_sweeps(
         reasons.append(f"{len(result.only_in_a)} job(s) missing from {b} (--allow-missing)")
     if reasons:
         raise fail("; ".join(reasons), code=1)
+
+
+@app.command()
+def results(
+    directory: Annotated[
+        Path, typer.Argument(help="Where the exports (farm report -f json) are.")
+    ] = Path("docs/results"),
+    *,
+    readme: Annotated[
+        Path,
+        typer.Option(help="Put the newest page's verdict in this file, between its markers."),
+    ] = Path("README.md"),
+    pages_only: Annotated[bool, typer.Option(help="Write the pages, leave the README.")] = False,
+) -> None:
+    """Results pages from stored exports: DIR/NAME.json -> DIR/NAME.md, and the README's
+    headline from the newest. Nothing is read from a database: the exports are the record."""
+    from whistle_stop.reports.results import ExportError, write_pages
+
+    if not directory.is_dir():
+        raise fail(f"{directory} is not a directory of exports (farm report -f json --out ...)")
+    if not pages_only and not readme.is_file():
+        raise fail(f"--readme {readme}: no such file (--pages-only leaves the README)")
+    try:
+        written = write_pages(directory, None if pages_only else readme)
+    except ExportError as error:
+        raise fail(str(error)) from None
+    except OSError as error:
+        raise fail(f"cannot write in {directory} ({error.strerror or error})") from None
+    for path in written:
+        errors.print(f"wrote {path}", highlight=False)
+    if not written:
+        errors.print("every page was up to date", highlight=False)
+
+
+@app.command(hidden=True)
+def reference(
+    out: Annotated[Path, typer.Option(help="Where to write it.")] = Path("docs/sweep-file.md"),
+) -> None:
+    """Write the sweep-file reference from the validation models (`make docs`)."""
+    from whistle_stop.artifacts import write_atomically
+    from whistle_stop.orchestrator.reference import reference as make_reference
+
+    try:
+        write_atomically(out, make_reference().encode())
+    except OSError as error:
+        raise fail(f"--out {out}: cannot write it ({error.strerror or error})") from None
+    errors.print(f"wrote {out}", highlight=False)

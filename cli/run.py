@@ -47,7 +47,10 @@ def submit(
     ] = None,
     cpus: Annotated[
         list[str] | None,
-        typer.Option(help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1."),
+        typer.Option(
+            metavar="CPUS",
+            help="Embedded mode: one pinned worker per CPU set, e.g. --cpus 0 --cpus 1.",
+        ),
     ] = None,
     rerun: Annotated[bool, typer.Option(help="Run jobs again even if already done.")] = False,
     keep: Annotated[
@@ -78,6 +81,13 @@ def submit(
         cpu_sets = None if broker else plan_cpu_sets(workers, cpus)
     except (SweepError, CpuSetError) as error:
         raise fail(str(error)) from None
+    most = max(job.threads for job in plan.jobs)
+    if cpu_sets and most > min(map(len, cpu_sets)):
+        raise fail(
+            f"{grid}: threads: {most} is more than the {min(map(len, cpu_sets))} CPU(s) of "
+            "an embedded worker: the job would oversubscribe them; lower threads or give "
+            "the workers more CPUs (--workers, --cpus)"
+        )
     request = Submission(
         plan=plan,
         db=db,

@@ -25,3 +25,30 @@ def roofline_fraction(
 ) -> float:
     """How much of the bandwidth bound a decode speed reaches (can pass 1 from cache)."""
     return tokens_per_s / roofline_tokens_per_s(read_bytes_per_s, weight_bytes_per_token)
+
+
+def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """The `confidence` interval of a typical ratio, from independent ratios (one a round):
+    a t interval on their logarithms, mapped back.
+
+    Why logs: a ratio's noise multiplies (1.1x and 1/1.1x are the same distance from 1),
+    so its logarithm is the scale on which noise is symmetric and a mean makes sense. Why
+    t and not a bootstrap: a sweep has 2 to 10 rounds, and a bootstrap over three values
+    cannot reach past their extremes (its intervals come out too narrow), while t widens
+    with fewer rounds as it should (x4.3 the standard error at three rounds, x12.7 at two).
+    None with fewer than two ratios: one round says nothing about its own noise.
+    """
+    logs = [math.log(r) for r in ratios if r and r > 0 and math.isfinite(r)]
+    if len(logs) < 2:
+        return None
+    from scipy.stats import t  # only when an interval is asked for: not for `farm --help`
+
+    mean = sum(logs) / len(logs)
+    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    half = t.ppf(0.5 + confidence / 2, len(logs) - 1) * sd / math.sqrt(len(logs))
+    return math.exp(mean - half), math.exp(mean + half)
+
+
+def relative_half_width(low: float, high: float) -> float:
+    """An interval's half-width relative to its centre on the log scale: 0.04 for ±4%."""
+    return math.sqrt(high / low) - 1

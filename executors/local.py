@@ -27,51 +27,51 @@ LINE_LIMIT = 64 * 1024 * 1024
 
 
 class LocalWorker:
-    """One pinned child process per job, and the pipe to it."""
+    """One pinned fork server (worker/local.py) per CPU set, and the pipe to it: each job
+    runs in a fresh child it forks, so no job pays the imports of torch."""
 
     def __init__(self, name: str, cpus: list[int], cache_dir: Path, log_dir: Path) -> None:
         self.name, self.cpus, self.cache_dir, self.log_dir = name, cpus, cache_dir, log_dir
         self.process: asyncio.subprocess.Process | None = None
-        self.log_offset = 0
 
     @property
     def log_path(self) -> Path:
         return self.log_dir / f"{self.name}.log"
 
     async def start(self) -> None:
+        """Start the fork server if it is not running (first job, or after one died)."""
+        if self.process is not None and self.process.returncode is None:
+            return
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
-        self.log_offset = log.tell()  # this job's stderr starts here
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "whistle_stop.worker.local",
-            "--cpus",
-            format_cpu_list(self.cpus),
-            "--name",
-            self.name,
-            "--cache-dir",
-            str(self.cache_dir),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=log,
-            limit=LINE_LIMIT,
-            env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"},
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "whistle_stop.worker.local",
+                "--cpus",
+                format_cpu_list(self.cpus),
+                "--name",
+                self.name,
+                "--cache-dir",
+                str(self.cache_dir),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                limit=LINE_LIMIT,
+                env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"},
+            )
 
     async def run(self, spec: dict[str, Any]) -> ResultPayload:
-        """Run one job in a fresh process; its payload, or a failed one if the process died."""
+        """Run one job in a fresh child; its payload, or a failed one if the child died."""
         await self.start()
-        try:
-            return await self._exchange(spec)
-        finally:
-            await self.stop()
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        return await self._exchange(spec, offset)
 
-    async def _exchange(self, spec: dict[str, Any]) -> ResultPayload:
+    async def _exchange(self, spec: dict[str, Any], offset: int) -> ResultPayload:
         """Here the orchestrator is the worker's parent: a job process that dies is seen
-        at once (its pipe closes), in any window of its life. One that hangs or is frozen
-        is killed at the farm's hard time limit, as a Celery worker's would be."""
+        at once (its server says so, or its pipe closes), in any window of its life. One
+        that hangs or is frozen is killed at the farm's hard time limit, as a Celery
+        worker's would be."""
         assert self.process and self.process.stdin and self.process.stdout
         limit_s = FarmSettings().hard_limit_s
         try:
@@ -81,22 +81,32 @@ class LocalWorker:
         except (BrokenPipeError, ConnectionResetError):
             line = b""
         except TimeoutError:
-            self.kill()
-            await self.process.wait()
+            server = self.process
+            self.kill()  # the server, and with it the job's child (PDEATHSIG)
+            await server.wait()
             return self._failed(
                 f"TimeLimitExceeded: the job passed the hard time limit of {limit_s:g} s "
                 "(FARM_JOB_TIME_LIMIT + FARM_JOB_GRACE) and was killed"
             )
-        if line:
-            try:
-                return ResultPayload.from_json(line)
-            except MalformedPayloadError as error:
-                return self._failed(f"worker process {self.name} answered nonsense: {error}")
-        code = await self.process.wait()
-        said = last_words(self.log_path, self.log_offset)
-        return self._failed(  # the last line is what a report shows; farm show has the rest
-            f"{said}worker process {self.name} died during the job ({_exit(code)}); "
-            f"see {self.log_path}"
+        if not line:
+            code = await self.process.wait()
+            return self._died(_exit(code), offset)
+        try:
+            died = json.loads(line).get("child_died")
+        except (json.JSONDecodeError, AttributeError):
+            died = None
+        if died:
+            return self._died(died, offset)
+        try:
+            return ResultPayload.from_json(line)
+        except MalformedPayloadError as error:
+            return self._failed(f"worker process {self.name} answered nonsense: {error}")
+
+    def _died(self, how: str, offset: int) -> ResultPayload:
+        said = last_words(self.log_path, offset)
+        # the last line is what a report shows; farm show has the rest
+        return self._failed(
+            f"{said}worker process {self.name} died during the job ({how}); see {self.log_path}"
         )
 
     def _failed(self, error: str) -> ResultPayload:
@@ -116,6 +126,7 @@ class LocalWorker:
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
+        self.process = None  # never written to again: the next job starts a new server
 
 
 def _exit(code: int) -> str:
@@ -168,10 +179,13 @@ class LocalExecutor:
             while (event := await events.get()) is not None:
                 yield [event]
             await runner  # re-raise what a worker slot raised, if anything
-        finally:
-            runner.cancel()
+        except BaseException:  # Ctrl-C, or the caller stopped listening: kill every job
             for worker in self.workers:
                 worker.kill()
+            raise
+        finally:
+            runner.cancel()
+        # done: the fork servers stay up for the next round (aclose() stops them)
 
     async def follow(
         self, sweep: str, jobs: Sequence[PendingJob], *, wait: bool
@@ -182,7 +196,7 @@ class LocalExecutor:
 
     async def aclose(self) -> None:
         for worker in self.workers:
-            worker.kill()
+            await worker.stop()  # stdin closed: the server ends after its current job
 
 
 def plan_cpu_sets(workers: int | None, cpus: list[str] | None) -> list[list[int]]:

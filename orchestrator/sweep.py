@@ -59,18 +59,34 @@ class SweepFile(BaseModel):
 
     name: str | None = Field(None, description="sweep name; defaults to the file's stem")
     model: str = Field("random:gpt2", description="random:gpt2, a local directory, or a hub id")
-    backends: Annotated[list[BackendChoice], Field(min_length=1)]
-    context_sizes: PositiveInts = [128]
-    generation_lengths: PositiveInts = [64]
-    threads: PositiveInts = Field(default_factory=_default_threads)
-    warmups: Annotated[int, Field(ge=0)] = 1
-    repeats: Annotated[int, Field(gt=0)] = 3
-    min_duration_s: Annotated[float, Field(ge=0)] = 0.0
-    max_repeats: Annotated[int, Field(gt=0)] = 100
-    noise_threshold: Annotated[float, Field(gt=0)] = 0.05
+    backends: Annotated[list[BackendChoice], Field(min_length=1)] = Field(
+        description="each a backend name, or a mapping: name, label and that backend's options"
+    )
+    context_sizes: PositiveInts = Field([128], description="prompt tokens: a grid axis")
+    generation_lengths: PositiveInts = Field(
+        [64], description="new tokens, exactly (no stop at an end token): a grid axis"
+    )
+    threads: PositiveInts = Field(
+        default_factory=_default_threads,
+        description="intra-op threads (torch, OpenMP, each engine's): a grid axis; "
+        "default: the CPUs this process may use",
+    )
+    warmups: Annotated[int, Field(ge=0)] = Field(1, description="untimed generations first")
+    repeats: Annotated[int, Field(gt=0)] = Field(3, description="at least this many timed runs")
+    min_duration_s: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="... and at least this many seconds of timed runs"
+    )
+    max_repeats: Annotated[int, Field(gt=0)] = Field(100, description="... but at most this many")
+    noise_threshold: Annotated[float, Field(gt=0)] = Field(
+        0.05, description="a job whose end-to-end CV passes this is marked noisy"
+    )
     rerun_noisy: bool = Field(False, description="measure a noisy cell once more, keep the rerun")
-    fidelity_tokens: Annotated[int, Field(ge=0)] = 64
-    fidelity_prompts: Annotated[int, Field(gt=0, le=64)] = 4
+    fidelity_tokens: Annotated[int, Field(ge=0)] = Field(
+        64, description="teacher-forced positions compared with float32, per prompt (0: skip)"
+    )
+    fidelity_prompts: Annotated[int, Field(gt=0, le=64)] = Field(
+        4, description="... on this many prompts (the job's own and random ones)"
+    )
     rounds: Annotated[int, Field(gt=0, le=100)] = Field(
         1, description="run the whole grid N times, each round in a fresh shuffled order"
     )
@@ -82,11 +98,15 @@ class SweepFile(BaseModel):
     eval_text: str | None = Field(
         None, description="a text file (or datasets:NAME[:CONFIG]) to measure perplexity on"
     )
-    eval_tokens: Annotated[int, Field(gt=1)] = 1024
+    eval_tokens: Annotated[int, Field(gt=1)] = Field(
+        1024, description="tokens of eval_text scored for perplexity"
+    )
     prompt: Literal["ids", "text"] = Field("ids", description="random token ids, or prompt_text")
     prompt_text: str | None = Field(None, description="inline text, or the path of a text file")
-    tokenizers: Annotated[list[Literal["fast", "slow"]], Field(min_length=1)] = ["fast"]
-    seed: int = 0
+    tokenizers: Annotated[list[Literal["fast", "slow"]], Field(min_length=1)] = Field(
+        ["fast"], description="text prompts: a grid axis of fast (Rust) and slow (Python) BPE"
+    )
+    seed: int = Field(0, description="random weights, prompt token ids and round orders")
 
     @field_validator("backends", mode="before")
     @classmethod
@@ -171,6 +191,7 @@ def parse_sweep(
     except ModelSourceError as error:
         raise SweepError(f"{origin}: model: {error}") from None
     _check_eval_text(origin, sweep, source)
+    _check_unique(origin, sweep)
     sweep = _resolve_prompt(origin, sweep, source)
     sweep = _add_control(origin, sweep)
     cells = grid_size(sweep) * sweep.rounds
@@ -240,6 +261,31 @@ def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
     if "\n" not in sweep.prompt_text and len(sweep.prompt_text) < 4096 and path.is_file():
         return sweep.model_copy(update={"prompt_text": path.read_text()})
     return sweep
+
+
+def _check_unique(origin: str, sweep: SweepFile) -> None:
+    """A value given twice is a typo or a copy-paste, never a plan: refused, whether it is
+    an axis value or a backend, instead of being merged or counted twice. A baseline the
+    file names must be one of its backends, or every speedup would be '-'."""
+    axes = ("context_sizes", "generation_lengths", "threads", "tokenizers")
+    for axis in axes:
+        values = list(getattr(sweep, axis))
+        twice = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if twice:
+            raise SweepError(f"{origin}: {axis}: {twice[0]} appears twice; list each value once")
+    labels = [b.label for b in sweep.backends]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise SweepError(
+            f"{origin}: backends: {twice[0]!r} appears twice; give each entry its own "
+            "options, or a label: to tell them apart"
+        )
+    names = {b.name for b in sweep.backends}
+    if "baseline" in sweep.model_fields_set and sweep.baseline not in {*labels, *names}:
+        raise SweepError(
+            f"{origin}: baseline: {sweep.baseline!r} is not among the backends "
+            f"({', '.join(labels)}); name one of them"
+        )
 
 
 def _add_control(origin: str, sweep: SweepFile) -> SweepFile:

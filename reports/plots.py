@@ -101,16 +101,18 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
         return None, "no finished jobs"
     cells = sorted({(r["context"], r["generation"]) for r in rows})
     labels = sorted({r["label"] for r in rows})
-    columns = min(3, len(cells))
+    columns = min(2, len(cells))  # at most ~1,000 px wide: a page, not a banner
     lines = -(-len(cells) // columns)
     plt = _pyplot()
     figure, axes = plt.subplots(
         lines,
         columns,
-        figsize=(5.5 * columns, (0.4 * len(labels) + 1.2) * lines),
+        figsize=(4.5 * columns, (0.4 * len(labels) + 1.2) * lines),
         squeeze=False,
         sharey=True,
+        sharex=True,  # one tokens/s scale for every panel, so panels compare by eye
     )
+    widest = 0.0
     for axis, (context, generation) in zip(axes.flat, cells, strict=False):
         here = (context, generation)
         cell = {r["label"]: r for r in rows if (r["context"], r["generation"]) == here}
@@ -130,9 +132,10 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
                 va="center",
                 fontsize=7,
             )
-        axis.set_xlim(0, max(v + e for v, e in zip(values, errors, strict=True)) * 1.2 or 1)
+        widest = max(widest, *(v + e for v, e in zip(values, errors, strict=True)))
         axis.set(title=f"context {context}, {generation} tokens", xlabel="decode tokens/s")
         axis.grid(axis="x", alpha=0.3)
+    axes.flat[0].set_xlim(0, widest * 1.25 or 1)  # shared: room for the speedup labels
     for axis in list(axes.flat)[len(cells) :]:
         axis.set_visible(False)
     title = f"Decode speed in every cell (labels: speedup over {baseline}; bars: median job)"
@@ -209,9 +212,19 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
         axis.scatter([p[0] for p in mine], [p[1] for p in mine], zorder=3, label=name)
     for index, (s, k, label) in enumerate(sorted(points)):  # alternate sides: close points
         offset = (4, 6) if index % 2 == 0 else (4, -12)
-        exact = " (exact)" if kl[label] == 0 else f" (KL {kl[label]:.0e})" if k == KL_FLOOR else ""
-        axis.annotate(label + exact, (s, k), textcoords="offset points", xytext=offset, fontsize=8)
-    axis.plot([p[0] for p in front], [p[1] for p in front], "r--", label="Pareto front", zorder=2)
+        below = "exact" if kl[label] == 0 else f"KL {kl[label]:.0e}"
+        floor = f" ({below}, drawn at {KL_FLOOR:.0e})" if kl[label] < KL_FLOOR else ""
+        axis.annotate(label + floor, (s, k), textcoords="offset points", xytext=offset, fontsize=8)
+    # rings on the front's points: a front of one point is drawn too, not only named
+    axis.plot(
+        [p[0] for p in front],
+        [p[1] for p in front],
+        "r--o",
+        mfc="none",
+        ms=11,
+        label="Pareto front",
+        zorder=2,
+    )
     title = "Speed against fidelity (means over each backend's cells)"
     return _finish(
         figure,

@@ -13,9 +13,10 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from whistle_stop.contract.figures import ratio_interval
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Job, Result, Sweep
-from whistle_stop.reports.columns import resolve
+from whistle_stop.reports.columns import BY_NAME, resolve
 
 # Every figure a result stores, as a row column (None for a job without a result); the
 # raw samples, tokens and violations stay out of rows (`farm show` has them).
@@ -101,7 +102,7 @@ def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[di
         .options(selectinload(Job.result).selectinload(Result.environment), selectinload(Job.sweep))
         .order_by(Job.sweep_id, Job.label, Job.context, Job.generation, Job.threads)
     ).all()
-    rows = [job_row(job) for job in jobs]
+    rows = [job_row(job) | {"baseline": baseline} for job in jobs]
     add_speedup(rows, baseline)
     rows = pool_rounds(rows)
     noise_floor(rows, baseline)
@@ -132,6 +133,13 @@ def job_row(job: Job) -> dict[str, Any]:
     row["host"] = result.environment.hostname if result else None
     row["cpus"] = result.cpus if result else None
     row["worker"] = result.worker if result else job.worker
+    # the machine and the software, in every row (as llama-bench's): an export stands alone
+    environment = result.environment if result else None
+    row["cpu_model"] = environment.cpu_model if environment else None
+    row["isa"] = " ".join(environment.cpu_features) if environment else None
+    row["versions"] = environment.versions if environment else None
+    row["git_revision"] = environment.git_revision if environment else None
+    row["measured_at"] = result.created_at.isoformat(timespec="seconds") if result else None
     return row
 
 
@@ -161,6 +169,8 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
         row["speedup_steady"] = bool(ok and not row["noisy"] and not base["noisy"])
 
 
+# the interval bounds a pooled row carries (None where a cell has a single round)
+INTERVALS = ("speedup_lo", "speedup_hi", "decode_tokens_per_s_lo", "decode_tokens_per_s_hi")
 # figures that are the same in every round (measured in round 1 only) or not timings
 NOT_POOLED = {"repeats", "noisy", "remeasured", "artifact_built", "torch_threads"}
 
@@ -192,6 +202,7 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             "speedup_spread": None,
             "round_speedups": [],
             "speedup_rounds": 1,
+            **dict.fromkeys(INTERVALS),  # one round: no interval
         }
     row = {**first, "rounds": len(done)}
     row["status"] = JobStatus.DONE if done else first["status"]
@@ -214,6 +225,11 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     row["speedup_spread"] = (
         (max(speedups) - min(speedups)) / median(speedups) if len(speedups) > 1 else None
     )
+    # 95% intervals from the rounds, every done round counted (contract/figures.py)
+    row["speedup_lo"], row["speedup_hi"] = ratio_interval(speedups) or (None, None)
+    speeds = [r["decode_tokens_per_s"] for r in done if r["decode_tokens_per_s"]]
+    interval = ratio_interval(speeds)
+    row["decode_tokens_per_s_lo"], row["decode_tokens_per_s_hi"] = interval or (None, None)
     row["pinning_ok"] = all(r["pinning_ok"] for r in done) if done else None
     row["flags"] = [f"round {r['round']}: {flag}" for r in done for flag in r["flags"]]
     row["flag_count"] = len(row["flags"]) if done else None
@@ -312,10 +328,7 @@ def _condition(clause: str, rows: list[dict[str, Any]]):
     text = text.strip()
     sample = next((r[key] for r in rows if r[key] is not None), None)
     if isinstance(sample, int | float) and not isinstance(sample, bool):
-        try:
-            value: Any = float(text)
-        except ValueError:
-            raise ReportError(f"--where {clause!r}: {key} is a number, not {text!r}") from None
+        value: Any = _shown_number(clause, key, text)
     else:
         value = text
         if symbol not in ("=", "!="):
@@ -328,6 +341,20 @@ def _condition(clause: str, rows: list[dict[str, Any]]):
         return bool(compare(cell if isinstance(value, float) else str(cell), value))
 
     return test
+
+
+def _shown_number(clause: str, key: str, text: str) -> float:
+    """A number in the unit the table shows: `roofline>25` (or 25%) is 25% where the
+    column shows percent; `speedup>0.9x` takes the x it shows."""
+    column = BY_NAME.get(key)
+    percent = column is not None and "%" in column.fmt
+    bare = text.removesuffix("%") if percent else text.removesuffix("x")
+    try:
+        value = float(bare)
+    except ValueError:
+        unit = " (in %)" if percent else ""
+        raise ReportError(f"--where {clause!r}: {key} is a number{unit}, not {text!r}") from None
+    return value / 100 if percent else value
 
 
 def check_baseline(rows: list[dict[str, Any]], baseline: str) -> None:
@@ -360,12 +387,24 @@ def sort_rows(rows: list[dict[str, Any]], spec: list[str]) -> list[dict[str, Any
 def group_rows(rows: list[dict[str, Any]], field: str | None) -> dict[str, list[dict[str, Any]]]:
     if field is None:
         return {"": rows}
-    if rows and field not in rows[0]:
-        raise ReportError(f"--group-by {field!r}: not a column; use one of: {', '.join(rows[0])}")
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    keys = list(rows[0]) if rows else list(EMPTY_ROW_KEYS)
+    try:
+        field = resolve(field, keys)  # a heading (`ctx`) as well as a key, as in --where
+    except KeyError:
+        raise ReportError(
+            f"--group-by {field!r}: not a column; use one of: {', '.join(keys)}"
+        ) from None
+    groups: dict[Any, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
-        groups[f"{field}={row[field]}"].append(row)
-    return dict(groups)
+        groups[row[field]].append(row)
+    return {f"{field}={value}": groups[value] for value in sorted(groups, key=_natural)}
+
+
+def _natural(value: Any) -> tuple:
+    """Numbers by value (32 before 128), before text; None last."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1 if value is not None else 2, 0, str(value))
 
 
 def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[Any]], str]:
@@ -391,8 +430,8 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
     for row in rows:
         if row[value_key] is not None:
             cells[(row[row_key], row[column_key])].append(row[value_key])
-    row_values = sorted({row[row_key] for row in rows}, key=str)
-    column_values = sorted({row[column_key] for row in rows}, key=lambda v: (str(type(v)), v))
+    row_values = sorted({row[row_key] for row in rows}, key=_natural)
+    column_values = sorted({row[column_key] for row in rows}, key=_natural)
     headings = [f"{row_key} \\ {column_key}", *map(str, column_values)]
     others = [
         k

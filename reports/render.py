@@ -86,11 +86,17 @@ def render_rows(
         notes = failures(rows)
         headings = [c.heading for c in columns]
         return to_markdown(headings, body) + ("\n" + "\n".join(notes) + "\n" if notes else "")
-    if not names:
-        columns = fit(columns, rows, width)
-    body = [[cell(row, c) for c in columns] for row in rows]
+    shown = fit(columns, rows, width, in_order=bool(names))
+    body = [[cell(row, c) for c in shown] for row in rows]
     styles = {i: "red" for i, row in enumerate(rows) if row["status"] == JobStatus.FAILED}
-    return to_table(title, columns, body, styles, width=None if names else width)
+    table = to_table(title, shown, body, styles, width=width)
+    left_out = [c.heading for c in columns if c not in shown]
+    if names and left_out:  # asked for by name: say which did not fit, never cut them
+        table.caption = (
+            f"not shown at {width} columns: {', '.join(left_out)} (-f csv or -f json has "
+            "every column)"
+        )
+    return table
 
 
 # the columns of an empty CSV: what a report with rows would have (see query.job_row)

@@ -34,6 +34,7 @@ from whistle_stop.reports.query import (
     result_rows,
     sort_rows,
 )
+from whistle_stop.reports.verdict import verdicts
 
 
 @dataclass
@@ -91,6 +92,7 @@ def report(
         notes.print(meaning, highlight=False)
         output = render.render_pivot(headings, body, request.fmt, f"{title}: {meaning}")
         return _emit(output, rows, console)
+    verdict = [v.line(baseline) for v in verdicts(rows, baseline)]
     texts = []
     for heading, group in group_rows(rows, request.group_by).items():
         output = render.render_rows(
@@ -101,6 +103,12 @@ def report(
             texts.append(
                 (f"## {heading}\n\n" if heading and request.fmt == "markdown" else "") + text
             )
+    if verdict and request.fmt in ("table", "markdown"):
+        lines = ["", "Verdict (95% intervals from the rounds):", *(f"- {v}" for v in verdict)]
+        if request.fmt == "table":
+            console.print("\n".join(lines), highlight=False, markup=False)
+        else:
+            texts.append("\n".join(lines) + "\n")
     return "\n".join(texts) if texts else None
 
 
@@ -311,7 +319,7 @@ def render_comparison(
         metric = (
             BY_NAME[change.metric].heading
             if short and change.metric in BY_NAME
-            else ("prefill ms" if short and change.metric == "prefill_ms" else change.metric)
+            else ("prefill ms" if short and change.metric == "prefill_ms_p50" else change.metric)
         )
         cell = change.cell.replace("ctx=", "").replace(" gen=", "/").replace(" threads=", "/")
         return [

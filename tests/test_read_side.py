@@ -85,7 +85,20 @@ BAD = [
     (["show", "nope", "--db", "{db}"], 2, "no job with id or key 'nope'"),
     (["show", "nope/abc", "--db", "{db}"], 2, "no sweep named 'nope'"),
     (["compare", "base", "nope", "--db", "{db}"], 2, "no sweep named 'nope'"),
-    (["compare", "base", "same", "--db", "{db}", "-f", "html"], 2, "table, markdown, csv or json"),
+    (["compare", "base", "same", "--db", "{db}", "-f", "html"], 2, "'html' is not one of"),
+    (
+        ["compare", "base", "same", "--db", "{db}", "--threshold", "-5%"],
+        2,
+        "a fraction of 0 or more",
+    ),
+    (["compare", "base", "same", "--db", "{db}", "--fail-above", "x"], 2, "is not a fraction"),
+    (["compare", "base", "same", "--db", "{db}", "--kl-factor", "0.5"], 2, "--kl-factor 1 or more"),
+    (["compare", "base", "same", "--db", "{db}", "--out", "{dir}/c.md"], 2, "add -f markdown"),
+    (
+        ["compare", "base", "same", "--db", "{db}", "-f", "json", "--out", "{db}"],
+        2,
+        "is a database",
+    ),
     # nothing a user types destroys data or shows a traceback (issue 28's cases, as classes)
     (["report", "--db", "{db}", "-f", "html", "--out", "{db}"], 2, "is a database; nothing was"),
     (["report", "--db", "{db}", "-f", "csv", "--out", "{other}"], 2, "is a database; nothing was"),

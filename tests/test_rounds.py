@@ -57,7 +57,7 @@ def test_each_round_runs_every_cell_once_in_its_own_seeded_order():
 def test_control_copies_the_baseline_under_its_own_label():
     labels = Counter(j.label for j in plan("control: true\n").jobs)
     assert labels["hf-control"] == labels["hf"] == 2
-    with pytest.raises(SweepError, match="control: true copies the baseline 'tgi'"):
+    with pytest.raises(SweepError, match="baseline: 'tgi' is not among the backends"):
         plan("control: true\nbaseline: tgi\n")
 
 

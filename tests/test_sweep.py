@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -48,11 +49,26 @@ def test_keys_change_when_the_spec_changes():
     assert a.key != b.key
 
 
-def test_duplicate_axis_values_do_not_duplicate_jobs():
-    sweep = parse(
-        "backends: [hf, hf]\ncontext_sizes: [8, 8]\ngeneration_lengths: [4]\nthreads: [1]"
-    )
-    assert len(sweep.jobs) == 1
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("backends: [hf]\ncontext_sizes: [8, 8]", "context_sizes: 8 appears twice"),
+        ("backends: [hf]\ngeneration_lengths: [4, 16, 4]", "generation_lengths: 4 appears"),
+        ("backends: [hf]\nthreads: [1, 1]", "threads: 1 appears twice"),
+        ("backends: [hf, hf]", "backends: 'hf' appears twice"),
+        ("backends: [hf, {name: hf, dtype: float32}]", "'hf' appears twice"),
+        ("backends: [hf, nanogpt]\nbaseline: onnx", "baseline: 'onnx' is not among"),
+    ],
+)
+def test_a_value_given_twice_or_a_missing_baseline_is_refused(text, message):
+    """Duplicates were merged (backends) or counted (axes): both are typos, refused alike;
+    a baseline the sweep lacks would make every speedup '-' in every report."""
+    with pytest.raises(SweepError, match=re.escape(message)):
+        parse(text)
+
+
+def test_the_default_baseline_may_be_absent():
+    assert parse("backends: [nanogpt]").baseline == "hf"  # speedups '-', nothing refused
 
 
 def test_name_defaults_to_file_stem(tmp_path):

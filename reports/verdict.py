@@ -1,0 +1,77 @@
+"""The sweep's verdict: for each cell, the fastest path, how sure the farm is, what it
+costs in fidelity, and which paths it cannot tell apart from it.
+
+Two paths are told apart only when their within-round ratio's 95% interval excludes 1
+(paired by round: both ran in the same minutes); where the rounds do not pair up, when
+their own intervals do not overlap. A cell measured in one round has no interval: its
+fastest path is named, and the verdict says it cannot rank the rest.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from whistle_stop.contract.figures import ratio_interval
+from whistle_stop.contract.jobspec import control_label
+from whistle_stop.contract.status import JobStatus
+
+
+@dataclass(frozen=True)
+class CellVerdict:
+    cell: str  # "ctx=128 gen=64 thr=2" (and the sweep or host where several)
+    fastest: dict[str, Any]  # its pooled report row
+    tied: list[str]  # labels the farm cannot tell apart from the fastest
+    unknown: bool  # one round: nothing could be told apart
+
+    def line(self, baseline: str) -> str:
+        row = self.fastest
+        speed = f"{row['speedup']:.2f}x {baseline}"
+        if row.get("speedup_lo"):
+            speed += f" (95%: {row['speedup_lo']:.2f}-{row['speedup_hi']:.2f}x)"
+        cost = []
+        if row.get("top1_agreement") is not None:
+            cost.append(f"top-1 {row['top1_agreement']:.3f}")
+        if row.get("mean_kl") is not None:
+            cost.append(f"KL {row['mean_kl']:.1e}")
+        fidelity = f", {', '.join(cost)}" if cost else ""
+        if self.unknown:
+            rest = "one round: the others are not ranked (rounds: 3 gives intervals)"
+        elif self.tied:
+            rest = "cannot tell apart from " + ", ".join(self.tied)
+        else:
+            rest = "ahead of every other path"
+        return f"{self.cell}: fastest {row['label']} at {speed}{fidelity}; {rest}"
+
+
+def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
+    """One verdict per cell that has a done path with a speedup (the baseline's twin,
+    `control: true`, is the noise floor, not a contender)."""
+    cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    several = {k: len({r[k] for r in rows}) > 1 for k in ("sweep", "host")}
+    for row in rows:
+        if row["status"] == JobStatus.DONE and row.get("speedup") is not None:
+            if row["label"] != control_label(baseline):
+                key = (row["sweep"], row["host"], row["context"], row["generation"], row["threads"])
+                cells[key].append(row)
+    found = []
+    for (sweep, host, context, generation, threads), group in cells.items():
+        fastest = max(group, key=lambda r: r["speedup"])
+        others = [r for r in group if r is not fastest]
+        unknown = fastest.get("speedup_lo") is None
+        tied = [] if unknown else [r["label"] for r in others if not told_apart(fastest, r)]
+        where = [f"{sweep}: " if several["sweep"] else "", f"{host}: " if several["host"] else ""]
+        name = f"{''.join(where)}ctx={context} gen={generation} thr={threads}"
+        found.append(CellVerdict(name, fastest, tied, unknown))
+    return found
+
+
+def told_apart(faster: dict[str, Any], slower: dict[str, Any]) -> bool:
+    a, b = faster.get("round_speedups") or [], slower.get("round_speedups") or []
+    if a and len(a) == len(b) == faster.get("rounds") == slower.get("rounds"):
+        interval = ratio_interval([x / y for x, y in zip(a, b, strict=True) if y])
+        return interval is not None and interval[0] > 1
+    if slower.get("speedup_hi") is None or faster.get("speedup_lo") is None:
+        return False
+    return faster["speedup_lo"] > slower["speedup_hi"]
