@@ -34,7 +34,7 @@ class OneLineErrors(TyperGroup):
         except typer.Abort:
             sys.exit(130)
         except Exception as error:  # a bug: one line for the user, the traceback kept
-            fail(f"unexpected {type(error).__name__}: {error} (a bug; {_keep_traceback()})")
+            fail(f"internal error {type(error).__name__}: {error} (a bug; {_keep_traceback()})")
             sys.exit(3)
         sys.exit(result if isinstance(result, int) else 0)
 

@@ -58,11 +58,13 @@ def _split(values: list[str] | None) -> list[str]:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def _check_out(out: Path | None, db: str, *, directory: bool = False) -> None:
+def _check_out(out: Path | None, db: str | None, *, directory: bool = False) -> None:
     """Refuse an --out that cannot be written, or that would destroy data (the database
     this command reads, or any SQLite file), before anything is read."""
     if out is None:
         return
+    if not out.name or "\x00" in str(out):
+        raise fail(f"--out {str(out)!r} is not a file name")
     if directory:
         if out.exists() and not out.is_dir():
             raise fail(f"--out {out} is a file; farm plot writes a directory of PNG files")
@@ -75,10 +77,10 @@ def _check_out(out: Path | None, db: str, *, directory: bool = False) -> None:
         raise fail(f"--out {out} is a database; nothing was written: name another file")
 
 
-def _is_database(path: Path, db: str) -> bool:
+def _is_database(path: Path, db: str | None) -> bool:
     from whistle_stop.db.session import database_url
 
-    url = database_url(db)
+    url = database_url(db) if db else ""
     here = Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
     targets = {here, *(here.with_name(here.name + s) for s in ("-wal", "-shm"))} if here else set()
     if any(path.resolve() == target.resolve() for target in targets):
@@ -395,6 +397,7 @@ def reference(
     from whistle_stop.artifacts import write_atomically
     from whistle_stop.orchestrator.reference import reference as make_reference
 
+    _check_out(out, None)
     try:
         write_atomically(out, make_reference().encode())
     except OSError as error:

@@ -48,9 +48,26 @@ def quantize_rows(weight: np.ndarray, bits: int, block: int) -> tuple[np.ndarray
 SEARCH = np.linspace(0.75, 1.1, 15)  # multiples of q4_0's scale tried
 
 
+CHUNK_WEIGHTS = 1 << 18  # weights searched at once: the temporaries stay in the caches
+
+
 def _searched_q4(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(q in [-8, 7], scales) for [rows, blocks, block] weights, block by block the
-    candidate with the least squared error (q4_0's own rule among them)."""
+    candidate with the least squared error (q4_0's own rule among them), a few rows at a
+    time: sixteen candidates over a whole matrix at once stream it from memory ~50 times
+    (38 s for GPT-2 small on a 2-core EPYC; in chunks, a few seconds)."""
+    rows = blocks.shape[0]
+    step = max(1, CHUNK_WEIGHTS // (blocks.shape[1] * blocks.shape[2]))
+    q = np.empty(blocks.shape, np.float32)
+    scales = np.empty(blocks.shape[:2], np.float32)
+    for start in range(0, rows, step):
+        q[start : start + step], scales[start : start + step] = _search(
+            blocks[start : start + step]
+        )
+    return q, scales
+
+
+def _search(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index = np.abs(blocks).argmax(axis=2)[..., None]
     base = np.take_along_axis(blocks, index, axis=2)[..., 0] / -8.0
     best_error = np.full(base.shape, np.inf, np.float32)

@@ -75,7 +75,8 @@ def cell(row: dict[str, Any], column: Column) -> str:
         text += " noisy"
     if column.key == "status" and row.get("pinning_ok") is False:
         text += " (pinning!)"
-    if column.key == "speedup" and row.get("speedup_lo"):  # its 95% interval, from rounds
+    if column.key == "speedup" and row.get("speedup_lo") not in (None, row.get("speedup_hi")):
+        # its 95% interval, from the rounds (none for the baseline against itself)
         text += f" ±{relative_half_width(row['speedup_lo'], row['speedup_hi']):.0%}"
     if column.key == "speedup" and row.get("within_noise"):
         text += "~"  # inside the sweep's measured noise floor

@@ -53,7 +53,9 @@ def page(stem: str, rows: list[dict[str, Any]]) -> str:
     versions = first.get("versions") or {}
     software = ", ".join(f"{n} {versions[n]}" for n in SOFTWARE if versions.get(n))
     reads = [r["bandwidth_bytes_per_s"] for r in done if r.get("bandwidth_bytes_per_s")]
-    bandwidth = f"{min(reads) / 1e9:.0f}-{max(reads) / 1e9:.0f} GB/s" if reads else "not measured"
+    low, high = (f"{min(reads) / 1e9:.0f}", f"{max(reads) / 1e9:.0f}") if reads else ("", "")
+    bandwidth = "not measured" if not reads else low if low == high else f"{low}-{high}"
+    bandwidth += " GB/s" if reads else ""
     lines = [
         f"# {first['cpu_model']}",
         "",

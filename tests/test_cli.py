@@ -62,3 +62,75 @@ def test_bandwidth_reads_the_cache(tmp_path):
     )
     result = CliRunner().invoke(app, ["bandwidth", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0 and "read 25.0 GB/s" in result.output
+
+
+def test_every_help_fits_80_columns_and_names_its_values():
+    """No option name cut, no Python type for a metavar, no format a command refuses."""
+    env = {**__import__("os").environ, "COLUMNS": "80"}
+    for command in COMMANDS + ["results"]:
+        result = subprocess.run(
+            [sys.executable, "-c", "from whistle_stop.cli import main; main()", command, "-h"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        text = result.stdout
+        assert result.returncode == 0 and "Usage" in text, result.stderr
+        assert all(len(line) <= 80 for line in text.splitlines()), (command, text)
+        assert "…" not in text and "<list[" not in text and "against ." not in text, text
+    compare = subprocess.run(
+        [sys.executable, "-c", "from whistle_stop.cli import main; main()", "compare", "-h"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    ).stdout
+    assert "html" not in compare and "--fidelity-threshold" in compare
+
+
+BAD_VALUES = ["", "%", "-1", "9" * 30, "/sys/x/y", "localhost:6379", "a=b", "\x00"]
+
+
+def _malformed_invocations():
+    """Every command with every option given each bad value (arguments too), the rest
+    of its required parameters filled with something plausible but absent."""
+    import click
+    import typer
+
+    group = typer.main.get_command(app)
+    for name, command in sorted(group.commands.items()):
+        if name == "worker":
+            continue  # a well-formed worker serves forever: its refusals are in test_farm.py
+        params = [p for p in command.params if not getattr(p, "is_flag", False)]
+        params = [p for p in params if p.name != "help"]
+        for target in params:
+            for value in BAD_VALUES:
+                args = [name]
+                for param in params:  # in declared order: positional arguments stay in place
+                    given = value if param is target else "missing" if param.required else None
+                    if given is None:
+                        continue
+                    args += [given] if isinstance(param, click.Argument) else [param.opts[0], given]
+                yield args
+
+
+def test_no_malformed_argument_reaches_a_traceback(tmp_path, monkeypatch):
+    """The class behind issue 28's cases: whatever a user types, the answer is a line,
+    never a traceback or an 'internal error' (the catch-all that means a bug)."""
+    monkeypatch.chdir(tmp_path)  # farm.db, plots/ and the like land here, not in the tree
+    monkeypatch.setenv("FARM_CACHE_DIR", str(tmp_path / "cache"))
+    runner = CliRunner()
+    seen = 0
+    for args in _malformed_invocations():
+        result = runner.invoke(app, args)
+        seen += 1
+        assert not isinstance(result.exception, Exception) or isinstance(
+            result.exception, SystemExit
+        ), (args, result.exception)
+        assert "Traceback" not in result.output and "internal error" not in result.output, (
+            args,
+            result.output,
+        )
+        assert result.exit_code in (0, 2, 3), (args, result.exit_code, result.output)
+    assert seen > 200

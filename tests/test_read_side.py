@@ -241,3 +241,106 @@ def test_compare_fails_the_gate_on_a_newly_failed_job(farm_db):
     assert "newly failed in broken: hf ctx=32 gen=16" in gate.stderr
     fine = _compare(farm_db, "base", "same", "--fail-above", "5%")
     assert fine.exit_code == 0, fine.output
+
+
+def _labels(farm_db: Path, *args: str) -> list[str]:
+    result = runner.invoke(
+        app, ["report", "--db", str(farm_db), "--sweep", "base", "-f", "json", *args]
+    )
+    assert result.exit_code == 0, result.output
+    return sorted({row["label"] for row in json.loads(result.stdout) if row["status"] == "done"})
+
+
+@pytest.mark.parametrize("clause", ["roofline>20", "roofline>20%", "speedup>1.5x", "speedup>1.5"])
+def test_filters_read_figures_in_the_units_the_table_shows(farm_db, clause):
+    """The table shows roofline 12%/25%/50% and speedups 1x/2x/4x: a filter says 20 or
+    20% for 20%, 1.5x or 1.5 for 1.5x, and matches what the reader sees."""
+    assert _labels(farm_db, "--where", clause) == ["onnx", "onnx[quantize=int8]"]
+
+
+def test_a_raw_name_filters_the_figure_shown_under_its_heading():
+    from whistle_stop.reports.columns import resolve
+
+    keys = ["decode_ms", "decode_ms_p50", "prefill_ms", "prefill_ms_p50"]
+    assert resolve("decode_ms", keys) == resolve("decode ms", keys) == "decode_ms_p50"
+    assert resolve("prefill_ms", keys) == "prefill_ms_p50"
+
+
+def test_pivot_and_group_by_put_numbers_in_numeric_order(farm_db):
+    pivoted = runner.invoke(
+        app,
+        [
+            "report",
+            "--db",
+            str(farm_db),
+            "--sweep",
+            "base",
+            "--pivot",
+            "label:ctx:tok/s",
+            "-f",
+            "csv",
+        ],
+    )
+    assert pivoted.exit_code == 0, pivoted.output
+    assert pivoted.stdout.splitlines()[0].endswith(",32,128")  # not "128,32" (text order)
+    grouped = runner.invoke(
+        app,
+        ["report", "--db", str(farm_db), "--sweep", "base", "--group-by", "ctx", "-f", "markdown"],
+    )
+    assert grouped.exit_code == 0, grouped.output
+    headings = [line for line in grouped.stdout.splitlines() if line.startswith("## ")]
+    assert headings == ["## context=32", "## context=128"]
+
+
+def test_columns_asked_for_by_name_fit_and_the_rest_are_named(farm_db, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    args = ["report", "--db", str(farm_db), "--sweep", "base", "--columns", "all"]
+    result = runner.invoke(app, args, terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert all(len(line) <= 80 for line in lines), max(map(len, lines))
+    assert not any(NUMBER_CUT.search(line) for line in lines), result.stdout
+    assert (
+        "not shown at 80 columns:" in result.stdout and "key" in result.stdout.split("not shown")[1]
+    )
+    raw = runner.invoke(app, [*args[:-1], "backend,e2e_s_stdev"], terminal_width=80)
+    figures = [line.split()[-1] for line in raw.stdout.splitlines()[3:15] if line.strip()]
+    assert figures and all(len(f) <= 10 for f in figures), figures  # 4 digits, not 17
+
+
+def test_threads_beyond_an_embedded_workers_cpus_are_refused(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("model: random:gpt2\nbackends: [hf]\nthreads: [999]\n")
+    result = runner.invoke(app, ["submit", "--grid", str(grid), "--db", str(tmp_path / "f.db")])
+    assert result.exit_code == 2 and "threads: 999 is more than the" in result.stderr
+    assert not (tmp_path / "f.db").exists()
+
+
+def test_a_kl_of_zero_on_both_sides_is_no_change():
+    from whistle_stop.reports.compare import Change
+
+    assert Change("a", "c", "mean_kl", 0.0, 0.0, None, "same").ratio == 1.0
+
+
+def test_workers_and_cpus_together_are_refused(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("model: random:gpt2\nbackends: [hf]\nthreads: [1]\n")
+    args = [
+        "submit",
+        "--grid",
+        str(grid),
+        "--workers",
+        "2",
+        "--cpus",
+        "0",
+        "--db",
+        str(tmp_path / "f.db"),
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "--workers and --cpus" in result.stderr
+
+
+def test_compare_takes_the_median_prefill_the_report_shows():
+    from whistle_stop.reports.compare import METRICS
+
+    assert "prefill_ms_p50" in METRICS and "prefill_ms" not in METRICS

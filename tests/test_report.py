@@ -193,6 +193,8 @@ def test_plots_are_valid_pngs(db, tmp_path):
     for file in files:
         data = file.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        width = int.from_bytes(data[16:20], "big")  # the IHDR chunk's width
+        assert width <= 1000, (file.name, width)  # a page's width, not a banner's
 
 
 def test_plots_without_their_data_are_skipped(tmp_path):
