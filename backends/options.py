@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class BackendOptions(BaseModel):
@@ -193,3 +193,11 @@ class OpenVINOOptions(BackendOptions):
         if self.group_size != -1 and self.group_size <= 0:
             raise ValueError("group_size is a positive number of weights, or -1 (per channel)")
         return self
+
+
+class CalibrationOptions(BackendOptions):
+    """A step of known cost: read `megabytes` from memory, `slowdown` more of it for a twin
+    that is that much slower for real (benchmarks/calibration.py)."""
+
+    megabytes: float = Field(64.0, gt=0, le=4096)
+    slowdown: float = Field(0.0, ge=0, le=10)

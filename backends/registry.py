@@ -72,6 +72,11 @@ BUILTIN: dict[str, BackendEntry] = {
         opts.TorchInt8Options,
         "PyTorch dynamic int8",
     ),
+    "calibration": BackendEntry(
+        "whistle_stop.backends.calibration:CalibrationBackend",
+        opts.CalibrationOptions,
+        "a step of known cost (memory read): calibrates the verdicts",
+    ),
     # the engines a user would pick instead: optional, each behind its own extra
     "ctranslate2": BackendEntry(
         "whistle_stop.backends.ct2:CTranslate2Backend",

@@ -52,3 +52,25 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
 def relative_half_width(low: float, high: float) -> float:
     """An interval's half-width relative to its centre on the log scale: 0.04 for ±4%."""
     return math.sqrt(high / low) - 1
+
+
+# What a comparison concludes from a ratio's 95% interval (new over old, higher faster)
+FASTER, SLOWER, SAME, UNKNOWN = "faster", "slower", "same", "unknown"
+
+
+def verdict(interval: tuple[float, float] | None, margin: float) -> str:
+    """faster or slower when the interval lies wholly above or below 1 by more than half
+    the margin (a difference shown, and big enough to matter); same when it lies wholly
+    inside ±margin; unknown otherwise, or with no interval. The half margin keeps an A/A
+    pair from being called different on a lucky interval that only just excludes 1
+    (benchmarks/calibration.py measures both error rates)."""
+    if interval is None:
+        return UNKNOWN
+    low, high = interval
+    if low > 1 + margin / 2:
+        return FASTER
+    if high < 1 - margin / 2:
+        return SLOWER
+    if low >= 1 - margin and high <= 1 + margin:
+        return SAME
+    return UNKNOWN

@@ -55,6 +55,7 @@ class Sweep(Base):
     source_text: Mapped[str] = mapped_column(Text)  # the sweep YAML as submitted last
     baseline: Mapped[str | None] = mapped_column(String(200))  # what speedups compare with
     rounds: Mapped[int | None]
+    precision: Mapped[float | None]  # rounds: auto's goal (a 95% interval within ±this)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="sweep", order_by="Job.id")
 

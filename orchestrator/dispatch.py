@@ -19,8 +19,9 @@ from whistle_stop.contract.events import Event, Failed, Finished, Lost, PendingJ
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.executors.base import Executor
 from whistle_stop.orchestrator.progress import SweepProgress
+from whistle_stop.orchestrator.rounds import undecided
 from whistle_stop.orchestrator.store import Store
-from whistle_stop.orchestrator.sweep import SweepPlan
+from whistle_stop.orchestrator.sweep import SweepPlan, extra_round
 
 
 @dataclass
@@ -62,18 +63,48 @@ async def run_sweep(
         for number, jobs in _rounds(recorded.to_run):
             if plan.rounds > 1:
                 progress.note(f"round {number} of {plan.rounds}: {len(jobs)} job(s)")
-            # a round is handed over whole and stored whole before the next one starts,
-            # so two rounds never overlap and each round's jobs share the same minutes
-            events = executor.run(plan.name, jobs, wait=wait)
-            try:
-                await _consume(events, store, summary, progress)
-            except asyncio.CancelledError:
-                if not executor.detached:  # the jobs died with us: they run again next submit
-                    store.release_running([job.id for job in jobs])
-                raise
+            await _run_round(plan.name, jobs, store, executor, summary, progress, wait)
+        if plan.auto and wait:
+            await _more_rounds(plan, store, executor, summary, progress)
     finally:
         progress.close()
     return summary
+
+
+async def _run_round(name, jobs, store, executor, summary, progress, wait) -> None:
+    """A round is handed over whole and stored whole before the next one starts, so two
+    rounds never overlap and each round's jobs share the same minutes."""
+    events = executor.run(name, jobs, wait=wait)
+    try:
+        await _consume(events, store, summary, progress)
+    except asyncio.CancelledError:
+        if not executor.detached:  # the jobs died with us: they run again next submit
+            store.release_running([job.id for job in jobs])
+        raise
+
+
+async def _more_rounds(plan, store, executor, summary, progress) -> None:
+    """rounds: auto (orchestrator/rounds.py): a round more for the cells whose speedup is
+    not yet within ±precision, until none is left or max_rounds is spent; it says why."""
+    number = max([plan.rounds, *(spec.round for spec, _ in store.speeds(plan.name))])
+    wide = undecided(store.speeds(plan.name), plan.baseline, plan.precision)
+    while wide and number < plan.max_rounds:
+        number += 1
+        worst = max(wide.values())
+        widest = "fewer than two rounds" if worst == float("inf") else f"widest ±{worst:.0%}"
+        jobs = store.add_jobs(plan.name, extra_round(plan, number, set(wide)))
+        progress.more(len(jobs))
+        progress.note(
+            f"round {number}: {len(wide)} cell(s) not yet within ±{plan.precision:.0%} "
+            f"({widest}): {len(jobs)} job(s)"
+        )
+        await _run_round(plan.name, jobs, store, executor, summary, progress, True)
+        wide = undecided(store.speeds(plan.name), plan.baseline, plan.precision)
+    if wide:
+        progress.note(
+            f"{len(wide)} cell(s) stopped undecided after {number} rounds (max_rounds): "
+            "the report says which"
+        )
 
 
 def _rounds(jobs: list[PendingJob]) -> list[tuple[int, list[PendingJob]]]:

@@ -47,6 +47,12 @@ class SweepProgress:
         elif not self.quiet:
             self.console.print(self._line(applied), highlight=False, markup=False, soft_wrap=True)
 
+    def more(self, jobs: int) -> None:
+        """Jobs added while the sweep runs (rounds: auto's next round)."""
+        self.total += jobs
+        if self.bar:
+            self.bar.update(self.task, total=self.total)
+
     def note(self, text: str) -> None:
         """A line that stays (above the bar in a terminal), e.g. a lost worker."""
         if not self.quiet:

@@ -59,34 +59,28 @@ class Store:
                 session.flush()
             sweep.source_text = plan.source_text
             sweep.baseline, sweep.rounds = plan.baseline, plan.rounds
-            existing = {job.key: job for job in sweep.jobs}
-            to_run, already_done, restarted = [], 0, set()
-            positions: dict[int, int] = {}
-            for spec in plan.jobs:
-                job = existing.get(spec.key)
-                position = positions[spec.round] = positions.get(spec.round, 0) + 1
-                if job is not None:
-                    job.cell, job.round, job.position = spec.cell, spec.round, position
-                if job is None:
-                    job = _new_job(sweep, spec, position)
-                    session.add(job)
-                elif job.status == JobStatus.DONE and not rerun:
-                    already_done += 1
-                    continue
-                else:
-                    if job.status == JobStatus.FAILED or rerun:
-                        restarted.add(job.key)
-                    if job.result is not None:  # --rerun: the old figures make way for new ones
-                        session.delete(job.result)
-                        job.result = None
-                job.status, job.error = JobStatus.PENDING, None
-                to_run.append(job)
-            session.flush()
-            pending = [
-                PendingJob(job.id, job.key, job.spec, job.key in restarted, job.round or 1)
-                for job in to_run
-            ]
+            sweep.precision = plan.precision
+            pending, already_done = _record_jobs(session, sweep, plan.jobs, rerun)
         return Recorded(pending, already_done)
+
+    def add_jobs(self, sweep_name: str, specs: list[JobSpec]) -> list[PendingJob]:
+        """More jobs for a recorded sweep (rounds: auto's next round); those to run."""
+        with self.sessions.begin() as session:
+            sweep = session.scalar(select(Sweep).where(Sweep.name == sweep_name))
+            pending, _ = _record_jobs(session, sweep, specs, rerun=False)
+        return pending
+
+    def speeds(self, sweep_name: str) -> list[tuple[JobSpec, float]]:
+        """Every done job of the sweep with its decode tokens/s (rounds: auto reads them)."""
+        with self.sessions() as session:
+            query = (
+                select(Job.spec, Result.decode_tokens_per_s)
+                .join(Result, Result.job_id == Job.id)
+                .join(Sweep, Job.sweep_id == Sweep.id)
+                .where(Sweep.name == sweep_name, Job.status == JobStatus.DONE)
+            )
+            found = session.execute(query).all()
+        return [(JobSpec.from_dict(spec), speed) for spec, speed in found if speed]
 
     def provenance_changes(self, sweep_name: str, now: dict) -> tuple[int, list[str]]:
         """How many done jobs of the sweep ran under other software than `now` (a host
@@ -271,3 +265,36 @@ def _stored(value):
     """A figure as every database stores it alike: NaN (no decode step in a one-token
     generation) becomes NULL, which SQLite would make it anyway."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _record_jobs(session, sweep: Sweep, specs, rerun: bool) -> tuple[list[PendingJob], int]:
+    """Create (or reset) the jobs of `specs` in `sweep`: those that must run, and how many
+    were done already. A job's position is its place in its round's order."""
+    existing = {job.key: job for job in sweep.jobs}
+    to_run, already_done, restarted = [], 0, set()
+    positions: dict[int, int] = {}
+    for spec in specs:
+        job = existing.get(spec.key)
+        position = positions[spec.round] = positions.get(spec.round, 0) + 1
+        if job is not None:
+            job.cell, job.round, job.position = spec.cell, spec.round, position
+        if job is None:
+            job = _new_job(sweep, spec, position)
+            session.add(job)
+        elif job.status == JobStatus.DONE and not rerun:
+            already_done += 1
+            continue
+        else:
+            if job.status == JobStatus.FAILED or rerun:
+                restarted.add(job.key)
+            if job.result is not None:  # --rerun: the old figures make way for new ones
+                session.delete(job.result)
+                job.result = None
+        job.status, job.error = JobStatus.PENDING, None
+        to_run.append(job)
+    session.flush()
+    pending = [
+        PendingJob(job.id, job.key, job.spec, job.key in restarted, job.round or 1)
+        for job in to_run
+    ]
+    return pending, already_done

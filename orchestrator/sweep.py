@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -45,6 +46,9 @@ class BackendChoice(BaseModel):
     name: str
     label: str
     options: dict[str, Any]
+
+
+AUTO_FIRST_ROUNDS = 3  # rounds: auto starts with this many (two give no usable interval)
 
 
 def _default_threads() -> list[int]:
@@ -87,8 +91,16 @@ class SweepFile(BaseModel):
     fidelity_prompts: Annotated[int, Field(gt=0, le=64)] = Field(
         4, description="... on this many prompts (the job's own and random ones)"
     )
-    rounds: Annotated[int, Field(gt=0, le=100)] = Field(
-        1, description="run the whole grid N times, each round in a fresh shuffled order"
+    rounds: Annotated[int, Field(gt=0, le=100)] | Literal["auto"] = Field(
+        1,
+        description="run the whole grid N times, each round in a fresh shuffled order; "
+        "auto: 3, then more rounds for the cells whose speedup is not yet within precision",
+    )
+    max_rounds: Annotated[int, Field(ge=AUTO_FIRST_ROUNDS, le=100)] = Field(
+        10, description="rounds: auto spends at most this many rounds on a cell"
+    )
+    precision: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.03, description="rounds: auto stops a cell once its 95% interval is within ±this"
     )
     control: bool = Field(False, description="add `<baseline>-control`, a copy of the baseline")
     baseline: str = Field("hf", description="the label (or backend) speedups are measured against")
@@ -159,7 +171,11 @@ class SweepPlan:
     source_text: str
     jobs: tuple[JobSpec, ...]  # in the order they run: round by round
     baseline: str = "hf"
-    rounds: int = 1
+    rounds: int = 1  # the rounds in `jobs` (rounds: auto adds more while it runs)
+    auto: bool = False  # rounds: auto
+    max_rounds: int = 1
+    precision: float | None = None  # rounds: auto's goal: a 95% interval within ±this
+    seed: int = 0  # orders the rounds (round_of)
 
 
 def load_sweep(path: Path, *, max_jobs: int | None = MAX_JOBS) -> SweepPlan:
@@ -194,7 +210,7 @@ def parse_sweep(
     _check_unique(origin, sweep)
     sweep = _resolve_prompt(origin, sweep, source)
     sweep = _add_control(origin, sweep)
-    cells = grid_size(sweep) * sweep.rounds
+    cells = grid_size(sweep) * _first_rounds(sweep)
     if max_jobs is not None and cells > max_jobs:
         raise TooManyJobsError(
             f"{origin}: the grid expands to {cells:,} jobs, more than {max_jobs:,}; "
@@ -212,7 +228,11 @@ def parse_sweep(
         source_text=text,
         jobs=jobs,
         baseline=sweep.baseline,
-        rounds=sweep.rounds,
+        rounds=_first_rounds(sweep),
+        auto=sweep.rounds == "auto",
+        max_rounds=sweep.max_rounds if sweep.rounds == "auto" else _first_rounds(sweep),
+        precision=sweep.precision if sweep.rounds == "auto" else None,
+        seed=sweep.seed,
     )
 
 
@@ -327,20 +347,55 @@ def expand(sweep: SweepFile) -> tuple[JobSpec, ...]:
     on a shared machine the speed of memory moves within minutes.
     """
     grid = _grid(sweep)
-    if sweep.rounds == 1:
+    if _first_rounds(sweep) == 1:
         return grid
-    cells: dict[tuple, list[JobSpec]] = {}
-    for job in grid:
-        cells.setdefault((job.context, job.generation, job.threads, job.tokenizer), []).append(job)
     jobs: list[JobSpec] = []
-    for number in range(1, sweep.rounds + 1):
-        shuffle = random.Random(round_order_seed(sweep.seed, number)).shuffle
-        order = [list(backends) for backends in cells.values()]
-        shuffle(order)
-        for backends in order:
-            shuffle(backends)
-            jobs += [dataclasses.replace(job, round=number) for job in backends]
+    for number in range(1, _first_rounds(sweep) + 1):
+        jobs += round_of(grid, sweep.seed, number)
     return tuple(jobs)
+
+
+def _first_rounds(sweep: SweepFile) -> int:
+    return AUTO_FIRST_ROUNDS if sweep.rounds == "auto" else sweep.rounds
+
+
+def grid_cell(job: JobSpec) -> tuple:
+    """Where a job sits in the grid, whatever its backend: its speedup's baseline is the
+    baseline's job at the same place and round."""
+    return (job.context, job.generation, job.threads, job.tokenizer)
+
+
+def round_of(jobs: Sequence[JobSpec], seed: int, number: int) -> list[JobSpec]:
+    """Round `number` of `jobs` (round-1 specs), shuffled with its own seed: the grid
+    cells in a random order, a cell's backends one after another in a random order."""
+    cells: dict[tuple, list[JobSpec]] = {}
+    for job in jobs:
+        cells.setdefault(grid_cell(job), []).append(job)
+    shuffle = random.Random(round_order_seed(seed, number)).shuffle
+    order = [list(backends) for backends in cells.values()]
+    shuffle(order)
+    ran: list[JobSpec] = []
+    for backends in order:
+        shuffle(backends)
+        ran += [dataclasses.replace(job, round=number) for job in backends]
+    return ran
+
+
+def extra_round(plan: SweepPlan, number: int, cells: set[str]) -> list[JobSpec]:
+    """rounds: auto's round `number`: the jobs of these cells and, beside each, its
+    baseline (a speedup is a ratio within a round)."""
+    first = [job for job in plan.jobs if job.round == 1]
+    places = {grid_cell(job) for job in first if job.cell in cells}
+    chosen = [
+        job
+        for job in first
+        if job.cell in cells or (grid_cell(job) in places and is_baseline(job, plan.baseline))
+    ]
+    return round_of(chosen, plan.seed, number)
+
+
+def is_baseline(job: JobSpec, baseline: str) -> bool:
+    return job.label == baseline or job.backend == baseline
 
 
 def round_order_seed(seed: int, number: int) -> str:

@@ -102,7 +102,7 @@ def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[di
         .options(selectinload(Job.result).selectinload(Result.environment), selectinload(Job.sweep))
         .order_by(Job.sweep_id, Job.label, Job.context, Job.generation, Job.threads)
     ).all()
-    rows = [job_row(job) | {"baseline": baseline} for job in jobs]
+    rows = [job_row(job) | {"baseline": baseline, "precision": job.sweep.precision} for job in jobs]
     add_speedup(rows, baseline)
     rows = pool_rounds(rows)
     noise_floor(rows, baseline)

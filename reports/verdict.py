@@ -10,10 +10,10 @@ fastest path is named, and the verdict says it cannot rank the rest.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from whistle_stop.contract.figures import ratio_interval
+from whistle_stop.contract.figures import ratio_interval, relative_half_width
 from whistle_stop.contract.jobspec import control_label
 from whistle_stop.contract.status import JobStatus
 
@@ -24,6 +24,7 @@ class CellVerdict:
     fastest: dict[str, Any]  # its pooled report row
     tied: list[str]  # labels the farm cannot tell apart from the fastest
     unknown: bool  # one round: nothing could be told apart
+    undecided: list[str] = field(default_factory=list)  # wider than rounds: auto's precision
 
     def line(self, baseline: str) -> str:
         row = self.fastest
@@ -42,7 +43,11 @@ class CellVerdict:
             rest = "cannot tell apart from " + ", ".join(self.tied)
         else:
             rest = "ahead of every other path"
-        return f"{self.cell}: fastest {row['label']} at {speed}{fidelity}; {rest}"
+        line = f"{self.cell}: fastest {row['label']} at {speed}{fidelity}; {rest}"
+        if self.undecided:
+            goal = f"±{row['precision']:.0%}"
+            line += f"; not within {goal} after max_rounds: {', '.join(self.undecided)}"
+        return line
 
 
 def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
@@ -63,7 +68,8 @@ def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
         tied = [] if unknown else [r["label"] for r in others if not told_apart(fastest, r)]
         where = [f"{sweep}: " if several["sweep"] else "", f"{host}: " if several["host"] else ""]
         name = f"{''.join(where)}ctx={context} gen={generation} thr={threads}"
-        found.append(CellVerdict(name, fastest, tied, unknown))
+        wide = [r["label"] for r in group if _wider_than_goal(r)]
+        found.append(CellVerdict(name, fastest, tied, unknown, wide))
     return found
 
 
@@ -75,3 +81,11 @@ def told_apart(faster: dict[str, Any], slower: dict[str, Any]) -> bool:
     if slower.get("speedup_hi") is None or faster.get("speedup_lo") is None:
         return False
     return faster["speedup_lo"] > slower["speedup_hi"]
+
+
+def _wider_than_goal(row: dict[str, Any]) -> bool:
+    """A rounds: auto cell that stopped with its interval wider than the sweep's goal."""
+    goal, low, high = row.get("precision"), row.get("speedup_lo"), row.get("speedup_hi")
+    if not goal or row["label"] == row.get("baseline"):
+        return False
+    return low is None or relative_half_width(low, high) > goal

@@ -171,3 +171,63 @@ def test_a_round_with_a_noisy_job_is_left_out_of_the_speedup_unless_all_are(tmp_
 
     assert cell(control[0], BY_NAME["rounds"]) == "2/3"  # the report says what it pooled
     assert cell(onnx[32], BY_NAME["rounds"]) == "3"
+
+
+class NoisyCell(RoundWatcher):
+    """onnx at context 32 swings from round to round (its ratio to hf with it); every
+    other cell keeps its ratio exactly."""
+
+    SWING = {1: 1.0, 2: 1.3, 3: 0.8, 4: 1.1, 5: 0.9, 6: 1.2}
+
+    async def run(self, sweep, jobs, *, wait=True):
+        number = jobs[0].round
+        self.handed.append((number, len(jobs)))
+        for job in jobs:
+            spec = job.spec
+            swing = self.SWING[number] if (spec["label"], spec["context"]) == ("onnx", 32) else 1
+            result = payload(spec["label"], spec["context"], spec["generation"], swing)
+            yield [outcome(job.id, result)]
+
+
+def test_rounds_auto_runs_again_only_the_cells_not_yet_within_precision(tmp_path):
+    sessions = make_session_factory(str(tmp_path / "farm.db"))
+    store = Store(sessions)
+    executor = NoisyCell(store, drift={})
+    swept = plan("rounds: auto\nmax_rounds: 5\nprecision: 0.05\n")
+    assert swept.auto and swept.rounds == 3 and len(swept.jobs) == 18
+    lines = Console(record=True, width=200)
+    summary = asyncio.run(run_sweep(swept, store, executor, lines))
+    # after three rounds only onnx at 32 is wide: it runs again, its baseline beside it
+    assert executor.handed == [(1, 6), (2, 6), (3, 6), (4, 2), (5, 2)]
+    assert summary.done == 22
+    said = lines.export_text()
+    assert "round 4: 1 cell(s) not yet within ±5%" in said
+    assert "1 cell(s) stopped undecided after 5 rounds" in said
+    with sessions() as session:
+        rows = result_rows(session, list(session.scalars(select(Sweep))), "hf")
+    from whistle_stop.reports.verdict import verdicts
+
+    [line] = [v.line("hf") for v in verdicts(rows, "hf") if "ctx=32" in v.cell]
+    assert "not within ±5% after max_rounds: onnx" in line
+    steady = next(r for r in rows if r["label"] == "onnx[quantize=int8]" and r["context"] == 32)
+    assert steady["rounds"] == 3 and steady["speedup_lo"] == pytest.approx(4.0)
+
+
+def test_rounds_auto_stops_after_three_rounds_when_every_cell_is_decided(tmp_path):
+    store = Store(make_session_factory(str(tmp_path / "farm.db")))
+    executor = RoundWatcher(store, drift={1: 1.0, 2: 1.6, 3: 0.7})
+    asyncio.run(run_sweep(plan("rounds: auto\n"), store, executor, Console(quiet=True)))
+    assert executor.handed == [(1, 6), (2, 6), (3, 6)]
+
+
+def test_a_ratio_interval_is_a_t_interval_on_logs_and_the_verdict_reads_it():
+    from whistle_stop.contract.figures import ratio_interval, verdict
+
+    assert ratio_interval([1.1]) is None  # one round knows nothing of its own noise
+    low, high = ratio_interval([0.9, 1.0, 1.1])
+    assert low < 0.9 < 1.1 < high and low * high == pytest.approx(0.9 * 1.0 * 1.1, rel=0.02)
+    assert verdict((1.03, 1.08), margin=0.02) == "faster"
+    assert verdict((0.90, 0.95), margin=0.02) == "slower"
+    assert verdict((0.99, 1.015), margin=0.02) == "same"
+    assert verdict((0.995, 1.05), margin=0.02) == "unknown"
+    assert verdict(None, margin=0.02) == "unknown"

@@ -1,0 +1,36 @@
+"""A backend of known cost, to calibrate the farm's verdicts (benchmarks/calibration.py).
+
+Each step reads a buffer from memory, as a decode step streams its weights: `megabytes`
+per token, times `1 + slowdown`. A twin with `slowdown: 0.05` is a real 5% slower path
+(5% more bytes read, not a sleep: it suffers the same bandwidth swings as the others),
+so A/A comparisons (twin against control) measure the false-alarm rate and A/B ones the
+detection rate. No model runs: the token ids are the step's index.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from whistle_stop.backends.base import Generation, LoadReport
+from whistle_stop.backends.options import CalibrationOptions
+
+
+class CalibrationBackend:
+    def __init__(
+        self, model_dir: Path, options: CalibrationOptions, threads: int, cache_dir: Path
+    ) -> None:
+        size = int(options.megabytes * (1 + options.slowdown) * 2**20) // 8
+        # float64 ones, touched once: the pages exist before the timed region
+        self.buffer = np.ones(size, dtype=np.float64)
+        self.load_report = LoadReport(extra={"bytes_per_step": self.buffer.nbytes})
+
+    def generate(self, prompt: list[int], new_tokens: int) -> Generation:
+        tokens, times = [], []
+        for index in range(new_tokens):
+            total = self.buffer.sum()  # the step's work: stream the whole buffer once
+            tokens.append(index if total else 0)
+            times.append(time.perf_counter())
+        return Generation(tokens=tokens, token_times=times)
