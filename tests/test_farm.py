@@ -351,6 +351,35 @@ def test_a_worker_lost_in_any_window_of_a_job_costs_its_lease(farm, window, how)
         assert_exactly_one_result_each(farm)
 
 
+@pytest.mark.skipif(not TWO_CPUS, reason="needs a survivor beside the lost worker")
+def test_collect_watching_a_no_wait_sweep_recovers_a_job_lost_at_start_up(farm):
+    """The same guarantee for `farm collect`: a --no-wait sweep whose worker dies while
+    its job's process starts comes back within the lease, under collect's watch."""
+    farm.env = farm_env(FARM_LEASE_S=str(WINDOW_LEASE_S))
+    victim = farm.worker("0", "victim", start=False)
+    victim.env = {**farm.env, "FARM_FAILPOINT": "startup"}
+    victim.start()
+    farm.run(farm.sweep([ok("job", step_s=0.05)]), "--no-wait")
+    wait_for(lambda: "failpoint startup reached" in victim.log_text(), 90, "start-up")
+    farm.worker("1", "survivor")
+    lost_at = time.monotonic()
+    victim.kill9()
+    collected = subprocess.run(
+        [FARM, "collect", "--sweep", "farm", "--broker", farm.redis.url(), "--db", str(farm.db)],
+        capture_output=True,
+        text=True,
+        env=farm.env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    took = time.monotonic() - lost_at
+    assert collected.returncode == 0, collected.stderr
+    assert "lost" in collected.stderr and took < WINDOW_LEASE_S + 6 + 20, collected.stderr
+    assert_exactly_one_result_each(farm)
+    [(job, result)] = farm.jobs()
+    assert result.worker.startswith("survivor@") and len(job.lost_attempts) == 1
+
+
 def test_sigterm_mid_job_finishes_it_and_a_restart_runs_nothing_twice(farm):
     worker = farm.worker("0", "w0")
     submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))

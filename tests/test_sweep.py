@@ -109,7 +109,7 @@ def test_malformed_job_spec_is_rejected(bad):
         ("backends: []", "backends: List should have at least 1 item"),
         (
             "backends: [gpt5-turbo]",
-            "unknown backend 'gpt5-turbo'; known backends: ctranslate2, fault, hf, ",
+            "unknown backend 'gpt5-turbo'; known backends: calibration, ctranslate2, fault, hf, ",
         ),
         (
             "backends: [{name: hf, precision: int8}]",
