@@ -86,8 +86,9 @@ async def _run_round(name, jobs, store, executor, summary, progress, wait) -> No
 async def _more_rounds(plan, store, executor, summary, progress) -> None:
     """rounds: auto (orchestrator/rounds.py): a round more for the cells whose speedup is
     not yet within ±precision, until none is left or max_rounds is spent; it says why."""
-    number = max([plan.rounds, *(spec.round for spec, _ in store.speeds(plan.name))])
-    wide = undecided(store.speeds(plan.name), plan.baseline, plan.precision)
+    speeds = store.speeds(plan.name)
+    number = max([plan.rounds, *(spec.round for spec, _ in speeds)])  # resubmits keep rounds
+    wide = undecided(speeds, plan.baseline, plan.precision)
     while wide and number < plan.max_rounds:
         number += 1
         worst = max(wide.values())

@@ -126,6 +126,27 @@ class Farm:
         assert process.returncode == code, output
         return output
 
+    def collect(self, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`farm collect` of this test's sweep, as a user runs it."""
+        return subprocess.run(
+            [
+                FARM,
+                "collect",
+                "--sweep",
+                "farm",
+                *extra,
+                "--broker",
+                self.redis.url(),
+                "--db",
+                str(self.db),
+            ],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=ROOT,
+            timeout=timeout,
+        )
+
     def jobs(self) -> list[tuple[Job, Result | None]]:
         with Session(create_engine(f"sqlite:///{self.db}")) as session:
             rows = session.execute(select(Job, Result).outerjoin(Result).order_by(Job.id)).all()
@@ -274,23 +295,7 @@ def test_a_frozen_worker_that_wakes_up_late_adds_no_second_result(farm):
     assert submit.returncode == 0, output
     frozen.thaw()
     wait_for(lambda: frozen.log_text().count("succeeded") >= 1, 60, "the frozen job to end")
-    collected = subprocess.run(
-        [
-            FARM,
-            "collect",
-            "--sweep",
-            "farm",
-            "--no-wait",
-            "--broker",
-            farm.redis.url(),
-            "--db",
-            str(farm.db),
-        ],
-        capture_output=True,
-        text=True,
-        env=farm.env,
-        cwd=ROOT,
-    )
+    collected = farm.collect("--no-wait")
     assert collected.returncode == 0, collected.stderr
     assert "stored 0 done and 0 failed" in collected.stderr
     assert_exactly_one_result_each(farm)
@@ -339,14 +344,7 @@ def test_a_worker_lost_in_any_window_of_a_job_costs_its_lease(farm, window, how)
     if how == "SIGSTOP":
         victim.thaw()  # its pause ends, it goes on with the job, and finds it done
         wait_for(lambda: "succeeded in" in victim.log_text(), 60, "the thawed victim's task")
-        collect = [FARM, "collect", "--sweep", "farm", "--no-wait"]
-        collected = subprocess.run(
-            [*collect, "--broker", farm.redis.url(), "--db", str(farm.db)],
-            capture_output=True,
-            text=True,
-            env=farm.env,
-            cwd=ROOT,
-        )
+        collected = farm.collect("--no-wait")
         assert collected.returncode == 0, collected.stderr
         assert_exactly_one_result_each(farm)
 
@@ -364,14 +362,7 @@ def test_collect_watching_a_no_wait_sweep_recovers_a_job_lost_at_start_up(farm):
     farm.worker("1", "survivor")
     lost_at = time.monotonic()
     victim.kill9()
-    collected = subprocess.run(
-        [FARM, "collect", "--sweep", "farm", "--broker", farm.redis.url(), "--db", str(farm.db)],
-        capture_output=True,
-        text=True,
-        env=farm.env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    collected = farm.collect()
     took = time.monotonic() - lost_at
     assert collected.returncode == 0, collected.stderr
     assert "lost" in collected.stderr and took < WINDOW_LEASE_S + 6 + 20, collected.stderr
