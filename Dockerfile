@@ -15,7 +15,7 @@ COPY db db
 COPY contract contract
 COPY executors executors
 COPY cli cli
-COPY kernels kernels
+COPY native native
 COPY reports reports
 COPY whistle_stop whistle_stop
 COPY examples examples

@@ -1,11 +1,11 @@
-"""`native`: whistle-stop's own GPT-2 engine (kernels/gpt2.cc), compiled for this CPU.
+"""`native`: whistle-stop's own GPT-2 engine (native/gpt2.cc), compiled for this CPU.
 
 Weights are block-quantized once per model, bits and block (an artifact of .npy files, read
 into memory at load: anonymous memory gets huge pages, a mapped file's page cache does not;
 mapped, a 4-bit step took 9.0 ms against 7.7 in one comparison here). The KV cache lives in
 the engine, and each prefill or decode step is one call into it: no graph of hundreds of
 ops, no Python between layers. A prompt runs its own kernel, several tokens per weight
-vector loaded (`group_tile` in kernels/gpt2.cc).
+vector loaded (`group_tile` in native/gpt2.cc).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def _check_config(config: ModelConfig) -> None:
 
 
 def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
-    from whistle_stop.kernels.quantize import grouped, quantize_rows
+    from whistle_stop.native.quantize import grouped, quantize_rows
 
     state = _state(model_dir)
     config = ModelConfig.from_dir(model_dir)
@@ -82,7 +82,7 @@ class NativeBackend(StepwiseBackend):
         profile: bool = False,
     ) -> None:
         """`profile`: the engine built to time its phases (benchmarks; jobs never do)."""
-        from whistle_stop.kernels.build import load
+        from whistle_stop.native.build import load
 
         self.config = config = ModelConfig.from_dir(model_dir)
         _check_config(config)
@@ -91,7 +91,7 @@ class NativeBackend(StepwiseBackend):
             "native",
             weights_digest(model_dir, cache_dir),
             {"bits": options.bits, "block_size": options.block_size},  # what shapes the weights
-            source_digest("whistle_stop.backends.native", "whistle_stop.kernels.quantize"),
+            source_digest("whistle_stop.backends.native", "whistle_stop.native.quantize"),
         ]
         artifact = cached_artifact(
             cache_dir, "native", parts, lambda out: _quantize_model(model_dir, options, out)

@@ -117,7 +117,7 @@ class OnnxOptions(BackendOptions):
 
 
 class NativeOptions(BackendOptions):
-    """whistle-stop's own engine (kernels/gpt2.cc): every weight matrix, the LM head
+    """whistle-stop's own engine (native/gpt2.cc): every weight matrix, the LM head
     included, block-quantized to `bits`; activations quantized to int8 per block on the
     fly (`bits: 32`: float32 weights and activations); one call per token runs the whole
     forward pass."""

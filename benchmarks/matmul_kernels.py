@@ -8,7 +8,7 @@ their figure is the kernel's own rate, not DRAM's; the LM head (19-39 MB) stream
 Compare the GB/s with the streaming read the farm measures (`farm show` of any job,
 or `bandwidth` in decode_profile.py): a kernel slower than memory in cache cannot reach
 the bandwidth roofline from DRAM either. The last columns time the native engine's
-matmul (kernels/gpt2.cc, `ws_matmul`: the same bits and block, activations quantized in
+matmul (native/gpt2.cc, `ws_matmul`: the same bits and block, activations quantized in
 the call) on the same shapes, for the same comparison.
 
     .venv/bin/python benchmarks/matmul_kernels.py [--threads 2]
@@ -80,7 +80,7 @@ def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) ->
 
 
 def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
-    from whistle_stop.kernels.quantize import grouped, quantize_rows
+    from whistle_stop.native.quantize import grouped, quantize_rows
 
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((n, k), dtype=np.float32)
@@ -117,7 +117,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from whistle_stop.kernels.build import load
+    from whistle_stop.native.build import load
 
     lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
     pool = lib.ws_pool_create(args.threads)

@@ -1,6 +1,6 @@
 """Where a decode step of the native engine goes: its phases, timed inside the engine.
 
-The engine is built with -DWS_PROFILE (kernels/build.py: a separate build, jobs never use
+The engine is built with -DWS_PROFILE (native/build.py: a separate build, jobs never use
 it), which times each phase of a forward pass on thread 0: the matmuls (thread 0's share,
 GB/s from its share of the bytes), attention, the elementwise work (layer norms,
 quantizing activations, gelu is inside fc) and the barrier waits (the other thread still
@@ -35,7 +35,7 @@ from common import CACHE, gpt2_small, table
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
-from whistle_stop.kernels.build import FLAGS
+from whistle_stop.native.build import FLAGS
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
 PATHS = {  # label: bits, block, KV cache

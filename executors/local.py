@@ -46,6 +46,7 @@ class LocalWorker:
         with open(self.log_path, "ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # not the current directory: a folder there named like a package shadows it
                 "-m",
                 "whistle_stop.worker.local",
                 "--cpus",

@@ -56,7 +56,7 @@ def test_redis_asks_for_a_password_that_is_not_in_the_file():
 
 def test_the_image_copies_every_package_pyproject_installs():
     """`pip install .` in the image finds only what was copied: a package left out of
-    the Dockerfile is a worker that cannot import it (or, for kernels/, compile it)."""
+    the Dockerfile is a worker that cannot import it (or, for native/, compile it)."""
     import re
     import tomllib
 

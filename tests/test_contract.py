@@ -97,13 +97,13 @@ def test_statuses_are_spelled_only_by_the_enum():
 def test_the_source_hash_covers_the_engines_cpp(tmp_path, monkeypatch):
     from whistle_stop.contract import provenance
 
-    (tmp_path / "kernels").mkdir()
-    engine = tmp_path / "kernels" / "gpt2.cc"
+    (tmp_path / "native").mkdir()
+    engine = tmp_path / "native" / "gpt2.cc"
     engine.write_text("int x = 1;")
-    (tmp_path / "kernels" / "notes.txt").write_text("not source")
-    monkeypatch.setattr(provenance, "package_dirs", lambda: {"kernels": tmp_path / "kernels"})
+    (tmp_path / "native" / "notes.txt").write_text("not source")
+    monkeypatch.setattr(provenance, "package_dirs", lambda: {"native": tmp_path / "native"})
     before = provenance.source_hash.__wrapped__()
-    (tmp_path / "kernels" / "notes.txt").write_text("still not source")
+    (tmp_path / "native" / "notes.txt").write_text("still not source")
     assert provenance.source_hash.__wrapped__() == before
     engine.write_text("int x = 2;")
     assert provenance.source_hash.__wrapped__() != before

@@ -29,7 +29,7 @@ FORBIDDEN = {
     ("worker", "db"),
     ("executors", "db"),
     ("backends", "db"),
-    ("kernels", "db"),
+    ("native", "db"),
     # the single writer and the read side hear of jobs through the contract only
     ("orchestrator", "worker"),
     ("reports", "worker"),
@@ -198,4 +198,4 @@ def test_the_wheel_installs_one_top_level_name_with_every_module(tmp_path):
     expected = {module.replace(".", "/") for module in modules()}
     shipped = {name.removesuffix(".py").removesuffix("/__init__") for name in names}
     assert expected - shipped == set()
-    assert "whistle_stop/kernels/gpt2.cc" in names
+    assert "whistle_stop/native/gpt2.cc" in names

@@ -1,4 +1,4 @@
-"""The native engine (kernels/gpt2.cc): its quantization, its matmul, and the whole model
+"""The native engine (native/gpt2.cc): its quantization, its matmul, and the whole model
 against a float32 model that carries the very weights the engine quantized.
 
 Comparing with the dequantized weights separates the two errors: what 4 or 8 bits cost
@@ -18,7 +18,7 @@ import torch
 from tests.conftest import save_tiny_gpt2
 from whistle_stop.backends import registry
 from whistle_stop.backends.nanogpt import load_gpt
-from whistle_stop.kernels.quantize import dequantize_rows, grouped, quantize_rows
+from whistle_stop.native.quantize import dequantize_rows, grouped, quantize_rows
 
 FLOATS = ctypes.POINTER(ctypes.c_float)
 
@@ -31,7 +31,7 @@ def shared_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(shared_cache):
-    from whistle_stop.kernels.build import load
+    from whistle_stop.native.build import load
 
     lib, _ = load(shared_cache)
     return lib

@@ -367,3 +367,27 @@ def _worker_pids(parent: int) -> list[int]:
         if int(fields[1]) == parent:  # the parent's pid follows the state
             children.append(int(stat.parent.name))
     return children
+
+
+@pytest.mark.slow
+def test_a_folder_named_like_a_package_in_the_working_directory_shadows_nothing(
+    tmp_path, tiny_model, db_path, cache_dir, monkeypatch
+):
+    """transformers imports `kernels` (a PyPI package) when it finds one: run from a
+    directory holding a folder of that name (this repository once did), or `torch/`, a
+    worker that put the directory on its path died at import. Workers start with -P."""
+    project = tmp_path / "project"
+    for name in ("kernels", "transformers"):
+        (project / name).mkdir(parents=True)
+        (project / name / "__init__.py").write_text(f"raise ImportError('shadowed {name}')\n")
+    grid = write_sweep(
+        project / "s.yaml",
+        f"name: s\nmodel: {tiny_model}\nbackends: [hf]\ncontext_sizes: [8]\n"
+        "generation_lengths: [4]\nthreads: [1]\nrepeats: 1\nfidelity_tokens: 0\n",
+    )
+    monkeypatch.chdir(project)
+    result = farm(
+        "submit", "--grid", str(grid), "--db", str(db_path), "--cache-dir", str(cache_dir)
+    )
+    assert result.exit_code == 0, result.output
+    assert [job.status for job, _ in rows(db_path)] == ["done"]

@@ -7,7 +7,7 @@ package, so site-packages gains `whistle_stop` and nothing else. The floors, low
 (an import only ever points down; tests/test_imports.py checks it):
 
     contract, artifacts   the typed vocabulary both sides speak; the build-once cache
-    kernels, db           the native engine's sources; the tables and sessions
+    native, db            the native engine's sources; the tables and sessions
     backends              one module per inference path
     worker                pinning, the job runner, measurement (never the database)
     executors             local pool and Celery, one protocol
@@ -20,7 +20,7 @@ package, so site-packages gains `whistle_stop` and nothing else. The floors, low
 # (contract/provenance.py) and the import-graph test all read this one tuple.
 PACKAGES = (
     "contract",
-    "kernels",
+    "native",
     "db",
     "backends",
     "worker",

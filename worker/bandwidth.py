@@ -21,6 +21,7 @@ def measure_in_child(cpus: list[int], cache_dir: Path, *, remeasure: bool = Fals
     """The cached (or, with `remeasure`, fresh) bandwidth of `cpus`. Raises RuntimeError."""
     command = [
         sys.executable,
+        "-P",  # not the current directory: a folder there named like a package would shadow it
         "-m",
         "whistle_stop.worker.bandwidth",
         "--cpus",

@@ -1,4 +1,4 @@
-"""Block quantization of weight rows into the layout kernels/gpt2.cc reads.
+"""Block quantization of weight rows into the layout native/gpt2.cc reads.
 
 A [N, K] matrix is N output rows over K inputs; every `block` consecutive inputs of a row
 share one float32 scale. 8 bits: q = round(w / s) in [-127, 127], s = max|w| / 127.

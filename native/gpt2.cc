@@ -13,7 +13,7 @@
 // 64 inputs, byte j holding input j in its low nibble and input j + 32 in its high one,
 // q in [0, 15], w = (q - 8) * scale. Rows are stored in groups of four (N padded), chunk
 // by chunk: group g's chunk c is rows 4g..4g+3's chunk c, 128 bytes; its scales likewise
-// [N/4][K/block][4] (kernels/quantize.py writes both).
+// [N/4][K/block][4] (native/quantize.py writes both).
 // Activations are quantized per `block` inputs too: int8, one scale and the block's sum
 // (the sum turns sum((q - 8) x) into sum(q x) - 8 sum(x), so unsigned 4-bit values go
 // straight into maddubs). Built with -march=native; AVX2 kernels, a plain loop otherwise;

@@ -1,4 +1,4 @@
-"""Compile kernels/gpt2.cc for this CPU, once per source, compiler and CPU, and load it.
+"""Compile native/gpt2.cc for this CPU, once per source, compiler and CPU, and load it.
 
 The library is built with -march=native on the worker that runs it (the farm's machines
 differ: AVX2 only, AVX-512, AMX), under the artifact cache's build-once lock, so two

@@ -1,1 +1,0 @@
-"""Native kernels whistle-stop compiles for the machine it runs on (kernels/build.py)."""
