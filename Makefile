@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.*
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup quick test test-fast lint benchmark clean engines docs results
+.PHONY: setup quick test test-fast lint clean engines docs results
 
 setup: $(VENV)/.installed
 

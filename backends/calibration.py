@@ -1,4 +1,4 @@
-"""A backend of known cost, to calibrate the farm's verdicts (benchmarks/calibration.py).
+"""A backend of known cost, to calibrate the farm's verdicts (farm bench calibration).
 
 Each step reads a buffer from memory, as a decode step streams its weights: `megabytes`
 per token, times `1 + slowdown`. A twin with `slowdown: 0.05` is a real 5% slower path

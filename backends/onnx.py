@@ -62,7 +62,7 @@ class OnnxBackend(StepwiseBackend):
         # A second session for the prompt, over the same cache: `prefill_int8` (int8 weights
         # multiply matrices faster), and an int8 cache (ONNX Runtime's kernel over it is slow
         # when many queries attend at once: 3-4x its float32 time over one layer's 512-token
-        # prompt, benchmarks/gqa_cache.py), whose prompt runs with a float32 cache that the
+        # prompt, farm bench gqa-cache), whose prompt runs with a float32 cache that the
         # loop then quantizes
         prefill_options, prefill_update = None, {}
         if options.prefill_int8:

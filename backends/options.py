@@ -197,7 +197,7 @@ class OpenVINOOptions(BackendOptions):
 
 class CalibrationOptions(BackendOptions):
     """A step of known cost: read `megabytes` from memory, `slowdown` more of it for a twin
-    that is that much slower for real (benchmarks/calibration.py)."""
+    that is that much slower for real (farm bench calibration)."""
 
     megabytes: float = Field(64.0, gt=0, le=4096)
     slowdown: float = Field(0.0, ge=0, le=10)

@@ -23,6 +23,12 @@ class Format(StrEnum):
     html = "html"
 
 
+class View(StrEnum):  # reports/analyses.py: conclusions over many sweeps
+    noise = "noise"
+    calibration = "calibration"
+    goals = "goals"
+
+
 class CompareFormat(StrEnum):  # a comparison is a table of changes: no HTML page
     table = "table"
     markdown = "markdown"
@@ -147,6 +153,14 @@ def report(
         typer.Option(metavar="COLUMN", help="Sort by this column; -COLUMN for descending."),
     ] = None,
     baseline: BaselineOption = None,
+    view: Annotated[
+        View | None,
+        typer.Option(
+            case_sensitive=False,
+            help="Instead of the rows, a conclusion over the sweeps: noise (noise floor, "
+            "intervals across sweeps), calibration (verdicts on known slowdowns) or goals.",
+        ),
+    ] = None,
     format: FormatOption = Format.table,
     out: Annotated[
         Path | None, typer.Option(help="Write to this file (markdown, csv, json, html).")
@@ -166,6 +180,10 @@ def report(
 
     if out is not None and format is Format.table:
         raise fail("--out writes markdown, csv, json or html: add -f markdown (or csv, ...)")
+    if view and format not in (Format.table, Format.markdown):
+        raise fail(f"--view {view.value} is a markdown text: use -f markdown or the default")
+    if view and (group_by or pivot or columns or sort):
+        raise fail("--view takes the sweeps and filters only, not --group-by, --pivot, ...")
     _check_out(out, db)
     request = ReportRequest(
         sweeps=sweep or [],
@@ -180,6 +198,7 @@ def report(
         columns=_split(columns),
         sort=_split(sort),
         width=console.width,
+        view=view.value if view else None,
     )
     with open_existing(db) as session:
         try:
@@ -268,23 +287,35 @@ def compare_sweeps(
     b: Annotated[str, typer.Argument(help="The sweep after.")],
     *,
     threshold: Annotated[
-        str, typer.Option(help="Smallest speed change that counts, e.g. 5% or 0.05.")
+        str,
+        typer.Option(
+            help="The speed margin, e.g. 5% or 0.05: same when the interval lies inside "
+            "±this, faster or slower when it lies beyond half of it."
+        ),
     ] = "5%",
     fail_above: Annotated[
         str | None,
         typer.Option(
-            help="Exit 1 if a speed regression is worse than this (e.g. 5%), or any "
-            "job got less faithful, newly failed or went missing: a CI gate."
+            help="Exit 1 on a decided speed regression (its whole interval below "
+            "1 - margin/2) that lost more than this (e.g. 5%), or a decided fidelity "
+            "regression, a newly failed or a missing job: a CI gate."
         ),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Exit 1 as --fail-above does (any decided regression, without it), "
+            "and also where a cell's speed or fidelity is unknown: add rounds."
+        ),
+    ] = False,
     allow_missing: Annotated[
         bool, typer.Option(help="With --fail-above: jobs missing from B do not fail the gate.")
     ] = False,
     fidelity_threshold: Annotated[
-        float, typer.Option(help="Top-1 agreement falling by more than this is a regression.")
+        float, typer.Option(help="Top-1 agreement's margin (absolute), as --threshold's.")
     ] = 0.01,
     kl_factor: Annotated[
-        float, typer.Option(help="Mean KL growing more than this many times is a regression.")
+        float, typer.Option(help="Mean KL's margin, a factor: same within 1/this..this.")
     ] = 2.0,
     only_changes: Annotated[
         bool, typer.Option(help="Leave out the metrics that did not change.")
@@ -298,16 +329,16 @@ def compare_sweeps(
     ] = None,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Compare the same jobs in two sweeps, metric by metric: speed with a significance
-    test (Mann-Whitney U on the raw repeats), fidelity by threshold. The last line counts
-    regressions, improvements, unchanged, newly failed and missing jobs."""
+    """Compare the same jobs in two sweeps, figure by figure, each change with its 95%
+    interval (over rounds; over repeats where a sweep ran one round) and a verdict:
+    faster, slower, same or unknown. The last line counts the cells' verdicts."""
     from whistle_stop.reports.query import ReportError
     from whistle_stop.reports.views import comparison, comparison_notes, render_comparison
 
     if out is not None and format is CompareFormat.table:
         raise fail("--out writes markdown, csv or json: add -f markdown (or csv, json)")
     _check_out(out, db)
-    limit = _fraction(fail_above, "--fail-above") if fail_above else None
+    limit = _fraction(fail_above, "--fail-above") if fail_above else (0.0 if strict else None)
     threshold_value = _fraction(threshold)
     if fidelity_threshold < 0 or kl_factor < 1:
         raise fail("--fidelity-threshold is 0 or more and --kl-factor 1 or more")
@@ -343,10 +374,15 @@ def compare_sweeps(
     if limit is None:
         return
     reasons = []
-    if result.worst_regression() > limit:
+    slower = result.speed_regressions(limit)
+    if slower:
+        worst = max(c.loss for c in slower)
         reasons.append(
-            f"a regression of {result.worst_regression():.1%} is above --fail-above {limit:.1%}"
+            f"{len(slower)} decided speed regression(s) above --fail-above {limit:.1%} "
+            f"(worst {worst:.1%})"
         )
+    if strict and result.undecided():
+        reasons.append(f"{len(result.undecided())} unknown verdict(s) (--strict)")
     if result.fidelity_regressions():
         reasons.append(f"{len(result.fidelity_regressions())} fidelity regression(s)")
     if result.newly_failed:

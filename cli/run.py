@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -63,6 +63,13 @@ def submit(
     yes: Annotated[
         bool, typer.Option("--yes", help="Run a grid of more than 10,000 jobs without asking.")
     ] = False,
+    skip_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out the backends whose optional engine is not installed (each "
+            "named) instead of refusing the sweep; embedded workers only."
+        ),
+    ] = False,
     cache_dir: CacheOption = DEFAULT_CACHE,
     quiet: QuietOption = False,
 ) -> None:
@@ -98,7 +105,7 @@ def submit(
         quiet=quiet,
     )
     if not broker:  # the embedded workers run this installation: an engine it lacks fails now
-        _check_extras(plan, grid)
+        request = replace(request, plan=_check_extras(plan, grid, skip_missing))
     if broker and not wait and plan.rounds > 1:
         raise fail(
             f"{grid}: rounds: {plan.rounds} needs a submit that waits (each round "
@@ -146,14 +153,25 @@ class Submission:
     quiet: bool
 
 
-def _check_extras(plan: SweepPlan, grid: Path) -> None:
+def _check_extras(plan: SweepPlan, grid: Path, skip: bool) -> SweepPlan:
+    """The plan if every backend's engine is installed; with `skip`, the plan without the
+    backends whose engine is missing (each said in one line); else one error line."""
     from whistle_stop.backends.registry import MissingDependencyError, check_extra
 
-    try:
-        for name in sorted({job.backend for job in plan.jobs}):
+    missing = {}
+    for name in sorted({job.backend for job in plan.jobs}):
+        try:
             check_extra(name)
-    except MissingDependencyError as error:
-        raise fail(f"{grid}: {error}") from None
+        except MissingDependencyError as error:
+            if not skip:
+                raise fail(f"{grid}: {error} (or --skip-missing)") from None
+            missing[name] = error
+    for name, error in missing.items():
+        errors.print(f"left out {name}: {error}", highlight=False)
+    kept = tuple(job for job in plan.jobs if job.backend not in missing)
+    if not kept:
+        raise fail(f"{grid}: no backend left to run")
+    return replace(plan, jobs=kept)
 
 
 async def _submit(request: Submission):

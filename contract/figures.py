@@ -49,6 +49,36 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
     return math.exp(mean - half), math.exp(mean + half)
 
 
+def ratio_between(
+    before: Sequence[float], after: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """The `confidence` interval of after / before, from independent values of each (one
+    a round): Welch's t interval on the difference of their mean logarithms, mapped back.
+
+    Logs for the reason `ratio_interval` gives; Welch because two sweeps need not be
+    equally noisy (a quiet night against a busy afternoon). None unless each side has two
+    values or more: one run says nothing about how much the next would differ.
+    """
+    xs = [math.log(v) for v in before if v and v > 0 and math.isfinite(v)]
+    ys = [math.log(v) for v in after if v and v > 0 and math.isfinite(v)]
+    if len(xs) < 2 or len(ys) < 2:
+        return None
+    from scipy.stats import t
+
+    difference = sum(ys) / len(ys) - sum(xs) / len(xs)
+    vx, vy = (_variance(v) / len(v) for v in (xs, ys))
+    if vx + vy == 0:  # identical values on both sides: no noise to widen the ratio
+        return math.exp(difference), math.exp(difference)
+    freedom = (vx + vy) ** 2 / (vx**2 / (len(xs) - 1) + vy**2 / (len(ys) - 1))
+    half = t.ppf(0.5 + confidence / 2, freedom) * math.sqrt(vx + vy)
+    return math.exp(difference - half), math.exp(difference + half)
+
+
+def _variance(values: Sequence[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
 def relative_half_width(low: float, high: float) -> float:
     """An interval's half-width relative to its centre on the log scale: 0.04 for ±4%."""
     return math.sqrt(high / low) - 1
@@ -63,7 +93,7 @@ def verdict(interval: tuple[float, float] | None, margin: float) -> str:
     the margin (a difference shown, and big enough to matter); same when it lies wholly
     inside ±margin; unknown otherwise, or with no interval. The half margin keeps an A/A
     pair from being called different on a lucky interval that only just excludes 1
-    (benchmarks/calibration.py measures both error rates)."""
+    (farm bench calibration measures both error rates)."""
     if interval is None:
         return UNKNOWN
     low, high = interval
@@ -74,3 +104,30 @@ def verdict(interval: tuple[float, float] | None, margin: float) -> str:
     if low >= 1 - margin and high <= 1 + margin:
         return SAME
     return UNKNOWN
+
+
+def proportion_difference(
+    before: tuple[float, float, float], after: tuple[float, float, float]
+) -> tuple[float, float]:
+    """The 95% interval of after - before for two proportions, each given as (value, low,
+    high) with its own 95% Wilson interval: Newcombe's hybrid score method (his method
+    10), which stays inside [-1, 1] and behaves at 0 and 1 where a normal interval fails."""
+    (p1, l1, u1), (p2, l2, u2) = before, after
+    difference = p2 - p1
+    low = difference - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)
+    high = difference + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+    return low, high
+
+
+def mean_ratio(
+    before: tuple[float, float, float], after: tuple[float, float, float], z: float = 1.959964
+) -> tuple[float, float] | None:
+    """The 95% interval of after / before for two means, each given as (mean, low, high)
+    with its own normal 95% interval: the delta method on their logs (the standard error of
+    log m is se(m) / m), mapped back. None where a mean is not positive."""
+    (m1, l1, h1), (m2, l2, h2) = before, after
+    if m1 <= 0 or m2 <= 0:
+        return None
+    se1, se2 = (h1 - l1) / (2 * z * m1), (h2 - l2) / (2 * z * m2)
+    centre, half = math.log(m2 / m1), z * math.hypot(se1, se2)
+    return math.exp(centre - half), math.exp(centre + half)

@@ -128,6 +128,8 @@ class Metrics:
     kl_p90: float | None = None
     kl_p99: float | None = None
     kl_max: float | None = None
+    kl_low: float | None = None  # 95% interval of mean_kl (worker/fidelity.py says how)
+    kl_high: float | None = None
     top_prob_diff: float | None = None  # mean |p - p_ref| of the reference's top token
     # the bandwidth roofline (worker/roofline.py)
     weight_bytes_per_token: float | None = None

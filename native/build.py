@@ -62,7 +62,7 @@ def _cpu_flags() -> str:
 def load(cache_dir: Path, profile: bool = False) -> tuple[ctypes.CDLL, dict]:
     """The compiled engine (built here if needed) and how it was built. `profile`: a
     build that times each phase of a forward pass (`ws_profile`), for
-    benchmarks/native_profile.py; jobs never use it."""
+    farm bench native-profile; jobs never use it."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     flags = [*FLAGS, "-DWS_PROFILE"] if profile else FLAGS

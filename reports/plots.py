@@ -2,7 +2,8 @@
 
 Each figure is drawn only when its data exists (two generation lengths for a line,
 fidelity figures for the trade-off plot ...); otherwise it is skipped with a reason.
-Error bars are one standard deviation across the timed repeats.
+Whiskers on decode speed are its 95% interval over rounds (one standard deviation over
+the repeats where a cell ran once); elsewhere one standard deviation over the repeats.
 """
 
 from __future__ import annotations
@@ -117,11 +118,9 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
         here = (context, generation)
         cell = {r["label"]: r for r in rows if (r["context"], r["generation"]) == here}
         values = [cell[name]["decode_tokens_per_s"] if name in cell else 0 for name in labels]
-        errors = [
-            _stdev(_repeat_speeds(samples.get(cell[name]["key"], {}))) if name in cell else 0
-            for name in labels
-        ]
-        bars = axis.barh(labels, values, xerr=errors, capsize=3)
+        below, above = zip(*(_error_bar(cell.get(name), samples) for name in labels), strict=True)
+        bars = axis.barh(labels, values, xerr=[below, above], capsize=3)
+        errors = above
         for bar, label, error in zip(bars, labels, errors, strict=True):
             speedup = cell.get(label, {}).get("speedup")
             note = f"  {speedup:.2f}x" if speedup else ""
@@ -138,10 +137,26 @@ def decode_speed(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | N
     axes.flat[0].set_xlim(0, widest * 1.25 or 1)  # shared: room for the speedup labels
     for axis in list(axes.flat)[len(cells) :]:
         axis.set_visible(False)
-    title = f"Decode speed in every cell (labels: speedup over {baseline}; bars: median job)"
+    title = (
+        f"Decode speed in every cell (labels: speedup over {baseline}; "
+        "whiskers: 95% over rounds, else s.d. over repeats)"
+    )
     figure.suptitle(title)
     figure.tight_layout()
     return _png(figure), title
+
+
+def _error_bar(row: dict | None, samples: Samples) -> tuple[float, float]:
+    """Below and above a bar: its 95% interval over rounds where the cell ran several,
+    else one standard deviation over the repeats of its one job."""
+    if row is None:
+        return 0.0, 0.0
+    low, high = row.get("decode_tokens_per_s_lo"), row.get("decode_tokens_per_s_hi")
+    if low is not None and high is not None:
+        value = row["decode_tokens_per_s"]
+        return max(0.0, value - low), max(0.0, high - value)
+    spread = _stdev(_repeat_speeds(samples.get(row["key"], {})))
+    return spread, spread
 
 
 def _repeat_speeds(raw: dict[str, list]) -> list[float]:

@@ -171,6 +171,8 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
 
 # the interval bounds a pooled row carries (None where a cell has a single round)
 INTERVALS = ("speedup_lo", "speedup_hi", "decode_tokens_per_s_lo", "decode_tokens_per_s_hi")
+# the figures `farm compare` takes round by round (a round is the unit of independent noise)
+ROUND_FIGURES = ("decode_tokens_per_s", "e2e_s", "prefill_ms_p50")
 # figures that are the same in every round (measured in round 1 only) or not timings
 NOT_POOLED = {"repeats", "noisy", "remeasured", "artifact_built", "torch_threads"}
 
@@ -201,6 +203,7 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": 1,
             "speedup_spread": None,
             "round_speedups": [],
+            "round_figures": {name: [first[name]] for name in ROUND_FIGURES if first[name]},
             "speedup_rounds": 1,
             **dict.fromkeys(INTERVALS),  # one round: no interval
         }
@@ -220,6 +223,9 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     row["noisy"] = any(r["noisy"] for r in done)
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
     row["round_speedups"] = speedups
+    row["round_figures"] = {
+        name: [r[name] for r in done if r[name] is not None] for name in ROUND_FIGURES
+    }
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
     row["speedup_spread"] = (

@@ -15,11 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whistle_stop.artifacts import write_atomically
+from whistle_stop.contract.figures import FASTER, SAME, SLOWER, UNKNOWN
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Job, Sweep
 from whistle_stop.reports import plots, render
+from whistle_stop.reports.analyses import VIEWS
 from whistle_stop.reports.columns import BY_NAME, COLUMNS, Column, resolve
-from whistle_stop.reports.compare import Change, Comparison, compare
+from whistle_stop.reports.compare import BETTER, WORSE, Change, Comparison, compare
 from whistle_stop.reports.query import (
     EMPTY_ROW_KEYS,
     ReportError,
@@ -51,6 +53,7 @@ class ReportRequest:
     columns: list[str] = field(default_factory=list)
     sort: list[str] = field(default_factory=list)
     width: int = 80
+    view: str | None = None  # one of reports.analyses.VIEWS: a conclusion over the sweeps
 
 
 def report(
@@ -81,6 +84,12 @@ def report(
         notes.print(
             "no jobs match; drop a filter (--backend, --host, --where) to see more", highlight=False
         )
+    if request.view:
+        text = VIEWS[request.view](rows, [s.name for s in sweeps], baseline)
+        if request.fmt == "table":
+            console.print(text, highlight=False, markup=False, soft_wrap=True)
+            return None
+        return text
     if request.fmt == "html":
         figures = draw(session, sweeps, rows, baseline)
         images = {name: (caption, png) for name, (png, caption) in figures.items() if png}
@@ -311,11 +320,10 @@ def render_comparison(
     width: int = 80,
 ) -> str | Table:
     """The comparison in one format; changes first by backend, cell, metric (a fixed order)."""
-    changes = [c for c in result.changes if c.verdict != "same" or not only_changes]
-    headings = ["backend", "cell", "metric", a, b, "ratio", "p", "verdict"]
+    changes = [c for c in result.changes if c.verdict != SAME or not only_changes]
+    headings = ["backend", "cell", "metric", a, b, "change", "95% interval", "over", "verdict"]
 
     def line(change: Change, short: bool = False) -> list[str]:
-        p_text = "-" if change.p_value is None else f"{change.p_value:.3f}"
         metric = (
             BY_NAME[change.metric].heading
             if short and change.metric in BY_NAME
@@ -328,8 +336,9 @@ def render_comparison(
             metric,
             f"{change.before:.4g}",
             f"{change.after:.4g}",
-            f"{change.ratio:.3f}",
-            p_text,
+            _change_text(change),
+            _interval_text(change),
+            change.basis,
             change.verdict,
         ]
 
@@ -338,24 +347,21 @@ def render_comparison(
             {
                 "a": a,
                 "b": b,
+                "margin": threshold,
                 "summary": result.summary(),
                 "changes": [
-                    dict(
-                        zip(
-                            headings[:3] + ["before", "after", "ratio", "p", "verdict"],
-                            [
-                                c.label,
-                                c.cell,
-                                c.metric,
-                                c.before,
-                                c.after,
-                                c.ratio,
-                                c.p_value,
-                                c.verdict,
-                            ],
-                            strict=True,
-                        )
-                    )
+                    {
+                        "backend": c.label,
+                        "cell": c.cell,
+                        "metric": c.metric,
+                        "before": c.before,
+                        "after": c.after,
+                        "change": c.ratio,  # after / before; top-1: after - before
+                        "low": c.low,
+                        "high": c.high,
+                        "basis": c.basis,
+                        "verdict": c.verdict,
+                    }
                     for c in changes
                 ],
                 "newly_failed": result.newly_failed,
@@ -377,15 +383,28 @@ def render_comparison(
             + f"\n{result.summary()}\n"
             + (f"\n{notes}" if notes else "")
         )
-    title = f"{a} -> {b} (threshold {threshold:.0%}, Mann-Whitney U, alpha 0.05)"
-    styles = {
-        i: {"regression": "red", "improvement": "green"}.get(c.verdict)
-        for i, c in enumerate(changes)
-    }
+    title = f"{a} -> {b} (95% intervals; same: inside ±{threshold:.0%})"
+    colours = {SLOWER: "red", WORSE: "red", FASTER: "green", BETTER: "green", UNKNOWN: "yellow"}
+    styles = {i: colours.get(c.verdict) for i, c in enumerate(changes)}
     headings[1] = "ctx/gen/thr"
+    del headings[7]  # the basis: at 80 columns it is a note line instead (comparison_notes)
     columns = [Column(h, h, "{}", 0) for h in headings]
-    body = [line(c, short=True) for c in changes]
+    body = [line(c, short=True)[:7] + [c.verdict] for c in changes]
     return render.to_table(title, columns, body, styles, width=width)
+
+
+def _change_text(change: Change) -> str:
+    if change.metric == "top1_agreement":
+        return f"{change.ratio:+.3f}"
+    return f"{change.ratio:.3f}x"
+
+
+def _interval_text(change: Change) -> str:
+    if change.low is None or change.high is None:
+        return "-"
+    if change.metric == "top1_agreement":
+        return f"{change.low:+.3f}..{change.high:+.3f}"
+    return f"{change.low:.3f}-{change.high:.3f}"
 
 
 def comparison_notes(result: Comparison, a: str, b: str) -> list[str]:
@@ -393,4 +412,10 @@ def comparison_notes(result: Comparison, a: str, b: str) -> list[str]:
     notes += [f"missing in {b} (only in {a}): {name}" for name in result.only_in_a]
     notes += [f"only in {b}: {name}" for name in result.only_in_b]
     notes += [f"not compared: {name}" for name in result.not_compared]
+    lone = sorted({c.basis for c in result.changes if c.basis.endswith("repeats")})
+    if lone:
+        notes.append(
+            f"speed intervals over {', '.join(lone)}: a sweep ran these cells in one round, "
+            "so the drift between runs is not in them (rounds: 2 or more measure it)"
+        )
     return notes

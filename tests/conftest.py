@@ -7,23 +7,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-# Worker processes started by tests import the project from this checkout.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+from whistle_stop.bench.harness import save_tiny_gpt2
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-
-
-def save_tiny_gpt2(directory: Path, *, seed: int = 0, n_positions: int = 128, **overrides) -> Path:
-    """A GPT-2 of a few thousand parameters, written with save_pretrained (safetensors)."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    config = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=n_positions)
-    config.update(overrides)
-    config.update(bos_token_id=config["vocab_size"] - 1, eos_token_id=config["vocab_size"] - 1)
-    torch.manual_seed(seed)
-    GPT2LMHeadModel(GPT2Config(**config)).eval().save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="session")

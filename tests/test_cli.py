@@ -23,6 +23,7 @@ COMMANDS = [
     "plot",
     "compare",
     "bandwidth",
+    "bench",
 ]
 
 

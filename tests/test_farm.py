@@ -17,9 +17,11 @@ import pytest
 from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
-from tests.farm_harness import FARM, ROOT, FarmWorker, RedisServer, farm_env, wait_for
+from whistle_stop.bench.harness import FARM, FarmWorker, RedisServer, farm_env, wait_for
 from whistle_stop.db.models import Job, Result
 from whistle_stop.worker import failpoints
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: examples/ and cwd
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 FAULT = "fault"  # tests/plugin, installed as an entry point

@@ -95,7 +95,7 @@ def test_no_import_points_up_or_crosses_a_boundary():
 
 def test_nothing_imports_a_folder_by_its_bare_name():
     """A checkout puts `db/` on sys.path too: `import db` would work here and nowhere
-    else. Every import in the tree (tests and benchmarks too) goes through whistle_stop."""
+    else. Every import in the tree (tests and bench too) goes through whistle_stop."""
     bare = set(whistle_stop.PACKAGES) | {"artifacts"}
     found = []
     for path in ROOT.rglob("*.py"):
@@ -199,3 +199,23 @@ def test_the_wheel_installs_one_top_level_name_with_every_module(tmp_path):
     shipped = {name.removesuffix(".py").removesuffix("/__init__") for name in names}
     assert expected - shipped == set()
     assert "whistle_stop/native/gpt2.cc" in names
+
+
+def test_only_tests_import_tests():
+    """Benchmarks and the package start real parts from whistle_stop.bench.harness, never
+    from tests/: an installed farm has no tests/ to import."""
+    found = []
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT).parts
+        if parts[0] in ("tests", "build") or any(part.startswith(".") for part in parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "tests":
+                found.append(f"{path.relative_to(ROOT)}: {node.module}")
+            if isinstance(node, ast.Import):
+                found += [
+                    f"{path.relative_to(ROOT)}: {alias.name}"
+                    for alias in node.names
+                    if alias.name.split(".")[0] == "tests"
+                ]
+    assert found == []

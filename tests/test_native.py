@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import save_tiny_gpt2
 from whistle_stop.backends import registry
 from whistle_stop.backends.nanogpt import load_gpt
+from whistle_stop.bench.harness import save_tiny_gpt2
 from whistle_stop.native.quantize import dequantize_rows, grouped, quantize_rows
 
 FLOATS = ctypes.POINTER(ctypes.c_float)

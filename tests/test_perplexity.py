@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import save_tiny_gpt2
 from whistle_stop.backends import registry
+from whistle_stop.bench.harness import save_tiny_gpt2
 from whistle_stop.worker.perplexity import perplexity, token_ids
 
 TEXT = (

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from whistle_stop.bench.harness import made_up_result
 from whistle_stop.cli import app
 from whistle_stop.contract.events import outcome
 from whistle_stop.contract.payload import ResultPayload
@@ -19,21 +20,6 @@ from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import parse_sweep
 
 runner = CliRunner()
-ENVIRONMENT = {
-    "fingerprint": "f1",
-    "hostname": "box",
-    "cpu_model": "cpu",
-    "cpu_features": ["avx2"],
-    "logical_cores": 2,
-    "physical_cores": 2,
-    "memory_bytes": 1,
-    "os": "linux",
-    "kernel": "6",
-    "container": False,
-    "python": "3.11",
-    "versions": {},
-    "git_revision": None,
-}
 SPEED = {"hf": 25.0, "onnx": 50.0, "onnx[quantize=int8]": 100.0}
 AGREEMENT = {"hf": 1.0, "onnx": 1.0, "onnx[quantize=int8]": 0.95}
 
@@ -42,51 +28,14 @@ def payload(
     label: str, context: int, generation: int, slowdown: float = 1.0, failed: bool = False
 ) -> ResultPayload:
     """A result whose figures follow from SPEED: decode steps of 1/speed seconds, 5 repeats."""
-    if failed:
-        return ResultPayload.failed("w", "Traceback ...\nRuntimeError: boom")
-    step = slowdown / SPEED[label]
-    prefill = 0.001 * context * slowdown
-    e2e = [prefill + step * (generation - 1) * (1 + 0.001 * i) for i in range(5)]
-    metrics = {
-        "repeats": 5,
-        "prefill_ms": 1e3 * prefill,
-        "prefill_ms_p50": 1e3 * prefill,
-        "decode_ms": 1e3 * step,
-        "decode_ms_p50": 1e3 * step,
-        "decode_ms_p90": 1e3 * step,
-        "decode_ms_p99": 1e3 * step,
-        "decode_tokens_per_s": 1 / step,
-        "e2e_s": sum(e2e) / 5,
-        "e2e_s_p50": e2e[2],
-        "e2e_s_p90": e2e[4],
-        "e2e_s_stdev": 0.001,
-        "cv": 0.01,
-        "noisy": False,
-        "timer_gap": 0.0,
-        "materialize_s": 0.1,
-        "load_s": 1.0,
-        "rss_peak_bytes": 1,
-        "model_rss_bytes": 1,
-        "torch_threads": 2,
-        "top1_agreement": AGREEMENT[label],
-        "mean_kl": 1e-3,
-        "roofline_fraction": 0.5 / SPEED["hf"] * SPEED[label] / 4,
-        "load_extra": {},
-    }
-    samples = {
-        "prefill_s": [prefill * (1 + 0.01 * i) for i in range(5)],
-        "e2e_s": e2e,
-        "decode_steps_s": [[step * (1 + 0.002 * i)] * (generation - 1) for i in range(5)],
-    }
-    metrics |= {"samples": samples, "tokens": [1] * generation, "pinning_violations": []}
-    return ResultPayload.from_dict(
-        {
-            "status": "done",
-            "worker": "w@box",
-            "cpus": "0-1",
-            "environment": ENVIRONMENT,
-            "metrics": metrics,
-        }
+    return made_up_result(
+        SPEED[label],
+        context,
+        generation,
+        slowdown=slowdown,
+        agreement=AGREEMENT[label],
+        roofline=0.5 / SPEED["hf"] * SPEED[label] / 4,
+        failed=failed,
     )
 
 
@@ -224,7 +173,7 @@ def test_compare_flags_a_planted_regression_and_passes_an_identical_pair(db):
         app, ["compare", "base", "same", "--db", str(db), "--fail-above", "5%"]
     )
     assert identical.exit_code == 0, identical.output
-    assert "0 regressions" in identical.stderr and " regression " not in identical.stdout
+    assert "0 slower" in identical.stderr and " slower " not in identical.stdout
     assert (
         "not compared: onnx ctx=32 gen=16 threads=2 (base: failed, same: done)" in identical.output
     )
@@ -232,8 +181,16 @@ def test_compare_flags_a_planted_regression_and_passes_an_identical_pair(db):
         app, ["compare", "base", "slower", "--db", str(db), "--fail-above", "5%"]
     )
     assert slower.exit_code == 1
-    assert "regression" in slower.output and "above --fail-above 5.0%" in slower.output
-    assert "onnx[quantize=int8]" in slower.output
+    assert "12 decided speed regression(s) above --fail-above 5.0% (worst 20.0%)" in slower.output
+    assert "onnx[quant" in slower.output and "slower" in slower.stdout
+    # a slowdown smaller than the limit is decided but does not fail the gate
+    assert "error" not in _compare_gate(db, "base", "slower", "25%")
+
+
+def _compare_gate(db, a: str, b: str, limit: str) -> str:
+    result = runner.invoke(app, ["compare", a, b, "--db", str(db), "--fail-above", limit])
+    assert result.exit_code == 0, result.output
+    return result.stderr
 
 
 def test_sweeps_and_show(db):
@@ -243,3 +200,77 @@ def test_sweeps_and_show(db):
     shown = json.loads(farm("show", key[:8], "--db", str(db)))
     assert shown["key"] == key and shown["spec"]["backend"] and "samples" in shown
     assert shown["environment"]["hostname"] == "box"
+
+
+def test_compare_says_unknown_where_rounds_disagree_and_strict_gates_on_it(tmp_path):
+    """Three rounds a side: a steady 20% slowdown is decided, rounds that scatter by ±15%
+    around no change are unknown, and --strict fails on that where --fail-above does not."""
+    db = tmp_path / "r.db"
+    text = SWEEP.replace("context_sizes: [32, 128]", "context_sizes: [32]") + "rounds: 3\n"
+    scatter = {1: 1.0, 2: 1.15, 3: 0.87}
+    for name, factor in (("before", lambda r: 1.0), ("steady", lambda r: 1.2)) + (
+        ("scattered", scatter.get),
+    ):
+        farm_store = Store(make_session_factory(str(db)))
+        for job in farm_store.record_sweep(parse_sweep(text, origin="s", default_name=name)).to_run:
+            spec = job.spec
+            slowdown = factor(spec["round"]) if spec["label"] == "onnx" else 1.0
+            result = payload(spec["label"], spec["context"], spec["generation"], slowdown)
+            farm_store.apply(outcome(job.id, result))
+
+    def changes(b: str) -> dict:
+        found = runner.invoke(app, ["compare", "before", b, "--db", str(db), "-f", "json"])
+        rows = json.loads(found.stdout)["changes"]
+        return {(c["backend"], c["cell"], c["metric"]): c for c in rows}
+
+    steady = changes("steady")[("onnx", "ctx=32 gen=16 threads=2", "decode_tokens_per_s")]
+    assert steady["verdict"] == "slower" and steady["basis"] == "3+3 rounds"
+    assert steady["high"] < 0.95
+    scattered = changes("scattered")
+    assert scattered[("onnx", "ctx=32 gen=16 threads=2", "decode_tokens_per_s")]["verdict"] == (
+        "unknown"
+    )
+    assert scattered[("onnx", "ctx=32 gen=16 threads=2", "speedup")]["verdict"] == "unknown"
+    assert scattered[("hf", "ctx=32 gen=16 threads=2", "decode_tokens_per_s")]["verdict"] == "same"
+    gate = ["compare", "before", "scattered", "--db", str(db), "--fail-above", "5%"]
+    assert runner.invoke(app, gate).exit_code == 0
+    strict = runner.invoke(app, [*gate, "--strict"])
+    assert strict.exit_code == 1 and "unknown verdict(s) (--strict)" in strict.stderr
+
+
+def test_the_noise_view_reads_the_floor_and_the_fastest_paths_intervals(tmp_path):
+    db = tmp_path / "n.db"
+    text = SWEEP.replace("context_sizes: [32, 128]", "context_sizes: [32]")
+    for name in ("nf1", "nf2"):
+        farm_store = Store(make_session_factory(str(db)))
+        plan = parse_sweep(text + "rounds: 3\ncontrol: true\n", origin="s", default_name=name)
+        for job in farm_store.record_sweep(plan).to_run:
+            spec = job.spec
+            label = "hf" if spec["label"] == "hf-control" else spec["label"]
+            slowdown = {1: 1.0, 2: 1.02, 3: 0.99}[spec["round"]]
+            result = payload(label, spec["context"], spec["generation"], slowdown)
+            farm_store.apply(outcome(job.id, result))
+    shown = farm("report", "--view", "noise", "--all", "--db", str(db))
+    assert "hf-control / hf (the noise floor)" in shown
+    assert "speedup of onnx[quantize=int8] over hf (the fastest path)" in shown
+    assert "| 32/16/2 | 4.000 | 4.000 | 0.0% |" in shown
+    assert "onnx[quantize=int8]: 95% interval" in shown and "(3 r) | yes |" in shown
+
+
+def test_the_calibration_view_counts_false_alarms_and_detections():
+    from whistle_stop.reports.analyses import calibration
+
+    def row(label, ratios):
+        return {"label": label, "status": "done", "round_speedups": ratios, "rounds": 4}
+
+    rows = [
+        row("twin", [1.0, 1.01, 0.99, 1.0]),
+        row("twin", [1.05, 1.06, 1.04, 1.05]),  # a false alarm: "faster" on an A/A pair
+        row("slower-5", [0.95, 0.96, 0.94, 0.95]),
+        row("slower-10", [0.9, 1.1, 0.8, 1.0]),  # too noisy to call
+    ]
+    text = calibration(rows, ["c"], "control")
+    assert "| twin | 2 | faster 1, same 1 | false alarms 1/2 | wrong direction 0 |" in text
+    assert "| slower-5 | 1 | slower 1 | detected 1/1 |" in text
+    assert "| slower-10 | 1 | unknown 1 | detected 0/1 |" in text
+    assert "rounds spent: 4 rounds: 4 cells" in text

@@ -4,6 +4,7 @@ overlapping; reports pool the rounds and take speedups within each round."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from dataclasses import replace
 
@@ -231,3 +232,48 @@ def test_a_ratio_interval_is_a_t_interval_on_logs_and_the_verdict_reads_it():
     assert verdict((0.99, 1.015), margin=0.02) == "same"
     assert verdict((0.995, 1.05), margin=0.02) == "unknown"
     assert verdict(None, margin=0.02) == "unknown"
+
+
+def test_two_sweeps_ratio_is_welchs_interval_on_logs():
+
+    from scipy import stats
+
+    from whistle_stop.contract.figures import ratio_between
+
+    before, after = [10.0, 11.0, 10.5, 9.8], [12.0, 12.5, 13.1]
+    low, high = ratio_between(before, after)
+    logs = [math.log(v) for v in before], [math.log(v) for v in after]
+    welch = stats.ttest_ind(logs[1], logs[0], equal_var=False).confidence_interval(0.95)
+    assert (low, high) == pytest.approx((math.exp(welch.low), math.exp(welch.high)))
+    assert ratio_between([10.0], after) is None  # one value says nothing of its noise
+    assert ratio_between([2.0, 2.0], [3.0, 3.0]) == pytest.approx((1.5, 1.5))
+
+
+def test_newcombes_interval_and_a_ratio_of_means():
+    from whistle_stop.contract.figures import mean_ratio, proportion_difference
+    from whistle_stop.worker.fidelity import wilson
+
+    # Newcombe (1998), table II, example (a): 56/70 against 48/80, method 10
+    first, second = (56 / 70, *wilson(56, 70)), (48 / 80, *wilson(48, 80))
+    low, high = proportion_difference(second, first)
+    assert (low, high) == pytest.approx((0.0524, 0.3339), abs=5e-4)
+    assert mean_ratio((1.0, 0.9, 1.1), (2.0, 1.8, 2.2)) == pytest.approx(
+        (
+            2 * math.exp(-1.959964 * math.hypot(0.1 / 1.959964, 0.1 / 1.959964)),
+            2 * math.exp(1.959964 * math.hypot(0.1 / 1.959964, 0.1 / 1.959964)),
+        ),
+    )
+
+
+def test_the_kl_interval_widens_when_a_prompts_positions_move_together():
+    import numpy as np
+
+    from whistle_stop.worker.fidelity import mean_standard_error
+
+    rng = np.random.default_rng(0)
+    independent = [rng.normal(1.0, 0.1, 64) for _ in range(4)]
+    together = [np.full(64, level) + rng.normal(0, 0.01, 64) for level in (0.8, 0.9, 1.1, 1.2)]
+    plain = max(g.std(ddof=1) for g in independent) / 16
+    assert mean_standard_error(independent) == pytest.approx(plain, rel=0.3)
+    spread = np.concatenate(together).std(ddof=1) / 16
+    assert mean_standard_error(together) > 5 * spread  # four prompts, not 256 positions

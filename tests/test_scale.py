@@ -1,20 +1,23 @@
 """500 no-op jobs through the real Celery path (submit -> Redis -> 4 workers -> the result
 stream -> the store): every one stored once, nothing left behind in Redis. The figures
-(throughput, overhead) are benchmarks/farm_scale.py's job; this checks correctness at
+(throughput, overhead) are farm bench farm-scale's job; this checks correctness at
 a size where batching, pipelining and coalescing all take part."""
 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.farm_harness import FARM, ROOT, RedisServer, farm_env, noop_workers
+from whistle_stop.bench.harness import FARM, RedisServer, farm_env, noop_workers
 from whistle_stop.contract.queue import RESULTS_GROUP, results_stream
 from whistle_stop.db.models import Job, Result
 from whistle_stop.db.session import make_session_factory
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: examples/ and cwd
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, inspect, select, text
 
-from tests.test_report import ENVIRONMENT, payload
+from tests.test_report import payload
+from whistle_stop.bench.harness import ENVIRONMENT
 from whistle_stop.contract.events import Failed, Finished, Queued, Started
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Environment, Job, Result
@@ -17,6 +19,8 @@ from whistle_stop.db.session import make_engine, make_session_factory, upgrade_s
 from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import parse_sweep
 from whistle_stop.reports.query import find_sweep, status_counts
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: examples/ and cwd
 
 SWEEP = "backends: [hf, nanogpt]\ncontext_sizes: [32]\ngeneration_lengths: [16]\n"
 
@@ -108,7 +112,7 @@ def test_environment_fixture_matches_the_contract():
 def test_two_submits_and_a_report_at_once_on_postgresql(pg_url, tmp_path, tiny_model):
     """Two `farm submit` processes write different sweeps to one database while
     `farm report` reads it, again and again: all succeed, and every job has its result."""
-    from tests.farm_harness import FARM, ROOT, farm_env
+    from whistle_stop.bench.harness import FARM, farm_env
 
     procs, logs = [], {}
     for name in ("left", "right"):

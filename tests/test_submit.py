@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select
@@ -13,6 +14,8 @@ from typer.testing import CliRunner
 
 from whistle_stop.cli import app
 from whistle_stop.db.models import Environment, Job, Result, Sweep
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: examples/ and cwd
 
 runner = CliRunner()
 FAULT = "fault"  # tests/plugin, installed as an entry point
@@ -224,7 +227,7 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
     import subprocess
     import time
 
-    from tests.farm_harness import FARM, ROOT, farm_env, wait_for
+    from whistle_stop.bench.harness import FARM, farm_env, wait_for
 
     backends = f"  - name: {FAULT}\n    mode: ok\n    step_s: 0.4\n"
     grid = write_sweep(

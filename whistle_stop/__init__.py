@@ -13,6 +13,8 @@ package, so site-packages gains `whistle_stop` and nothing else. The floors, low
     executors             local pool and Celery, one protocol
     orchestrator          plan, dispatch, store: the single writer
     reports               the read side, opening the store read-only
+    bench                 `farm bench NAME`: benchmarks that print figures, and the real
+                          parts (redis-server, workers) they and the tests start
     cli                   `farm`, thin commands over the floors below
 """
 
@@ -27,5 +29,6 @@ PACKAGES = (
     "executors",
     "orchestrator",
     "reports",
+    "bench",
     "cli",
 )

@@ -77,6 +77,7 @@ def compare(
         positions += count
     kl, agree = np.concatenate(kls), np.concatenate(matches)
     low, high = wilson(int(agree.sum()), positions)
+    kl_half = Z95 * mean_standard_error(kls)
     divergence = next(
         (i for i, (a, b) in enumerate(zip(ref_tokens, tokens, strict=False)) if a != b),
         min(len(ref_tokens), len(tokens)),
@@ -90,6 +91,8 @@ def compare(
         "kl_p90": float(np.percentile(kl, 90)),
         "kl_p99": float(np.percentile(kl, 99)),
         "kl_max": float(kl.max()),
+        "kl_low": max(0.0, float(kl.mean()) - kl_half),
+        "kl_high": float(kl.mean()) + kl_half,
         "top_prob_diff": float(np.concatenate(top_diffs).mean()),
         "max_logit_diff": logit_diff,
         "first_divergence": int(divergence),
@@ -107,6 +110,24 @@ def wilson(successes: int, trials: int) -> tuple[float, float]:
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_standard_error(groups: list[np.ndarray]) -> float:
+    """The standard error of the mean of every value in `groups` (one group a prompt),
+    the larger of two estimates: positions taken as independent, and the cluster-robust
+    one (the spread of the prompts' summed deviations), which allows for positions of one
+    prompt moving together. With a handful of prompts the second is itself noisy, so
+    neither alone: the larger is the cautious choice."""
+    values = np.concatenate(groups)
+    count = len(values)
+    if count < 2:
+        return math.nan
+    independent = values.std(ddof=1) / math.sqrt(count)
+    mean = values.mean()
+    clustered = math.sqrt(sum(float((g - mean).sum()) ** 2 for g in groups)) / count
+    if len(groups) > 1:  # the small-sample correction of the cluster-robust estimate
+        clustered *= math.sqrt(len(groups) / (len(groups) - 1))
+    return max(float(independent), clustered)
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:

@@ -183,6 +183,8 @@ def _reference_itself(job: JobSpec) -> dict[str, Any]:
         "kl_p90": 0.0,
         "kl_p99": 0.0,
         "kl_max": 0.0,
+        "kl_low": 0.0,
+        "kl_high": 0.0,
         "top_prob_diff": 0.0,
         "max_logit_diff": 0.0,
         "first_divergence": job.generation,

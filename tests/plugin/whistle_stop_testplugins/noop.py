@@ -1,6 +1,6 @@
 """A backend that does no inference: it waits `step_s` per token and reports plausible
 timestamps. It imports no torch, so the farm's own costs (queue, workers, result
-stream, store) can be measured without the model's (benchmarks/farm_scale.py).
+stream, store) can be measured without the model's (farm bench farm-scale).
 
 Used in sweeps as ``name: noop`` (an entry point of this package).
 """

@@ -7,8 +7,8 @@ context, with the cache float32 and int8 (static PER_CHANNEL steps, as export
 calibrates them). Median of --repeats runs after warm-ups, one session per case, pinned
 to the threads given.
 
-    .venv/bin/python benchmarks/gqa_cache.py
-    .venv/bin/python benchmarks/gqa_cache.py --prompt 128 --threads 1
+    farm bench gqa-cache
+    farm bench gqa-cache --prompt 128 --threads 1
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import time
 
 import numpy as np
 import onnxruntime as ort
-from common import one_node_model, table
 from onnx import TensorProto, helper
+
+from whistle_stop.bench.common import one_node_model, table
 
 HEADS, HEAD_SIZE, CAPACITY = 12, 64, 1024
 
@@ -102,14 +103,14 @@ def time_case(int8: bool, cached: int, new: int, threads: int, repeats: int) -> 
     return 1e3 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--prompt", type=int, default=512, help="prompt tokens")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     rows = []
     for what, cached, new in (("prompt", 0, args.prompt), ("decode step", args.prompt, 1)):
         float_ms, int8_ms = (
@@ -128,7 +129,3 @@ def main() -> None:
         f"threads, onnxruntime {ort.__version__}, median ms of {args.repeats}:"
     )
     print(table(["case", "float32 cache", "int8 cache", "int8/float"], rows))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
-"""Run job specs on a pinned local worker process, as the farm does, and print tables."""
+"""What the benchmarks share: sweep files cut to size and submitted through the real
+`farm`, job specs run on a pinned worker process as the farm runs them, and tables
+printed through the report's renderer."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import time
@@ -10,15 +11,20 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from whistle_stop.contract.cpus import available_cpus, parse_cpu_list  # noqa: E402
-from whistle_stop.executors.local import LocalWorker  # noqa: E402
-from whistle_stop.orchestrator.sweep import backend_label, parse_sweep  # noqa: E402
-from whistle_stop.worker.measure import Repeat  # noqa: E402
+from whistle_stop.orchestrator.sweep import backend_label
+from whistle_stop.worker.measure import Repeat
 
 CACHE = Path("~/.cache/whistle-stop").expanduser()
+CHECKOUT = Path(__file__).resolve().parent.parent  # where examples/ is, run from a checkout
+
+
+def example(name: str) -> Path:
+    """examples/NAME from the working directory, else from the checkout this runs from:
+    the benchmarks read their variants from the sweep files users run."""
+    for folder in (Path("examples"), CHECKOUT / "examples"):
+        if (folder / name).is_file():
+            return folder / name
+    raise SystemExit(f"examples/{name} not found: run from a checkout of whistle-stop")
 
 
 def edited_grid(
@@ -41,11 +47,35 @@ def edited_grid(
     return data | updates
 
 
+def variants(labels: str | None, default: list[str], grid: Path | None = None):
+    """label -> (backend, options) of these comma-separated labels (else `default`) as the
+    farm reads them from a sweep file (examples/engines.yaml unless `grid`): the one table
+    of variants; a label the file lacks is refused, naming the known ones."""
+    from whistle_stop.orchestrator.sweep import load_sweep
+
+    source = grid or example("engines.yaml")
+    known = {
+        job.label: (job.backend, dict(job.options))
+        for job in load_sweep(source, max_jobs=None).jobs
+    }
+    wanted = labels.split(",") if labels else default
+    unknown = [label for label in wanted if label not in known]
+    if unknown:
+        raise SystemExit(
+            f"error: not labels of {source}: {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    return {label: known[label] for label in wanted}
+
+
 def farm(*args: str) -> None:
-    """The `farm` command of this checkout (not whichever one is installed), as a user
-    runs it; its exit status is the sweep's business, not the benchmark's."""
-    main = "import sys; from whistle_stop.cli import main; sys.argv[0] = 'farm'; main()"
-    subprocess.run([sys.executable, "-c", main, *args], check=False, cwd=ROOT)
+    """The `farm` command beside this Python, as a user runs it; its exit status is the
+    sweep's business, not the benchmark's."""
+    subprocess.run([str(Path(sys.executable).with_name("farm")), *args], check=False)
+
+
+def view(name: str, db: Path, *more: str) -> None:
+    """`farm report --view NAME` over every sweep in `db`: what the benchmark concluded."""
+    farm("report", "--view", name, "--all", "--db", str(db), *more)
 
 
 def submit(data: dict, directory: Path, db: Path) -> Path:
@@ -54,31 +84,6 @@ def submit(data: dict, directory: Path, db: Path) -> Path:
     grid.write_text(yaml.safe_dump(data, sort_keys=False))
     farm("submit", "--grid", str(grid), "--db", str(db), "-q")
     return grid
-
-
-def jobs_from_yaml(text: str):
-    return parse_sweep(text, origin="benchmark", default_name="benchmark").jobs
-
-
-def run(specs: list[dict], cpus: str | None = None, progress: bool = True) -> list[dict]:
-    """Each spec in a fresh process pinned to `cpus` (default: all), one after another."""
-    cpu_set = parse_cpu_list(cpus) if cpus else available_cpus()
-
-    async def main() -> list[dict]:
-        worker = LocalWorker("bench", cpu_set, CACHE, CACHE / "logs")
-        payloads = []
-        for index, spec in enumerate(specs, 1):
-            if progress:
-                print(
-                    f"  [{index}/{len(specs)}] {spec['label']} ctx={spec['context']} "
-                    f"gen={spec['generation']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            payloads.append(await worker.run(spec))
-        return payloads
-
-    return asyncio.run(main())
 
 
 def one_node_model(node, inputs: list, outputs: list, initializers: list = ()) -> bytes:
@@ -92,19 +97,17 @@ def one_node_model(node, inputs: list, outputs: list, initializers: list = ()) -
 
 
 def table(headings: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headings)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(headings, widths, strict=True)) + " |",
-        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-    ]
-    lines += [
-        "| " + " | ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
-    ]
-    return "\n".join(lines)
+    """A markdown table, as `farm report -f markdown` prints one."""
+    from whistle_stop.reports.render import to_markdown
+
+    return to_markdown(headings, rows).rstrip("\n")
 
 
-def in_process_arguments(doc: str, rounds: int):
-    """The arguments every in-process comparison takes (parsed), torch's threads set."""
+def in_process_arguments(
+    doc: str, rounds: int, argv: list[str] | None = None, labels: list[str] | None = None
+):
+    """The arguments every in-process comparison takes (parsed), torch's threads set;
+    with `labels`, --labels and --grid too (the paths, from a sweep file)."""
     import argparse
 
     import torch
@@ -118,7 +121,10 @@ def in_process_arguments(doc: str, rounds: int):
     parser.add_argument("--context", type=int, default=128, help="prompt tokens")
     parser.add_argument("--generation", type=int, default=128, help="greedy tokens per run")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every path")
-    args = parser.parse_args()
+    if labels:
+        parser.add_argument("--labels", help=f"paths of the sweep file [{','.join(labels)}]")
+        parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     return args
 
@@ -136,18 +142,6 @@ def full_options(backend: str, options: dict):
     from whistle_stop.backends import registry
 
     return registry.entry(backend).options.model_validate(options)
-
-
-def load_paths(paths: dict[str, tuple[str, dict]], threads: int):
-    """Random GPT-2 small weights, and each named (backend, options) loaded on them:
-    (model_dir, {name: backend})."""
-    from whistle_stop.backends import registry
-
-    model_dir = gpt2_small()
-    loaded = {}
-    for name, (backend, options) in paths.items():
-        loaded[name] = registry.create(backend, model_dir, options, threads, CACHE)
-    return model_dir, loaded
 
 
 def timed(path, prompt: list[int], tokens: int) -> Repeat:

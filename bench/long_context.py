@@ -8,8 +8,8 @@ copies past + new every step; the in-place one writes each token into its buffer
 every quantized path within 1.25x, measured here seconds apart where two farm jobs run
 minutes apart).
 
-    .venv/bin/python benchmarks/long_context.py [--rounds 4] [--threads 2] [--only LABELS]
-    .venv/bin/python benchmarks/long_context.py --labels onnx-int8-all-kv8,native-q4-b128
+    farm bench long-context [--rounds 4] [--threads 2] [--only LABELS]
+    farm bench long-context --labels onnx-int8-all-kv8,native-q4-b128
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import argparse
 import statistics
 import sys
 
-from common import CACHE, ROOT, gpt2_small, table, timed
-
 from whistle_stop.backends import registry
+from whistle_stop.bench.common import CACHE, example, gpt2_small, table, timed
 from whistle_stop.orchestrator.sweep import load_sweep
 from whistle_stop.worker.prompts import random_prompt
 
@@ -47,7 +46,7 @@ def decode_ms(backend, prompt: list[int], tokens: int) -> float:
 
 def engine_paths(labels: list[str]) -> dict[str, tuple[str, dict]]:
     """These labels of examples/engines.yaml, as the farm reads it: label -> (backend, options)."""
-    plan = load_sweep(ROOT / "examples/engines.yaml", max_jobs=None)
+    plan = load_sweep(example("engines.yaml"), max_jobs=None)
     known = {job.label: (job.backend, dict(job.options)) for job in plan.jobs}
     unknown = sorted(set(labels) - set(known))
     if unknown:
@@ -55,7 +54,7 @@ def engine_paths(labels: list[str]) -> dict[str, tuple[str, dict]]:
     return {label: known[label] for label in labels}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,7 +63,7 @@ def main() -> None:
     parser.add_argument("--generation", type=int, default=128)
     parser.add_argument("--only", default=None, help="comma-separated path names")
     parser.add_argument("--labels", default=None, help="paths of examples/engines.yaml")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     paths = {name: ("onnx", options) for name, options in PATHS.items()}
     if args.labels:
@@ -90,7 +89,3 @@ def main() -> None:
         f"random:gpt2, {args.generation} greedy tokens, {args.threads} threads, "
         f"medians of {args.rounds} rounds"
     )
-
-
-if __name__ == "__main__":
-    main()

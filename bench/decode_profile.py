@@ -13,7 +13,7 @@ For each path, per decode step (medians over steps):
     executor's own work): with two threads every op is a barrier;
   - the top op types by time.
 
-    .venv/bin/python benchmarks/decode_profile.py [--context 128] [--steps 64] [--threads 2]
+    farm bench decode-profile [--context 128] [--steps 64] [--threads 2]
         [--paths onnx-int8-all,onnx-int4-all-b128]
 """
 
@@ -26,56 +26,15 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from common import CACHE, gpt2_small, table
-
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions
+from whistle_stop.bench.common import CACHE, gpt2_small, table, variants
 from whistle_stop.worker.prompts import random_prompt
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
-FUSED = {"fused_attention": True, "kv_cache": "in_place"}
-PATHS = {
-    "onnx-fp32": FUSED,
-    "onnx-int8-all": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
-    "onnx-int4-all": {**FUSED, "quantize": "int4", "quantize_lm_head": True},
-    "onnx-int4-all-b128": {
-        **FUSED,
-        "quantize": "int4",
-        "quantize_lm_head": True,
-        "block_size": 128,
-    },
-    "onnx-int8-nbits": {
-        **FUSED,
-        "quantize": "int8",
-        "quantize_lm_head": True,
-        "int8_kernel": "nbits",
-        "block_size": 128,
-    },
-    # the cache in int8 (kv_dtype): a quarter of its bytes read back every step
-    "onnx-int8-all-kv8": {
-        **FUSED,
-        "quantize": "int8",
-        "quantize_lm_head": True,
-        "kv_dtype": "int8",
-    },
-    "onnx-int4-b128-kv8": {
-        **FUSED,
-        "quantize": "int4",
-        "quantize_lm_head": True,
-        "block_size": 128,
-        "kv_dtype": "int8",
-    },
-    # ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu...) first
-    "onnx-int8-all-opt": {**FUSED, "optimize": True, "quantize": "int8", "quantize_lm_head": True},
-    "onnx-int4-b128-opt": {
-        **FUSED,
-        "optimize": True,
-        "quantize": "int4",
-        "quantize_lm_head": True,
-        "block_size": 128,
-    },
-}
+# the ONNX paths of examples/engines.yaml profiled by default (--labels, --grid: others)
+DEFAULT = ["onnx-fp32", "onnx-int8-all", "onnx-int4-all", "onnx-int4-b128-p8", "onnx-int8-nbits"]
 WEIGHT_OPS = {
     "MatMul",
     "Gemm",
@@ -134,20 +93,22 @@ def per_step(events: list[dict], steps: int) -> list[dict]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", default=",".join(PATHS), help="comma-separated")
-    args = parser.parse_args()
+    parser.add_argument("--labels", help=f"ONNX paths of the sweep file [{','.join(DEFAULT)}]")
+    parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
+    args = parser.parse_args(argv)
+    paths = variants(args.labels, DEFAULT, args.grid)
     directory = Path(tempfile.mkdtemp(prefix="decode-profile-"))
     lines, tops = [], []
-    for label in args.paths.split(","):
+    for label, (_, options) in paths.items():
         unprofiled, events, weights, bandwidth = profile(
-            PATHS[label], args.context, args.steps, args.threads, directory
+            options, args.context, args.steps, args.threads, directory
         )
         steps = per_step(events, args.steps)
         step = statistics.median(s["ms"] for s in steps)
@@ -205,7 +166,3 @@ def main() -> None:
     )
     print("\nop types by time, ms per step:")
     print(table(["path", "ops"], tops))
-
-
-if __name__ == "__main__":
-    main()

@@ -14,7 +14,7 @@ then the latency of one job alone (enqueue -> stored, minus its own time, p50 an
 and, with --big, how long `farm status` and `farm report` take on a database of
 100,000 results (SQLite, and PostgreSQL when one answers).
 
-    .venv/bin/python benchmarks/farm_scale.py --workers 1,4,16 --jobs 10000 [--big]
+    farm bench farm-scale --workers 1,4,16 --jobs 10000 [--big]
 """
 
 from __future__ import annotations
@@ -24,27 +24,22 @@ import asyncio
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from rich.console import Console
+from sqlalchemy import func, select
 
-from common import table  # noqa: E402
-from rich.console import Console  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
-
-from tests.conftest import save_tiny_gpt2  # noqa: E402
-from tests.farm_harness import FARM, RedisServer, farm_env, noop_workers  # noqa: E402
-from whistle_stop.contract.events import Failed, Finished, Queued  # noqa: E402
-from whistle_stop.db.models import Result  # noqa: E402
-from whistle_stop.db.session import make_session_factory  # noqa: E402
-from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
-from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
-from whistle_stop.orchestrator.store import Store  # noqa: E402
-from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
+from whistle_stop.bench.common import table
+from whistle_stop.bench.harness import FARM, RedisServer, farm_env, noop_workers, save_tiny_gpt2
+from whistle_stop.contract.events import Failed, Finished, Queued
+from whistle_stop.db.models import Result
+from whistle_stop.db.session import make_session_factory
+from whistle_stop.executors.celery import CeleryExecutor
+from whistle_stop.orchestrator.dispatch import run_sweep
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import parse_sweep
 
 quiet = Console(quiet=True)
 
@@ -182,7 +177,7 @@ def alone(tmp: Path, model: Path, runs: int, db: str) -> tuple[float, float]:
 
 def big_database(db: str, results: int) -> tuple[float, float]:
     """A database of `results` results; the time of `farm status` and `farm report -f csv`."""
-    from tests.test_report import payload
+    from whistle_stop.bench.harness import made_up_result
     from whistle_stop.contract.events import Finished
 
     plan = parse_sweep(
@@ -195,7 +190,7 @@ def big_database(db: str, results: int) -> tuple[float, float]:
     )
     store = Store(make_session_factory(db))
     pending = store.record_sweep(plan).to_run
-    done = payload("hf", 32, 4)
+    done = made_up_result(25.0, 32, 4)
     for start in range(0, len(pending), 2000):
         store.apply_many([Finished(job.id, done) for job in pending[start : start + 2000]])
     timings = []
@@ -206,7 +201,7 @@ def big_database(db: str, results: int) -> tuple[float, float]:
     return timings[0], timings[1]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -220,7 +215,7 @@ def main() -> None:
         default="postgresql+psycopg://postgres@127.0.0.1/test",
         help="PostgreSQL for --big (a database is made and dropped)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
@@ -282,7 +277,3 @@ def big_postgres(url: str) -> None:
             )
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-if __name__ == "__main__":
-    main()

@@ -12,7 +12,7 @@ its roofline share, its non-weight time (step minus the weights at that bandwidt
 #17's goal 4), the phases (means a step), and what the mean step spent outside them
 (Python and the call into the engine).
 
-    .venv/bin/python benchmarks/native_profile.py [--context 128] [--steps 200] [--rounds 3]
+    farm bench native-profile [--context 128] [--steps 200] [--rounds 3]
 
 `--context 32,512` takes each path at both contexts in the same rounds (a path's two
 contexts seconds apart, not the minutes between two farm jobs, while this host's
@@ -29,29 +29,29 @@ import argparse
 import ctypes
 import statistics
 import time
-
-from common import CACHE, gpt2_small, table
+from pathlib import Path
 
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
+from whistle_stop.bench.common import CACHE, gpt2_small, table, variants
 from whistle_stop.native.build import FLAGS
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
-PATHS = {  # label: bits, block, KV cache
-    "native-q8": (8, 32, "float16"),
-    "native-q8-b128-kv8": (8, 128, "int8"),
-    "native-q8-b128": (8, 128, "float16"),
-    "native-f32": (32, 32, "float16"),
-    "native-q4": (4, 32, "float16"),
-    "native-q4-b128": (4, 128, "float16"),
-    "native-q4-b128-kv8": (4, 128, "int8"),
-}
+DEFAULT = [  # labels of examples/engines.yaml
+    "native-q8",
+    "native-q8-b128-kv8",
+    "native-q8-b128",
+    "native-f32",
+    "native-q4",
+    "native-q4-b128",
+    "native-q4-b128-kv8",
+]
 PHASES = ["elementwise", "qkv", "attention", "proj", "fc+gelu", "out", "head", "waits"]
 MATMULS = {"qkv": 3, "proj": 1, "fc+gelu": 4, "out": 4}  # d^2 weights a layer, per matmul
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -59,7 +59,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--paths", help=f"comma-separated, of: {', '.join(PATHS)}")
+    parser.add_argument("--labels", help=f"native paths of the sweep file [{','.join(DEFAULT)}]")
+    parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
     parser.add_argument(
         "--cflags",
@@ -67,34 +68,28 @@ def main() -> None:
         help="more compiler flags for the engine, "
         "e.g. '-mno-avx512f -mno-avxvnni' for its AVX2 kernels",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     FLAGS.extend(args.cflags.split())  # part of the library's key: its own build
-    if args.paths:
-        unknown = set(args.paths.split(",")) - set(PATHS)
-        if unknown:
-            parser.error(f"unknown paths {sorted(unknown)}; known: {', '.join(PATHS)}")
-        for name in set(PATHS) - set(args.paths.split(",")):
-            del PATHS[name]
+    paths = {
+        label: NativeOptions.model_validate(options)
+        for label, (_, options) in variants(args.labels, DEFAULT, args.grid).items()
+    }
     contexts = [int(c) for c in args.context.split(",")]
     if args.prompt:
         contexts = contexts[:1]  # a prompt starts at position 0 whatever the context
     model_dir = gpt2_small()
     config = ModelConfig.from_dir(model_dir)
     engines = {}
-    for name, (bits, block, kv) in PATHS.items():
-        options = NativeOptions(bits=bits, block_size=block, kv_dtype=kv)
+    for name, options in paths.items():
         engine = NativeBackend(model_dir, options, args.threads, CACHE, profile=True)
         engine.reserve(max(max(contexts) + 1, args.prompt or 0))
         engine.prefill(list(range(args.prompt or max(contexts))))
         engines[name] = engine
     # bytes a weight (its bits and scales), and the weights' bytes a decode step reads
-    per_weight = {
-        name: NativeOptions(bits=bits, block_size=block).weight_bytes()
-        for name, (bits, block, _) in PATHS.items()
-    }
+    per_weight = {name: options.weight_bytes() for name, options in paths.items()}
     weights = {name: weight_bytes_per_token(config, b, b) for name, b in per_weight.items()}
     prompt = list(range(args.prompt)) if args.prompt else None
-    runs = [(name, context) for name in PATHS for context in contexts]
+    runs = [(name, context) for name in paths for context in contexts]
     steps = {run: [] for run in runs}
     phases = {run: [0.0] * len(PHASES) for run in runs}
     bandwidth = {run: [] for run in runs}
@@ -174,9 +169,9 @@ def main() -> None:
             "the bytes a step reads (weights, and the KV cache at each context):"
         )
         lines = []
-        for name, (_, _, kv) in PATHS.items():
+        for name, options in paths.items():
             ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
-            cache = [kv_bytes(config, kv, c) for c in (first, last)]
+            cache = [kv_bytes(config, options.kv_dtype, c) for c in (first, last)]
             bytes_ratio = (weights[name] + cache[1]) / (weights[name] + cache[0])
             lines.append(
                 [
@@ -208,7 +203,3 @@ def kv_bytes(config: ModelConfig, kv: str, context: int) -> float:
     per_value = 2 if kv == "float16" else 1
     scales = 0 if kv == "float16" else 4 * config.n_head
     return 2 * config.n_layer * context * (config.n_embd * per_value + scales)
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,7 @@ Starts its own redis-server on a free port and its own `farm worker` processes, 
 2. runs one sweep of M jobs on one worker pinned to CPU 0, then on two workers pinned
    to CPUs 0 and 1, and prints both wall times.
 
-    .venv/bin/python benchmarks/farm_overhead.py --jobs 50 --sweep-jobs 8
+    farm bench farm-overhead --jobs 50 --sweep-jobs 8
 """
 
 from __future__ import annotations
@@ -15,24 +15,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.conftest import save_tiny_gpt2  # noqa: E402
-from tests.farm_harness import FarmWorker, RedisServer, farm_env  # noqa: E402
-from whistle_stop.db.models import Job  # noqa: E402
-from whistle_stop.db.session import make_session_factory  # noqa: E402
-from whistle_stop.executors.celery import CeleryExecutor  # noqa: E402
-from whistle_stop.orchestrator.dispatch import run_sweep  # noqa: E402
-from whistle_stop.orchestrator.store import Store  # noqa: E402
-from whistle_stop.orchestrator.sweep import parse_sweep  # noqa: E402
+from whistle_stop.bench.harness import FarmWorker, RedisServer, farm_env, save_tiny_gpt2
+from whistle_stop.db.models import Job
+from whistle_stop.db.session import make_session_factory
+from whistle_stop.executors.celery import CeleryExecutor
+from whistle_stop.orchestrator.dispatch import run_sweep
+from whistle_stop.orchestrator.store import Store
+from whistle_stop.orchestrator.sweep import parse_sweep
 
 quiet = Console(quiet=True)
 
@@ -79,13 +74,13 @@ async def one_job_overhead(model: Path, broker: str, db: str, seed: int) -> floa
     return stored - started - run_s
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--sweep-jobs", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -103,12 +98,14 @@ def main() -> None:
                 for seed in range(args.jobs)
             ]
             if overheads:
+                ordered = sorted(overheads)
                 print(
-                    f"per-job overhead over {args.jobs} one-job sweeps: median {statistics.median(overheads):.2f} s, "
-                    f"p10 {sorted(overheads)[len(overheads) // 10]:.2f} s, max {max(overheads):.2f} s"
+                    f"per-job overhead over {args.jobs} one-job sweeps: median "
+                    f"{statistics.median(ordered):.2f} s, p10 {ordered[len(ordered) // 10]:.2f} s, "
+                    f"max {ordered[-1]:.2f} s"
                 )
 
-            # GPT-2 small, one thread per job: jobs long enough that workers, not the queue, dominate
+            # GPT-2 small, one thread per job: long enough that workers, not the queue, dominate
             contexts = [32 + 8 * i for i in range(args.sweep_jobs)]
             for count in (1, 2):
                 if count == 2:
@@ -124,14 +121,9 @@ def main() -> None:
                 )
                 started = time.time()
                 asyncio.run(submit_farm(plan, str(tmp / "s.db"), redis.url()))
-                print(
-                    f"sweep of {len(plan.jobs)} jobs on {count} worker(s): {time.time() - started:.1f} s wall"
-                )
+                wall = time.time() - started
+                print(f"sweep of {len(plan.jobs)} jobs on {count} worker(s): {wall:.1f} s wall")
         finally:
             for worker in workers:
                 worker.stop()
             redis.stop()
-
-
-if __name__ == "__main__":
-    main()

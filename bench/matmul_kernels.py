@@ -11,7 +11,7 @@ the bandwidth roofline from DRAM either. The last columns time the native engine
 matmul (native/gpt2.cc, `ws_matmul`: the same bits and block, activations quantized in
 the call) on the same shapes, for the same comparison.
 
-    .venv/bin/python benchmarks/matmul_kernels.py [--threads 2]
+    farm bench matmul-kernels [--threads 2]
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from common import one_node_model, table
 from onnx import TensorProto, helper, numpy_helper
+
+from whistle_stop.bench.common import one_node_model, table
 
 BLOCK = 128
 SHAPES = {
@@ -111,12 +112,12 @@ def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     from whistle_stop.native.build import load
 
     lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
@@ -139,7 +140,3 @@ def main() -> None:
     )
     header = ["shape", "bits", "MB", "level 0 ms", "GB/s", "level 4 ms", "GB/s"]
     print(table([*header, "native ms", "GB/s"], rows))
-
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ nanogpt x contexts 32, 64 x generation 48, 64, repeats 3). 2.5 s after worker 0 
 its second job, its whole process group is SIGKILLed. Prints when the job was handed
 back and when every job was stored.
 
-    .venv/bin/python benchmarks/lost_worker.py
+    farm bench lost-worker
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.farm_harness import FARM, FarmWorker, RedisServer, farm_env, wait_for  # noqa: E402
+from whistle_stop.bench.harness import FARM, FarmWorker, RedisServer, farm_env, wait_for
 
 SWEEP = {
     "name": "s",
@@ -35,7 +31,7 @@ SWEEP = {
 }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lost-worker-"))
     redis = RedisServer(tmp / "redis")
     redis.start()
@@ -56,7 +52,6 @@ def main() -> None:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                cwd=ROOT,
             )
             victim = workers[0]
             wait_for(lambda: victim.log_text().count("] received") >= 2, 600, "w0's 2nd job", 0.05)
@@ -80,20 +75,18 @@ def main() -> None:
         )
         stored = sum(1 for row in rows if row[3])
         print(
-            f"submit exit {submit.returncode}, {time.monotonic() - killed:.1f} s after the kill: {stored} results for {len(rows)} jobs"
+            f"submit exit {submit.returncode}, {time.monotonic() - killed:.1f} s after the kill: "
+            f"{stored} results for {len(rows)} jobs"
         )
         for row in rows:
             if row[4] and row[4] != "null":
                 handed = json.loads(row[4])[0]["at"]
                 print(
-                    f"lost {row[0]} ctx={row[1]} gen={row[2]} on w0, handed back at {handed}, stored from {row[3]}"
+                    f"lost {row[0]} ctx={row[1]} gen={row[2]} on w0, handed back at {handed}, "
+                    f"stored from {row[3]}"
                 )
         print("\n".join(lost))
     finally:
         for worker in workers:
             worker.stop()
         redis.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -5,7 +5,7 @@ threads, the memory arena on), on the float32 and the int8 (LM head int8) paths.
 Every variant is its own session on the same model file; rounds interleave them, so
 drift hits all alike. Prints decode tokens/s and time to first token (medians).
 
-    .venv/bin/python benchmarks/session_options.py [--rounds 5] [--context 128]
+    farm bench session-options [--rounds 5] [--context 128]
 """
 
 from __future__ import annotations
@@ -14,16 +14,20 @@ import statistics
 import sys
 
 import onnxruntime as ort
-from common import CACHE, full_options, gpt2_small, in_process_arguments, table, timed
 
 from whistle_stop.backends.onnx import OnnxBackend
+from whistle_stop.bench.common import (
+    CACHE,
+    full_options,
+    gpt2_small,
+    in_process_arguments,
+    table,
+    timed,
+    variants,
+)
 from whistle_stop.worker.prompts import random_prompt
 
-FUSED = {"fused_attention": True, "kv_cache": "in_place"}
-MODELS = {
-    "fp32": {**FUSED},
-    "int8 incl. LM head": {**FUSED, "quantize": "int8", "quantize_lm_head": True},
-}
+DEFAULT = ["onnx-fp32", "onnx-int8-all"]  # labels of examples/engines.yaml
 LEVELS = ort.GraphOptimizationLevel
 
 
@@ -52,27 +56,27 @@ VARIANTS = {
 }
 
 
-def main() -> None:
-    args = in_process_arguments(__doc__, rounds=5)
+def main(argv: list[str] | None = None) -> None:
+    args = in_process_arguments(__doc__, rounds=5, argv=argv, labels=DEFAULT)
     rows = []
-    for model, options in MODELS.items():
+    for model, (_, options) in variants(args.labels, DEFAULT, args.grid).items():
         model_dir, full = gpt2_small(), full_options("onnx", options)
-        variants = {
+        sessions = {
             name: OnnxBackend(model_dir, full, args.threads, CACHE, tune=tune)
             for name, tune in VARIANTS.items()
         }
         prompt = random_prompt(0, args.context, 50257)
-        speeds = {name: [] for name in variants}
-        ttft = {name: [] for name in variants}
+        speeds = {name: [] for name in sessions}
+        ttft = {name: [] for name in sessions}
         for round_index in range(args.rounds + 1):  # round 0 warms up
-            for name, backend in variants.items():
+            for name, backend in sessions.items():
                 run = timed(backend, prompt, args.generation)
                 if round_index:
                     speeds[name].append(run.decode_tokens_per_s)
                     ttft[name].append(run.prefill_s)
             print(f"{model}: round {round_index}/{args.rounds}", file=sys.stderr, flush=True)
         base = statistics.median(speeds["defaults"])
-        for name in variants:
+        for name in sessions:
             speed = statistics.median(speeds[name])
             rows.append(
                 [
@@ -88,7 +92,3 @@ def main() -> None:
         f"random:gpt2, context {args.context}, {args.generation} greedy tokens, "
         f"{args.threads} threads, medians of {args.rounds} interleaved rounds"
     )
-
-
-if __name__ == "__main__":
-    main()

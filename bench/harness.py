@@ -1,7 +1,8 @@
-"""Real parts for the farm tests: a private redis-server and real `farm worker` processes.
+"""Real parts for the farm's tests and benchmarks: a private redis-server, real `farm
+worker` processes, and a tiny GPT-2 written on the fly.
 
-Nothing here touches a server the tests did not start: Redis runs on a free port
-with its own directory, and every process is stopped afterwards.
+Nothing here touches a server it did not start: Redis runs on a free port with its own
+directory, and every process is stopped afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import redis
 
 FARM = str(Path(sys.executable).with_name("farm"))
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -107,7 +107,6 @@ def _pings(client: redis.Redis) -> bool:
 
 def farm_env(**settings: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)  # workers import the project from this checkout
     env.update(settings)
     return env
 
@@ -151,7 +150,6 @@ class FarmWorker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
-                cwd=ROOT,
                 start_new_session=True,
             )
         if wait:
@@ -238,3 +236,97 @@ def noop_workers(broker: str, count: int, directory: Path, env: dict[str, str]) 
         )
         assert not worker._died(), worker.log_text()
     return workers
+
+
+def save_tiny_gpt2(directory: Path, *, seed: int = 0, n_positions: int = 128, **overrides) -> Path:
+    """A GPT-2 of a few thousand parameters, written with save_pretrained (safetensors)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=256, n_positions=n_positions)
+    config.update(overrides)
+    config.update(bos_token_id=config["vocab_size"] - 1, eos_token_id=config["vocab_size"] - 1)
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(**config)).eval().save_pretrained(directory)
+    return directory
+
+
+# a machine as a result records it: for results made up to fill a database
+ENVIRONMENT = {
+    "fingerprint": "f1",
+    "hostname": "box",
+    "cpu_model": "cpu",
+    "cpu_features": ["avx2"],
+    "logical_cores": 2,
+    "physical_cores": 2,
+    "memory_bytes": 1,
+    "os": "linux",
+    "kernel": "6",
+    "container": False,
+    "python": "3.11",
+    "versions": {},
+    "git_revision": None,
+}
+
+
+def made_up_result(
+    speed: float,
+    context: int,
+    generation: int,
+    *,
+    slowdown: float = 1.0,
+    agreement: float = 1.0,
+    roofline: float = 0.5,
+    failed: bool = False,
+):
+    """A result whose figures follow from `speed` (tokens/s): decode steps of 1/speed
+    seconds, 5 repeats; for filling a database without running jobs (tests, farm-scale)."""
+    from whistle_stop.contract.payload import ResultPayload
+
+    if failed:
+        return ResultPayload.failed("w", "Traceback ...\nRuntimeError: boom")
+    step = slowdown / speed
+    prefill = 0.001 * context * slowdown
+    e2e = [prefill + step * (generation - 1) * (1 + 0.001 * i) for i in range(5)]
+    metrics = {
+        "repeats": 5,
+        "prefill_ms": 1e3 * prefill,
+        "prefill_ms_p50": 1e3 * prefill,
+        "decode_ms": 1e3 * step,
+        "decode_ms_p50": 1e3 * step,
+        "decode_ms_p90": 1e3 * step,
+        "decode_ms_p99": 1e3 * step,
+        "decode_tokens_per_s": 1 / step,
+        "e2e_s": sum(e2e) / 5,
+        "e2e_s_p50": e2e[2],
+        "e2e_s_p90": e2e[4],
+        "e2e_s_stdev": 0.001,
+        "cv": 0.01,
+        "noisy": False,
+        "timer_gap": 0.0,
+        "materialize_s": 0.1,
+        "load_s": 1.0,
+        "rss_peak_bytes": 1,
+        "model_rss_bytes": 1,
+        "torch_threads": 2,
+        "top1_agreement": agreement,
+        "mean_kl": 1e-3,
+        "roofline_fraction": roofline,
+        "load_extra": {},
+        "samples": {
+            "prefill_s": [prefill * (1 + 0.01 * i) for i in range(5)],
+            "e2e_s": e2e,
+            "decode_steps_s": [[step * (1 + 0.002 * i)] * (generation - 1) for i in range(5)],
+        },
+        "tokens": [1] * generation,
+        "pinning_violations": [],
+    }
+    return ResultPayload.from_dict(
+        {
+            "status": "done",
+            "worker": "w@box",
+            "cpus": "0-1",
+            "environment": ENVIRONMENT,
+            "metrics": metrics,
+        }
+    )
