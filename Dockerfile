@@ -17,6 +17,7 @@ COPY executors executors
 COPY cli cli
 COPY native native
 COPY reports reports
+COPY bench bench
 COPY whistle_stop whistle_stop
 COPY examples examples
 RUN pip install --no-cache-dir .

@@ -282,6 +282,7 @@ def made_up_result(
     """A result whose figures follow from `speed` (tokens/s): decode steps of 1/speed
     seconds, 5 repeats; for filling a database without running jobs (tests, farm-scale)."""
     from whistle_stop.contract.payload import ResultPayload
+    from whistle_stop.contract.status import JobStatus
 
     if failed:
         return ResultPayload.failed("w", "Traceback ...\nRuntimeError: boom")
@@ -323,7 +324,7 @@ def made_up_result(
     }
     return ResultPayload.from_dict(
         {
-            "status": "done",
+            "status": JobStatus.DONE.value,
             "worker": "w@box",
             "cpus": "0-1",
             "environment": ENVIRONMENT,

@@ -20,6 +20,7 @@ from typing import Any
 
 from whistle_stop.contract.figures import FASTER, SLOWER, ratio_interval, verdict
 from whistle_stop.contract.jobspec import control_label
+from whistle_stop.contract.status import JobStatus
 from whistle_stop.reports.render import to_markdown
 
 Rows = list[dict[str, Any]]
@@ -27,7 +28,7 @@ Rows = list[dict[str, Any]]
 
 def noise(rows: Rows, names: list[str], baseline: str) -> str:
     """The noise floor, and the fastest path's speedup and intervals, sweep by sweep."""
-    done = [r for r in rows if r["status"] == "done" and r["speedup"] is not None]
+    done = [r for r in rows if r["status"] == JobStatus.DONE and r["speedup"] is not None]
     speedups: dict[str, list[float]] = {}
     for row in done:
         speedups.setdefault(row["label"], []).append(row["speedup"])
@@ -93,7 +94,7 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
     rounds: Counter = Counter()
     twin_logs = []  # the A/A ratios: the host's noise on one within-round ratio
     for row in rows:
-        if row["label"] not in EXPECTED or row["status"] != "done":
+        if row["label"] not in EXPECTED or row["status"] != JobStatus.DONE:
             continue
         calls[row["label"]][verdict(ratio_interval(row["round_speedups"]), MARGIN)] += 1
         rounds[row["rounds"]] += 1
@@ -160,7 +161,7 @@ BASELINE = "hf"
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
     """(sweep, label, context) -> the pooled row, done rows only."""
-    return {(r["sweep"], r["label"], r["context"]): r for r in rows if r["status"] == "done"}
+    return {(r["sweep"], r["label"], r["context"]): r for r in rows if r["status"] == JobStatus.DONE}
 
 
 def met(value: float | None, target: float, at_least: bool) -> str:
@@ -248,7 +249,7 @@ def goals(rows: Rows, names: list[str], baseline: str) -> str:
     parts = []
     for name in names:
         failed = sorted(
-            {r["label"] for r in rows if r["sweep"] == name and r["status"] == "failed"}
+            {r["label"] for r in rows if r["sweep"] == name and r["status"] == JobStatus.FAILED}
         )
         parts.append(f"sweep {name}" + (f" (failed: {', '.join(failed)})" if failed else "") + "\n")
         parts.append(
