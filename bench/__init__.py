@@ -15,7 +15,6 @@ BENCHES = {
     "noise-floor": ("noise_floor", "a sweep 3x with a control: noise floor, intervals"),
     "goals": ("goals", "issue #17's goals from engines.yaml sweeps, beside targets"),
     "lost-worker": ("lost_worker", "a worker SIGKILLed at its 2nd job: when it is back"),
-    "farm-overhead": ("farm_overhead", "per-job queue overhead; one worker against two"),
     "farm-scale": ("farm_scale", "10,000 no-op jobs through Celery: throughput, CPU"),
     "long-context": ("long_context", "decode at context 32 against 512, per path"),
     "native-profile": ("native_profile", "the native engine's decode step by phase"),

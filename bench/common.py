@@ -4,6 +4,7 @@ printed through the report's renderer."""
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
 import time
@@ -96,37 +97,23 @@ def one_node_model(node, inputs: list, outputs: list, initializers: list = ()) -
     return helper.make_model(graph, opset_imports=opsets).SerializeToString()
 
 
+def median_ms(call, runs: int, warmups: int = 3) -> float:
+    """The median of `runs` timed calls of `call()` after `warmups` untimed, in ms."""
+    for _ in range(warmups):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
 def table(headings: list[str], rows: list[list[str]]) -> str:
     """A markdown table, as `farm report -f markdown` prints one."""
     from whistle_stop.reports.render import to_markdown
 
     return to_markdown(headings, rows).rstrip("\n")
-
-
-def in_process_arguments(
-    doc: str, rounds: int, argv: list[str] | None = None, labels: list[str] | None = None
-):
-    """The arguments every in-process comparison takes (parsed), torch's threads set;
-    with `labels`, --labels and --grid too (the paths, from a sweep file)."""
-    import argparse
-
-    import torch
-
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--rounds", type=int, default=rounds, help="timed rounds, after one warm-up"
-    )
-    parser.add_argument("--context", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--generation", type=int, default=128, help="greedy tokens per run")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every path")
-    if labels:
-        parser.add_argument("--labels", help=f"paths of the sweep file [{','.join(labels)}]")
-        parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    return args
 
 
 def gpt2_small() -> Path:
@@ -135,13 +122,6 @@ def gpt2_small() -> Path:
     from whistle_stop.backends.weights import materialize
 
     return materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
-
-
-def full_options(backend: str, options: dict):
-    """Options as a job passes them to its backend: validated, defaults filled in."""
-    from whistle_stop.backends import registry
-
-    return registry.entry(backend).options.model_validate(options)
 
 
 def timed(path, prompt: list[int], tokens: int) -> Repeat:

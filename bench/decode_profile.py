@@ -35,16 +35,14 @@ from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_
 
 # the ONNX paths of examples/engines.yaml profiled by default (--labels, --grid: others)
 DEFAULT = ["onnx-fp32", "onnx-int8-all", "onnx-int4-all", "onnx-int4-b128-p8", "onnx-int8-nbits"]
-WEIGHT_OPS = {
-    "MatMul",
-    "Gemm",
-    "MatMulInteger",
-    "MatMulNBits",
-    "FusedMatMul",
-    "MatMulIntegerToFloat",
-    "DynamicQuantizeMatMul",
-    "FusedGemm",
-}
+WEIGHT_OPS = set(
+    "MatMul Gemm MatMulInteger MatMulNBits FusedMatMul MatMulIntegerToFloat "
+    "DynamicQuantizeMatMul FusedGemm".split()
+)
+HEADINGS = (  # without the profiler, then under it
+    "path, step, weights at bw, non-weight, roofline, GB/s, "
+    "nodes, profiled step, weight ops, other ops, gaps"
+).split(", ")
 
 
 def profile(options: dict, context: int, steps: int, threads: int, directory: Path):
@@ -120,20 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         kernels = statistics.median(sum(s["by_op"].values()) for s in steps)
         floor = weights / bandwidth * 1e3
+        nodes = statistics.median(s["nodes"] for s in steps)
+        figures = [unprofiled, floor, unprofiled - floor]
         lines.append(
-            [
-                label,
-                f"{unprofiled:.2f}",
-                f"{floor:.2f}",
-                f"{unprofiled - floor:.2f}",
-                f"{floor / unprofiled:.0%}",
-                f"{bandwidth / 1e9:.1f}",
-                f"{statistics.median(s['nodes'] for s in steps):.0f}",
-                f"{step:.2f}",
-                f"{weight_ops:.2f}",
-                f"{other:.2f}",
-                f"{step - kernels:.2f}",
-            ]
+            [label, *(f"{ms:.2f}" for ms in figures), f"{floor / unprofiled:.0%}"]
+            + [f"{bandwidth / 1e9:.1f}", f"{nodes:.0f}"]
+            + [f"{ms:.2f}" for ms in (step, weight_ops, other, step - kernels)]
         )
         totals: dict[str, float] = defaultdict(float)
         for s in steps:
@@ -146,23 +136,6 @@ def main(argv: list[str] | None = None) -> None:
         f"(medians over {args.steps} steps; profile files in {directory}):"
     )
     print("(step, weights at bw, non-weight, roofline: without the profiler; the rest: under it)")
-    print(
-        table(
-            [
-                "path",
-                "step",
-                "weights at bw",
-                "non-weight",
-                "roofline",
-                "GB/s",
-                "nodes",
-                "profiled step",
-                "weight ops",
-                "other ops",
-                "gaps",
-            ],
-            lines,
-        )
-    )
+    print(table(HEADINGS, lines))
     print("\nop types by time, ms per step:")
     print(table(["path", "ops"], tops))

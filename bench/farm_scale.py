@@ -10,11 +10,14 @@ this machine's CPUs). Prints, per worker count:
 - the orchestrator's CPU seconds and peak RSS (`farm submit --no-wait` then `farm
   collect`, each a process of its own, measured with wait4), and Redis's peak memory;
 
-then the latency of one job alone (enqueue -> stored, minus its own time, p50 and p99)
-and, with --big, how long `farm status` and `farm report` take on a database of
-100,000 results (SQLite, and PostgreSQL when one answers).
+then the latency of one job alone (enqueue -> stored, minus its own time, p50 and p99),
+with the no-op backend and with a real one (`hf` on a tiny GPT-2, on a worker that starts
+each job as the farm does: a fresh child of its fork server); with --pair J, a sweep of
+J GPT-2 small jobs on one worker pinned to CPU 0, then on two pinned to CPUs 0 and 1;
+with --big, how long `farm status` and `farm report` take on a database of 100,000
+results (SQLite, and PostgreSQL when one answers).
 
-    farm bench farm-scale --workers 1,4,16 --jobs 10000 [--big]
+    farm bench farm-scale --workers 1,4,16 --jobs 10000 [--pair 8] [--big]
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from rich.console import Console
 from sqlalchemy import func, select
 
 from whistle_stop.bench.common import table
-from whistle_stop.bench.harness import FARM, RedisServer, farm_env, noop_workers, save_tiny_gpt2
+from whistle_stop.bench.harness import (
+    FARM,
+    FarmWorker,
+    RedisServer,
+    farm_env,
+    noop_workers,
+    save_tiny_gpt2,
+)
 from whistle_stop.contract.events import Failed, Finished, Queued
 from whistle_stop.db.models import Result
 from whistle_stop.db.session import make_session_factory
@@ -42,14 +52,22 @@ from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import parse_sweep
 
 quiet = Console(quiet=True)
+HEADINGS = (
+    "workers, stored, ready s, enqueue jobs/s, wall s, stored/s, overhead ms/job, "
+    "orch. CPU s, orch. RSS MB, Redis MB"
+).split(", ")
 
 
-def sweep_text(model: Path, name: str, jobs: int, step_s: float) -> str:
-    """A grid of `jobs` cells: contexts x generation lengths of a no-op backend."""
+def sweep_text(model: Path | str, name: str, jobs: int, step_s: float, backend="") -> str:
+    """A grid of `jobs` cells: contexts x generation lengths of a no-op backend (or of
+    `backend`, e.g. hf, with contexts of 8 tokens and up)."""
     generations = list(range(1, min(jobs, 100) + 1))
     contexts = list(range(1, -(-jobs // len(generations)) + 1))
+    if backend:
+        contexts = [8 * c for c in contexts]
+    block = f"[{backend}]" if backend else f"\n  - name: noop\n    step_s: {step_s}"
     return (
-        f"name: {name}\nmodel: {model}\nbackends:\n  - name: noop\n    step_s: {step_s}\n"
+        f"name: {name}\nmodel: {model}\nbackends: {block}\n"
         f"context_sizes: {contexts}\ngeneration_lengths: {generations}\nthreads: [1]\n"
         "warmups: 0\nrepeats: 1\nfidelity_tokens: 0\nbandwidth: host\n"
     )
@@ -135,43 +153,66 @@ def one_size(tmp: Path, model: Path, workers: int, jobs: int, step_s: float, db:
         wall = enqueue[0] + collect[0]
         own_s = step_s * statistics.fmean(range(1, min(jobs, 100) + 1))  # a job's own time
         throughput = stored / wall
-        return [
-            str(workers),
-            f"{stored}/{jobs}",
-            f"{ready_s:.0f}",
-            f"{jobs / enqueue[0]:.0f}",
-            f"{wall:.1f}",
-            f"{throughput:.0f}",
-            f"{1e3 * (workers / throughput - own_s):.1f}",
-            f"{enqueue[1] + collect[1]:.1f}",
-            f"{max(enqueue[2], collect[2]):.0f}",
-            f"{redis_peak_mb(redis):.0f}",
-        ]
+        overhead_ms = 1e3 * (workers / throughput - own_s)
+        rates = [f"{ready_s:.0f}", f"{jobs / enqueue[0]:.0f}", f"{wall:.1f}", f"{throughput:.0f}"]
+        costs = [f"{overhead_ms:.1f}", f"{enqueue[1] + collect[1]:.1f}"]
+        costs += [f"{max(enqueue[2], collect[2]):.0f}", f"{redis_peak_mb(redis):.0f}"]
+        return [str(workers), f"{stored}/{jobs}", *rates, *costs]
     finally:
         for worker in started:
             worker.kill9()
         redis.stop()
 
 
-def alone(tmp: Path, model: Path, runs: int, db: str) -> tuple[float, float]:
+def alone(tmp: Path, model: Path, runs: int, db: str, backend="") -> tuple[float, float]:
     """One job at a time on one worker: (enqueue -> stored) minus the job's own time
-    (its worker's start to end), p50 and p99 over `runs` one-job sweeps."""
-    redis = RedisServer(tmp / "redis-alone", fsync="everysec")
+    (its worker's start to end), p50 and p99 over `runs` one-job sweeps; the no-op
+    backend on a no-op worker, or `backend` on a worker as users start one."""
+    redis = RedisServer(tmp / f"redis-alone{backend}", fsync="everysec")
     redis.start()
     workers = []
     try:
-        workers = noop_workers(redis.url(), 1, tmp / "alone", farm_env())
+        if backend:
+            log, cache = tmp / "alone-real.log", tmp / "alone-cache"
+            workers = [FarmWorker(redis.url(), "0", "w0", log, cache, farm_env()).start()]
+        else:
+            workers = noop_workers(redis.url(), 1, tmp / "alone", farm_env())
         store = TimedStore(make_session_factory(db))
         for run in range(runs):
-            plan = parse_sweep(
-                sweep_text(model, f"alone-{run}", 1, 0.0), origin="-", default_name="-"
-            )
+            text = sweep_text(model, f"alone-{run}", 1, 0.0, backend)
+            plan = parse_sweep(text, origin="-", default_name="-")
             asyncio.run(submit(plan, store, redis.url()))
         ordered = sorted(store.overheads[1:])  # the first pays the child's imports
         return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
     finally:
         for worker in workers:
             worker.kill9()
+        redis.stop()
+
+
+def pair(tmp: Path, jobs: int) -> None:
+    """A sweep of `jobs` GPT-2 small jobs (one thread each, long enough that the workers,
+    not the queue, dominate) on one worker, then on two: both wall times."""
+    redis = RedisServer(tmp / "redis-pair", fsync="everysec")
+    redis.start()
+    workers: list[FarmWorker] = []
+    try:
+        for count in (1, 2):
+            log, cache = tmp / f"pair{count}.log", tmp / "pair-cache"
+            worker = FarmWorker(redis.url(), str(count - 1), f"p{count}", log, cache, farm_env())
+            workers.append(worker.start())
+            contexts = [32 + 8 * i for i in range(jobs)]
+            text = f"name: pair-{count}\nbackends: [hf]\ncontext_sizes: {contexts}\n"
+            text += "generation_lengths: [64]\nthreads: [1]\nwarmups: 0\nrepeats: 1\n"
+            plan = parse_sweep(text, origin="-", default_name="-")
+            started = time.time()
+            asyncio.run(
+                submit(plan, Store(make_session_factory(str(tmp / "pair.db"))), redis.url())
+            )
+            print(f"sweep of {jobs} jobs on {count} worker(s): {time.time() - started:.1f} s wall")
+    finally:
+        for worker in workers:
+            worker.stop()
         redis.stop()
 
 
@@ -209,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--step-s", type=float, default=0.0, help="each no-op token's time")
     parser.add_argument("--alone", type=int, default=30, help="one-job sweeps for the latency")
+    parser.add_argument("--pair", type=int, default=0, help="GPT-2 jobs on one, then two workers")
     parser.add_argument("--big", action="store_true", help="time status/report on 100,000")
     parser.add_argument(
         "--pg",
@@ -224,28 +266,15 @@ def main(argv: list[str] | None = None) -> None:
             one_size(tmp, model, w, args.jobs, args.step_s, str(tmp / f"s{w}.db"))
             for w in map(int, args.workers.split(","))
         ]
-        print(
-            table(
-                [
-                    "workers",
-                    "stored",
-                    "ready s",
-                    "enqueue jobs/s",
-                    "wall s",
-                    "stored/s",
-                    "overhead ms/job",
-                    "orch. CPU s",
-                    "orch. RSS MB",
-                    "Redis MB",
-                ],
-                rows,
+        print(table(HEADINGS, rows))
+        for backend in ("", "hf"):
+            p50, p99 = alone(tmp, model, args.alone, str(tmp / f"alone{backend}.db"), backend)
+            print(
+                f"one {backend or 'no-op'} job alone, (enqueue -> stored) - its own time "
+                f"({args.alone} runs): p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms"
             )
-        )
-        p50, p99 = alone(tmp, model, args.alone, str(tmp / "alone.db"))
-        print(
-            f"one job alone, (enqueue -> stored) - its own time ({args.alone} runs): "
-            f"p50 {1e3 * p50:.1f} ms, p99 {1e3 * p99:.1f} ms"
-        )
+        if args.pair:
+            pair(tmp, args.pair)
         if args.big:
             status_s, report_s = big_database(str(tmp / "big.db"), 100_000)
             print(

@@ -14,14 +14,12 @@ to the threads given.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from whistle_stop.bench.common import one_node_model, table
+from whistle_stop.bench.common import median_ms, one_node_model, table
 
 HEADS, HEAD_SIZE, CAPACITY = 12, 64, 1024
 
@@ -94,13 +92,7 @@ def time_case(int8: bool, cached: int, new: int, threads: int, repeats: int) -> 
         binding.bind_ortvalue_input(f"past_{kind}", caches[f"past_{kind}"])
         binding.bind_ortvalue_output(f"present_{kind}", caches[f"past_{kind}"])
     binding.bind_output("y")
-    times = []
-    for index in range(3 + repeats):
-        start = time.perf_counter()
-        session.run_with_iobinding(binding)
-        if index >= 3:  # warm-ups first
-            times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return median_ms(lambda: session.run_with_iobinding(binding), repeats)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from whistle_stop.bench.common import one_node_model, table
+from whistle_stop.bench.common import median_ms, one_node_model, table
 
 BLOCK = 128
 SHAPES = {
@@ -63,21 +61,14 @@ def node_model(k: int, n: int, bits: int, level: int) -> bytes:
     )
 
 
-def median_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) -> float:
+def nbits_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) -> float:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(
         node_model(k, n, bits, level), options, providers=["CPUExecutionProvider"]
     )
     feed = {"A": np.random.default_rng(1).standard_normal((1, k), dtype=np.float32)}
-    for _ in range(10):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return median_ms(lambda: session.run(None, feed), runs, warmups=10)
 
 
 def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
@@ -89,27 +80,10 @@ def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
     x = rng.standard_normal((1, k), dtype=np.float32)
     y = np.zeros((1, n), dtype=np.float32)
     floats = ctypes.POINTER(ctypes.c_float)
-    args = (
-        pool,
-        data.ctypes.data,
-        scales.ctypes.data_as(floats),
-        None,
-        n,
-        k,
-        bits,
-        BLOCK,
-        x.ctypes.data_as(floats),
-        1,
-        y.ctypes.data_as(floats),
-    )
-    for _ in range(10):
-        lib.ws_matmul(*args)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        lib.ws_matmul(*args)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    # the engine's call: pool, weights, scales, no bias, N, K, bits, block, x, rows, y
+    args = (pool, data.ctypes.data, scales.ctypes.data_as(floats), None, n, k, bits, BLOCK)
+    args += (x.ctypes.data_as(floats), 1, y.ctypes.data_as(floats))
+    return median_ms(lambda: lib.ws_matmul(*args), runs, warmups=10)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
             cells = []
             for level in (0, 4):
                 runs = 20 if level == 0 and bits == 8 else 100  # float 8-bit: 100x slower
-                ms = median_ms(k, n, bits, level, args.threads, runs)
+                ms = nbits_ms(k, n, bits, level, args.threads, runs)
                 cells += [f"{ms:.3f}", f"{megabytes / ms:.1f}"]
             ms = native_ms(lib, pool, k, n, bits, 100)
             cells += [f"{ms:.3f}", f"{megabytes / ms:.1f}"]

@@ -38,15 +38,10 @@ from whistle_stop.bench.common import CACHE, gpt2_small, table, variants
 from whistle_stop.native.build import FLAGS
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
-DEFAULT = [  # labels of examples/engines.yaml
-    "native-q8",
-    "native-q8-b128-kv8",
-    "native-q8-b128",
-    "native-f32",
-    "native-q4",
-    "native-q4-b128",
-    "native-q4-b128-kv8",
-]
+DEFAULT = (  # labels of examples/engines.yaml
+    "native-q8 native-q8-b128-kv8 native-q8-b128 native-f32 native-q4 native-q4-b128 "
+    "native-q4-b128-kv8"
+).split()
 PHASES = ["elementwise", "qkv", "attention", "proj", "fc+gelu", "out", "head", "waits"]
 MATMULS = {"qkv": 3, "proj": 1, "fc+gelu": 4, "out": 4}  # d^2 weights a layer, per matmul
 
@@ -173,28 +168,10 @@ def main(argv: list[str] | None = None) -> None:
             ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
             cache = [kv_bytes(config, options.kv_dtype, c) for c in (first, last)]
             bytes_ratio = (weights[name] + cache[1]) / (weights[name] + cache[0])
-            lines.append(
-                [
-                    name,
-                    f"{ratio:.2f}",
-                    f"{weights[name] / 1e6:.1f}",
-                    *(f"{b / 1e6:.1f}" for b in cache),
-                    f"{bytes_ratio:.2f}",
-                ]
-            )
-        print(
-            table(
-                [
-                    "path",
-                    f"{last} / {first}",
-                    "weights MB",
-                    f"KV MB @{first}",
-                    f"KV MB @{last}",
-                    "bytes ratio",
-                ],
-                lines,
-            )
-        )
+            megabytes = (f"{b / 1e6:.1f}" for b in (weights[name], *cache))
+            lines.append([name, f"{ratio:.2f}", *megabytes, f"{bytes_ratio:.2f}"])
+        headings = ["path", f"{last} / {first}", "weights MB", f"KV MB @{first}"]
+        print(table([*headings, f"KV MB @{last}", "bytes ratio"], lines))
 
 
 def kv_bytes(config: ModelConfig, kv: str, context: int) -> float:

@@ -10,21 +10,16 @@ drift hits all alike. Prints decode tokens/s and time to first token (medians).
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import onnxruntime as ort
 
 from whistle_stop.backends.onnx import OnnxBackend
-from whistle_stop.bench.common import (
-    CACHE,
-    full_options,
-    gpt2_small,
-    in_process_arguments,
-    table,
-    timed,
-    variants,
-)
+from whistle_stop.backends.options import OnnxOptions
+from whistle_stop.bench.common import CACHE, gpt2_small, table, timed, variants
 from whistle_stop.worker.prompts import random_prompt
 
 DEFAULT = ["onnx-fp32", "onnx-int8-all"]  # labels of examples/engines.yaml
@@ -57,10 +52,19 @@ VARIANTS = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = in_process_arguments(__doc__, rounds=5, argv=argv, labels=DEFAULT)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, after a warm-up")
+    parser.add_argument("--context", type=int, default=128, help="prompt tokens")
+    parser.add_argument("--generation", type=int, default=128, help="greedy tokens per run")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--labels", help=f"ONNX paths of the sweep file [{','.join(DEFAULT)}]")
+    parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
+    args = parser.parse_args(argv)
     rows = []
     for model, (_, options) in variants(args.labels, DEFAULT, args.grid).items():
-        model_dir, full = gpt2_small(), full_options("onnx", options)
+        model_dir, full = gpt2_small(), OnnxOptions.model_validate(options)
         sessions = {
             name: OnnxBackend(model_dir, full, args.threads, CACHE, tune=tune)
             for name, tune in VARIANTS.items()
