@@ -161,7 +161,9 @@ BASELINE = "hf"
 
 def cells(rows: list[dict]) -> dict[tuple[str, str, int], dict]:
     """(sweep, label, context) -> the pooled row, done rows only."""
-    return {(r["sweep"], r["label"], r["context"]): r for r in rows if r["status"] == JobStatus.DONE}
+    return {
+        (r["sweep"], r["label"], r["context"]): r for r in rows if r["status"] == JobStatus.DONE
+    }
 
 
 def met(value: float | None, target: float, at_least: bool) -> str:

@@ -272,3 +272,26 @@ def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
 def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:
     """name -> (PNG bytes, its title) or (None, why it was skipped)."""
     return {name: draw(rows, samples, baseline) for name, draw in figures().items()}
+
+
+def history(title: str, points: Rows, change_indices: list[int]) -> bytes:
+    """One series across sweeps (farm history): decode tok/s a point, its 95% interval
+    over rounds as a whisker, a dashed line before each change point, and each point's
+    revision under it."""
+    figure, axis = _pyplot().subplots(figsize=(7, 3.5))
+    xs = list(range(1, len(points) + 1))
+    speeds = [p["decode_tokens_per_s"] for p in points]
+    below = [s - (p["decode_tokens_per_s_lo"] or s) for s, p in zip(speeds, points, strict=True)]
+    above = [(p["decode_tokens_per_s_hi"] or s) - s for s, p in zip(speeds, points, strict=True)]
+    axis.errorbar(xs, speeds, yerr=[below, above], fmt="o-", capsize=3, label="tok/s, 95% interval")
+    for index in change_indices:
+        axis.axvline(index + 0.5, linestyle="--", color="tab:red", label="change point")
+    revisions = [(p["git_revision"] or "-")[:7] for p in points]
+    axis.set_xticks(xs, [f"{x}\n{r}" for x, r in zip(xs, revisions, strict=True)], fontsize=7)
+    axis.set_ylim(bottom=0)
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))  # one legend entry per kind
+    axis.legend(unique.values(), unique.keys(), fontsize=8)
+    return _finish(
+        figure, axis, legend=False, title=title, xlabel="point (revision)", ylabel="decode tok/s"
+    )

@@ -5,6 +5,7 @@ Rendering (table, markdown, CSV, JSON, HTML) lives in orchestrator/render.py.
 
 from __future__ import annotations
 
+import json
 import operator
 from collections import defaultdict
 from statistics import fmean, median
@@ -42,6 +43,8 @@ EMPTY_ROW_KEYS = (
     "key",
     "label",
     "backend",
+    "model",
+    "options",
     "context",
     "generation",
     "threads",
@@ -116,6 +119,9 @@ def job_row(job: Job) -> dict[str, Any]:
         "key": job.key,
         "label": job.label,
         "backend": job.backend,
+        "model": job.spec.get("model"),
+        # canonical text: a series key (farm history) and a --where value alike
+        "options": json.dumps(job.spec.get("options") or {}, sort_keys=True),
         "context": job.context,
         "generation": job.generation,
         "threads": job.threads,
@@ -139,6 +145,7 @@ def job_row(job: Job) -> dict[str, Any]:
     row["isa"] = " ".join(environment.cpu_features) if environment else None
     row["versions"] = environment.versions if environment else None
     row["git_revision"] = environment.git_revision if environment else None
+    row["git_dirty"] = environment.git_dirty if environment else None
     row["measured_at"] = result.created_at.isoformat(timespec="seconds") if result else None
     return row
 

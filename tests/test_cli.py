@@ -24,6 +24,7 @@ COMMANDS = [
     "compare",
     "bandwidth",
     "bench",
+    "history",
 ]
 
 
