@@ -30,8 +30,11 @@ class LocalWorker:
     """One pinned fork server (worker/local.py) per CPU set, and the pipe to it: each job
     runs in a fresh child it forks, so no job pays the imports of torch."""
 
-    def __init__(self, name: str, cpus: list[int], cache_dir: Path, log_dir: Path) -> None:
+    def __init__(
+        self, name: str, cpus: list[int], cache_dir: Path, log_dir: Path, code: Path | None = None
+    ) -> None:
         self.name, self.cpus, self.cache_dir, self.log_dir = name, cpus, cache_dir, log_dir
+        self.code = code  # a directory holding another revision's whistle_stop (farm bisect)
         self.process: asyncio.subprocess.Process | None = None
 
     @property
@@ -43,6 +46,11 @@ class LocalWorker:
         if self.process is not None and self.process.returncode is None:
             return
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"}
+        if self.code is not None:  # first on the path: its whistle_stop, not this one
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(self.code), env.get("PYTHONPATH")])
+            )
         with open(self.log_path, "ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -59,7 +67,7 @@ class LocalWorker:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 limit=LINE_LIMIT,
-                env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "TQDM_DISABLE": "1"},
+                env=env,
             )
 
     async def run(self, spec: dict[str, Any]) -> ResultPayload:
@@ -143,9 +151,11 @@ class LocalExecutor:
 
     detached = False
 
-    def __init__(self, cpu_sets: list[list[int]], cache_dir: Path) -> None:
+    def __init__(
+        self, cpu_sets: list[list[int]], cache_dir: Path, code: Path | None = None
+    ) -> None:
         self.workers = [
-            LocalWorker(f"local-{i}", cpus, cache_dir, cache_dir / "logs")
+            LocalWorker(f"local-{i}", cpus, cache_dir, cache_dir / "logs", code)
             for i, cpus in enumerate(cpu_sets)
         ]
 
