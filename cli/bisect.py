@@ -33,9 +33,11 @@ def bisect(
     threshold: Annotated[
         str, typer.Option(help="Smaller changes are 'same' (as in farm compare).")
     ] = "5%",
-    attempts: Annotated[int, typer.Option(min=2, help="Jobs per revision before judging.")] = 3,
+    attempts: Annotated[
+        int, typer.Option(min=2, help="Attempts at a revision before judging.")
+    ] = 3,
     max_attempts: Annotated[
-        int, typer.Option(min=2, help="Jobs per revision before it is called undecided.")
+        int, typer.Option(min=2, help="Attempts at a revision before it is called undecided.")
     ] = 12,
     cpus: Annotated[
         str | None, typer.Option(help="The CPU set the jobs run on (default: all).")
@@ -46,7 +48,8 @@ def bisect(
     """Binary search between --good and --bad for the first revision that made the cell
     slower, each revision's worker run from a git worktree of --repo.
 
-    The ends are measured alternately until bad is shown slower (a 95% interval below
+    Revisions are compared within an attempt (good, probe, bad, one job each). The
+    ends are measured until bad is shown slower (a 99% interval below
     1 - threshold/2); each midpoint until it is shown slower than the good side or faster
     than the bad side, adding jobs while it is unknown. Every job is stored as a one-job
     sweep NAME@REVISION-N (see farm history). Exits 3 if no revision could be named.

@@ -5,16 +5,18 @@ Each revision runs from a git worktree of the repository, its packages laid out 
 pyproject maps them (symlinks, no install), and only the worker comes from it: this
 orchestrator plans, dispatches and stores, so every measurement lands in one database
 (each a one-job sweep `<name>@<revision>-<n>`, on `farm history`'s timeline with its
-revision). The ends are measured first, alternately, until bad is decidedly slower than
-good (contract/figures.py's verdict on Welch's interval); then each midpoint is measured
-until it is decidedly slower than the good side or decidedly faster than the bad side,
-each side pooling every revision already placed on it (one step: what is before it is
-alike, what is after it too). A midpoint that stays undecided after `max_attempts`
-stops the search there and says so, as Pinpoint says unknown.
+revision). Revisions are compared within an attempt, as a sweep compares paths within a
+round: the host's drift between attempts cancels in the ratios. The ends are measured
+first, in alternating order, until bad/good is decidedly slower (contract/figures.py's
+verdict on the ratios' interval); then each midpoint, between the last good and the
+first bad revision known, until it is decidedly slower than the good one or decidedly
+faster than the bad one. A midpoint still undecided after the most attempts stops the
+search there and says so, as Pinpoint says unknown.
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from whistle_stop.contract.figures import SLOWER, ratio_between, verdict
+from whistle_stop.contract.figures import SLOWER, ratio_interval, verdict
 from whistle_stop.orchestrator.dispatch import run_sweep
 from whistle_stop.orchestrator.store import Store
 from whistle_stop.orchestrator.sweep import SweepPlan
@@ -107,59 +109,61 @@ async def bisect(
     say: Callable[[str], None],
 ) -> Bisection:
     """Binary search over `revisions` (good first, bad last) for the first slower one;
-    `attempts` = (first, most) measurements of a revision before it is judged."""
+    `attempts` = (first, most) attempts at a revision before it is judged."""
     first, most = attempts
     found = Bisection(revisions)
     counter = iter(range(1, 1_000_000))
 
-    async def one(revision: str) -> None:
+    async def one(revision: str) -> float:
         speed = await measure(revision, f"{name}@{revision[:8]}-{next(counter)}")
         if speed is None:
             raise BisectError(f"the job failed at {revision[:8]}: see farm report")
         found.speeds.setdefault(revision, []).append(speed)
+        return speed
 
-    def judged(good: list[str], probe: str, bad: list[str]) -> str:
-        """'bad', 'good' or '' (undecided) for `probe` against the two sides."""
-        mine = found.speeds.get(probe, [])
-        if verdict(ratio_between(found.side(good), mine), margin) == SLOWER:
-            return "bad"
-        if verdict(ratio_between(mine, found.side(bad)), margin) == SLOWER:
-            return "good"
-        return ""
+    def slower(ratios: list[float]) -> bool:
+        # 99%, not 95%: the interval is looked at after every attempt, and each look is
+        # another chance for noise to pass as a step
+        return verdict(ratio_interval(ratios, confidence=0.99), margin) == SLOWER
 
     good_end, bad_end = revisions[0], revisions[-1]
-    for count in range(most):  # the ends, alternately, until bad is shown slower
-        await one(good_end)
-        await one(bad_end)
-        interval = ratio_between(found.speeds[good_end], found.speeds[bad_end])
-        if count + 1 >= first and verdict(interval, margin) == SLOWER:
+    ratios: list[float] = []  # bad / good, within an attempt: drift between attempts cancels
+    for count in range(most):
+        pair = [good_end, bad_end] if count % 2 == 0 else [bad_end, good_end]
+        speeds = {revision: await one(revision) for revision in pair}
+        ratios.append(speeds[bad_end] / speeds[good_end])
+        if count + 1 >= first and slower(ratios):
             break
     else:
-        low, high = interval or (float("nan"),) * 2
+        low, high = ratio_interval(ratios, confidence=0.99) or (float("nan"),) * 2
         found.why = (
-            f"bad is not shown slower than good after {most} jobs each: "
-            f"bad/good {low:.2f}-{high:.2f} (95% interval)"
+            f"bad is not shown slower than good after {most} attempts: "
+            f"bad/good {low:.2f}-{high:.2f} (99% interval)"
         )
         return found
-    say(f"bad/good {interval[0]:.2f}-{interval[1]:.2f}: slower; bisecting {len(revisions)}")
+    say(f"bad/good {statistics.median(ratios):.2f}x: slower; bisecting {len(revisions)}")
     lo, hi = 0, len(revisions) - 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        probe = revisions[mid]
+        probe, good, bad = revisions[mid], revisions[lo], revisions[hi]
+        after_good, before_bad = [], []  # probe / good, bad / probe, within each attempt
         answer = ""
         for count in range(most):
-            await one(probe)
+            order = [good, probe, bad] if count % 2 == 0 else [bad, probe, good]
+            speeds = {revision: await one(revision) for revision in order}
+            after_good.append(speeds[probe] / speeds[good])
+            before_bad.append(speeds[bad] / speeds[probe])
             if count + 1 >= first:
-                answer = judged(revisions[: lo + 1], probe, revisions[hi:])
+                answer = "bad" if slower(after_good) else "good" if slower(before_bad) else ""
                 if answer:
                     break
         if not answer:
             found.why = (
-                f"{probe[:8]} stayed undecided after {most} jobs: the first bad revision is "
-                f"after {revisions[lo][:8]} and at or before {revisions[hi][:8]}"
+                f"{probe[:8]} stayed undecided after {most} attempts: the first bad "
+                f"revision is after {good[:8]} and at or before {bad[:8]}"
             )
             return found
-        say(f"{probe[:8]}: {answer} ({len(found.speeds[probe])} jobs)")
+        say(f"{probe[:8]}: {answer} (probe/good {statistics.median(after_good):.2f}x)")
         lo, hi = (mid, hi) if answer == "good" else (lo, mid)
     found.first_bad = revisions[hi]
     return found

@@ -19,7 +19,7 @@ runner = CliRunner()
 CELL = """
 name: cal
 model: random:gpt2
-backends: [{name: calibration, megabytes: 16}]
+backends: [{name: calibration, megabytes: 64}]   # 64 and 128 MB: past the caches
 context_sizes: [8]
 generation_lengths: [8]
 threads: [1]
