@@ -14,6 +14,7 @@ BENCHES = {
     "calibration": ("calibration", "verdicts against known 5% and 10% slowdowns"),
     "noise-floor": ("noise_floor", "a sweep 3x with a control: noise floor, intervals"),
     "goals": ("goals", "issue #17's goals from engines.yaml sweeps, beside targets"),
+    "history": ("history", "a planted slowdown in a scratch branch: history, bisect"),
     "lost-worker": ("lost_worker", "a worker SIGKILLed at its 2nd job: when it is back"),
     "farm-scale": ("farm_scale", "10,000 no-op jobs through Celery: throughput, CPU"),
     "long-context": ("long_context", "decode at context 32 against 512, per path"),

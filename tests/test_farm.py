@@ -288,6 +288,10 @@ def test_a_frozen_worker_that_wakes_up_late_adds_no_second_result(farm):
     if not TWO_CPUS:  # the frozen worker holds the one CPU: no survivor could claim it
         pytest.skip("needs two CPUs: a survivor beside the frozen worker")
     farm.env["FARM_LEASE_S"] = "6"
+    # the broker's own redelivery (visibility timeout: twice the hard limit, 16 s with the
+    # test's limits) raced the lease (6 s + the watch's looks) under load and sometimes won:
+    # one result still, but no lost attempt named. With 60 s it cannot win.
+    farm.env["FARM_JOB_TIME_LIMIT"] = "60"
     frozen = farm.worker("0", "frozen")
     submit = farm.submit(farm.sweep([ok("slow", step_s=0.6)]))
     wait_for(lambda: farm.job_with_status("running"), 90, "the job to start")
