@@ -3,11 +3,15 @@ a slowdown planted in one commit, and what `farm history --changes` and `farm bi
 find in it.
 
 Clones this checkout's HEAD, adds --points commits (each a harmless comment; commit
---step-at makes the calibration backend read --slowdown more bytes a step), then runs
-the cell once per commit, oldest first, each a sweep of --rounds rounds with its worker
-from that commit's worktree (orchestrator/bisect.py's checkout), and prints the history
-with its change points. With --slowdown 0 the planted commit changes nothing measured:
-the history must show no change. With --bisect, `farm bisect` runs over the same range.
+--step-at makes the calibration backend's `slowdown` cost more, so the path `planted`
+(slowdown 0.05) reads --slowdown more bytes a step, while `control`, slowdown 0 and the
+sweep's baseline, is left alone, as a regression in one backend leaves transformers
+alone), then runs the two paths once per commit, oldest first, each commit a sweep of
+--rounds rounds with its worker from that commit's worktree (orchestrator/bisect.py's
+checkout), and prints `farm history --changes`: tok/s carries the host's drift between
+sweeps, the speedup over the control cancels it. With --slowdown 0 the planted commit
+changes nothing measured: the history must show no change. With --bisect, `farm bisect`
+runs `planted` over the same range (into a database of its own).
 
     farm bench history --points 10 --step-at 6 --slowdown 0.10 [--bisect]
 """
@@ -32,7 +36,10 @@ from whistle_stop.orchestrator.sweep import parse_sweep
 
 CELL = """name: {name}
 model: random:gpt2
-backends: [{{name: calibration, label: planted}}]
+backends:
+  - {{name: calibration, label: control}}
+  - {{name: calibration, slowdown: 0.05, label: planted}}
+baseline: control
 context_sizes: [8]
 generation_lengths: [32]
 threads: [1]
@@ -54,7 +61,8 @@ def scratch_branch(repo: Path, points: int, step_at: int, slowdown: float) -> li
     for point in range(1, points + 1):
         text = source.read_text()
         if point == step_at:  # the planted slowdown: more bytes read a step, for real
-            text = text.replace("(1 + options.slowdown)", f"(1 + {slowdown} + options.slowdown)")
+            factor = ((1 + slowdown) * 1.05 - 1) / 0.05  # 1 + 0.05 x factor = 1.05 (1 + s)
+            text = text.replace("(1 + options.slowdown)", f"(1 + {factor:.4f} * options.slowdown)")
         source.write_text(text + f"# point {point}\n")
         git(repo, "commit", "-qam", f"point {point}" + (" (planted)" if point == step_at else ""))
         commits.append(git(repo, "rev-parse", "HEAD"))
@@ -96,8 +104,10 @@ def main(argv: list[str] | None = None) -> None:
         farm("history", "--changes", "--db", db)
         if args.bisect:
             grid = tmp / "cell.yaml"
-            grid.write_text(CELL.format(name="bisect", rounds=1))
+            cell = CELL.format(name="bisect", rounds=1).replace("baseline: control\n", "")
+            grid.write_text(cell.replace("  - {name: calibration, label: control}\n", ""))
             # good: the commit before the first point (the clone's HEAD)
             good = git(repo, "rev-parse", f"{commits[0]}~1")
             ends = ["--repo", str(repo), "--good", good, "--bad", commits[-1]]
-            farm("bisect", *ends, "--grid", str(grid), "--db", db, "--cache-dir", str(cache))
+            bisected = str(tmp / "bisect.db")
+            farm("bisect", *ends, "--grid", str(grid), "--db", bisected, "--cache-dir", str(cache))

@@ -61,7 +61,12 @@ def history(
     with open_existing(db) as session:
         try:
             sweeps = find_sweeps(session, None, every=True)
-            rows = result_rows(session, sweeps, "hf")
+            by_baseline: dict[str, list] = {}  # each sweep's speedups against its own
+            for sweep in sweeps:
+                by_baseline.setdefault(sweep.baseline or "hf", []).append(sweep)
+            rows = [r for b, group in by_baseline.items() for r in result_rows(session, group, b)]
+            order = {sweep.name: index for index, sweep in enumerate(sweeps)}
+            rows.sort(key=lambda row: order[row["sweep"]])  # oldest sweep first, as before
             rows = apply_filters(rows, backends=backend or [], hosts=[], where=where or [])
         except ReportError as error:
             raise fail(str(error)) from None

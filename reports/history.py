@@ -22,7 +22,11 @@ from whistle_stop.reports.render import to_markdown
 SERIES = ("model", "label", "backend", "options", "context", "generation", "threads")
 MACHINE = ("cpu_model", "isa")
 # the figures a change is looked for in, and how each is shown
-WATCHED = {"decode_tokens_per_s": "tok/s", "mean_kl": "mean KL", "top1_agreement": "top-1"}
+# (speedup: against the sweep's baseline within each round, so the host's drift between
+# sweeps cancels in it, as it cannot in tok/s; the baseline must be a path the change
+# under watch leaves alone)
+WATCHED = {"decode_tokens_per_s": "tok/s", "speedup": "speedup"}
+WATCHED |= {"mean_kl": "mean KL", "top1_agreement": "top-1"}
 
 
 @dataclass
@@ -83,8 +87,8 @@ def _change_text(figure: str, change: ChangePoint) -> str:
     return f"{WATCHED[figure]} {change.ratio:.2f}x{interval} p={change.p_value:.3f}"
 
 
-HEADINGS = ["sweep", "#", "measured", "revision", "tok/s", "95% interval", "rounds", "mean KL"]
-HEADINGS += ["top-1", "change", "versions changed"]  # the change's interval: the summary
+HEADINGS = ["sweep", "#", "measured", "revision", "tok/s", "95% interval", "speedup", "rounds"]
+HEADINGS += ["mean KL", "top-1", "change", "versions changed"]  # the change's interval: the summary
 
 
 def table_lines(series: Series) -> list[list[str]]:
@@ -99,7 +103,7 @@ def table_lines(series: Series) -> list[list[str]]:
         lines.append(
             [point["sweep"], str(index + 1), (point["measured_at"] or "")[5:16].replace("T", " ")]
             + [_revision(point), f"{point['decode_tokens_per_s']:.1f}"]
-            + [f"{low:.1f}-{high:.1f}" if low else "-", str(point["rounds"])]
+            + [f"{low:.1f}-{high:.1f}" if low else "-", _speedup(point), str(point["rounds"])]
             + [f"{kl:.2e}" if kl is not None else "-", f"{top1:.3f}" if top1 is not None else "-"]
             + [
                 "; ".join(at.get(index, [])) or "",
@@ -107,6 +111,13 @@ def table_lines(series: Series) -> list[list[str]]:
             ]
         )
     return lines
+
+
+def _speedup(point: dict[str, Any]) -> str:
+    speedup, low, high = point["speedup"], point["speedup_lo"], point["speedup_hi"]
+    if speedup is None:
+        return "-"
+    return f"{speedup:.3f}x" + (f" ({low:.2f}-{high:.2f})" if low else "")
 
 
 def summary(series: Series) -> str:
@@ -164,7 +175,7 @@ def render(all_series: list[Series], fmt: str) -> str:
 def _as_json(series: Series) -> dict[str, Any]:
     keep = ("sweep", "measured_at", "git_revision", "git_dirty", "versions", "rounds")
     keep += ("decode_tokens_per_s", "decode_tokens_per_s_lo", "decode_tokens_per_s_hi")
-    keep += ("mean_kl", "top1_agreement")
+    keep += ("speedup", "speedup_lo", "speedup_hi", "baseline", "mean_kl", "top1_agreement")
     return {
         "series": series.key,
         "points": [{k: p[k] for k in keep} for p in series.points],
