@@ -38,7 +38,7 @@ def bisect(
     ] = 3,
     max_attempts: Annotated[
         int, typer.Option(min=2, help="Attempts at a revision before it is called undecided.")
-    ] = 12,
+    ] = 20,
     cpus: Annotated[
         str | None, typer.Option(help="The CPU set the jobs run on (default: all).")
     ] = None,
