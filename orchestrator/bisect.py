@@ -36,7 +36,10 @@ class BisectError(ValueError):
 
 
 def git(repo: Path, *args: str) -> str:
-    done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    try:
+        done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+    except (OSError, ValueError) as error:  # no git; a NUL byte in an argument
+        raise BisectError(f"git {' '.join(args)!r}: {error}") from None
     if done.returncode != 0:
         raise BisectError(f"git {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout.strip()
@@ -52,7 +55,8 @@ def revision_range(repo: Path, good: str, bad: str) -> list[str]:
             raise BisectError(f"{name!r} is not a revision of {repo}") from None
     if ends[0] == ends[1]:
         raise BisectError("good and bad are the same revision")
-    if subprocess.run(["git", "-C", str(repo), "merge-base", "--is-ancestor", *ends]).returncode:
+    ancestry = ["git", "-C", str(repo), "merge-base", "--is-ancestor", *ends]
+    if subprocess.run(ancestry, capture_output=True).returncode:
         raise BisectError(f"{good} is not an ancestor of {bad}: nothing between them to bisect")
     between = git(repo, "rev-list", "--reverse", "--first-parent", f"{ends[0]}..{ends[1]}")
     return [ends[0], *between.split()]

@@ -25,6 +25,7 @@ COMMANDS = [
     "bandwidth",
     "bench",
     "history",
+    "bisect",
 ]
 
 
