@@ -96,9 +96,6 @@ class Bisection:
     first_bad: str | None = None
     why: str = ""  # what stopped the search, when it did not name a revision
 
-    def side(self, revisions: list[str]) -> list[float]:
-        return [v for r in revisions for v in self.speeds.get(r, [])]
-
 
 # a revision's runner: the revision, the sweep name -> its job's tok/s (None if it failed)
 Measure = Callable[[str, str], Awaitable[float | None]]
