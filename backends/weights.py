@@ -7,6 +7,7 @@ reads identical weights. Loading never runs remote code and never unpickles.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from whistle_stop.artifacts import build_once
@@ -19,9 +20,27 @@ def materialize(source: ModelSource, cache_dir: Path, seed: int) -> Path:
         return Path(source.ref)
     if source.kind == "hub":
         return _download(source.ref)
+    if source.kind == "trained":
+        return trained_model(source.ref, cache_dir, seed)
     final = cache_dir / "models" / f"random-{source.ref}-seed{seed}"
     build_once(final, lambda tmp: _save_random(source, seed, tmp))
     return final
+
+
+def trained_model(name: str, cache_dir: Path, seed: int, progress=None) -> Path:
+    """The trained model `name` in the model cache, trained once (minutes; locked, so two
+    workers never train it twice). Without a `progress` callback, a line every tenth of
+    the steps goes to stderr (a worker's log)."""
+    from whistle_stop.backends import trained
+
+    final = cache_dir / "models" / f"trained-{name}-seed{seed}-{trained.key(name, seed)}"
+    build_once(final, lambda tmp: trained.build(name, seed, cache_dir, tmp, progress or _log))
+    return final
+
+
+def _log(step: int, steps: int, loss: float) -> None:
+    if step % max(1, steps // 10) == 0 or step == steps:
+        print(f"training: step {step}/{steps}, loss {loss:.3f}", file=sys.stderr, flush=True)
 
 
 def _save_random(source: ModelSource, seed: int, out: Path) -> None:

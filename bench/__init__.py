@@ -13,6 +13,7 @@ from __future__ import annotations
 BENCHES = {
     "calibration": ("calibration", "verdicts against known 5% and 10% slowdowns"),
     "noise-floor": ("noise_floor", "a sweep 3x with a control: noise floor, intervals"),
+    "fidelity": ("fidelity", "fidelity.yaml on trained weights and on untrained ones"),
     "goals": ("goals", "issue #17's goals from engines.yaml sweeps, beside targets"),
     "history": ("history", "a planted slowdown in a scratch branch: history, bisect"),
     "lost-worker": ("lost_worker", "a worker SIGKILLed at its 2nd job: when it is back"),

@@ -79,11 +79,11 @@ def view(name: str, db: Path, *more: str) -> None:
     farm("report", "--view", name, "--all", "--db", str(db), *more)
 
 
-def submit(data: dict, directory: Path, db: Path) -> Path:
+def submit(data: dict, directory: Path, db: Path, *more: str) -> Path:
     """Write `data` as <directory>/<name>.yaml and submit it to `db` (quietly); the file."""
     grid = directory / f"{data['name']}.yaml"
     grid.write_text(yaml.safe_dump(data, sort_keys=False))
-    farm("submit", "--grid", str(grid), "--db", str(db), "-q")
+    farm("submit", "--grid", str(grid), "--db", str(db), "-q", *more)
     return grid
 
 

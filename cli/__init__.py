@@ -8,7 +8,15 @@ input error (nothing was written); 3 something failed at run time (jobs failed i
 
 from __future__ import annotations
 
-from whistle_stop.cli import bench, bisect, history, reports, run, worker  # noqa: F401  (each registers its commands)
+from whistle_stop.cli import (  # noqa: F401  (each registers its commands)
+    bench,
+    bisect,
+    history,
+    model,
+    reports,
+    run,
+    worker,
+)
 from whistle_stop.cli.common import app
 
 

@@ -27,6 +27,7 @@ class View(StrEnum):  # reports/analyses.py: conclusions over many sweeps
     noise = "noise"
     calibration = "calibration"
     goals = "goals"
+    fidelity = "fidelity"
 
 
 class CompareFormat(StrEnum):  # a comparison is a table of changes: no HTML page
@@ -158,7 +159,8 @@ def report(
         typer.Option(
             case_sensitive=False,
             help="Instead of the rows, a conclusion over the sweeps: noise (noise floor, "
-            "intervals across sweeps), calibration (verdicts on known slowdowns) or goals.",
+            "intervals across sweeps), calibration (verdicts on known slowdowns), goals, or "
+            "fidelity (speed beside fidelity, and the reference's outlier channels).",
         ),
     ] = None,
     format: FormatOption = Format.table,

@@ -149,8 +149,12 @@ class Metrics:
     # text prompts and perplexity
     tokenize_ms: float | None = None
     detokenize_ms: float | None = None
-    perplexity: float | None = None  # on the sweep's eval_text, if any
+    perplexity: float | None = None  # on the sweep's eval_text, or the held-out positions
     perplexity_delta: float | None = None  # minus transformers float32's
+    # what fidelity was measured on: "held-out text" (a trained model's), else random ids
+    fidelity_data: str | None = None
+    # the reference's per-layer outlier channels (worker/activations.py summarize)
+    activation_outliers: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> Metrics:

@@ -116,7 +116,14 @@ class Environment(Base):
 
 
 # Python annotation -> column type, for the figures declared in contract/payload.py
-SQL_TYPES = {"int": Integer, "float": Double, "bool": Boolean, "dict": JSON, "list": JSON}
+SQL_TYPES = {
+    "int": Integer,
+    "float": Double,
+    "bool": Boolean,
+    "str": Text,
+    "dict": JSON,
+    "list": JSON,
+}
 
 
 def _metric_columns() -> dict[str, Any]:

@@ -62,7 +62,10 @@ class SweepFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str | None = Field(None, description="sweep name; defaults to the file's stem")
-    model: str = Field("random:gpt2", description="random:gpt2, a local directory, or a hub id")
+    model: str = Field(
+        "random:gpt2",
+        description="random:gpt2, trained:gpt2-shakespeare, a local directory, or a hub id",
+    )
     backends: Annotated[list[BackendChoice], Field(min_length=1)] = Field(
         description="each a backend name, or a mapping: name, label and that backend's options"
     )

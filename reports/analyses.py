@@ -7,6 +7,9 @@ the sweeps it ran, read back from the store at any time.
 - `calibration`: verdicts on known slowdowns: false alarms (A/A) and detections (A/B),
   wrong-direction calls, rounds spent, and the host's noise on one ratio
   (`farm bench calibration` runs examples/calibration.yaml).
+- `fidelity`: each path's speed beside its fidelity with their intervals (top-1, KL and
+  its percentiles, perplexity beside float32's), and the float32 reference's outlier
+  channels per layer, which explain why per-tensor int8 fails where it does.
 - `goals`: issue #17's goals 1-6 from sweeps of examples/engines.yaml, each beside its
   target (`farm bench goals` runs them).
 """
@@ -296,4 +299,55 @@ def _cells(rows: Rows) -> list[tuple[int, int, int]]:
     return sorted({_cell(r) for r in rows})
 
 
-VIEWS = {"noise": noise, "calibration": calibration, "goals": goals}
+def fidelity(rows: Rows, names: list[str], baseline: str) -> str:
+    """Speed and fidelity per path and cell, then the reference's outlier channels."""
+    done = [r for r in rows if r["status"] == JobStatus.DONE and r["top1_agreement"] is not None]
+    done.sort(key=lambda r: (r["context"], r["generation"], -(r["speedup"] or 0)))
+    lines = [
+        [
+            r["label"],
+            str(r["context"]),
+            _between(r["speedup"], r["speedup_lo"], r["speedup_hi"], "{:.2f}x"),
+            _between(r["top1_agreement"], r["top1_low"], r["top1_high"], "{:.3f}"),
+            _between(r["mean_kl"], r["kl_low"], r["kl_high"], "{:.1e}"),
+            "/".join(f"{r[k]:.0e}" for k in ("kl_p50", "kl_p99", "kl_max")),
+            _perplexity(r),
+        ]
+        for r in done
+    ]
+    headings = ["path", "ctx", "speedup", "top-1", "mean KL", "KL p50/p99/max", "perplexity"]
+    text = to_markdown(headings, lines) if lines else "no fidelity measured in these sweeps\n"
+    measured_on = sorted({r["fidelity_data"] or "random ids" for r in done})
+    text += f"measured on: {', '.join(measured_on)}; [95% intervals]\n"
+    outliers = next((r["activation_outliers"] for r in done if r["activation_outliers"]), None)
+    return text + (outlier_lines(outliers) if outliers else "")
+
+
+def outlier_lines(outliers: dict[str, Any]) -> str:
+    """The reference's per-layer channel max over median, worst layers first."""
+    worst = outliers["worst"]
+    channels = ", ".join(str(c) for c in outliers["top_channels"][worst])
+    ranked = sorted(outliers["ratio"].items(), key=lambda item: -item[1])
+    shown = ", ".join(f"{name} {ratio:.0f}x" for name, ratio in ranked[:6])
+    return (
+        f"outlier channels (float32 reference, largest channel max |x| over the median "
+        f"channel's): worst {worst} {outliers['worst_ratio']:.0f}x (channels {channels}); "
+        f"median layer {outliers['median_ratio']:.1f}x; largest: {shown}\n"
+    )
+
+
+def _between(value, low, high, fmt: str) -> str:
+    if value is None:
+        return "-"
+    text = fmt.format(value)
+    return text if low is None or high is None else f"{text} [{fmt.format(low)}-{fmt.format(high)}]"
+
+
+def _perplexity(row: dict) -> str:
+    if row["perplexity"] is None:
+        return "-"
+    reference = row["perplexity"] - (row["perplexity_delta"] or 0.0)
+    return f"{row['perplexity']:.2f} (f32 {reference:.2f})"
+
+
+VIEWS = {"noise": noise, "calibration": calibration, "goals": goals, "fidelity": fidelity}

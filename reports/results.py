@@ -22,6 +22,8 @@ BEGIN, END = "<!-- results: begin (farm results) -->", "<!-- results: end -->"
 PAGE_COLUMNS = ("label", "context", "generation", "threads", "decode_tokens_per_s", "speedup")
 PAGE_COLUMNS += ("top1_agreement", "mean_kl", "roofline_fraction", "prefill_ms_p50", "rounds")
 SOFTWARE = ("torch", "transformers", "onnxruntime")
+# sweeps a benchmark runs from an example with a change (the untrained twin's model)
+RUN_BY = {"fidelity-untrained": "farm bench fidelity"}
 
 
 class ExportError(ValueError):
@@ -44,8 +46,8 @@ def load_export(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def page(stem: str, rows: list[dict[str, Any]]) -> str:
-    """The markdown page of one export."""
+def page(stem: str, rows: list[dict[str, Any]], figure: bool = False) -> str:
+    """The markdown page of one export (`figure`: `<stem>.png` is beside it)."""
     done = [r for r in rows if r["status"] == JobStatus.DONE]
     first = done[0] if done else rows[0]
     sweep, baseline = first["sweep"], first["baseline"]
@@ -65,8 +67,8 @@ def page(stem: str, rows: list[dict[str, Any]]) -> str:
         f"- ISA: {first.get('isa') or '?'}",
         f"- streaming read beside the jobs: {bandwidth}",
         f"- whistle-stop {(first.get('git_revision') or '?')[:10]}; {software or '?'}",
-        f"- reproduce: `farm submit --grid examples/{sweep}.yaml`, then "
-        f"`farm report -f json --sweep {sweep} --out docs/results/{stem}.json`",
+        f"- reproduce: `{RUN_BY.get(sweep, f'farm submit --grid examples/{sweep}.yaml')}`, "
+        f"then `farm report -f json --sweep {sweep} --out docs/results/{stem}.json`",
         "",
         "## Verdict",
         "",
@@ -75,8 +77,22 @@ def page(stem: str, rows: list[dict[str, Any]]) -> str:
         "## Every path",
         "",
         _table(rows),
+        *_fidelity_section(stem, rows, figure),
     ]
     return "\n".join(lines)
+
+
+def _fidelity_section(stem: str, rows: list[dict[str, Any]], figure: bool) -> list[str]:
+    """Where fidelity was measured on real text (a trained model), its intervals,
+    perplexities and the reference's outlier channels; the figure if one is beside it
+    (`farm bench fidelity` draws trained and untrained weights side by side)."""
+    if not any(r.get("fidelity_data") for r in rows):
+        return []
+    from whistle_stop.reports.analyses import fidelity
+
+    text = fidelity(rows, [], rows[0]["baseline"]).rstrip()
+    shown = [f"![speed against fidelity]({stem}.png)", ""] if figure else []
+    return ["", "## Fidelity", "", *shown, text]
 
 
 def verdict_lines(rows: list[dict[str, Any]], baseline: str) -> list[str]:
@@ -111,12 +127,14 @@ def write_pages(directory: Path, readme: Path | None) -> list[str]:
     written = []
     for path, rows in loaded.items():
         target = path.with_suffix(".md")
-        text = page(path.stem, rows) + "\n"
+        text = page(path.stem, rows, path.with_suffix(".png").is_file()) + "\n"
         if not target.exists() or target.read_text() != text:
             write_atomically(target, text.encode())
             written.append(str(target))
     if readme is not None:
-        newest = max(loaded, key=lambda p: max(r["measured_at"] or "" for r in loaded[p]))
+        # the headline is about the model users run (GPT-2 sizes), not one trained here
+        headline = {p: rows for p, rows in loaded.items() if _gpt2(rows)} or loaded
+        newest = max(headline, key=lambda p: max(r["measured_at"] or "" for r in loaded[p]))
         text = readme.read_text()
         if BEGIN not in text or END not in text:
             raise ExportError(f"{readme} has no results markers ({BEGIN} ... {END})")
@@ -126,6 +144,10 @@ def write_pages(directory: Path, readme: Path | None) -> list[str]:
             write_atomically(readme, updated.encode())
             written.append(str(readme))
     return written
+
+
+def _gpt2(rows: list[dict[str, Any]]) -> bool:
+    return not str(rows[0].get("model") or "").startswith("trained:")
 
 
 def _day(dates: list[str]) -> str:

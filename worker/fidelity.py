@@ -2,7 +2,8 @@
 
 With random weights the logits are nearly flat, so free-running greedy output
 diverges at the first near-tie; the teacher-forced figures (every backend fed the
-reference's own greedy sequence) are the ones to lead with.
+reference's own greedy sequence) are the ones to lead with. A model that ships held-out
+text (`trained:` ones do) is fed that text instead: real positions, and a perplexity.
 """
 
 from __future__ import annotations
@@ -28,28 +29,43 @@ def reference_versions() -> list[str | None]:
 
 
 def reference(
-    model_dir: Path, digest: str, prompt: list[int], generation: int, cache_dir: Path
-) -> tuple[list[int], np.ndarray]:
-    """Greedy tokens and teacher-forced logits of `hf` float32, computed once and cached.
+    model_dir: Path,
+    digest: str,
+    prompt: list[int],
+    generation: int,
+    cache_dir: Path,
+    fed: list[int] | None = None,
+) -> tuple[list[int], np.ndarray, dict[str, np.ndarray]]:
+    """`hf` float32's teacher-forced logits after `prompt`, computed once and cached.
 
-    Returns (tokens of length `generation`, logits (generation, vocab) float32).
+    Without `fed`, it is fed its own greedy choices (`generation` of them); with `fed`
+    (the real next tokens of a held-out text), those, and the per-channel maxima of every
+    linear layer's input are recorded on the way (worker/activations.py).
+    Returns (the tokens fed, logits (tokens, vocab) float32, channel maxima or {}).
     """
-    parts = [digest, prompt, generation, reference_versions()]
+    parts = [digest, prompt, generation, reference_versions()] + ([fed] if fed else [])
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
     final = cache_dir / "references" / key
 
     def build(out: Path) -> None:
         from whistle_stop.backends.hf import HFBackend
         from whistle_stop.backends.options import HFOptions
+        from whistle_stop.worker.activations import ChannelMaxima
 
         hf = HFBackend(model_dir, HFOptions(dtype="float32"), 0, cache_dir)
-        tokens = hf.generate(prompt, generation).tokens
-        logits = hf.teacher_forced_logits(prompt, tokens)
-        np.savez(out / "reference.npz", tokens=np.array(tokens), logits=logits)
+        if fed is None:
+            tokens, maxima = hf.generate(prompt, generation).tokens, {}
+            logits = hf.teacher_forced_logits(prompt, tokens)
+        else:
+            with ChannelMaxima(hf.model) as seen:
+                tokens, logits = fed, hf.teacher_forced_logits(prompt, fed)
+            maxima = seen.arrays()
+        np.savez(out / "reference.npz", tokens=np.array(tokens), logits=logits, **maxima)
 
     build_once(final, build)
     stored = np.load(final / "reference.npz")
-    return stored["tokens"].tolist(), stored["logits"]
+    maxima = {key: stored[key] for key in stored.files if key.startswith("max:")}
+    return stored["tokens"].tolist(), stored["logits"], maxima
 
 
 def compare(
@@ -57,14 +73,17 @@ def compare(
     ref_logits: list[np.ndarray],
     logits: list[np.ndarray],
     tokens: list[int],
+    text: list[list[int]] | None = None,
 ) -> dict[str, float | int]:
     """Teacher-forced agreement and KL pooled over every prompt's positions, with their
     spread; and where free-running output (of the first prompt) diverged.
 
-    `ref_logits[i]` and `logits[i]` are prompt i's (positions, vocab) logits.
+    `ref_logits[i]` and `logits[i]` are prompt i's (positions, vocab) logits. With `text`
+    (the real next tokens that were fed, prompt by prompt), the perplexity of both on them.
     """
     matches, kls, top_diffs, logit_diff, positions = [], [], [], 0.0, 0
-    for ref, mine in zip(ref_logits, logits, strict=True):
+    nll, ref_nll = 0.0, 0.0
+    for index, (ref, mine) in enumerate(zip(ref_logits, logits, strict=True)):
         count = min(len(ref), len(mine))
         ref, mine = ref[:count].astype(np.float64), mine[:count].astype(np.float64)
         ref_logp, logp = log_softmax(ref), log_softmax(mine)
@@ -75,6 +94,10 @@ def compare(
         top_diffs.append(np.abs(np.exp(logp[rows, top]) - np.exp(ref_logp[rows, top])))
         logit_diff = max(logit_diff, float(np.abs(ref - mine).max()) if count else 0.0)
         positions += count
+        if text is not None:
+            truth = np.array(text[index][:count])
+            nll -= float(logp[rows, truth].sum())
+            ref_nll -= float(ref_logp[rows, truth].sum())
     kl, agree = np.concatenate(kls), np.concatenate(matches)
     low, high = wilson(int(agree.sum()), positions)
     kl_half = Z95 * mean_standard_error(kls)
@@ -82,7 +105,11 @@ def compare(
         (i for i, (a, b) in enumerate(zip(ref_tokens, tokens, strict=False)) if a != b),
         min(len(ref_tokens), len(tokens)),
     )
-    return {
+    perplexities = {}
+    if text is not None and positions:
+        perplexity, reference = math.exp(nll / positions), math.exp(ref_nll / positions)
+        perplexities = {"perplexity": perplexity, "perplexity_delta": perplexity - reference}
+    return perplexities | {
         "top1_agreement": float(agree.mean()),
         "top1_low": low,
         "top1_high": high,

@@ -44,3 +44,26 @@ class TextPrompt:
         started = time.perf_counter()
         self.tokenizer.decode(tokens)
         return time.perf_counter() - started
+
+
+HELD_OUT = "heldout.txt"  # text a trained model never saw (backends/trained.py writes it)
+
+
+def held_out_windows(
+    model_dir: Path, context: int, length: int, count: int
+) -> list[tuple[list[int], list[int]]] | None:
+    """`count` (prompt, next `length` tokens) pairs spread evenly over the model's held-out
+    text, or None if it ships none. Real text, so fidelity is measured where it matters."""
+    path = model_dir / HELD_OUT
+    if not path.is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    ids = tokenizer(path.read_text())["input_ids"]
+    span = context + length
+    if len(ids) < span * count:
+        raise ValueError(f"{path} has {len(ids)} tokens, fewer than {count} x {span}")
+    spacing = (len(ids) - span) // max(1, count - 1) if count > 1 else 0
+    starts = [i * spacing for i in range(count)]
+    return [(ids[s : s + context], ids[s + context : s + span]) for s in starts]

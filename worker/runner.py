@@ -13,8 +13,9 @@ import re
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whistle_stop.backends import registry
 from whistle_stop.backends.base import SupportsReserve, SupportsTeacherForcing
@@ -26,11 +27,14 @@ from whistle_stop.contract.figures import roofline_fraction, roofline_tokens_per
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.contract.payload import HostFacts, Metrics, ResultPayload
 from whistle_stop.contract.status import JobStatus
-from whistle_stop.worker import fidelity, measure, perplexity, roofline
+from whistle_stop.worker import activations, fidelity, measure, perplexity, roofline
 from whistle_stop.worker.environment import host_environment
 from whistle_stop.worker.observe import Observer
 from whistle_stop.worker.pinning import threads_outside
-from whistle_stop.worker.prompts import TextPrompt, random_prompt
+from whistle_stop.worker.prompts import TextPrompt, held_out_windows, random_prompt
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def run_job(
@@ -85,12 +89,19 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     if job.prompt_text:
         text = TextPrompt(model_dir, job.prompt_text, job.context, job.tokenizer)
     config = ModelConfig.from_dir(model_dir)
+    # a model that ships held-out text (a trained one) is prompted and judged on it
+    windows = None
+    if not text:
+        count, length = job.fidelity_prompts, max(1, job.fidelity_tokens)
+        windows = held_out_windows(model_dir, job.context, length, count)
     prompt = text.ids if text else random_prompt(job.seed, job.context, config.vocab_size)
+    if windows:
+        prompt = windows[0][0]
     # fidelity does not change from round to round: measured in the first only
     teacher = isinstance(backend, SupportsTeacherForcing) and job.round == 1
     references = None
-    if job.fidelity_tokens and teacher and not _is_reference(job):
-        references = _references(job, model_dir, prompt, config, cache_dir)
+    if job.fidelity_tokens and teacher:
+        references = _references(job, model_dir, prompt, config, cache_dir, windows)
     extra = _timer_extra(job, config.n_positions)
     for index in range(job.warmups):
         # the last warm-up runs the timer check's longer generation: its timed run then
@@ -117,8 +128,8 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         flags.append(verdict)
 
     figures: dict[str, Any] = {}
-    if job.fidelity_tokens and teacher and _is_reference(job):
-        figures = _reference_itself(job)
+    if references is not None and _is_reference(job):
+        figures = _reference_itself(job) | _reference_text(references, job.fidelity_tokens)
         flags.append(
             "fidelity: this is the reference (transformers float32): 1 and 0 by "
             "construction, not measured"
@@ -193,28 +204,65 @@ def _reference_itself(job: JobSpec) -> dict[str, Any]:
     }
 
 
-def _references(job: JobSpec, model_dir: Path, prompt: list[int], config, cache_dir: Path):
-    """transformers float32 on the job's prompt (its free-running tokens too) and on
-    `fidelity_prompts - 1` more random prompts of the same length; cached on disk."""
+@dataclass
+class References:
+    """transformers float32 on every fidelity prompt, and what was fed after each."""
+
+    entries: list[tuple[list[int], list[int], np.ndarray, dict]]  # prompt, fed, logits, maxima
+    greedy: list[int]  # its free-running tokens after the job's prompt
+    text: bool  # fed held-out text, not its own greedy choices
+
+
+def _references(job: JobSpec, model_dir: Path, prompt: list[int], config, cache_dir, windows):
+    """transformers float32 on the job's prompt and `fidelity_prompts - 1` more of the same
+    length: random ones fed its own greedy tokens, or held-out text windows fed the text's
+    next tokens (`windows`). Cached on disk."""
     digest = weights_digest(model_dir, cache_dir)
-    prompts = [prompt] + [
+    greedy = fidelity.reference(model_dir, digest, prompt, job.generation, cache_dir)
+    if windows:
+        entries = [
+            (p, *fidelity.reference(model_dir, digest, p, len(fed), cache_dir, fed=fed))
+            for p, fed in windows
+        ]
+        return References(entries, greedy[0], text=True)
+    prompts = [
         random_prompt(job.seed + 1000 * i, job.context, config.vocab_size)
         for i in range(1, job.fidelity_prompts)
     ]
-    lengths = [job.generation] + [job.fidelity_tokens] * (len(prompts) - 1)
-    return [
-        (p, *fidelity.reference(model_dir, digest, p, n, cache_dir))
-        for p, n in zip(prompts, lengths, strict=True)
+    entries = [(prompt, *greedy)] + [
+        (p, *fidelity.reference(model_dir, digest, p, job.fidelity_tokens, cache_dir))
+        for p in prompts
     ]
+    return References(entries, greedy[0], text=False)
 
 
-def _fidelity(backend, references, tokens: list[int], positions: int) -> dict[str, Any]:
-    ref_logits, logits = [], []
-    for prompt, ref_tokens, ref in references:
+def _fidelity(backend, references: References, tokens: list[int], positions: int):
+    ref_logits, logits, fed = [], [], []
+    for prompt, ref_tokens, ref, _ in references.entries:
         checked = ref_tokens[:positions]
         logits.append(backend.teacher_forced_logits(prompt, checked))
         ref_logits.append(ref[: len(checked)])
-    return fidelity.compare(references[0][1], ref_logits, logits, tokens)
+        fed.append(checked)
+    text = fed if references.text else None
+    figures = fidelity.compare(references.greedy, ref_logits, logits, tokens, text)
+    return figures | _text_facts(references)
+
+
+def _reference_text(references: References, positions: int) -> dict[str, Any]:
+    """The reference's own perplexity on the held-out positions, beside its 1 and 0."""
+    if not references.text:
+        return {}
+    ref_logits = [ref[:positions] for _, _, ref, _ in references.entries]
+    fed = [tokens[:positions] for _, tokens, _, _ in references.entries]
+    same = fidelity.compare(references.greedy, ref_logits, ref_logits, references.greedy, fed)
+    return {"perplexity": same["perplexity"], "perplexity_delta": 0.0} | _text_facts(references)
+
+
+def _text_facts(references: References) -> dict[str, Any]:
+    if not references.text:
+        return {}
+    maxima = [entry[3] for entry in references.entries]
+    return {"fidelity_data": "held-out text", "activation_outliers": activations.summarize(maxima)}
 
 
 def _timer_extra(job: JobSpec, n_positions: int) -> int:
