@@ -65,7 +65,8 @@ def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
             np.save(out / f"{prefix}{name}.data.npy", data)
             np.save(out / f"{prefix}{name}.scales.npy", scales)
             plain.append(f"{prefix}{name}.bias")
-    data, scales = grouped(*quantize_rows(state["wte.weight"], options.bits, options.block_size))
+    head_bits = options.head_bits or options.bits
+    data, scales = grouped(*quantize_rows(state["wte.weight"], head_bits, options.block_size))
     np.save(out / "head.data.npy", data)
     np.save(out / "head.scales.npy", scales)
     for name in plain:
@@ -90,7 +91,8 @@ class NativeBackend(StepwiseBackend):
         parts = [
             "native",
             weights_digest(model_dir, cache_dir),
-            {"bits": options.bits, "block_size": options.block_size},  # what shapes the weights
+            # what shapes the weights
+            {"bits": options.bits, "block_size": options.block_size, "head": options.head_bits},
             source_digest("whistle_stop.backends.native", "whistle_stop.native.quantize"),
         ]
         artifact = cached_artifact(
@@ -108,7 +110,7 @@ class NativeBackend(StepwiseBackend):
                     pointers += [self._ptr(p + "ln_2.weight"), self._ptr(p + "ln_2.bias")]
                 pointers += [self._ptr(f"{p}{name}.{part}") for part in ("data", "scales")]
                 pointers.append(self._ptr(f"{p}{name}.bias"))
-        dims = (ctypes.c_int32 * 8)(
+        dims = (ctypes.c_int32 * 9)(
             config.n_layer,
             config.n_embd,
             config.n_head,
@@ -117,6 +119,7 @@ class NativeBackend(StepwiseBackend):
             options.bits,
             options.block_size,
             options.kv_dtype == "int8",
+            options.head_bits or options.bits,
         )
         self.pool = self.lib.ws_pool_create(threads)
         self.model = self.lib.ws_model_create(
@@ -132,7 +135,7 @@ class NativeBackend(StepwiseBackend):
             artifact_bytes=dir_bytes(artifact.path),
             compile_s=built["build_s"],
             matmul_bytes=options.weight_bytes(),
-            lm_head_bytes=options.weight_bytes(),
+            lm_head_bytes=options.head_weight_bytes(),
             extra={"kernels_built": built["built"]},
         )
 

@@ -129,20 +129,28 @@ class NativeOptions(BackendOptions):
     # the KV cache: float16, or int8 with a float32 scale per head and position (half
     # the bytes a decode step reads back, a quarter of 4-bit weights' at context 512)
     kv_dtype: Literal["float16", "int8"] = "float16"
+    # the tied LM head's bits (default: `bits`). On a model trained here the 4-bit head
+    # was most of a 4-bit path's KL (examples/fidelity.yaml: onnx-int4 with a float32 head
+    # 1.1e-4, with a 4-bit one 1.3e-3); llama.cpp's q4_0 and q4_K_M keep it at 6 bits
+    head_bits: Literal[4, 8] | None = None
 
     @model_validator(mode="after")
     def _blocks_need_quantized_weights(self) -> NativeOptions:
-        if self.bits == 32 and self.block_size != 32:
+        if self.bits == 32 and (self.block_size != 32 or self.head_bits):
             raise ValueError(
-                "block_size is the scale block of quantized weights; "
+                "block_size and head_bits shape quantized weights; "
                 "bits: 32 keeps float32 weights, which have none"
             )
         return self
 
-    def weight_bytes(self) -> float:
+    def weight_bytes(self, bits: int | None = None) -> float:
         """Bytes a decode step reads per weight: its bits and a float32 scale per block
         (none for float32 weights)."""
-        return 4.0 if self.bits == 32 else self.bits / 8 + 4 / self.block_size
+        bits = bits or self.bits
+        return 4.0 if bits == 32 else bits / 8 + 4 / self.block_size
+
+    def head_weight_bytes(self) -> float:
+        return self.weight_bytes(self.head_bits)
 
 
 class TorchInt8Options(BackendOptions):

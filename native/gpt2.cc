@@ -796,6 +796,7 @@ struct Layer {
 
 struct Model {
   int n_layer, n_embd, n_head, vocab, n_pos;
+  int bits = 8;  // the layers' (the head may have its own: activations are int8 for both)
   const float *wte, *wpe, *lnf_g, *lnf_b;
   QMatrix head;
   std::vector<Layer> layers;
@@ -824,7 +825,7 @@ struct Model {
     hq.resize(m, n_embd, head.block);
     attq.resize(m, n_embd, head.block);
     ffq.resize(m, 4 * n_embd, head.block);
-    if (head.bits == 32) hq.real = h.data(), attq.real = att.data(), ffq.real = ff.data();
+    if (bits == 32) hq.real = h.data(), attq.real = att.data(), ffq.real = ff.data();
     if (kv_int8) fresh.resize(static_cast<size_t>(m) * 2 * n_embd);
   }
 
@@ -1011,7 +1012,7 @@ void ws_matmul(void* pool_ptr, const void* data, const float* scales, const floa
   pool->run(task);
 }
 
-// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block, kv_int8 (0 or 1).
+// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block, kv_int8 (0 or 1), head bits.
 // pointers: wte, wpe, ln_f gain, ln_f bias, head data, head scales, then per layer:
 // ln_1 gain, ln_1 bias, qkv data, scales, bias, proj data, scales, bias,
 // ln_2 gain, ln_2 bias, fc data, scales, bias, out data, scales, bias.
@@ -1021,13 +1022,14 @@ void* ws_model_create(void* pool, const int32_t* dims, const void* const* ptrs) 
   model->vocab = dims[3], model->n_pos = dims[4];
   const int bits = dims[5], block = dims[6], c = dims[1];
   model->kv_int8 = dims[7] != 0;
+  model->bits = bits;
   model->pool = static_cast<Pool*>(pool);
   model->wte = static_cast<const float*>(ptrs[0]);
   model->wpe = static_cast<const float*>(ptrs[1]);
   model->lnf_g = static_cast<const float*>(ptrs[2]);
   model->lnf_b = static_cast<const float*>(ptrs[3]);
   const int padded = (model->vocab + GROUP - 1) / GROUP * GROUP;  // the head, in whole groups
-  model->head = matrix(padded, c, bits, block, ptrs[4], ptrs[5], nullptr);
+  model->head = matrix(padded, c, dims[8], block, ptrs[4], ptrs[5], nullptr);
   for (int l = 0; l < model->n_layer; ++l) {
     const void* const* p = ptrs + 6 + 16 * l;
     Layer L;

@@ -129,7 +129,7 @@ def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, m):
     assert error < (1e-5 if bits == 32 else 0.02), error
 
 
-def _dequantized_reference(model_dir, bits: int, block: int):
+def _dequantized_reference(model_dir, bits: int, block: int, head_bits: int | None = None):
     """nanoGPT in float32 with every weight the engine quantizes replaced by what its
     quantized form stands for (the embedding lookup stays float, as in the engine)."""
     gpt = load_gpt(model_dir)
@@ -139,30 +139,35 @@ def _dequantized_reference(model_dir, bits: int, block: int):
                 data, scales = quantize_rows(parameter.numpy(), bits, block)
                 parameter.copy_(torch.from_numpy(dequantize_rows(data, scales, bits, block)))
         head = gpt.transformer.wte.weight.detach().numpy()
-        data, scales = quantize_rows(head, bits, block)
+        head_bits = head_bits or bits
+        data, scales = quantize_rows(head, head_bits, block)
         gpt.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=False)  # untied
-        gpt.lm_head.weight.copy_(torch.from_numpy(dequantize_rows(data, scales, bits, block)))
+        restored = dequantize_rows(data, scales, head_bits, block)
+        gpt.lm_head.weight.copy_(torch.from_numpy(restored))
     return gpt
 
 
 @pytest.mark.parametrize(
-    ("bits", "block", "kv", "head"),
+    ("bits", "block", "kv", "head", "head_bits"),
     [
-        (4, 32, "float16", 16),
-        (8, 32, "float16", 16),
-        (4, 64, "int8", 16),
-        (8, 128, "float16", 64),
-        (4, 128, "int8", 64),
-        (32, 32, "float16", 64),
+        (4, 32, "float16", 16, None),
+        (8, 32, "float16", 16, None),
+        (4, 64, "int8", 16, None),
+        (8, 128, "float16", 64, None),
+        (4, 128, "int8", 64, None),
+        (32, 32, "float16", 64, None),
+        (4, 32, "float16", 16, 8),  # an 8-bit head beside 4-bit layers
+        (4, 128, "int8", 64, 8),
+        (8, 64, "float16", 16, 4),
     ],
 )
 def test_the_engine_computes_gpt2_on_its_quantized_weights(
-    request, shared_cache, bits, block, kv, head
+    request, shared_cache, bits, block, kv, head, head_bits
 ):
     model = request.getfixturevalue("model_64" if head == 16 else "model_head_64")
     reference = registry.create("nanogpt", model, {}, 1, shared_cache)
-    reference.model = _dequantized_reference(model, bits, block)
-    options = {"bits": bits, "block_size": block, "kv_dtype": kv}
+    reference.model = _dequantized_reference(model, bits, block, head_bits)
+    options = {"bits": bits, "block_size": block, "kv_dtype": kv, "head_bits": head_bits}
     native = registry.create("native", model, options, 2, shared_cache)
     prompt = [int(t) for t in np.random.default_rng(3).integers(0, 300, 20)]
     tokens = reference.generate(prompt, 12).tokens
@@ -174,6 +179,8 @@ def test_the_engine_computes_gpt2_on_its_quantized_weights(
     assert error < (0.005 if bits == 32 else 0.05), error
     assert (logits.argmax(1) == expected.argmax(1)).mean() >= 0.9
     assert native.load_report.matmul_bytes == (4 if bits == 32 else bits / 8 + 4 / block)
+    head_bytes = 4 if bits == 32 else (head_bits or bits) / 8 + 4 / block
+    assert native.load_report.lm_head_bytes == head_bytes
 
 
 @pytest.mark.parametrize("kv", ["float16", "int8"])
