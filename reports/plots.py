@@ -205,24 +205,55 @@ KL_FLOOR = 1e-10  # float32 against itself is exactly 0: drawn here on the log a
 
 def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
     """Mean KL from float32 (log axis; lower is better) against decode speed, with the
-    Pareto front. Top-1 on random weights is flat at 1.000, so KL tells paths apart."""
+    Pareto front. Top-1 on random weights is flat at 1.000, so KL tells paths apart.
+    Several sweeps: a panel each, side by side on one KL axis (a front per sweep: trained
+    weights beside untrained ones, say, each its own tradeoff)."""
     rows = _done(rows)
+    sweeps = sorted({r["sweep"] for r in rows}, key=[r["sweep"] for r in rows].index)
+    panels = [[r for r in rows if r["sweep"] == sweep] for sweep in sweeps]
+    panels = [p for p in panels if len(_fidelity_points(p)) >= 2]
+    if not panels:
+        return None, "needs fidelity figures (mean KL) for at least two backends"
+    plt = _pyplot()
+    figure, axes = plt.subplots(
+        1, len(panels), figsize=(9 * len(panels), 5.6), squeeze=False, sharey=True
+    )
+    for axis, panel in zip(axes[0], panels, strict=True):
+        _fidelity_panel(axis, panel)
+        axis.set(xlabel="decode tokens/s")
+        if len(panels) > 1:
+            axis.set_title(f"sweep {panel[0]['sweep']} ({panel[0].get('model') or '?'})")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set(ylabel="mean KL from transformers float32 (log; lower is closer)")
+    title = "Speed against fidelity (means over each backend's cells)"
+    figure.suptitle(title)
+    return _png(figure), title
+
+
+def _fidelity_points(rows: Rows) -> list[tuple[float, float, str]]:
     kl = _per_backend(rows, "mean_kl")
     speed = _per_backend(rows, "decode_tokens_per_s")
     labels = [label for label in kl if label in speed]
-    if len(labels) < 2:
-        return None, "needs fidelity figures (mean KL) for at least two backends"
-    points = sorted(((speed[l], max(kl[l], KL_FLOOR), l) for l in labels), reverse=True)  # noqa: E741
+    return sorted(((speed[l], kl[l], _unprefixed(l)) for l in labels), reverse=True)  # noqa: E741
+
+
+def _unprefixed(label: str) -> str:
+    return label.split(": ", 1)[-1]  # "sweep: label" when rows span sweeps: a panel each
+
+
+def _fidelity_panel(axis, rows: Rows) -> None:
+    exact = _fidelity_points(rows)
+    points = [(s, max(k, KL_FLOOR), label) for s, k, label in exact]
+    kl = {label: k for _, k, label in exact}
     front, best = [], float("inf")
     for s, k, label in points:  # fastest first: on the front if closer than all faster
         if k < best:
             front.append((s, k, label))
             best = k
-    engine = {r["label"]: r["backend"] for r in rows}
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 5.6))
+    engine = {_unprefixed(r["label"]): r["backend"] for r in rows}
     axis.set_yscale("log")
-    for name in sorted({engine[label] for label in labels}):  # one colour per engine
+    for name in sorted({engine[p[2]] for p in points}):  # one colour per engine
         mine = [p for p in points if engine[p[2]] == name]
         axis.scatter([p[0] for p in mine], [p[1] for p in mine], zorder=3, label=name)
     for index, (s, k, label) in enumerate(sorted(points)):  # alternate sides: close points
@@ -240,14 +271,6 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
         label="Pareto front",
         zorder=2,
     )
-    title = "Speed against fidelity (means over each backend's cells)"
-    return _finish(
-        figure,
-        axis,
-        xlabel="decode tokens/s",
-        title=title,
-        ylabel="mean KL from transformers float32 (log; lower is closer)",
-    ), title
 
 
 def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:

@@ -33,8 +33,8 @@ def test_the_sweep_file_reference_is_the_validation_models():
 def test_results_pages_and_the_readme_regenerate_byte_identical(tmp_path):
     exports = sorted(RESULTS.glob("*.json"))
     assert exports, "docs/results holds at least one export"
-    for export in exports:
-        shutil.copy(export, tmp_path / export.name)
+    for stored in [*exports, *RESULTS.glob("*.png")]:  # a page shows a figure beside it
+        shutil.copy(stored, tmp_path / stored.name)
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
     write_pages(tmp_path, readme)
