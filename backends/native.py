@@ -65,8 +65,7 @@ def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
             np.save(out / f"{prefix}{name}.data.npy", data)
             np.save(out / f"{prefix}{name}.scales.npy", scales)
             plain.append(f"{prefix}{name}.bias")
-    head_bits = options.head_bits or options.bits
-    data, scales = grouped(*quantize_rows(state["wte.weight"], head_bits, options.block_size))
+    data, scales = grouped(*quantize_rows(state["wte.weight"], options.head, options.block_size))
     np.save(out / "head.data.npy", data)
     np.save(out / "head.scales.npy", scales)
     for name in plain:
@@ -119,7 +118,7 @@ class NativeBackend(StepwiseBackend):
             options.bits,
             options.block_size,
             options.kv_dtype == "int8",
-            options.head_bits or options.bits,
+            options.head,
         )
         self.pool = self.lib.ws_pool_create(threads)
         self.model = self.lib.ws_model_create(
@@ -135,7 +134,7 @@ class NativeBackend(StepwiseBackend):
             artifact_bytes=dir_bytes(artifact.path),
             compile_s=built["build_s"],
             matmul_bytes=options.weight_bytes(),
-            lm_head_bytes=options.head_weight_bytes(),
+            lm_head_bytes=options.weight_bytes(options.head),
             extra={"kernels_built": built["built"]},
         )
 

@@ -143,14 +143,16 @@ class NativeOptions(BackendOptions):
             )
         return self
 
+    @property
+    def head(self) -> int:
+        """The LM head's bits."""
+        return self.head_bits or self.bits
+
     def weight_bytes(self, bits: int | None = None) -> float:
-        """Bytes a decode step reads per weight: its bits and a float32 scale per block
-        (none for float32 weights)."""
+        """Bytes a decode step reads per weight of `bits` (default: the layers'): its bits
+        and a float32 scale per block (none for float32 weights)."""
         bits = bits or self.bits
         return 4.0 if bits == 32 else bits / 8 + 4 / self.block_size
-
-    def head_weight_bytes(self) -> float:
-        return self.weight_bytes(self.head_bits)
 
 
 class TorchInt8Options(BackendOptions):

@@ -60,22 +60,12 @@ def parse_model_source(text: str) -> ModelSource:
     """
     text = text.strip()
     if text.startswith("random:"):
-        size = text.removeprefix("random:")
-        if size not in GPT2_SIZES:
-            raise ModelSourceError(
-                f"unknown random model {size!r}; use one of: "
-                + ", ".join(f"random:{name}" for name in GPT2_SIZES)
-            )
+        size = _named(text, "random", GPT2_SIZES)
         return ModelSource("random", size, GPT2_POSITIONS)
     if text.startswith("trained:"):
         from whistle_stop.backends.trained import RECIPES
 
-        name = text.removeprefix("trained:")
-        if name not in RECIPES:
-            raise ModelSourceError(
-                f"unknown trained model {name!r}; use one of: "
-                + ", ".join(f"trained:{recipe}" for recipe in RECIPES)
-            )
+        name = _named(text, "trained", RECIPES)
         return ModelSource("trained", name, RECIPES[name].block)
     if ":" in text.split("/")[0] and not Path(text).exists():
         raise ModelSourceError(
@@ -90,6 +80,15 @@ def parse_model_source(text: str) -> ModelSource:
     if _HUB_ID.match(text):
         return ModelSource("hub", text, GPT2_POSITIONS)
     raise ModelSourceError(f"unknown model source {text!r}")
+
+
+def _named(text: str, kind: str, known) -> str:
+    """The name after `kind:`, if `known` has it; else the error listing what it has."""
+    name = text.removeprefix(f"{kind}:")
+    if name not in known:
+        choices = ", ".join(f"{kind}:{each}" for each in known)
+        raise ModelSourceError(f"unknown {kind} model {name!r}; use one of: {choices}")
+    return name
 
 
 def _local_source(path: Path) -> ModelSource:

@@ -45,8 +45,8 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    # 9M parameters, 1.2M tokens seen (about one pass over 4.6 MB of plays): ~3.6 s a step,
-    # 18 minutes, on a 2-core Zen 4 (6 x 384 wide learnt a third as many tokens in the time)
+    # 9M parameters, 1.2M tokens seen (about one pass over 4.6 MB of plays): 14 minutes on
+    # a 2-core Zen 4, 2.8 s a step (6 x 384 wide would have seen a third of the tokens)
     "gpt2-shakespeare": Recipe(6, 4, 256, 16384, 256, 300, 16, 1.5e-3, 30),
     # the same model, tokenizer and held-out text with its seeded initial weights: what
     # fidelity looks like on random weights, at the same positions of the same text

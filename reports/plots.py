@@ -209,7 +209,7 @@ def speed_vs_fidelity(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     Several sweeps: a panel each, side by side on one KL axis (a front per sweep: trained
     weights beside untrained ones, say, each its own tradeoff)."""
     rows = _done(rows)
-    sweeps = sorted({r["sweep"] for r in rows}, key=[r["sweep"] for r in rows].index)
+    sweeps = dict.fromkeys(r["sweep"] for r in rows)  # in the order the rows name them
     panels = [[r for r in rows if r["sweep"] == sweep] for sweep in sweeps]
     panels = [p for p in panels if len(_fidelity_points(p)) >= 2]
     if not panels:

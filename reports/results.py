@@ -133,7 +133,7 @@ def write_pages(directory: Path, readme: Path | None) -> list[str]:
             written.append(str(target))
     if readme is not None:
         # the headline is about the model users run (GPT-2 sizes), not one trained here
-        headline = {p: rows for p, rows in loaded.items() if _gpt2(rows)} or loaded
+        headline = {p: rows for p, rows in loaded.items() if _not_trained_here(rows)} or loaded
         newest = max(headline, key=lambda p: max(r["measured_at"] or "" for r in loaded[p]))
         text = readme.read_text()
         if BEGIN not in text or END not in text:
@@ -146,7 +146,7 @@ def write_pages(directory: Path, readme: Path | None) -> list[str]:
     return written
 
 
-def _gpt2(rows: list[dict[str, Any]]) -> bool:
+def _not_trained_here(rows: list[dict[str, Any]]) -> bool:
     return not str(rows[0].get("model") or "").startswith("trained:")
 
 

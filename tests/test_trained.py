@@ -71,6 +71,26 @@ def test_the_same_recipe_and_seed_reuse_the_model(trained):
     assert (directory / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_a_planted_outlier_channel_is_named_with_its_size():
+    """The statistics the report shows: one input channel 50x the rest is found in the
+    layer it enters, by index, at 50x; a layer without one is at 1x."""
+    import torch
+
+    from whistle_stop.worker.activations import ChannelMaxima, summarize
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    torch.nn.init.zeros_(model[0].weight)
+    torch.nn.init.ones_(model[0].bias)  # the second layer sees 1 in every channel
+    x = torch.ones(3, 5, 8)
+    x[..., 3] = 50.0
+    with ChannelMaxima(model) as seen, torch.no_grad():
+        model(x)
+    found = summarize([seen.arrays()])
+    assert found["worst"] == "0" and found["worst_ratio"] == pytest.approx(50)
+    assert found["top_channels"]["0"][0] == 3
+    assert found["ratio"]["1"] == pytest.approx(1)
+
+
 def test_an_unknown_recipe_is_one_line():
     found = farm("model", "trained:gpt5-shakespeare")
     assert found.exit_code == 2

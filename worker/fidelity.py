@@ -82,8 +82,7 @@ def compare(
     (the real next tokens that were fed, prompt by prompt), the perplexity of both on them.
     """
     matches, kls, top_diffs, logit_diff, positions = [], [], [], 0.0, 0
-    nll, ref_nll = 0.0, 0.0
-    for index, (ref, mine) in enumerate(zip(ref_logits, logits, strict=True)):
+    for ref, mine in zip(ref_logits, logits, strict=True):
         count = min(len(ref), len(mine))
         ref, mine = ref[:count].astype(np.float64), mine[:count].astype(np.float64)
         ref_logp, logp = log_softmax(ref), log_softmax(mine)
@@ -94,10 +93,6 @@ def compare(
         top_diffs.append(np.abs(np.exp(logp[rows, top]) - np.exp(ref_logp[rows, top])))
         logit_diff = max(logit_diff, float(np.abs(ref - mine).max()) if count else 0.0)
         positions += count
-        if text is not None:
-            truth = np.array(text[index][:count])
-            nll -= float(logp[rows, truth].sum())
-            ref_nll -= float(ref_logp[rows, truth].sum())
     kl, agree = np.concatenate(kls), np.concatenate(matches)
     low, high = wilson(int(agree.sum()), positions)
     kl_half = Z95 * mean_standard_error(kls)
@@ -107,7 +102,8 @@ def compare(
     )
     perplexities = {}
     if text is not None and positions:
-        perplexity, reference = math.exp(nll / positions), math.exp(ref_nll / positions)
+        perplexity = text_perplexity(logits, text)
+        reference = text_perplexity(ref_logits, text)
         perplexities = {"perplexity": perplexity, "perplexity_delta": perplexity - reference}
     return perplexities | {
         "top1_agreement": float(agree.mean()),
@@ -126,6 +122,23 @@ def compare(
         "fidelity_positions": int(positions),
         "fidelity_prompts": len(ref_logits),
     }
+
+
+def text_perplexity(logits: list[np.ndarray], text: list[list[int]]) -> float:
+    """exp(mean NLL) of each prompt's real next tokens under its (positions, vocab) logits,
+    pooled over prompts (the shorter of the two sets each prompt's positions)."""
+    nll, positions = 0.0, 0
+    for rows, truth in zip(logits, text, strict=True):
+        count = min(len(rows), len(truth))
+        nll += negative_log_likelihood(rows[:count], truth[:count])
+        positions += count
+    return math.exp(nll / positions)
+
+
+def negative_log_likelihood(logits: np.ndarray, targets) -> float:
+    """Summed -log p(target) over (positions, vocab) logits and one target a position."""
+    logp = log_softmax(logits.astype(np.float64))
+    return -float(logp[np.arange(len(logp)), np.asarray(targets)].sum())
 
 
 def wilson(successes: int, trials: int) -> tuple[float, float]:

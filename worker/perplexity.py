@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from whistle_stop.artifacts import build_once
-from whistle_stop.worker.fidelity import log_softmax, reference_versions
+from whistle_stop.worker.fidelity import negative_log_likelihood, reference_versions
 
 
 def load_eval_text(source: str) -> str:
@@ -54,8 +54,7 @@ def perplexity(backend, ids: list[int], window: int) -> float:
         logits = backend.teacher_forced_logits(ids[begin : begin + 1], ids[begin + 1 : end])
         targets = np.array(ids[begin + 1 : end])
         first_new = scored - begin  # positions already scored by the previous window
-        logp = log_softmax(logits[first_new:].astype(np.float64))
-        nll -= logp[np.arange(len(logp)), targets[first_new:]].sum()
+        nll += negative_log_likelihood(logits[first_new:], targets[first_new:])
         scored = end - 1
         begin += stride
     return math.exp(nll / scored)

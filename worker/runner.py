@@ -100,7 +100,8 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     # fidelity does not change from round to round: measured in the first only
     teacher = isinstance(backend, SupportsTeacherForcing) and job.round == 1
     references = None
-    if job.fidelity_tokens and teacher:
+    # the reference against itself is 1 and 0; on held-out text it has a perplexity
+    if job.fidelity_tokens and teacher and (windows or not _is_reference(job)):
         references = _references(job, model_dir, prompt, config, cache_dir, windows)
     extra = _timer_extra(job, config.n_positions)
     for index in range(job.warmups):
@@ -128,8 +129,9 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
         flags.append(verdict)
 
     figures: dict[str, Any] = {}
-    if references is not None and _is_reference(job):
-        figures = _reference_itself(job) | _reference_text(references, job.fidelity_tokens)
+    if job.fidelity_tokens and teacher and _is_reference(job):
+        own = _reference_text(references, job.fidelity_tokens) if references else {}
+        figures = _reference_itself(job) | own
         flags.append(
             "fidelity: this is the reference (transformers float32): 1 and 0 by "
             "construction, not measured"
@@ -254,8 +256,8 @@ def _reference_text(references: References, positions: int) -> dict[str, Any]:
         return {}
     ref_logits = [ref[:positions] for _, _, ref, _ in references.entries]
     fed = [tokens[:positions] for _, tokens, _, _ in references.entries]
-    same = fidelity.compare(references.greedy, ref_logits, ref_logits, references.greedy, fed)
-    return {"perplexity": same["perplexity"], "perplexity_delta": 0.0} | _text_facts(references)
+    perplexity = fidelity.text_perplexity(ref_logits, fed)
+    return {"perplexity": perplexity, "perplexity_delta": 0.0} | _text_facts(references)
 
 
 def _text_facts(references: References) -> dict[str, Any]:
