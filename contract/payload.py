@@ -139,6 +139,9 @@ class Metrics:
     bandwidth_before_bytes_per_s: float | None = None  # measured right before the job ...
     bandwidth_after_bytes_per_s: float | None = None  # ... and right after it
     bandwidth_measured_at: float | None = None  # Unix time (the host figure's if cached)
+    # the last-level cache of the job's CPUs: weights under ~10x it are partly served from
+    # it, so their roofline share is not a share of DRAM's bandwidth
+    llc_bytes: int | None = None
     # the token clock against the outer clock: the mean stamped step of k extra tokens
     # against (e2e(N+k) - e2e(N)) / k (None: no room for extra tokens; worker/measure.py)
     timer_check: float | None = None

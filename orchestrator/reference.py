@@ -22,8 +22,8 @@ Generated from the validation models (`orchestrator/sweep.py`, `backends/options
 
 A sweep file is YAML; every key is optional but `backends`. Unknown keys and wrong
 types are refused before anything runs (strictly: `true` is not 1, `"128"` is not a
-number, a string is not a list). The grid is `backends × context_sizes ×
-generation_lengths × threads`.
+number, a string is not a list). The grid is `models × backends × context_sizes ×
+generation_lengths × threads` (`models:` or the one `model:`).
 """
 
 

@@ -66,6 +66,11 @@ class SweepFile(BaseModel):
         "random:gpt2",
         description="random:gpt2, trained:gpt2-shakespeare, a local directory, or a hub id",
     )
+    models: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None,
+        description="instead of model: several models, a grid axis (e.g. random:gpt2 ... "
+        "random:gpt2-xl)",
+    )
     backends: Annotated[list[BackendChoice], Field(min_length=1)] = Field(
         description="each a backend name, or a mapping: name, label and that backend's options"
     )
@@ -205,13 +210,12 @@ def parse_sweep(
         sweep = SweepFile.model_validate(data)
     except ValidationError as error:
         raise SweepError(_describe(origin, error)) from None
-    try:
-        source = parse_model_source(sweep.model)
-    except ModelSourceError as error:
-        raise SweepError(f"{origin}: model: {error}") from None
-    _check_eval_text(origin, sweep, source)
+    sources = _sources(origin, sweep)
+    for name, source in sources.items():
+        _check_eval_text(origin, sweep, name, source)
     _check_unique(origin, sweep)
-    sweep = _resolve_prompt(origin, sweep, source)
+    for name, source in sources.items():
+        sweep = _resolve_prompt(origin, sweep, name, source)
     sweep = _add_control(origin, sweep)
     cells = grid_size(sweep) * _first_rounds(sweep)
     if max_jobs is not None and cells > max_jobs:
@@ -221,11 +225,12 @@ def parse_sweep(
         )
     jobs = expand(sweep)
     longest = max(job.context + job.generation for job in jobs)
-    if longest > source.n_positions:
-        raise SweepError(
-            f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond the "
-            f"model's {source.n_positions} positions; lower the largest context or length"
-        )
+    for name, source in sources.items():
+        if longest > source.n_positions:
+            raise SweepError(
+                f"{origin}: context_sizes + generation_lengths reach {longest} tokens, beyond "
+                f"{name}'s {source.n_positions} positions; lower the largest context or length"
+            )
     return SweepPlan(
         name=sweep.name or default_name,
         source_text=text,
@@ -239,12 +244,33 @@ def parse_sweep(
     )
 
 
-def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
+def model_names(sweep: SweepFile) -> list[str]:
+    """The models axis: `models:`, or the one `model:` (its default included)."""
+    return list(sweep.models) if sweep.models is not None else [sweep.model]
+
+
+def _sources(origin: str, sweep: SweepFile) -> dict:
+    """Each model of the axis, resolved; a typo or a model given twice is refused."""
+    if sweep.models is not None and "model" in sweep.model_fields_set:
+        raise SweepError(f"{origin}: model: and models: both given; keep one (models: a list)")
+    key = "models" if sweep.models is not None else "model"
+    sources = {}
+    for name in model_names(sweep):
+        if name in sources:
+            raise SweepError(f"{origin}: models: {name} appears twice; list each value once")
+        try:
+            sources[name] = parse_model_source(name)
+        except ModelSourceError as error:
+            raise SweepError(f"{origin}: {key}: {error}") from None
+    return sources
+
+
+def _check_eval_text(origin: str, sweep: SweepFile, model: str, source) -> None:
     if sweep.eval_text is None:
         return
     if source.kind == "random":
         raise SweepError(
-            f"{origin}: eval_text: perplexity needs a tokenizer, and {sweep.model} has none; "
+            f"{origin}: eval_text: perplexity needs a tokenizer, and {model} has none; "
             "use a local model directory or hub id that ships one, or drop eval_text"
         )
     if source.kind == "local" and not any(
@@ -258,7 +284,7 @@ def _check_eval_text(origin: str, sweep: SweepFile, source) -> None:
         raise SweepError(f"{origin}: eval_text: no such file {sweep.eval_text!r}")
 
 
-def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
+def _resolve_prompt(origin: str, sweep: SweepFile, model: str, source) -> SweepFile:
     """A text prompt needs a tokenizer and a text; the text itself goes into the specs."""
     if sweep.prompt == "ids":
         if sweep.prompt_text is not None:
@@ -268,7 +294,7 @@ def _resolve_prompt(origin: str, sweep: SweepFile, source) -> SweepFile:
         raise SweepError(f"{origin}: prompt: text needs prompt_text (inline text or a file path)")
     if source.kind == "random":
         raise SweepError(
-            f"{origin}: prompt: text needs a tokenizer, and {sweep.model} has none; "
+            f"{origin}: prompt: text needs a tokenizer, and {model} has none; "
             "use a local model directory or hub id that ships one"
         )
     if (
@@ -336,7 +362,13 @@ def _tokenizers(sweep: SweepFile) -> list[str]:
 
 def grid_size(sweep: SweepFile) -> int:
     """How many cells the grid has (before identical cells are merged)."""
-    axes = (sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads)
+    axes = (
+        model_names(sweep),
+        sweep.backends,
+        sweep.context_sizes,
+        sweep.generation_lengths,
+        sweep.threads,
+    )
     return len(_tokenizers(sweep)) * math.prod(len(axis) for axis in axes)
 
 
@@ -365,7 +397,7 @@ def _first_rounds(sweep: SweepFile) -> int:
 def grid_cell(job: JobSpec) -> tuple:
     """Where a job sits in the grid, whatever its backend: its speedup's baseline is the
     baseline's job at the same place and round."""
-    return (job.context, job.generation, job.threads, job.tokenizer)
+    return (job.model, job.context, job.generation, job.threads, job.tokenizer)
 
 
 def round_of(jobs: Sequence[JobSpec], seed: int, number: int) -> list[JobSpec]:
@@ -408,7 +440,7 @@ def round_order_seed(seed: int, number: int) -> str:
 
 # Settings a job carries exactly as the sweep file gives them: the fields both models
 # name alike, less those a cell sets or the grid derives (each named in _grid).
-PER_CELL = ("backend", "label", "options", "context", "generation", "threads", "round")
+PER_CELL = ("model", "backend", "label", "options", "context", "generation", "threads", "round")
 DERIVED = ("max_repeats", "prompt_text", "tokenizer")
 SWEEP_WIDE = tuple(
     f.name
@@ -418,14 +450,20 @@ SWEEP_WIDE = tuple(
 
 
 def _grid(sweep: SweepFile) -> tuple[JobSpec, ...]:
-    """The grid: the product of backends x context x generation x threads, deduplicated."""
+    """The grid: the product of models x backends x context x generation x threads,
+    deduplicated."""
     jobs: dict[str, JobSpec] = {}
-    tokenizers = _tokenizers(sweep)
-    for backend, context, generation, threads, tokenizer in itertools.product(
-        sweep.backends, sweep.context_sizes, sweep.generation_lengths, sweep.threads, tokenizers
+    for model, backend, context, generation, threads, tokenizer in itertools.product(
+        model_names(sweep),
+        sweep.backends,
+        sweep.context_sizes,
+        sweep.generation_lengths,
+        sweep.threads,
+        _tokenizers(sweep),
     ):
         job = JobSpec(
             **{name: getattr(sweep, name) for name in SWEEP_WIDE},
+            model=model,
             backend=backend.name,
             label=backend.label,
             options=tuple(sorted(backend.options.items())),

@@ -36,6 +36,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("top1_agreement", "top-1", "{:.3f}", 0),
     Column("mean_kl", "KL", "{:.1e}", 0),
     Column("roofline_fraction", "roofline", "{:.0%}", 1),
+    Column("llc_multiple", "xLLC", "{:.1f}", 2),  # weights a token reads / last-level cache
     Column("e2e_s", "e2e s", "{:.3f}", 2),
     Column("cv", "cv", "{:.1%}", 2),
     Column("flag_count", "flags", "{}", 2),  # `farm show` lists them
@@ -44,7 +45,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("key", "key", "{}", 1),  # what `farm show` takes
 )
 BY_NAME = {c.key: c for c in COLUMNS} | {c.heading: c for c in COLUMNS}
-EXTRA = ("sweep", "host")  # joined in front when they vary
+EXTRA = ("sweep", "model", "host")  # joined in front when they vary
 
 
 # the table shows the median step and prompt under these names' headings: a filter or a
@@ -82,8 +83,10 @@ def cell(row: dict[str, Any], column: Column) -> str:
         text += "~"  # inside the sweep's measured noise floor
     if column.key == "rounds" and row.get("speedup_rounds", value) < value:
         text = f"{row['speedup_rounds']}/{value}"  # the speedup pools the steady rounds only
-    if column.key == "roofline_fraction" and value > 1:
-        text += "*"  # above the bound: weights partly served from the last-level cache
+    if column.key == "roofline_fraction" and (value > 1 or (row.get("llc_multiple") or 99) < 10):
+        # above the bound, or weights under 10x the last-level cache: partly served from it,
+        # so not a share of DRAM's bandwidth alone
+        text += "*"
     return text
 
 

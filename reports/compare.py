@@ -142,6 +142,9 @@ def compare(
     """
     rows_a = {r["key"]: r for r in result_rows(session, [a], baseline="hf")}
     rows_b = {r["key"]: r for r in result_rows(session, [b], baseline="hf")}
+    if len({r["model"] for r in [*rows_a.values(), *rows_b.values()]}) > 1:
+        for row in [*rows_a.values(), *rows_b.values()]:
+            row["several_models"] = True  # each cell named with its model
     samples = _samples(session, [a, b])
     changes, not_compared, newly_failed = [], [], []
     for key in sorted(set(rows_a) & set(rows_b), key=lambda k: _order(rows_a[k])):
@@ -260,11 +263,13 @@ def _by_factor(interval: tuple[float, float] | None, factor: float) -> str:
 
 
 def _order(row: dict[str, Any]) -> tuple:
-    return (row["label"], row["context"], row["generation"], row["threads"])
+    return (row["label"], row["model"], row["context"], row["generation"], row["threads"])
 
 
 def _describe(row: dict[str, Any], label: bool = False) -> str:
     cell = f"ctx={row['context']} gen={row['generation']} threads={row['threads']}"
+    if row.get("several_models"):
+        cell = f"{row['model']} {cell}"
     return f"{row['label']} {cell}" if label else cell
 
 

@@ -28,6 +28,7 @@ def figures() -> dict[str, Callable[[Rows, Samples, str], tuple[bytes | None, st
         "prefill_vs_context": prefill_vs_context,
         "speed_vs_fidelity": speed_vs_fidelity,
         "roofline": roofline_fraction,
+        "speed_vs_model_size": speed_vs_model_size,
     }
 
 
@@ -292,9 +293,58 @@ def roofline_fraction(rows: Rows, samples: Samples, baseline: str) -> tuple[byte
     ), title
 
 
+def speed_vs_model_size(rows: Rows, samples: Samples, baseline: str) -> tuple[bytes | None, str]:
+    """A `models:` sweep: decode tokens/s and the roofline share against the model's
+    weights (bytes a token reads), a line per path and context; the dotted line on the
+    share panel is where weights are 10x the last-level cache (beyond it: DRAM)."""
+    rows = [r for r in _done(rows) if r.get("weight_bytes_per_token")]
+    if len({r["model"] for r in rows}) < 2:
+        return None, "needs at least two models (models:)"
+    plt = _pyplot()
+    figure, (speed, share) = plt.subplots(1, 2, figsize=(11, 4.5))
+    contexts = sorted({r["context"] for r in rows})
+    for label in sorted({r["label"] for r in rows}):
+        for context in contexts:
+            line = sorted(
+                (r for r in rows if r["label"] == label and r["context"] == context),
+                key=lambda r: r["weight_bytes_per_token"],
+            )
+            name = label if len(contexts) == 1 else f"{label} ctx {context}"
+            x = [r["weight_bytes_per_token"] / 2**20 for r in line]
+            speed.plot(x, [r["decode_tokens_per_s"] for r in line], marker="o", label=name)
+            fractions = [(a, r["roofline_fraction"]) for a, r in zip(x, line, strict=True)]
+            fractions = [(a, 100 * f) for a, f in fractions if f is not None]
+            if fractions:
+                share.plot(*zip(*fractions, strict=True), marker="o", label=name)
+    llc = [r["llc_bytes"] for r in rows if r.get("llc_bytes")]
+    if llc:
+        share.axvline(10 * max(llc) / 2**20, color="grey", linestyle=":", label="10x LLC")
+    share.axhline(100, color="r", linestyle="--", label="memory-bandwidth bound")
+    speed.set(xscale="log", yscale="log", ylabel="decode tokens/s", title="Decode speed")
+    share.set(xscale="log", ylabel="share of the roofline (%)", title="Roofline share")
+    for axis in (speed, share):
+        axis.set(xlabel="weights read per token (MiB)")
+        axis.grid(alpha=0.3)
+    share.legend(fontsize=7)
+    title = "Decode speed and roofline share against model size"
+    figure.suptitle(title)
+    figure.tight_layout()
+    return _png(figure), title
+
+
 def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[bytes | None, str]]:
-    """name -> (PNG bytes, its title) or (None, why it was skipped)."""
+    """name -> (PNG bytes, its title) or (None, why it was skipped). Where a sweep has
+    several models, the per-path figures name each path with its model."""
+    if len({r["model"] for r in rows}) > 1:
+        named = [{**r, "label": f"{r['label']} {_short(r['model'])}"} for r in rows]
+        drawn = {name: draw(named, samples, baseline) for name, draw in figures().items()}
+        drawn["speed_vs_model_size"] = speed_vs_model_size(rows, samples, baseline)
+        return drawn
     return {name: draw(rows, samples, baseline) for name, draw in figures().items()}
+
+
+def _short(model: str) -> str:
+    return model.removeprefix("random:").removeprefix("trained:")
 
 
 def history(title: str, points: Rows, change_indices: list[int]) -> bytes:

@@ -52,6 +52,7 @@ EMPTY_ROW_KEYS = (
     *FIGURES,
     "speedup",
     "speedup_spread",
+    "llc_multiple",
     "rounds",
     "speedup_rounds",
     "flag_count",
@@ -133,6 +134,8 @@ def job_row(job: Job) -> dict[str, Any]:
     }
     for name in FIGURES:
         row[name] = getattr(result, name) if result else None
+    weights, llc = row.get("weight_bytes_per_token"), row.get("llc_bytes")
+    row["llc_multiple"] = weights / llc if weights and llc else None  # weights over the LLC
     row["pinning_ok"] = (not result.pinning_violations) if result else None
     row["flags"] = list(result.flags or []) if result else []
     row["flag_count"] = len(row["flags"]) if result else None
@@ -157,6 +160,7 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
     def cell(row):
         return (
             row["sweep"],
+            row["model"],
             row["context"],
             row["generation"],
             row["threads"],
@@ -448,7 +452,7 @@ def pivot(rows: list[dict[str, Any]], spec: str) -> tuple[list[str], list[list[A
     headings = [f"{row_key} \\ {column_key}", *map(str, column_values)]
     others = [
         k
-        for k in ("sweep", "context", "generation", "threads", "host")
+        for k in ("sweep", "model", "context", "generation", "threads", "host")
         if k not in (row_key, column_key) and len({r[k] for r in rows if r[k] is not None}) > 1
     ]
     meaning = f"each cell: mean {value_key} over the matching jobs" + (

@@ -54,23 +54,27 @@ def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
     """One verdict per cell that has a done path with a speedup (the baseline's twin,
     `control: true`, is the noise floor, not a contender)."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    several = {k: len({r[k] for r in rows}) > 1 for k in ("sweep", "host")}
+    several = {k: len({r[k] for r in rows}) > 1 for k in ("sweep", "host", "model")}
     for row in rows:
         if row["status"] == JobStatus.DONE and row.get("speedup") is not None:
             if row["label"] != control_label(baseline):
-                key = (row["sweep"], row["host"], row["context"], row["generation"], row["threads"])
+                key = (row["sweep"], row["host"], row["model"], *_place(row))
                 cells[key].append(row)
     found = []
-    for (sweep, host, context, generation, threads), group in cells.items():
+    for (sweep, host, model, context, generation, threads), group in cells.items():
         fastest = max(group, key=lambda r: r["speedup"])
         others = [r for r in group if r is not fastest]
         unknown = fastest.get("speedup_lo") is None
         tied = [] if unknown else [r["label"] for r in others if not told_apart(fastest, r)]
-        where = [f"{sweep}: " if several["sweep"] else "", f"{host}: " if several["host"] else ""]
+        where = [f"{v}: " for k, v in (("sweep", sweep), ("host", host), ("model", model)) if several[k]]
         name = f"{''.join(where)}ctx={context} gen={generation} thr={threads}"
         wide = [r["label"] for r in group if _wider_than_goal(r)]
         found.append(CellVerdict(name, fastest, tied, unknown, wide))
     return found
+
+
+def _place(row: dict[str, Any]) -> tuple[int, int, int]:
+    return (row["context"], row["generation"], row["threads"])
 
 
 def told_apart(faster: dict[str, Any], slower: dict[str, Any]) -> bool:

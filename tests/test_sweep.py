@@ -36,6 +36,36 @@ def test_grid_is_the_product_of_the_axes():
     assert {j.label for j in sweep.jobs} == {"hf", "hf[dtype=bfloat16]"}
 
 
+def test_models_are_a_grid_axis_and_each_round_pairs_a_path_with_its_own_models_baseline():
+    sweep = parse(
+        "models: [random:gpt2, random:gpt2-medium]\nbackends: [hf, {name: native, bits: 8}]\n"
+        "context_sizes: [32]\ngeneration_lengths: [16]\nthreads: [1]\nrounds: 2\n"
+    )
+    assert len(sweep.jobs) == 2 * 2 * 2
+    assert {j.model for j in sweep.jobs} == {"random:gpt2", "random:gpt2-medium"}
+    for job in sweep.jobs:  # a round's cell: both backends of one model, one after another
+        same_place = [j for j in sweep.jobs if j.round == job.round and j.model == job.model]
+        assert len(same_place) == 2
+    first = [j for j in sweep.jobs if j.round == 1]
+    order = [j.model for j in first]
+    assert order[0] == order[1] and order[2] == order[3]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("model: random:gpt2\nmodels: [random:gpt2-xl]", "model: and models: both given"),
+        ("models: [random:gpt2, random:gpt2]", "models: random:gpt2 appears twice"),
+        ("models: [random:gpt2, random:gpt3]", "models: unknown random model 'gpt3'"),
+        ("models: []", "models: List should have at least 1 item"),
+    ],
+)
+def test_a_bad_models_axis_is_refused_in_one_line(text, message):
+    with pytest.raises(SweepError) as error:
+        parse(text + "\nbackends: [hf]\n")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 def test_keys_are_stable_and_ignore_the_sweep_name():
     first = [job.key for job in parse(GOOD).jobs]
     again = [job.key for job in parse(GOOD.replace("name: demo", "name: other")).jobs]
@@ -118,7 +148,7 @@ def test_malformed_job_spec_is_rejected(bad):
         ("backends: [{name: hf, dtype: float64}]", "Input should be 'float32' or 'bfloat16'"),
         (
             "backends: [hf]\ncontext_sizes: [1000]\ngeneration_lengths: [64]",
-            "reach 1064 tokens, beyond the model's 1024 positions",
+            "reach 1064 tokens, beyond random:gpt2's 1024 positions",
         ),
         ("backends: [hf]\nmodel: random:gpt3", "unknown random model 'gpt3'"),
         ("backends: [hf]\nmodel: s3://bucket/model", "unknown model source 's3://bucket/model'"),
@@ -141,7 +171,7 @@ def test_missing_file(tmp_path):
 
 
 def test_local_model_positions_come_from_its_config(tiny_model):
-    with pytest.raises(SweepError, match="beyond the model's 128 positions"):
+    with pytest.raises(SweepError, match="'s 128 positions"):
         parse(
             f"model: {tiny_model}\nbackends: [hf]\ncontext_sizes: [100]\ngeneration_lengths: [29]"
         )

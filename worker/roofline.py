@@ -32,6 +32,22 @@ def weight_bytes_per_token(config: ModelConfig, matmul_bytes: float, lm_head_byt
     return layers * per_layer + vocab * d * lm_head_bytes + 2 * d * 4 + 2 * d * 4
 
 
+def last_level_cache_bytes(cpu: int = 0) -> int | None:
+    """The largest (last-level) cache `cpu` sees, from sysfs; None where it is not said."""
+    sizes = []
+    for index in Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        if text[:-1].isdigit() and text[-1] in units:
+            sizes.append(int(text[:-1]) * units[text[-1]])
+        elif text.isdigit():
+            sizes.append(int(text))
+    return max(sizes, default=None)
+
+
 def measure_bandwidth(threads: int, size_bytes: int = 512 * 2**20, repeats: int = 5) -> dict:
     """Streaming read and copy bandwidth of this process's CPU set, in bytes/s (best of N).
 

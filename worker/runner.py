@@ -397,6 +397,7 @@ def _roofline(
         "bandwidth_measured_at": measured_at,
         "roofline_tokens_per_s": roofline_tokens_per_s(read, weight_bytes),
         "roofline_fraction": fraction,
+        "llc_bytes": roofline.last_level_cache_bytes(min(cpus) if cpus else 0),
         "flags": flags,
     }
 
