@@ -66,7 +66,8 @@ def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
         others = [r for r in group if r is not fastest]
         unknown = fastest.get("speedup_lo") is None
         tied = [] if unknown else [r["label"] for r in others if not told_apart(fastest, r)]
-        where = [f"{v}: " for k, v in (("sweep", sweep), ("host", host), ("model", model)) if several[k]]
+        place = (("sweep", sweep), ("host", host), ("model", model))
+        where = [f"{value}: " for key, value in place if several[key]]
         name = f"{''.join(where)}ctx={context} gen={generation} thr={threads}"
         wide = [r["label"] for r in group if _wider_than_goal(r)]
         found.append(CellVerdict(name, fastest, tied, unknown, wide))
