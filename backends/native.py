@@ -120,7 +120,7 @@ class NativeBackend(StepwiseBackend):
             options.kv_dtype == "int8",
             options.head,
         )
-        self.pool = self.lib.ws_pool_create(threads)
+        self.pool = self.lib.ws_pool_create(threads, options.spin_us)
         self.model = self.lib.ws_model_create(
             self.pool, dims, (ctypes.c_void_p * len(pointers))(*pointers)
         )

@@ -6,7 +6,7 @@ validate a sweep without importing torch or onnxruntime.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -133,6 +133,10 @@ class NativeOptions(BackendOptions):
     # was most of a 4-bit path's KL (examples/fidelity.yaml: onnx-int4 with a float32 head
     # 1.1e-4, with a 4-bit one 1.3e-3); llama.cpp's q4_0 and q4_K_M keep it at 6 bits
     head_bits: Literal[4, 8] | None = None
+    # how long a waiting thread spins before it sleeps (microseconds): long enough to
+    # cross a barrier or the gap between two decode steps without a wake-up, short
+    # enough that a thread whose CPU a neighbour shares gives its time slice back
+    spin_us: Annotated[int, Field(ge=0, le=10_000_000)] = 200
 
     @model_validator(mode="after")
     def _blocks_need_quantized_weights(self) -> NativeOptions:

@@ -16,6 +16,7 @@ BENCHES = {
     "fidelity": ("fidelity", "fidelity.yaml on trained weights and on untrained ones"),
     "goals": ("goals", "issue #17's goals from engines.yaml sweeps, beside targets"),
     "history": ("history", "a planted slowdown in a scratch branch: history, bisect"),
+    "neighbour": ("neighbour", "each path quiet, then beside a busy loop on its CPU"),
     "lost-worker": ("lost_worker", "a worker SIGKILLed at its 2nd job: when it is back"),
     "farm-scale": ("farm_scale", "10,000 no-op jobs through Celery: throughput, CPU"),
     "long-context": ("long_context", "decode at context 32 against 512, per path"),

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     from whistle_stop.native.build import load
 
     lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
-    pool = lib.ws_pool_create(args.threads)
+    pool = lib.ws_pool_create(args.threads, 200)
     rows = []
     for name, (k, n) in SHAPES.items():
         for bits in (4, 8):

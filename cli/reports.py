@@ -28,6 +28,7 @@ class View(StrEnum):  # reports/analyses.py: conclusions over many sweeps
     calibration = "calibration"
     goals = "goals"
     fidelity = "fidelity"
+    limits = "limits"
 
 
 class CompareFormat(StrEnum):  # a comparison is a table of changes: no HTML page
@@ -159,8 +160,9 @@ def report(
         typer.Option(
             case_sensitive=False,
             help="Instead of the rows, a conclusion over the sweeps: noise (noise floor, "
-            "intervals across sweeps), calibration (verdicts on known slowdowns), goals, or "
-            "fidelity (speed beside fidelity, and the reference's outlier channels).",
+            "intervals across sweeps), calibration (verdicts on known slowdowns), goals, "
+            "fidelity (speed beside fidelity, and the reference's outlier channels), or "
+            "limits (the native engine across model sizes and beside a busy neighbour).",
         ),
     ] = None,
     format: FormatOption = Format.table,

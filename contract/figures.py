@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 
 def decode_tokens_per_s(steps_s: Sequence[float]) -> float:
@@ -27,7 +27,9 @@ def roofline_fraction(
     return tokens_per_s / roofline_tokens_per_s(read_bytes_per_s, weight_bytes_per_token)
 
 
-def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[float, float] | None:
+def ratio_interval(
+    ratios: Sequence[float], confidence: float = 0.95, floor: float | None = None
+) -> tuple[float, float] | None:
     """The `confidence` interval of a typical ratio, from independent ratios (one a round):
     a t interval on their logarithms, mapped back.
 
@@ -36,6 +38,9 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
     t and not a bootstrap: a sweep has 2 to 10 rounds, and a bootstrap over three values
     cannot reach past their extremes (its intervals come out too narrow), while t widens
     with fewer rounds as it should (x4.3 the standard error at three rounds, x12.7 at two).
+    `floor`: a standard deviation of the log ratios that the cell's own may not go below
+    (`pooled_log_sd`, the sweep's): three rounds that agree to 0.3% by luck on a host whose
+    ratios scatter 3.7% would otherwise give an interval of ±0.8%, and a verdict.
     None with fewer than two ratios: one round says nothing about its own noise.
     """
     logs = [math.log(r) for r in ratios if r and r > 0 and math.isfinite(r)]
@@ -44,9 +49,26 @@ def ratio_interval(ratios: Sequence[float], confidence: float = 0.95) -> tuple[f
     from scipy.stats import t  # only when an interval is asked for: not for `farm --help`
 
     mean = sum(logs) / len(logs)
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    sd = max(math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1)), floor or 0.0)
     half = t.ppf(0.5 + confidence / 2, len(logs) - 1) * sd / math.sqrt(len(logs))
     return math.exp(mean - half), math.exp(mean + half)
+
+
+def pooled_log_sd(groups: Iterable[Sequence[float]]) -> float | None:
+    """The pooled within-group standard deviation of log ratios: every group (a cell's
+    within-round ratios) of two or more, its squared deviations from its own mean summed
+    over all groups and divided by their degrees of freedom. A sweep's noise on one
+    within-round ratio, which a host sets more than a path does; None with no group of
+    two or more."""
+    squares, freedom = 0.0, 0
+    for group in groups:
+        logs = [math.log(r) for r in group if r and r > 0 and math.isfinite(r)]
+        if len(logs) < 2:
+            continue
+        mean = sum(logs) / len(logs)
+        squares += sum((x - mean) ** 2 for x in logs)
+        freedom += len(logs) - 1
+    return math.sqrt(squares / freedom) if freedom else None
 
 
 def ratio_between(

@@ -87,7 +87,7 @@ def load(cache_dir: Path, profile: bool = False) -> tuple[ctypes.CDLL, dict]:
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
-    lib.ws_pool_create.argtypes, lib.ws_pool_create.restype = [i], p
+    lib.ws_pool_create.argtypes, lib.ws_pool_create.restype = [i, i], p
     lib.ws_pool_destroy.argtypes, lib.ws_pool_destroy.restype = [p], None
     lib.ws_matmul.argtypes = [p, p, f, f, i, i, i, i, f, i, f]
     lib.ws_matmul.restype = None

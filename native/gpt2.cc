@@ -64,21 +64,22 @@ inline void cpu_relax() {
 }
 
 // ---------------------------------------------------------------- thread pool
-// Workers spin for a while after each task (the next decode step comes within
-// microseconds), then sleep on a condition variable, so an idle engine does not burn the
-// CPUs a bandwidth measurement or another job needs.
+// A waiting thread spins `spin_us` (the next phase or decode step usually comes within
+// microseconds), then sleeps until woken. Spinning forever cost most beside a busy
+// neighbour: the thread that shares its CPU burns its time slice at a barrier, and once
+// descheduled comes back only when the neighbour's slice ends (a 13 ms median step, an
+// 83 ms mean, on a Zen 4 VM); a sleeper is woken at once, with the scheduler's credit
+// for the time it did not use (OpenMP's blocktime, llama.cpp's --poll).
 class Pool {
  public:
-  explicit Pool(int threads) : n_(std::max(1, threads)), sense_(n_, 0) {
+  Pool(int threads, int spin_us)
+      : n_(std::max(1, threads)), spin_(std::chrono::microseconds(std::max(0, spin_us))),
+        sense_(n_, 0) {
     for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t] { loop(t); });
   }
   ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-      generation_.fetch_add(1);
-    }
-    wake_.notify_all();
+    stop_.store(true);
+    publish(generation_, generation_.load() + 1);
     for (auto& w : workers_) w.join();
   }
   int size() const { return n_; }
@@ -87,13 +88,11 @@ class Pool {
   void run(const std::function<void(int)>& task) {
     task_ = &task;
     done_.store(0);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      generation_.fetch_add(1, std::memory_order_release);
-    }
-    wake_.notify_all();
+    const int used = std::min(used_.load(std::memory_order_relaxed), CALLS);
+    for (int i = 0; i < used; ++i) next_[i].store(0, std::memory_order_relaxed);
+    publish(generation_, generation_.load() + 1);
     task(0);
-    while (done_.load(std::memory_order_acquire) != n_ - 1) cpu_relax();
+    await([&] { return done_.load() == n_ - 1; });
   }
 
   // Every thread of the running task waits here until all have arrived.
@@ -102,44 +101,91 @@ class Pool {
     int sense = sense_[tid] ^= 1;
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
       arrived_.store(0, std::memory_order_relaxed);
-      release_.store(sense, std::memory_order_release);
+      publish(release_, sense);
     } else {
-      while (release_.load(std::memory_order_acquire) != sense) cpu_relax();
+      await([&] { return release_.load() == sense; });
     }
   }
+
+  // Work shared as it is done, not dealt out in advance: the `call`th shared loop of a
+  // task takes its next chunk of [0, n) here (chunks of `align`, guided: a thread takes
+  // a share of what is left, at least `align`). Beside a neighbour, the thread that has
+  // its CPU to itself takes the chunks the other could not get to.
+  bool next_chunk(int call, int n, int align, int& begin, int& end) {
+    const int units = (n + align - 1) / align;
+    std::atomic<int>& next = next_[call % CALLS];
+    if (call >= used_.load(std::memory_order_relaxed))  // what run() resets
+      used_.store(call + 1, std::memory_order_relaxed);
+    int at = next.load(std::memory_order_relaxed);
+    for (;;) {
+      if (at >= units) return false;
+      const int take = std::max(1, (units - at) / (2 * n_));
+      if (next.compare_exchange_weak(at, at + take, std::memory_order_relaxed)) {
+        begin = at * align;
+        end = std::min(n, (at + take) * align);
+        return true;
+      }
+    }
+  }
+  static constexpr int CALLS = 4096;  // shared loops a task may run (5 a layer: 800 layers)
 
  private:
   void loop(int tid) {
     uint64_t seen = 0;  // not a load: run() may have bumped it before this thread started
     for (;;) {
-      for (int spin = 0; spin < 200000 && generation_.load(std::memory_order_acquire) == seen;
-           ++spin)
-        cpu_relax();
-      if (generation_.load(std::memory_order_acquire) == seen) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [&] { return generation_.load() != seen; });
-      }
-      seen = generation_.load(std::memory_order_acquire);
-      if (stop_) return;
+      await([&] { return generation_.load() != seen; });
+      seen = generation_.load();
+      if (stop_.load()) return;
       (*task_)(tid);
-      done_.fetch_add(1, std::memory_order_acq_rel);
+      if (done_.fetch_add(1) + 1 == n_ - 1) wake();
     }
   }
 
+  // Spins on `ready` for spin_, then sleeps until a publish() makes it true. The store
+  // and the sleeper count are sequentially consistent: either the publisher sees the
+  // sleeper and wakes it, or the sleeper sees the store before it sleeps.
+  template <class Ready>
+  void await(Ready ready) {
+    const auto started = std::chrono::steady_clock::now();
+    for (int spin = 1; !ready(); ++spin) {
+      cpu_relax();
+      if ((spin & 63) == 0 && std::chrono::steady_clock::now() - started >= spin_) {
+        std::unique_lock<std::mutex> lock(mutex_);
+        sleepers_.fetch_add(1);
+        wake_.wait(lock, ready);
+        sleepers_.fetch_sub(1);
+        return;
+      }
+    }
+  }
+  template <class T>
+  void publish(std::atomic<T>& state, T value) {
+    state.store(value);
+    wake();
+  }
+  void wake() {
+    if (sleepers_.load() == 0) return;
+    { std::lock_guard<std::mutex> lock(mutex_); }  // a sleeper is in wait(), or saw the store
+    wake_.notify_all();
+  }
+
   int n_;
+  std::chrono::microseconds spin_;
   std::vector<int> sense_;
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;
+  std::atomic<int> sleepers_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> done_{0};
   std::atomic<int> arrived_{0};
   std::atomic<int> release_{0};
+  std::atomic<bool> stop_{false};
+  std::atomic<int> next_[CALLS] = {};
+  std::atomic<int> used_{0};  // the shared loops a task has used (run() resets these)
   const std::function<void(int)>* task_ = nullptr;
-  bool stop_ = false;
 };
 
-// Thread tid's share of [0, n), in multiples of `align` where it can.
 inline void share(int n, int tid, int threads, int align, int& begin, int& end) {
   int units = (n + align - 1) / align;
   begin = std::min(n, static_cast<int>(static_cast<int64_t>(units) * tid / threads) * align);
@@ -548,20 +594,9 @@ void group_plain(const QMatrix& w, int g, const QActivations& a, int m, float* o
   }
 }
 
-// y[m][n] = w_n . a_m + bias over this thread's share of the rows (whole groups, in
-// multiples of `align` rows where it can); `store(m, n, value)` for n < `valid` only
-// (the padding rows of the last group are skipped).
-template <typename Store>
-void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, int threads,
-                 int valid, Store store, int align = 16) {
-  int begin, end;
-  share(w.rows, tid, threads, std::max(align, GROUP), begin, end);
-  // outputs of tokens m .. m + tokens - 1 for rows n .. n + 3, bias added, padding skipped
-  auto put = [&](int m, int n, int tokens, const float (*out)[GROUP]) {
-    for (int i = 0; i < tokens; ++i)
-      for (int r = 0; r < GROUP && n + r < valid; ++r)
-        store(m + i, n + r, out[i][r] + (w.bias ? w.bias[n + r] : 0.f));
-  };
+// y[m][n] = w_n . a_m + bias over rows begin .. end (whole groups), into `put`.
+template <class Put>
+void rows_chunk(const QMatrix& w, const QActivations& a, int m_count, int begin, int end, Put& put) {
 #ifdef __AVX2__
   // tokens a tile: with AVX-512's 32 registers six (~5% faster than four or eight for a
   // 512-token prompt on a Zen 4 VM, in a profiling build); AVX2's 16 hold the totals of two
@@ -608,6 +643,32 @@ void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, int tid, 
 #endif
       put(m, n, 1, out);
     }
+  }
+}
+
+// y[m][n] = w_n . a_m + bias, the rows taken chunk by chunk from the pool (the `call`th
+// shared loop of this task: every thread counts the same loops); `store(m, n, value)`
+// for n < `valid` only (the padding rows of the last group are skipped), then
+// `after(begin, end)` on each chunk's rows, the chunks in whole multiples of `align`.
+struct NoAfter {
+  void operator()(int, int) const {}
+};
+template <typename Store, typename After = NoAfter>
+void matmul_rows(const QMatrix& w, const QActivations& a, int m_count, Pool& pool, int& call,
+                 int valid, Store store, int align = 16, After after = {}) {
+  // outputs of tokens m .. m + tokens - 1 for rows n .. n + 3, bias added, padding skipped
+  auto put = [&](int m, int n, int tokens, const float (*out)[GROUP]) {
+    for (int i = 0; i < tokens; ++i)
+      for (int r = 0; r < GROUP && n + r < valid; ++r)
+        store(m + i, n + r, out[i][r] + (w.bias ? w.bias[n + r] : 0.f));
+  };
+  // chunks of whole groups, whole blocks of `align` and at least 64 rows: a chunk taken
+  // costs a shared atomic, ~100 ns between cores
+  const int unit = std::max({align, GROUP, 64}), shared_loop = call++;
+  int begin, end;
+  while (pool.next_chunk(shared_loop, w.rows, unit, begin, end)) {
+    rows_chunk(w, a, m_count, begin, end, put);
+    after(begin, std::min(end, valid));
   }
 }
 
@@ -894,7 +955,7 @@ struct Model {
         pool->barrier(tid);
         lap(PHASE_WAIT);
       };
-      int begin, end;
+      int begin, end, call = 0;  // call: the shared loops this thread has run
       std::vector<float> scores(static_cast<size_t>(pos + m));
       share(m, tid, threads, 1, begin, end);
       for (int r = begin; r < end; ++r)
@@ -911,7 +972,7 @@ struct Model {
         lap(PHASE_ELEMENTWISE);
         wait();
         const int d = c / n_head;
-        matmul_rows(L.qkv, hq, m, tid, threads, 3 * c, [&](int r, int n, float v) {
+        matmul_rows(L.qkv, hq, m, *pool, call, 3 * c, [&](int r, int n, float v) {
           if (n < c)
             q[r * c + n] = v;
           else if (kv_int8)
@@ -938,7 +999,7 @@ struct Model {
         for (int r = begin; r < end; ++r) attq.quantize_row(r, &att[r * c]);
         lap(PHASE_ELEMENTWISE);
         wait();
-        matmul_rows(L.proj, attq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
+        matmul_rows(L.proj, attq, m, *pool, call, c, [&](int r, int n, float v) { x[r * c + n] += v; });
         lap(PHASE_PROJ);
         wait();
         for (int r = begin; r < end; ++r) {
@@ -947,21 +1008,22 @@ struct Model {
         }
         lap(PHASE_ELEMENTWISE);
         wait();
-        // each thread's fc rows are whole blocks of the next matmul's inputs: it applies
-        // gelu and quantizes its own share, no barrier in between
+        // each chunk of fc rows is whole blocks of the next matmul's inputs: the thread that
+        // computed it applies gelu and quantizes it, no barrier in between
         const int block = ffq.block;
-        matmul_rows(L.fc, hq, m, tid, threads, 4 * c,
-                    [&](int r, int n, float v) { ff[static_cast<size_t>(r) * 4 * c + n] = v; }, block);
-        int ff_begin, ff_end;
-        share(4 * c, tid, threads, block, ff_begin, ff_end);
-        for (int r = 0; r < m; ++r) {
-          float* row = &ff[static_cast<size_t>(r) * 4 * c];
-          gelu_inplace(row + ff_begin, ff_end - ff_begin);
-          ffq.quantize_blocks(r, row, ff_begin / block, ff_end / block);
-        }
+        matmul_rows(
+            L.fc, hq, m, *pool, call, 4 * c,
+            [&](int r, int n, float v) { ff[static_cast<size_t>(r) * 4 * c + n] = v; }, block,
+            [&](int ff_begin, int ff_end) {
+              for (int r = 0; r < m; ++r) {
+                float* row = &ff[static_cast<size_t>(r) * 4 * c];
+                gelu_inplace(row + ff_begin, ff_end - ff_begin);
+                ffq.quantize_blocks(r, row, ff_begin / block, ff_end / block);
+              }
+            });
         lap(PHASE_FC);
         wait();
-        matmul_rows(L.out, ffq, m, tid, threads, c, [&](int r, int n, float v) { x[r * c + n] += v; });
+        matmul_rows(L.out, ffq, m, *pool, call, c, [&](int r, int n, float v) { x[r * c + n] += v; });
         lap(PHASE_OUT);
       }
       wait();
@@ -971,7 +1033,7 @@ struct Model {
       }
       lap(PHASE_ELEMENTWISE);
       wait();
-      matmul_rows(head, hq, 1, tid, threads, vocab, [&](int, int n, float v) { logits[n] = v; });
+      matmul_rows(head, hq, 1, *pool, call, vocab, [&](int, int n, float v) { logits[n] = v; });
       lap(PHASE_HEAD);
     };
     pool->run(task);
@@ -992,7 +1054,8 @@ QMatrix matrix(int rows, int cols, int bits, int block, const void* data, const 
 
 extern "C" {
 
-void* ws_pool_create(int threads) { return new Pool(threads); }
+// spin_us: how long a waiting thread spins before it sleeps (see Pool)
+void* ws_pool_create(int threads, int spin_us) { return new Pool(threads, spin_us); }
 void ws_pool_destroy(void* pool) { delete static_cast<Pool*>(pool); }
 
 // y[M][N] = x[M][K] . w^T (+ bias): the engine's matmul alone, for tests and benchmarks.
@@ -1005,8 +1068,9 @@ void ws_matmul(void* pool_ptr, const void* data, const float* scales, const floa
   a.resize(m, k, block);
   if (bits == 32) a.real = x;
   for (int r = 0; r < m; ++r) a.quantize_row(r, x + static_cast<size_t>(r) * k);
-  std::function<void(int)> task = [&](int tid) {
-    matmul_rows(w, a, m, tid, pool->size(), n,
+  std::function<void(int)> task = [&](int) {
+    int call = 0;
+    matmul_rows(w, a, m, *pool, call, n,
                 [&](int r, int col, float v) { y[static_cast<size_t>(r) * n + col] = v; });
   };
   pool->run(task);

@@ -6,14 +6,15 @@ A cell's speedup is the ratio of its decode speed to its baseline's in the same 
 than ±precision run again (with their baseline beside them), until each is narrow
 enough or the sweep's max_rounds is spent. The stopping rule looks at the interval's
 width, not at whether it excludes 1, so adding rounds does not bias a verdict towards
-"different".
+"different"; and the width is floored at the sweep's pooled noise, so a cell whose first
+rounds agree by luck does not stop with an interval narrower than the host allows.
 """
 
 from __future__ import annotations
 
 import math
 
-from whistle_stop.contract.figures import ratio_interval, relative_half_width
+from whistle_stop.contract.figures import pooled_log_sd, ratio_interval, relative_half_width
 from whistle_stop.contract.jobspec import JobSpec
 from whistle_stop.orchestrator.sweep import grid_cell, is_baseline
 
@@ -34,8 +35,9 @@ def undecided(speeds: list[tuple[JobSpec, float]], baseline: str, precision: flo
         if base and not is_baseline(spec, baseline):
             ratios.setdefault(spec.cell, []).append(speed / base)
     wide = {}
+    noise = pooled_log_sd(ratios.values())  # as the report floors it (reports/query.py)
     for cell, values in ratios.items():
-        interval = ratio_interval(values)
+        interval = ratio_interval(values, floor=noise)
         width = relative_half_width(*interval) if interval else math.inf
         if width > precision:
             wide[cell] = width

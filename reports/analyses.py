@@ -12,6 +12,8 @@ the sweeps it ran, read back from the store at any time.
   channels per layer, which explain why per-tensor int8 fails where it does.
 - `goals`: issue #17's goals 1-6 from sweeps of examples/engines.yaml, each beside its
   target (`farm bench goals` runs them).
+- `limits`: issue #31's goals for the native engine across model sizes and beside a busy
+  neighbour (reports/limits.py; examples/sizes.yaml, `farm bench neighbour`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from whistle_stop.contract.figures import FASTER, SLOWER, ratio_interval, verdict
 from whistle_stop.contract.jobspec import control_label
 from whistle_stop.contract.status import JobStatus
+from whistle_stop.reports.limits import limits
 from whistle_stop.reports.render import to_markdown
 
 Rows = list[dict[str, Any]]
@@ -99,7 +102,8 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
     for row in rows:
         if row["label"] not in EXPECTED or row["status"] != JobStatus.DONE:
             continue
-        calls[row["label"]][verdict(ratio_interval(row["round_speedups"]), MARGIN)] += 1
+        interval = ratio_interval(row["round_speedups"], floor=row.get("speedup_noise"))
+        calls[row["label"]][verdict(interval, MARGIN)] += 1
         rounds[row["rounds"]] += 1
         if row["label"] == "twin":
             twin_logs += [math.log(r) for r in row["round_speedups"] if r > 0]
@@ -350,4 +354,10 @@ def _perplexity(row: dict) -> str:
     return f"{row['perplexity']:.2f} (f32 {reference:.2f})"
 
 
-VIEWS = {"noise": noise, "calibration": calibration, "goals": goals, "fidelity": fidelity}
+VIEWS = {
+    "noise": noise,
+    "calibration": calibration,
+    "goals": goals,
+    "fidelity": fidelity,
+    "limits": limits,
+}

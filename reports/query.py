@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from whistle_stop.contract.figures import ratio_interval
+from whistle_stop.contract.figures import pooled_log_sd, ratio_interval
 from whistle_stop.contract.status import JobStatus
 from whistle_stop.db.models import Job, Result, Sweep
 from whistle_stop.reports.columns import BY_NAME, resolve
@@ -109,8 +109,27 @@ def result_rows(session: Session, sweeps: list[Sweep], baseline: str) -> list[di
     rows = [job_row(job) | {"baseline": baseline, "precision": job.sweep.precision} for job in jobs]
     add_speedup(rows, baseline)
     rows = pool_rounds(rows)
+    widen_to_sweep_noise(rows, baseline)
     noise_floor(rows, baseline)
     return rows
+
+
+def widen_to_sweep_noise(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Each speedup's interval with its spread floored at its sweep's pooled noise on one
+    within-round ratio (`speedup_noise`: contract/figures.pooled_log_sd over the sweep's
+    paths, the baseline's own ratios of 1 left out): a cell whose few rounds agree by luck
+    is not given a narrower interval than the host allows."""
+    by_label = any(row["label"] == baseline for row in rows)  # as add_speedup chose it
+    by_sweep: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if (row["label"] if by_label else row["backend"]) != baseline:
+            by_sweep[row["sweep"]].append(row)
+    for group in by_sweep.values():
+        noise = pooled_log_sd(r["round_speedups"] for r in group)
+        for row in group:
+            row["speedup_noise"] = noise
+            interval = ratio_interval(row["round_speedups"], floor=noise)
+            row["speedup_lo"], row["speedup_hi"] = interval or (None, None)
 
 
 def job_row(job: Job) -> dict[str, Any]:

@@ -81,7 +81,8 @@ def _place(row: dict[str, Any]) -> tuple[int, int, int]:
 def told_apart(faster: dict[str, Any], slower: dict[str, Any]) -> bool:
     a, b = faster.get("round_speedups") or [], slower.get("round_speedups") or []
     if a and len(a) == len(b) == faster.get("rounds") == slower.get("rounds"):
-        interval = ratio_interval([x / y for x, y in zip(a, b, strict=True) if y])
+        ratios = [x / y for x, y in zip(a, b, strict=True) if y]
+        interval = ratio_interval(ratios, floor=faster.get("speedup_noise"))
         return interval is not None and interval[0] > 1
     if slower.get("speedup_hi") is None or faster.get("speedup_lo") is None:
         return False

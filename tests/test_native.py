@@ -92,11 +92,12 @@ def test_four_bit_nibbles_hold_inputs_j_and_j_plus_32():
 
 
 @pytest.mark.parametrize("m", [1, 101])
-@pytest.mark.parametrize("threads", [1, 2])
+# spin 0: every wait sleeps at once; 3 threads on 2 CPUs: one is always descheduled
+@pytest.mark.parametrize(("threads", "spin_us"), [(1, 200), (2, 200), (3, 0)])
 @pytest.mark.parametrize(
     ("bits", "block"), [(4, 32), (4, 64), (4, 128), (8, 32), (8, 64), (8, 128), (32, 32)]
 )
-def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, m):
+def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, spin_us, m):
     rng = np.random.default_rng(bits + block)
     # 202 rows: a padded last group, thread shares of uneven size; 101 activation rows:
     # the prompt's tiles (6 or 2 tokens) across a block's edge (96 or 32), and some left
@@ -108,7 +109,7 @@ def test_the_matmul_is_the_dequantized_product(engine, bits, block, threads, m):
     data, scales = quantize_rows(weight, bits, block)
     in_groups, group_scales = grouped(data, scales)
     y = np.zeros((m, n), np.float32)
-    pool = engine.ws_pool_create(threads)
+    pool = engine.ws_pool_create(threads, spin_us)
     engine.ws_matmul(
         pool,
         in_groups.ctypes.data,
@@ -181,6 +182,24 @@ def test_the_engine_computes_gpt2_on_its_quantized_weights(
     assert native.load_report.matmul_bytes == (4 if bits == 32 else bits / 8 + 4 / block)
     head_bytes = 4 if bits == 32 else (head_bits or bits) / 8 + 4 / block
     assert native.load_report.lm_head_bytes == head_bytes
+
+
+@pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4, "block_size": 64}])
+def test_threads_share_rows_not_sums_so_any_split_gives_the_same_logits(
+    model_64, shared_cache, options
+):
+    """Rows are taken chunk by chunk as threads get to them, but each output is one
+    thread's dot product: 1 thread, 2, or 3 on 2 CPUs sleeping at every wait give the
+    same bits."""
+    tokens = [int(t) for t in np.random.default_rng(5).integers(0, 300, 24)]
+    runs = []
+    for threads, spin_us in ((1, 200), (2, 200), (3, 0)):
+        native = registry.create(
+            "native", model_64, options | {"spin_us": spin_us}, threads, shared_cache
+        )
+        runs.append(native.teacher_forced_logits(tokens[:8], tokens[8:]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], runs[2])
 
 
 @pytest.mark.parametrize("kv", ["float16", "int8"])

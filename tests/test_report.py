@@ -274,3 +274,50 @@ def test_the_calibration_view_counts_false_alarms_and_detections():
     assert "| slower-5 | 1 | slower 1 | detected 1/1 |" in text
     assert "| slower-10 | 1 | unknown 1 | detected 0/1 |" in text
     assert "rounds spent: 4 rounds: 4 cells" in text
+
+
+def test_the_limits_view_judges_each_goal_where_it_applies():
+    from whistle_stop.reports.limits import limits
+
+    def row(sweep, label, backend, options, tok_s, *, model="random:gpt2-xl", **more):
+        return {
+            "sweep": sweep,
+            "label": label,
+            "backend": backend,
+            "options": json.dumps(options),
+            "model": model,
+            "context": 128,
+            "generation": 64,
+            "threads": 2,
+            "status": "done",
+            "decode_tokens_per_s": tok_s,
+            "round_figures": {"decode_tokens_per_s": [tok_s, tok_s * 1.01]},
+            "roofline_fraction": 0.9,
+            "llc_multiple": 24.0,
+            "mean_kl": 1e-3,
+            "decode_ms_p50": 1e3 / tok_s,
+            "decode_ms": 1e3 / tok_s,
+            **more,
+        }
+
+    rows = [
+        row("sizes", "llama-q8_0", "llama-cpp", {"quant": "q8_0"}, 10.0),
+        row("sizes", "llama-q4_K_M", "llama-cpp", {"quant": "q4_K_M"}, 10.0, mean_kl=2e-3),
+        row("sizes", "n8", "native", {"bits": 8}, 14.0),
+        row("sizes", "n4", "native", {"bits": 4}, 14.0, mean_kl=3e-3),  # fast, less faithful
+        row("sizes", "n4-h8", "native", {"bits": 4}, 12.0, mean_kl=1e-3),
+        # small: its weights under 10x the LLC are not judged against DRAM
+        row("sizes", "n8", "native", {"bits": 8}, 99.0, model="random:gpt2", llc_multiple=4.0),
+        row("t-quiet", "n8", "native", {"bits": 8}, 100.0),
+        row("t-busy", "n8", "native", {"bits": 8}, 40.0, decode_ms=40.0),  # p50 25 ms
+    ]
+    text = limits(rows, ["sizes", "t-quiet", "t-busy"], "llama-q8_0")
+    assert "| 1 | gpt2-xl ctx 128 | n8 roofline (24.0x LLC) | 90% |  | ≥ 85% | met |" in text
+    assert "| 1 | gpt2 ctx 128 | n8 roofline (4.0x LLC) | 90% |  | ≥ 85% | not judged" in text
+    assert (
+        "| 2 | gpt2-xl ctx 128 | n8 / llama-q8_0 | 1.40x |" in text and "| ≥ 1.30x | met |" in text
+    )
+    assert "| 3 | gpt2-xl ctx 128 | n4-h8 (KL 1.0e-03 vs 2.0e-03) / q4_K_M | 1.20x |" in text
+    assert "| ≥ 1.50x | NOT met |" in text
+    assert "| 4 | t: n8 ctx 128 | busy/quiet median step (10.00 ms quiet) | 2.50x |" in text
+    assert "| 4 | t: n8 ctx 128 | busy mean / median step | 1.60x |  | ≤ 1.30x | NOT met |" in text

@@ -1,0 +1,192 @@
+"""`farm report --view limits`: issue #31's goals for the native engine, each beside its
+target, from sweeps of examples/sizes.yaml (a `models:` axis) and the neighbour
+benchmark's `<tag>-quiet` / `<tag>-busy` pairs:
+
+  1. native int8 and 4-bit >= 85% of the roofline measured beside the job, judged only
+     where the weights a token reads are >= 10x the last-level cache (else partly cache);
+  2. >= 1.3x llama.cpp q8_0 (int8) and >= 1.6x q4_0 (4-bit), every model and context;
+  3. 4-bit: the fastest native 4-bit path at a mean KL at or below q4_K_M's runs
+     >= 1.5x q4_K_M's tok/s;
+  4. beside a busy loop on one of the job's CPUs: median step <= 2.3x the quiet median,
+     mean step <= 1.3x the median.
+
+Ratios of two paths are the median of their within-round ratios, with the 95% interval
+of those (contract/figures.py) where the rounds pair up.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from whistle_stop.contract.figures import ratio_interval
+from whistle_stop.contract.status import JobStatus
+from whistle_stop.reports.render import to_markdown
+
+Rows = list[dict[str, Any]]
+SHARE, LLC_MULTIPLE = 0.85, 10
+RIVAL = {8: ("q8_0", 1.3), 4: ("q4_0", 1.6)}  # bits -> llama.cpp's quant, the lead asked
+K_QUANT, K_LEAD = "q4_K_M", 1.5
+STEP_MEDIAN, STEP_TAIL = 2.3, 1.3
+KIND = {8: "int8", 4: "4-bit"}
+
+
+def limits(rows: Rows, names: list[str], baseline: str) -> str:
+    done = [r for r in rows if r["status"] == JobStatus.DONE]
+    lines: list[list[str]] = []
+    places: dict[tuple, list[dict]] = defaultdict(list)
+    for row in done:
+        if not row["sweep"].endswith(("-quiet", "-busy")):
+            places[(row["sweep"], row["model"], row["context"])].append(row)
+    for (_, model, context), here in sorted(places.items(), key=_order):
+        where = f"{model.removeprefix('random:')} ctx {context}"
+        for bits in (8, 4):
+            ours = _fastest([r for r in here if _native_bits(r) == bits])
+            if ours is None:
+                continue
+            lines += _roofline(where, ours)
+            quant, lead = RIVAL[bits]
+            rival = next((r for r in here if _llama(r) == quant), None)
+            if rival:
+                ratio, interval = paired(ours, rival)
+                lines.append(
+                    _line("2", where, f"{ours['label']} / llama-{quant}", ratio, lead, interval)
+                )
+        lines += _at_equal_fidelity(where, here)
+    lines += _neighbour(done)
+    head = _machine(done)
+    table = to_markdown(["goal", "cell", "what", "value", "[95%]", "target", ""], lines)
+    return head + "\n" + table
+
+
+def _roofline(where: str, ours: dict) -> list[list[str]]:
+    share, multiple = ours["roofline_fraction"], ours.get("llc_multiple")
+    what = f"{ours['label']} roofline ({_times(multiple)} LLC)"
+    if multiple is None or multiple < LLC_MULTIPLE:
+        shown = "-" if share is None else f"{share:.0%}"
+        return [["1", where, what, shown, "", f"≥ {SHARE:.0%}", "not judged: in cache"]]
+    return [_line("1", where, what, share, SHARE, None, fmt="{:.0%}")]
+
+
+def _at_equal_fidelity(where: str, here: list[dict]) -> list[list[str]]:
+    """Goal 3: the fastest native 4-bit path whose KL is at or below q4_K_M's."""
+    k_quant = next((r for r in here if _llama(r) == K_QUANT), None)
+    if k_quant is None or k_quant["mean_kl"] is None:
+        return []
+    faithful = [
+        r
+        for r in here
+        if _native_bits(r) == 4 and r["mean_kl"] is not None and r["mean_kl"] <= k_quant["mean_kl"]
+    ]
+    ours = _fastest(faithful)
+    if ours is None:
+        closest = min(
+            (r["mean_kl"] for r in here if _native_bits(r) == 4 and r["mean_kl"]), default=None
+        )
+        note = f"none: best native KL {closest:.1e}" if closest else "no native 4-bit KL"
+        return [["3", where, f"KL <= q4_K_M's {k_quant['mean_kl']:.1e}", note, "", "", "NOT met"]]
+    ratio, interval = paired(ours, k_quant)
+    what = f"{ours['label']} (KL {ours['mean_kl']:.1e} vs {k_quant['mean_kl']:.1e}) / q4_K_M"
+    return [_line("3", where, what, ratio, K_LEAD, interval)]
+
+
+def _neighbour(done: Rows) -> list[list[str]]:
+    """Goal 4: each path of a `<tag>-busy` sweep against the same cell of `<tag>-quiet`."""
+    quiet = {
+        (r["sweep"].removesuffix("-quiet"), _cell(r)): r
+        for r in done
+        if r["sweep"].endswith("-quiet")
+    }
+    lines = []
+    for busy in sorted(done, key=lambda r: (r["sweep"], r["label"])):
+        if not busy["sweep"].endswith("-busy"):
+            continue
+        tag = busy["sweep"].removesuffix("-busy")
+        calm = quiet.get((tag, _cell(busy)))
+        where = f"{tag}: {busy['label']} ctx {busy['context']}"
+        if calm and calm["decode_ms_p50"] and busy["decode_ms_p50"]:
+            ratio = busy["decode_ms_p50"] / calm["decode_ms_p50"]
+            what = f"busy/quiet median step ({calm['decode_ms_p50']:.2f} ms quiet)"
+            lines.append(_line("4", where, what, ratio, STEP_MEDIAN, None, at_least=False))
+        if busy["decode_ms"] and busy["decode_ms_p50"]:
+            tail = busy["decode_ms"] / busy["decode_ms_p50"]
+            lines.append(
+                _line("4", where, "busy mean / median step", tail, STEP_TAIL, None, at_least=False)
+            )
+    return lines
+
+
+def paired(a: dict, b: dict) -> tuple[float | None, tuple[float, float] | None]:
+    """a's decode tok/s over b's: the median of the within-round ratios (the pooled
+    medians' ratio where the rounds do not pair up), and their 95% interval."""
+    x = a.get("round_figures", {}).get("decode_tokens_per_s") or []
+    y = b.get("round_figures", {}).get("decode_tokens_per_s") or []
+    if len(x) == len(y) >= 2:
+        ratios = [p / q for p, q in zip(x, y, strict=True) if q]
+        return statistics.median(ratios), ratio_interval(ratios)
+    if a["decode_tokens_per_s"] and b["decode_tokens_per_s"]:
+        return a["decode_tokens_per_s"] / b["decode_tokens_per_s"], None
+    return None, None
+
+
+def _line(goal, where, what, value, target, interval, *, at_least=True, fmt="{:.2f}x"):
+    shown = "-" if value is None else fmt.format(value)
+    bounds = f"{fmt.format(interval[0])}-{fmt.format(interval[1])}" if interval else ""
+    if value is None:
+        verdict = "n/a"
+    elif at_least:
+        verdict = "met" if value >= target else "NOT met"
+    else:
+        verdict = "met" if value <= target else "NOT met"
+    return [
+        goal,
+        where,
+        what,
+        shown,
+        bounds,
+        ("≥ " if at_least else "≤ ") + fmt.format(target),
+        verdict,
+    ]
+
+
+def _machine(done: Rows) -> str:
+    """The CPU, its ISA's vector extensions, the LLC and the bandwidth measured beside the jobs."""
+    if not done:
+        return "no finished jobs"
+    first = done[0]
+    isa = [f for f in (first.get("isa") or "").split() if f.startswith(("avx", "amx"))]
+    llc = first.get("llc_bytes")
+    reads = [r["bandwidth_bytes_per_s"] for r in done if r.get("bandwidth_bytes_per_s")]
+    bandwidth = (
+        f"read {min(reads) / 1e9:.0f}-{max(reads) / 1e9:.0f} GB/s beside the jobs" if reads else ""
+    )
+    cache = f"LLC {llc / 2**20:.0f} MiB; " if llc else ""
+    return f"{first.get('cpu_model')} ({' '.join(isa) or 'no AVX'}); {cache}{bandwidth}\n"
+
+
+def _native_bits(row: dict) -> int | None:
+    return json.loads(row["options"]).get("bits") if row["backend"] == "native" else None
+
+
+def _llama(row: dict) -> str | None:
+    return json.loads(row["options"]).get("quant") if row["backend"] == "llama-cpp" else None
+
+
+def _fastest(rows: Rows) -> dict | None:
+    return max(rows, key=lambda r: r["decode_tokens_per_s"] or 0, default=None)
+
+
+def _cell(row: dict) -> tuple:
+    return (row["label"], row["model"], row["context"], row["generation"], row["threads"])
+
+
+def _times(multiple: float | None) -> str:
+    return "?x" if multiple is None else f"{multiple:.1f}x"
+
+
+def _order(item) -> tuple:
+    (sweep, model, context), here = item
+    weights = max((r.get("weight_bytes_per_token") or 0 for r in here), default=0)
+    return (sweep, weights, model, context)
