@@ -234,6 +234,23 @@ def test_a_ratio_interval_is_a_t_interval_on_logs_and_the_verdict_reads_it():
     assert verdict(None, margin=0.02) == "unknown"
 
 
+def test_a_cell_whose_rounds_agree_by_luck_gets_the_sweeps_noise_not_its_own():
+    from whistle_stop.contract.figures import pooled_log_sd, ratio_interval, verdict
+
+    lucky = [0.974, 0.973, 0.978]  # an A/A cell of a calibration sweep: 0.3% apart
+    noisy = [[1.02, 0.95, 1.04, 0.99], [0.97, 1.03, 1.0], lucky]
+    noise = pooled_log_sd(noisy)
+    by_hand = [math.log(r) - sum(map(math.log, g)) / len(g) for g in noisy for r in g]
+    assert noise == pytest.approx(math.sqrt(sum(d * d for d in by_hand) / (3 + 2 + 2)))
+    assert verdict(ratio_interval(lucky), margin=0.02) == "slower"  # its own spread: a call
+    floored = ratio_interval(lucky, floor=noise)
+    assert verdict(floored, margin=0.02) == "unknown"
+    assert floored[0] < 0.975 < floored[1]  # the same centre, wider
+    # a floor below the cell's own spread changes nothing
+    assert ratio_interval(noisy[0], floor=0.001) == ratio_interval(noisy[0])
+    assert pooled_log_sd([[1.0], []]) is None
+
+
 def test_two_sweeps_ratio_is_welchs_interval_on_logs():
 
     from scipy import stats
