@@ -61,7 +61,8 @@ def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
         for name in LAYER_WEIGHTS:
             # Conv1D keeps (in, out); the engine reads output rows over inputs
             matrix = np.ascontiguousarray(state[f"{prefix}{name}.weight"].T)
-            data, scales = grouped(*quantize_rows(matrix, options.bits, options.block_size))
+            bits = options.matrix_bits(name)
+            data, scales = grouped(*quantize_rows(matrix, bits, options.block_size))
             np.save(out / f"{prefix}{name}.data.npy", data)
             np.save(out / f"{prefix}{name}.scales.npy", scales)
             plain.append(f"{prefix}{name}.bias")
@@ -91,7 +92,12 @@ class NativeBackend(StepwiseBackend):
             "native",
             weights_digest(model_dir, cache_dir),
             # what shapes the weights
-            {"bits": options.bits, "block_size": options.block_size, "head": options.head_bits},
+            {"bits": options.bits, "block_size": options.block_size, "head": options.head_bits}
+            | {
+                f"{m}_bits": options.matrix_bits(m)
+                for m in LAYER_WEIGHTS
+                if options.matrix_bits(m) != options.bits
+            },
             source_digest("whistle_stop.backends.native", "whistle_stop.native.quantize"),
         ]
         artifact = cached_artifact(
@@ -109,7 +115,7 @@ class NativeBackend(StepwiseBackend):
                     pointers += [self._ptr(p + "ln_2.weight"), self._ptr(p + "ln_2.bias")]
                 pointers += [self._ptr(f"{p}{name}.{part}") for part in ("data", "scales")]
                 pointers.append(self._ptr(f"{p}{name}.bias"))
-        dims = (ctypes.c_int32 * 9)(
+        dims = (ctypes.c_int32 * 13)(
             config.n_layer,
             config.n_embd,
             config.n_head,
@@ -119,6 +125,7 @@ class NativeBackend(StepwiseBackend):
             options.block_size,
             options.kv_dtype == "int8",
             options.head,
+            *(options.matrix_bits(name) for name in LAYER_WEIGHTS),
         )
         self.pool = self.lib.ws_pool_create(threads, options.spin_us)
         self.model = self.lib.ws_model_create(
@@ -133,7 +140,7 @@ class NativeBackend(StepwiseBackend):
             artifact_build_s=artifact.build_s,
             artifact_bytes=dir_bytes(artifact.path),
             compile_s=built["build_s"],
-            matmul_bytes=options.weight_bytes(),
+            matmul_bytes=options.layer_bytes(),
             lm_head_bytes=options.weight_bytes(options.head),
             extra={"kernels_built": built["built"]},
         )

@@ -133,6 +133,10 @@ class NativeOptions(BackendOptions):
     # was most of a 4-bit path's KL (examples/fidelity.yaml: onnx-int4 with a float32 head
     # 1.1e-4, with a 4-bit one 1.3e-3); llama.cpp's q4_0 and q4_K_M keep it at 6 bits
     head_bits: Literal[4, 8] | None = None
+    # the bits of attn.c_attn (q, k and v: llama.cpp's attn_qkv, which its q4_K_M keeps at
+    # 5 bits) and of mlp.c_proj (ffn_down, 6 bits in half of q4_K_M's layers); default `bits`
+    qkv_bits: Literal[4, 8] | None = None
+    down_bits: Literal[4, 8] | None = None
     # how long a waiting thread spins before it sleeps (microseconds): long enough to
     # cross a barrier or the gap between two decode steps without a wake-up, short
     # enough that a thread whose CPU a neighbour shares gives its time slice back
@@ -140,9 +144,11 @@ class NativeOptions(BackendOptions):
 
     @model_validator(mode="after")
     def _blocks_need_quantized_weights(self) -> NativeOptions:
-        if self.bits == 32 and (self.block_size != 32 or self.head_bits):
+        if self.bits == 32 and (
+            self.block_size != 32 or self.head_bits or self.qkv_bits or self.down_bits
+        ):
             raise ValueError(
-                "block_size and head_bits shape quantized weights; "
+                "block_size and head_bits, qkv_bits, down_bits shape quantized weights; "
                 "bits: 32 keeps float32 weights, which have none"
             )
         return self
@@ -151,6 +157,18 @@ class NativeOptions(BackendOptions):
     def head(self) -> int:
         """The LM head's bits."""
         return self.head_bits or self.bits
+
+    def matrix_bits(self, name: str) -> int:
+        """The bits of a layer's matrix (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)."""
+        chosen = {"attn.c_attn": self.qkv_bits, "mlp.c_proj": self.down_bits}.get(name)
+        return chosen or self.bits
+
+    def layer_bytes(self) -> float:
+        """Bytes a decode step reads per weight of a layer's matrices, on average: c_attn
+        holds 3 of a layer's 12 d^2 weights, c_proj 1, c_fc and mlp.c_proj 4 each."""
+        shares = {"attn.c_attn": 3, "attn.c_proj": 1, "mlp.c_fc": 4, "mlp.c_proj": 4}
+        total = sum(n * self.weight_bytes(self.matrix_bits(m)) for m, n in shares.items())
+        return total / 12
 
     def weight_bytes(self, bits: int | None = None) -> float:
         """Bytes a decode step reads per weight of `bits` (default: the layers'): its bits

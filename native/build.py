@@ -89,6 +89,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_float)
     lib.ws_pool_create.argtypes, lib.ws_pool_create.restype = [i, i], p
     lib.ws_pool_destroy.argtypes, lib.ws_pool_destroy.restype = [p], None
+    lib.ws_pool_bench.argtypes, lib.ws_pool_bench.restype = [p, i, i], None
+    lib.ws_pool_benched_runs.argtypes, lib.ws_pool_benched_runs.restype = [p], i
     lib.ws_matmul.argtypes = [p, p, f, f, i, i, i, i, f, i, f]
     lib.ws_matmul.restype = None
     lib.ws_model_create.argtypes = [p, ctypes.POINTER(ctypes.c_int32), ctypes.POINTER(p)]

@@ -5,7 +5,7 @@
 // weight bytes / memory bandwidth. ONNX Runtime spends milliseconds a step outside its
 // matmuls (hundreds of ops, each a barrier between threads) and, without VNNI, its 4-bit
 // kernel eats weights slower than DRAM delivers them. Here a step is one call: a persistent
-// pool runs every phase of every layer with a spin barrier between phases (~10 a layer),
+// pool runs every phase of every layer with a barrier between phases (~10 a layer),
 // and the matmuls multiply int8 activations against the weights in int8 as they stream.
 //
 // Weight layout (a [N, K] matrix: output n over K inputs). A row is a run of 32-byte
@@ -64,17 +64,25 @@ inline void cpu_relax() {
 }
 
 // ---------------------------------------------------------------- thread pool
-// A waiting thread spins `spin_us` (the next phase or decode step usually comes within
-// microseconds), then sleeps until woken. Spinning forever cost most beside a busy
-// neighbour: the thread that shares its CPU burns its time slice at a barrier, and once
-// descheduled comes back only when the neighbour's slice ends (a 13 ms median step, an
-// 83 ms mean, on a Zen 4 VM); a sleeper is woken at once, with the scheduler's credit
-// for the time it did not use (OpenMP's blocktime, llama.cpp's --poll).
+// A waiting thread spins `spin_us`, then sleeps until woken (OpenMP's blocktime,
+// llama.cpp's --poll): an idle engine leaves its CPUs to a bandwidth measurement or the
+// next job.
+//
+// Beside a neighbour that holds one of the job's CPUs, the thread on that CPU runs in the
+// scheduler's slices (~1.5-3 ms), and every barrier of a step waits for it while it is
+// off: on a Zen 5 VM a 1.3 ms step had a mean of 3.4x its median. Sleeping at barriers
+// made it worse (9.8x the quiet median): a woken thread waits for the neighbour's slice
+// to end. So the pool benches a thread that keeps the others waiting: after two runs in
+// which thread 0 spent over a third of the run waiting at barriers, the thread that
+// arrived last most often sits out the next BENCHED runs (its CPU left to the
+// neighbour), and the others share its work; then all are tried again.
 class Pool {
  public:
   Pool(int threads, int spin_us)
       : n_(std::max(1, threads)), spin_(std::chrono::microseconds(std::max(0, spin_us))),
-        sense_(n_, 0) {
+        sense_(n_, 0), rank_(n_, 0), last_(n_, 0), resume_(n_) {
+    for (int t = 0; t < n_; ++t) rank_[t] = t, resume_[t].store(0);
+    active_ = n_;
     for (int t = 1; t < n_; ++t) workers_.emplace_back([this, t] { loop(t); });
   }
   ~Pool() {
@@ -83,25 +91,52 @@ class Pool {
     for (auto& w : workers_) w.join();
   }
   int size() const { return n_; }
+  int active() const { return active_; }  // threads in this run
+  int rank(int tid) const { return rank_[tid]; }  // 0 .. active() - 1 in this run
+  int benched_runs() const { return benched_runs_; }  // runs with a thread benched so far
 
-  // Runs task(tid) on every thread (the caller is thread 0) and returns when all are done.
+  // Thread `tid` (not 0) sits out the next `runs` runs, as if it had kept the others
+  // waiting (tests: any set of threads gives the same bits).
+  void bench(int tid, int runs) {
+    if (tid > 0 && tid < n_) resume_[tid].store(generation_.load() + 1 + runs);
+  }
+
+  // Runs task(tid) on every thread not benched (the caller is thread 0, never benched)
+  // and returns when all are done.
   void run(const std::function<void(int)>& task) {
+    const uint64_t generation = generation_.load() + 1;
+    choose_threads(generation);
     task_ = &task;
     done_.store(0);
+    arrived_.store(0);
+    release_.store(0);
+    std::fill(sense_.begin(), sense_.end(), 0);
+    std::fill(last_.begin(), last_.end(), 0);
+    waited_ = 0;
+    const uint64_t started = ticks();
     const int used = std::min(used_.load(std::memory_order_relaxed), CALLS);
     for (int i = 0; i < used; ++i) next_[i].store(0, std::memory_order_relaxed);
-    publish(generation_, generation_.load() + 1);
+    publish(generation_, generation);
     task(0);
-    await([&] { return done_.load() == n_ - 1; });
+    const uint64_t waiting = ticks();
+    await([&] { return done_.load() == active_ - 1; });
+    waited_ += ticks() - waiting;
+    benched_runs_ += active_ < n_;
+    judge(ticks() - started, generation);
   }
 
   // Every thread of the running task waits here until all have arrived.
   void barrier(int tid) {
-    if (n_ == 1) return;
+    if (active_ == 1) return;
     int sense = sense_[tid] ^= 1;
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == active_) {
       arrived_.store(0, std::memory_order_relaxed);
+      ++last_[tid];
       publish(release_, sense);
+    } else if (tid == 0) {
+      const uint64_t waiting = ticks();
+      await([&] { return release_.load() == sense; });
+      waited_ += ticks() - waiting;
     } else {
       await([&] { return release_.load() == sense; });
     }
@@ -109,8 +144,8 @@ class Pool {
 
   // Work shared as it is done, not dealt out in advance: the `call`th shared loop of a
   // task takes its next chunk of [0, n) here (chunks of `align`, guided: a thread takes
-  // a share of what is left, at least `align`). Beside a neighbour, the thread that has
-  // its CPU to itself takes the chunks the other could not get to.
+  // a share of what is left, at least `align`). A thread whose CPU is slower (a
+  // neighbour's) takes fewer chunks.
   bool next_chunk(int call, int n, int align, int& begin, int& end) {
     const int units = (n + align - 1) / align;
     std::atomic<int>& next = next_[call % CALLS];
@@ -119,7 +154,7 @@ class Pool {
     int at = next.load(std::memory_order_relaxed);
     for (;;) {
       if (at >= units) return false;
-      const int take = std::max(1, (units - at) / (2 * n_));
+      const int take = std::max(1, (units - at) / (2 * active_));
       if (next.compare_exchange_weak(at, at + take, std::memory_order_relaxed)) {
         begin = at * align;
         end = std::min(n, (at + take) * align);
@@ -128,16 +163,45 @@ class Pool {
     }
   }
   static constexpr int CALLS = 4096;  // shared loops a task may run (5 a layer: 800 layers)
+  static constexpr int BENCHED = 128;  // runs a late thread sits out before it is tried again
 
  private:
+  static uint64_t ticks() {
+    return std::chrono::steady_clock::now().time_since_epoch().count();
+  }
+
+  // Before run `generation`: who takes part (ranks 0 .. active_ - 1, for the shares
+  // dealt by rank). No worker is inside a run here, and a benched one reads nothing but
+  // resume_ until it takes part again: only then does it read its rank.
+  void choose_threads(uint64_t generation) {
+    active_ = 0;
+    for (int t = 0; t < n_; ++t) rank_[t] = generation >= resume_[t].load() ? active_++ : -1;
+  }
+
+  // After a run: thread 0 waited over a third of it at barriers, twice running, with
+  // every thread in: bench the one that arrived last most often.
+  void judge(uint64_t run_ticks, uint64_t generation) {
+    if (active_ < n_ || n_ == 1) return;
+    strikes_ = 3 * waited_ > run_ticks ? strikes_ + 1 : 0;
+    if (strikes_ < 2) return;
+    strikes_ = 0;
+    int late = 1;
+    for (int t = 2; t < n_; ++t)
+      if (last_[t] > last_[late]) late = t;
+    resume_[late].store(generation + 1 + BENCHED);
+  }
+
   void loop(int tid) {
     uint64_t seen = 0;  // not a load: run() may have bumped it before this thread started
     for (;;) {
       await([&] { return generation_.load() != seen; });
       seen = generation_.load();
       if (stop_.load()) return;
+      // benched: not this run's (a run it takes part in cannot end without it, so the
+      // generation it read is the one running)
+      if (seen < resume_[tid].load()) continue;
       (*task_)(tid);
-      if (done_.fetch_add(1) + 1 == n_ - 1) wake();
+      if (done_.fetch_add(1) + 1 == active_ - 1) wake();
     }
   }
 
@@ -172,6 +236,13 @@ class Pool {
   int n_;
   std::chrono::microseconds spin_;
   std::vector<int> sense_;
+  std::vector<int> rank_;     // this run's rank of each thread, -1 if benched
+  std::vector<int> last_;     // barriers each thread released this run (it came last)
+  std::vector<std::atomic<uint64_t>> resume_;  // the run each benched thread is back at
+  int active_ = 1;
+  int strikes_ = 0;
+  int benched_runs_ = 0;
+  uint64_t waited_ = 0;  // thread 0's ticks at barriers this run
   std::vector<std::thread> workers_;
   std::mutex mutex_;
   std::condition_variable wake_;
@@ -938,8 +1009,9 @@ struct Model {
   // Runs tokens at positions pos .. pos + m - 1; logits of the last one.
   void forward(const int32_t* tokens, int m, int pos, float* logits) {
     scratch(m);
-    const int c = n_embd, threads = pool->size();
+    const int c = n_embd;
     std::function<void(int)> task = [&](int tid) {
+      const int threads = pool->active(), rank = pool->rank(tid);  // this run's
 #ifdef WS_PROFILE  // thread 0's wall time by phase (benchmarks/native_profile.py)
       double last = now_ns();
       auto lap = [&](int phase) {
@@ -957,7 +1029,7 @@ struct Model {
       };
       int begin, end, call = 0;  // call: the shared loops this thread has run
       std::vector<float> scores(static_cast<size_t>(pos + m));
-      share(m, tid, threads, 1, begin, end);
+      share(m, rank, threads, 1, begin, end);
       for (int r = begin; r < end; ++r)
         for (int i = 0; i < c; ++i)
           x[r * c + i] = wte[static_cast<size_t>(tokens[r]) * c + i] + wpe[(pos + r) * c + i];
@@ -986,14 +1058,14 @@ struct Model {
         wait();
         if (kv_int8) {  // a head's new keys and values share a scale: all of them first
           int pair_begin, pair_end;
-          share(m * n_head, tid, threads, 1, pair_begin, pair_end);
+          share(m * n_head, rank, threads, 1, pair_begin, pair_end);
           for (int p = pair_begin; p < pair_end; ++p) store_int8(l, p / n_head, p % n_head, pos);
           lap(PHASE_ATTENTION);
           wait();
         }
         // (token, head) pairs dealt out in turn: a prompt's later tokens attend over more
         // positions, and contiguous shares gave the last thread ~3x the first one's work
-        for (int p = tid; p < m * n_head; p += threads) attend(l, p / n_head, p % n_head, pos, scores.data());
+        for (int p = rank; p < m * n_head; p += threads) attend(l, p / n_head, p % n_head, pos, scores.data());
         lap(PHASE_ATTENTION);
         wait();
         for (int r = begin; r < end; ++r) attq.quantize_row(r, &att[r * c]);
@@ -1057,6 +1129,8 @@ extern "C" {
 // spin_us: how long a waiting thread spins before it sleeps (see Pool)
 void* ws_pool_create(int threads, int spin_us) { return new Pool(threads, spin_us); }
 void ws_pool_destroy(void* pool) { delete static_cast<Pool*>(pool); }
+void ws_pool_bench(void* pool, int tid, int runs) { static_cast<Pool*>(pool)->bench(tid, runs); }
+int ws_pool_benched_runs(void* pool) { return static_cast<Pool*>(pool)->benched_runs(); }
 
 // y[M][N] = x[M][K] . w^T (+ bias): the engine's matmul alone, for tests and benchmarks.
 // The weights are in groups of four rows (N padded up to a multiple of four).
@@ -1076,7 +1150,9 @@ void ws_matmul(void* pool_ptr, const void* data, const float* scales, const floa
   pool->run(task);
 }
 
-// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block, kv_int8 (0 or 1), head bits.
+// dims: n_layer, n_embd, n_head, vocab, n_pos, bits, block, kv_int8 (0 or 1), head bits,
+// then the bits of each layer's qkv, proj, fc and out matrices (4 and 8 mix: the
+// activations are int8 blocks for both).
 // pointers: wte, wpe, ln_f gain, ln_f bias, head data, head scales, then per layer:
 // ln_1 gain, ln_1 bias, qkv data, scales, bias, proj data, scales, bias,
 // ln_2 gain, ln_2 bias, fc data, scales, bias, out data, scales, bias.
@@ -1098,11 +1174,11 @@ void* ws_model_create(void* pool, const int32_t* dims, const void* const* ptrs) 
     const void* const* p = ptrs + 6 + 16 * l;
     Layer L;
     L.ln1_g = static_cast<const float*>(p[0]), L.ln1_b = static_cast<const float*>(p[1]);
-    L.qkv = matrix(3 * c, c, bits, block, p[2], p[3], p[4]);
-    L.proj = matrix(c, c, bits, block, p[5], p[6], p[7]);
+    L.qkv = matrix(3 * c, c, dims[9], block, p[2], p[3], p[4]);
+    L.proj = matrix(c, c, dims[10], block, p[5], p[6], p[7]);
     L.ln2_g = static_cast<const float*>(p[8]), L.ln2_b = static_cast<const float*>(p[9]);
-    L.fc = matrix(4 * c, c, bits, block, p[10], p[11], p[12]);
-    L.out = matrix(c, 4 * c, bits, block, p[13], p[14], p[15]);
+    L.fc = matrix(4 * c, c, dims[11], block, p[10], p[11], p[12]);
+    L.out = matrix(c, 4 * c, dims[12], block, p[13], p[14], p[15]);
     model->layers.push_back(L);
   }
   return model;

@@ -301,7 +301,7 @@ def speed_vs_model_size(rows: Rows, samples: Samples, baseline: str) -> tuple[by
     if len({r["model"] for r in rows}) < 2:
         return None, "needs at least two models (models:)"
     plt = _pyplot()
-    figure, (speed, share) = plt.subplots(1, 2, figsize=(11, 4.5))
+    figure, (speed, share) = plt.subplots(1, 2, figsize=(9, 4))
     contexts = sorted({r["context"] for r in rows})
     for label in sorted({r["label"] for r in rows}):
         for context in contexts:

@@ -53,6 +53,7 @@ EMPTY_ROW_KEYS = (
     "speedup",
     "speedup_spread",
     "llc_multiple",
+    "speedup_noise",
     "rounds",
     "speedup_rounds",
     "flag_count",
@@ -122,6 +123,7 @@ def widen_to_sweep_noise(rows: list[dict[str, Any]], baseline: str) -> None:
     by_label = any(row["label"] == baseline for row in rows)  # as add_speedup chose it
     by_sweep: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
+        row["speedup_noise"] = None  # every row has the key (csv takes its columns from one)
         if (row["label"] if by_label else row["backend"]) != baseline:
             by_sweep[row["sweep"]].append(row)
     for group in by_sweep.values():

@@ -54,11 +54,11 @@ def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
     """One verdict per cell that has a done path with a speedup (the baseline's twin,
     `control: true`, is the noise floor, not a contender)."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    several = {k: len({r[k] for r in rows}) > 1 for k in ("sweep", "host", "model")}
+    several = {k: len({r.get(k) for r in rows}) > 1 for k in ("sweep", "host", "model")}
     for row in rows:
         if row["status"] == JobStatus.DONE and row.get("speedup") is not None:
             if row["label"] != control_label(baseline):
-                key = (row["sweep"], row["host"], row["model"], *_place(row))
+                key = (row["sweep"], row["host"], row.get("model"), *_place(row))
                 cells[key].append(row)
     found = []
     for (sweep, host, model, context, generation, threads), group in cells.items():

@@ -321,3 +321,39 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert "| ≥ 1.50x | NOT met |" in text
     assert "| 4 | t: n8 ctx 128 | busy/quiet median step (10.00 ms quiet) | 2.50x |" in text
     assert "| 4 | t: n8 ctx 128 | busy mean / median step | 1.60x |  | ≤ 1.30x | NOT met |" in text
+
+
+def test_a_models_sweep_pairs_each_path_with_its_own_models_baseline(tmp_path):
+    """`models:` as an axis: a path's speedup is against the baseline of the same model
+    and round, the report names the model, the verdict has a line per model, and the
+    size figure is drawn."""
+    from dataclasses import replace
+
+    db = tmp_path / "sizes.db"
+    farm_store = Store(make_session_factory(str(db)))
+    plan = parse_sweep(
+        "models: [random:gpt2, random:gpt2-medium]\nbackends: [hf, onnx]\n"
+        "context_sizes: [32]\ngeneration_lengths: [16]\nthreads: [2]\nrounds: 2",
+        origin="s",
+        default_name="sizes",
+    )
+    weights = {"random:gpt2": 5e8, "random:gpt2-medium": 1.4e9}
+    for job in farm_store.record_sweep(plan).to_run:
+        model, label = job.spec["model"], job.spec["label"]
+        slower = weights[model] / weights["random:gpt2"]  # each model's own speed
+        result = payload(label, 32, 16, slowdown=slower * (1 + 0.01 * job.spec["round"]))
+        metrics = replace(result.metrics, weight_bytes_per_token=weights[model], llc_bytes=2**25)
+        farm_store.apply(outcome(job.id, replace(result, metrics=metrics)))
+    table = farm("report", "--db", str(db), "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(table)))
+    assert {r["model"] for r in rows} == set(weights)
+    onnx = {r["model"]: float(r["speedup"]) for r in rows if r["label"] == "onnx"}
+    # the same ratio at both sizes: each against its own model's hf, not gpt2's
+    assert onnx["random:gpt2"] == pytest.approx(SPEED["onnx"] / SPEED["hf"], rel=0.01)
+    assert onnx["random:gpt2-medium"] == pytest.approx(onnx["random:gpt2"], rel=0.01)
+    shown = farm("report", "--db", str(db))
+    assert "random:gpt2: ctx=32" in shown and "random:gpt2-medium: ctx=32" in shown
+    output = farm("plot", "--db", str(db), "--out", str(tmp_path / "plots"), stream="stderr")
+    size = tmp_path / "plots" / "speed_vs_model_size.png"
+    assert size.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", output
+    assert int.from_bytes(size.read_bytes()[16:20], "big") <= 1000
