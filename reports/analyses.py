@@ -98,12 +98,14 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
     """Verdicts on the twins of calibration.yaml, counted: false alarms, detections."""
     calls: dict[str, Counter] = {label: Counter() for label in EXPECTED}
     rounds: Counter = Counter()
+    measured: dict[str, list[float]] = {label: [] for label in EXPECTED}
     twin_logs = []  # the A/A ratios: the host's noise on one within-round ratio
     for row in rows:
         if row["label"] not in EXPECTED or row["status"] != JobStatus.DONE:
             continue
         interval = ratio_interval(row["round_speedups"], floor=row.get("speedup_noise"))
         calls[row["label"]][verdict(interval, MARGIN)] += 1
+        measured[row["label"]] += row["round_speedups"]
         rounds[row["rounds"]] += 1
         if row["label"] == "twin":
             twin_logs += [math.log(r) for r in row["round_speedups"] if r > 0]
@@ -118,8 +120,12 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
         )
         shown = ", ".join(f"{k} {v}" for k, v in sorted(counted.items()))
         wrong_way = 0 if label == "twin" else counted[FASTER]
-        lines.append([label, str(total), shown, rate, f"wrong direction {wrong_way}"])
-    text = to_markdown(["path", "cells", "verdicts", "rate", ""], lines)
+        # what the slowdown was, measured: a calibration is only as good as its known cost
+        ratios = [r for r in measured[label] if r]
+        ratio = f"{statistics.median(ratios):.3f}x" if ratios else "-"
+        lines.append([label, str(total), shown, rate, f"wrong direction {wrong_way}", ratio])
+    headings = ["path", "cells", "verdicts", "rate", "", "measured ratio"]
+    text = to_markdown(headings, lines)
     spent = ", ".join(f"{n} rounds: {c} cells" for n, c in sorted(rounds.items()))
     text += f"\nmargin ±{MARGIN:.0%}; rounds spent: {spent}\n"
     if len(twin_logs) > 2:
