@@ -337,9 +337,10 @@ def draw_all(rows: Rows, samples: Samples, baseline: str) -> dict[str, tuple[byt
     several models, the per-path figures name each path with its model."""
     if len({r["model"] for r in rows}) > 1:
         named = [{**r, "label": f"{r['label']} {_short(r['model'])}"} for r in rows]
-        drawn = {name: draw(named, samples, baseline) for name, draw in figures().items()}
-        drawn["speed_vs_model_size"] = speed_vs_model_size(rows, samples, baseline)
-        return drawn
+        return {  # the size figure has a line per path: it takes the plain labels
+            name: draw(rows if draw is speed_vs_model_size else named, samples, baseline)
+            for name, draw in figures().items()
+        }
     return {name: draw(rows, samples, baseline) for name, draw in figures().items()}
 
 

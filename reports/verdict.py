@@ -54,7 +54,9 @@ def verdicts(rows: list[dict[str, Any]], baseline: str) -> list[CellVerdict]:
     """One verdict per cell that has a done path with a speedup (the baseline's twin,
     `control: true`, is the noise floor, not a contender)."""
     cells: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
-    several = {k: len({r.get(k) for r in rows}) > 1 for k in ("sweep", "host", "model")}
+    # over finished rows: an unfinished one has no host, which is not a second host
+    done = [r for r in rows if r["status"] == JobStatus.DONE]
+    several = {k: len({r.get(k) for r in done}) > 1 for k in ("sweep", "host", "model")}
     for row in rows:
         if row["status"] == JobStatus.DONE and row.get("speedup") is not None:
             if row["label"] != control_label(baseline):
