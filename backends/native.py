@@ -49,6 +49,19 @@ def _check_config(config: ModelConfig) -> None:
         raise ValueError(f"the native engine needs n_embd a multiple of 64, not {config.n_embd}")
 
 
+def fitted_block(options: NativeOptions, width: int) -> NativeOptions:
+    """The options with the largest scale block, up to the one asked for, that divides
+    the model's width: GPT-2 XL's 1600 inputs (25 chunks of 64) take blocks of 64 where
+    `block_size: 128` is asked. A block splits no chunk, so every size runs every path
+    (the load report names the block used)."""
+    block = options.block_size
+    while options.bits != 32 and width % block:
+        block //= 2
+    return (
+        options if block == options.block_size else options.model_copy(update={"block_size": block})
+    )
+
+
 def _quantize_model(model_dir: Path, options: NativeOptions, out: Path) -> None:
     from whistle_stop.native.quantize import grouped, quantize_rows
 
@@ -87,6 +100,7 @@ class NativeBackend(StepwiseBackend):
 
         self.config = config = ModelConfig.from_dir(model_dir)
         _check_config(config)
+        options = fitted_block(options, config.n_embd)
         self.lib, built = load(cache_dir, profile)
         parts = [
             "native",
@@ -142,7 +156,7 @@ class NativeBackend(StepwiseBackend):
             compile_s=built["build_s"],
             matmul_bytes=options.layer_bytes(),
             lm_head_bytes=options.weight_bytes(options.head),
-            extra={"kernels_built": built["built"]},
+            extra={"kernels_built": built["built"], "block_size": options.block_size},
         )
 
     def _ptr(self, name: str) -> int:

@@ -255,6 +255,20 @@ def test_a_model_the_engine_cannot_run_is_refused_with_the_reason(tmp_path):
         registry.create("native", narrow, {}, 1, tmp_path / "cache")
 
 
+def test_a_block_wider_than_the_model_divides_falls_back_to_one_that_does(tmp_path, shared_cache):
+    """GPT-2 XL's 1600 inputs are 25 chunks of 64: `block_size: 128` runs at 64 there, as
+    this 192-wide model does, bit for bit the path that asked for 64."""
+    model = save_tiny_gpt2(tmp_path / "w192", n_embd=192, n_head=4, vocab_size=300)
+    tokens = [int(t) for t in np.random.default_rng(6).integers(0, 300, 16)]
+    runs = []
+    for block in (128, 64):
+        native = registry.create("native", model, {"bits": 4, "block_size": block}, 2, shared_cache)
+        assert native.load_report.extra["block_size"] == 64
+        assert native.load_report.matmul_bytes == pytest.approx(0.5 + 4 / 64)
+        runs.append(native.teacher_forced_logits(tokens[:8], tokens[8:]))
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
 @pytest.mark.parametrize("kv", ["float16", "int8"])
 def test_a_cache_that_grows_keeps_what_it_held(model_64, shared_cache, kv):
     options = {"bits": 4, "kv_dtype": kv}
