@@ -321,6 +321,30 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert "| ≥ 1.50x | NOT met |" in text
     assert "| 4 | t: n8 ctx 128 | busy/quiet median step (10.00 ms quiet) | 2.50x |" in text
     assert "| 4 | t: n8 ctx 128 | busy mean / median step | 1.60x |  | ≤ 1.30x | NOT met |" in text
+    # KL where it is real: on a model trained here the fast n4 matches q4_K_M and n4-h8
+    # does not, so goal 3 takes n4 (its speed in the xl cell), not the random weights' pick
+    trained = dict(model="trained:gpt2-shakespeare", llc_multiple=0.5)
+    rows += [
+        row(
+            "four-bit",
+            "llama-q4_K_M",
+            "llama-cpp",
+            {"quant": "q4_K_M"},
+            50.0,
+            **trained,
+            mean_kl=2e-3,
+        ),
+        row("four-bit", "n4", "native", {"bits": 4}, 90.0, **trained, mean_kl=1.9e-3),
+        row("four-bit", "n4-h8", "native", {"bits": 4}, 80.0, **trained, mean_kl=2.1e-3),
+    ]
+    text = limits(rows, ["sizes", "four-bit"], "llama-q8_0")
+    assert (
+        "| 3 | gpt2-xl ctx 128 | n4 (KL 1.9e-03 vs 2.0e-03 on trained:gpt2-shakespeare) / "
+        "q4_K_M | 1.40x |" in text
+    )
+    assert (
+        "| trained:gpt2-shakespeare ctx 128 | n4 (KL 1.9e-03 vs 2.0e-03) / q4_K_M | 1.80x" in text
+    )
 
 
 def test_a_models_sweep_pairs_each_path_with_its_own_models_baseline(tmp_path):
