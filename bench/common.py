@@ -116,12 +116,13 @@ def table(headings: list[str], rows: list[list[str]]) -> str:
     return to_markdown(headings, rows).rstrip("\n")
 
 
-def gpt2_small() -> Path:
-    """GPT-2 small with random weights (seed 0): what every benchmark runs."""
+def gpt2_small(source: str = "random:gpt2") -> Path:
+    """GPT-2 small with random weights (seed 0): what every benchmark runs, unless it
+    is given another model source (random:gpt2-large, say)."""
     from whistle_stop.backends.sources import parse_model_source
     from whistle_stop.backends.weights import materialize
 
-    return materialize(parse_model_source("random:gpt2"), CACHE, seed=0)
+    return materialize(parse_model_source(source), CACHE, seed=0)
 
 
 def timed(path, prompt: list[int], tokens: int) -> Repeat:

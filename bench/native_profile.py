@@ -12,7 +12,7 @@ its roofline share, its non-weight time (step minus the weights at that bandwidt
 #17's goal 4), the phases (means a step), and what the mean step spent outside them
 (Python and the call into the engine).
 
-    farm bench native-profile [--context 128] [--steps 200] [--rounds 3]
+    farm bench native-profile [--context 128] [--steps 200] [--rounds 3] [--model random:gpt2]
 
 `--context 32,512` takes each path at both contexts in the same rounds (a path's two
 contexts seconds apart, not the minutes between two farm jobs, while this host's
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", default="random:gpt2", help="a model source [random:gpt2]")
     parser.add_argument("--labels", help=f"native paths of the sweep file [{','.join(DEFAULT)}]")
     parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     contexts = [int(c) for c in args.context.split(",")]
     if args.prompt:
         contexts = contexts[:1]  # a prompt starts at position 0 whatever the context
-    model_dir = gpt2_small()
+    model_dir = gpt2_small(args.model)
     config = ModelConfig.from_dir(model_dir)
     engines = {}
     for name, options in paths.items():
