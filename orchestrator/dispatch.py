@@ -58,7 +58,10 @@ async def run_sweep(
         )
     if not recorded.to_run:
         return summary
-    progress = SweepProgress(console, plan.name, len(recorded.to_run), quiet=quiet or not wait)
+    models = len({job.model for job in plan.jobs}) > 1
+    progress = SweepProgress(
+        console, plan.name, len(recorded.to_run), quiet=quiet or not wait, models=models
+    )
     try:
         for number, jobs in _rounds(recorded.to_run):
             if plan.rounds > 1:

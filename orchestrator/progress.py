@@ -25,8 +25,12 @@ from whistle_stop.orchestrator.store import Applied
 class SweepProgress:
     """Told about each applied event by the dispatch loop; shows it."""
 
-    def __init__(self, console: Console, name: str, total: int, *, quiet: bool = False) -> None:
+    def __init__(
+        self, console: Console, name: str, total: int, *, quiet: bool = False, models: bool = False
+    ) -> None:
+        """`models`: the sweep has several, so each job's line names its model."""
         self.console, self.name, self.total, self.quiet = console, name, total, quiet
+        self.models = models
         self.finished = self.failed = 0
         self.bar: Progress | None = None
         if console.is_terminal and not quiet and total:
@@ -36,7 +40,7 @@ class SweepProgress:
 
     def update(self, applied: Applied) -> None:
         if applied.status is JobStatus.RUNNING and self.bar:
-            current = f"{applied.worker}: {applied.describe()}"
+            current = f"{applied.worker}: {applied.describe(model=self.models)}"
             self.bar.update(self.task, current=current)
         if applied.status not in (JobStatus.DONE, JobStatus.FAILED):
             return
@@ -61,7 +65,7 @@ class SweepProgress:
 
     def _line(self, applied: Applied) -> str:
         count = f"{self.finished}/{self.total}" if self.total else "stored"  # 0: a backlog
-        done = f"[{count}] {applied.describe()}"
+        done = f"[{count}] {applied.describe(model=self.models)}"
         if applied.status is JobStatus.FAILED:
             reason = (applied.error or "").strip().splitlines()
             return f"{done}: failed: {reason[-1] if reason else 'no reason given'}"

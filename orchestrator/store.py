@@ -40,9 +40,12 @@ class Applied:
     worker: str | None = None
     error: str | None = None
     decode_tokens_per_s: float | None = None
+    model: str = ""
 
-    def describe(self) -> str:
-        return f"{self.label} ctx={self.context} gen={self.generation} threads={self.threads}"
+    def describe(self, *, model: bool = False) -> str:
+        """The job in one phrase; `model`: named too (a sweep with a models: axis)."""
+        on = f" {self.model}" if model else ""
+        return f"{self.label}{on} ctx={self.context} gen={self.generation} threads={self.threads}"
 
 
 class Store:
@@ -129,6 +132,7 @@ class Store:
                         job.worker,
                         job.error,
                         job.result.decode_tokens_per_s if job.result else None,
+                        job.spec.get("model", ""),
                     )
                 )
         return applied

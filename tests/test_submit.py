@@ -394,3 +394,20 @@ def test_a_folder_named_like_a_package_in_the_working_directory_shadows_nothing(
     )
     assert result.exit_code == 0, result.output
     assert [job.status for job, _ in rows(db_path)] == ["done"]
+
+
+def test_a_job_line_names_its_model_where_the_sweep_has_several():
+    from rich.console import Console
+
+    from whistle_stop.contract.status import JobStatus
+    from whistle_stop.orchestrator.progress import SweepProgress
+    from whistle_stop.orchestrator.store import Applied
+
+    job = Applied("native", 128, 64, 2, JobStatus.DONE, "w", None, 93.9, "random:gpt2-large")
+    for models, expected in (
+        (True, "[1/2] native random:gpt2-large ctx=128 gen=64 threads=2: 93.9 tok/s"),
+        (False, "[1/2] native ctx=128 gen=64 threads=2: 93.9 tok/s"),
+    ):
+        out = io.StringIO()
+        SweepProgress(Console(file=out, width=80), "s", 2, models=models).update(job)
+        assert out.getvalue().strip() == expected
