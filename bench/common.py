@@ -4,6 +4,7 @@ printed through the report's renderer."""
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import sys
@@ -116,13 +117,24 @@ def table(headings: list[str], rows: list[list[str]]) -> str:
     return to_markdown(headings, rows).rstrip("\n")
 
 
-def gpt2_small(source: str = "random:gpt2") -> Path:
-    """GPT-2 small with random weights (seed 0): what every benchmark runs, unless it
-    is given another model source (random:gpt2-large, say)."""
+def bench_model(source: str = "random:gpt2") -> Path:
+    """A model's directory in the benchmarks' cache: GPT-2 small with random weights (seed
+    0), what every benchmark runs, unless it is given another source (`model_source`)."""
     from whistle_stop.backends.sources import parse_model_source
     from whistle_stop.backends.weights import materialize
 
     return materialize(parse_model_source(source), CACHE, seed=0)
+
+
+def model_source(text: str) -> str:
+    """argparse's `type` for --model: a source the farm can load, else one error line."""
+    from whistle_stop.backends.sources import ModelSourceError, parse_model_source
+
+    try:
+        parse_model_source(text)
+    except ModelSourceError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def timed(path, prompt: list[int], tokens: int) -> Repeat:

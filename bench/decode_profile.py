@@ -29,7 +29,7 @@ from pathlib import Path
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions
-from whistle_stop.bench.common import CACHE, gpt2_small, table, variants
+from whistle_stop.bench.common import CACHE, bench_model, table, variants
 from whistle_stop.worker.prompts import random_prompt
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
@@ -54,7 +54,7 @@ def profile(options: dict, context: int, steps: int, threads: int, directory: Pa
         settings.enable_profiling = True
         settings.profile_file_prefix = str(directory / "ort")
 
-    model_dir = gpt2_small()
+    model_dir = bench_model()
     config = ModelConfig.from_dir(model_dir)
     prompt = random_prompt(0, context, config.vocab_size)
     before = fresh_read_bandwidth(threads)["read_bytes_per_s"]

@@ -19,7 +19,7 @@ import statistics
 import sys
 
 from whistle_stop.backends import registry
-from whistle_stop.bench.common import CACHE, example, gpt2_small, table, timed
+from whistle_stop.bench.common import CACHE, bench_model, example, table, timed
 from whistle_stop.orchestrator.sweep import load_sweep
 from whistle_stop.worker.prompts import random_prompt
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     paths = {name: ("onnx", options) for name, options in PATHS.items()}
     if args.labels:
         paths = engine_paths(args.labels.split(","))
-    model_dir = gpt2_small()
+    model_dir = bench_model()
     prompts = {ctx: random_prompt(0, ctx, 50257) for ctx in CONTEXTS}
     rows = []
     for name, (kind, options) in paths.items():

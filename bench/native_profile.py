@@ -34,7 +34,7 @@ from pathlib import Path
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
-from whistle_stop.bench.common import CACHE, gpt2_small, table, variants
+from whistle_stop.bench.common import CACHE, bench_model, model_source, table, variants
 from whistle_stop.native.build import FLAGS
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--model", default="random:gpt2", help="a model source [random:gpt2]")
+    parser.add_argument(
+        "--model", default="random:gpt2", type=model_source, help="a model source [random:gpt2]"
+    )
     parser.add_argument("--labels", help=f"native paths of the sweep file [{','.join(DEFAULT)}]")
     parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     contexts = [int(c) for c in args.context.split(",")]
     if args.prompt:
         contexts = contexts[:1]  # a prompt starts at position 0 whatever the context
-    model_dir = gpt2_small(args.model)
+    model_dir = bench_model(args.model)
     config = ModelConfig.from_dir(model_dir)
     engines = {}
     for name, options in paths.items():

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from whistle_stop.bench.common import CACHE, CHECKOUT, edited_grid, example, view
+from whistle_stop.bench.common import CACHE, CHECKOUT, edited_grid, example, model_source, view
 
 LABELS = "native-q8-b128,native-q4-b128,llama-q8_0,llama-q4_0"
 BUSY_LOOP = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--db", type=Path, required=True, help="where the sweeps are stored")
     parser.add_argument("--labels", default=LABELS, help=f"paths of sizes.yaml [{LABELS}]")
-    parser.add_argument("--model", default="random:gpt2", help="[random:gpt2]")
+    parser.add_argument("--model", default="random:gpt2", type=model_source, help="[random:gpt2]")
     parser.add_argument("--contexts", default="128", help="[128]")
     parser.add_argument("--rounds", type=int, default=2, help="rounds a sweep [2]")
     parser.add_argument("--tag", default="neighbour", help="the sweeps' names: TAG-quiet, -busy")

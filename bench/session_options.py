@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions
-from whistle_stop.bench.common import CACHE, gpt2_small, table, timed, variants
+from whistle_stop.bench.common import CACHE, bench_model, table, timed, variants
 from whistle_stop.worker.prompts import random_prompt
 
 DEFAULT = ["onnx-fp32", "onnx-int8-all"]  # labels of examples/engines.yaml
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = []
     for model, (_, options) in variants(args.labels, DEFAULT, args.grid).items():
-        model_dir, full = gpt2_small(), OnnxOptions.model_validate(options)
+        model_dir, full = bench_model(), OnnxOptions.model_validate(options)
         sessions = {
             name: OnnxBackend(model_dir, full, args.threads, CACHE, tune=tune)
             for name, tune in VARIANTS.items()

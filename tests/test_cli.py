@@ -137,3 +137,14 @@ def test_no_malformed_argument_reaches_a_traceback(tmp_path, monkeypatch):
         )
         assert result.exit_code in (0, 2, 3), (args, result.exit_code, result.output)
     assert seen > 200
+
+
+@pytest.mark.parametrize("bench", ["native_profile", "neighbour"])
+def test_a_benchmark_refuses_a_model_it_cannot_load_before_it_builds_anything(bench, capsys):
+    from importlib import import_module
+
+    main = import_module(f"whistle_stop.bench.{bench}").main
+    with pytest.raises(SystemExit) as exit:
+        main(["--model", "bogus:thing", *(["--db", "unused.db"] if bench == "neighbour" else [])])
+    assert exit.value.code == 2
+    assert "argument --model: unknown model source 'bogus:thing'" in capsys.readouterr().err
