@@ -36,6 +36,10 @@ class LocalWorker:
         self.name, self.cpus, self.cache_dir, self.log_dir = name, cpus, cache_dir, log_dir
         self.code = code  # a directory holding another revision's whistle_stop (farm bisect)
         self.process: asyncio.subprocess.Process | None = None
+        # killed servers not yet reaped: stop() waits for them, in the loop that made
+        # them (a transport left to the garbage collector after the loop closes prints
+        # "Event loop is closed" with a traceback after Ctrl-C)
+        self.killed: list[asyncio.subprocess.Process] = []
 
     @property
     def log_path(self) -> Path:
@@ -122,6 +126,8 @@ class LocalWorker:
         return ResultPayload.failed(self.name, error, cpus=format_cpu_list(self.cpus))
 
     async def stop(self) -> None:
+        while self.killed:
+            await self.killed.pop().wait()
         if self.process is None or self.process.returncode is not None:
             return
         if self.process.stdin:
@@ -135,6 +141,7 @@ class LocalWorker:
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
+            self.killed.append(self.process)
         self.process = None  # never written to again: the next job starts a new server
 
 

@@ -411,3 +411,30 @@ def test_a_job_line_names_its_model_where_the_sweep_has_several():
         out = io.StringIO()
         SweepProgress(Console(file=out, width=80), "s", 2, models=models).update(job)
         assert out.getvalue().strip() == expected
+
+
+def test_a_killed_fork_server_is_reaped_before_its_loop_closes(tmp_path, monkeypatch):
+    """Ctrl-C kills each embedded worker's fork server; one left to the garbage collector
+    after asyncio.run closed the loop printed "Event loop is closed" and a traceback."""
+    import asyncio
+    import gc
+    import sys
+
+    from whistle_stop.executors.local import LocalWorker
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+
+    async def killed_then_stopped():
+        worker = LocalWorker("t", [0], tmp_path, tmp_path / "logs")
+        await worker.start()
+        process = worker.process
+        worker.kill()  # what the executor does on Ctrl-C
+        await worker.stop()  # what aclose() does in the command's finally
+        return process
+
+    process = asyncio.run(killed_then_stopped())
+    del killed_then_stopped
+    gc.collect()
+    assert process.returncode is not None
+    assert [str(u.exc_value) for u in unraisable] == []
