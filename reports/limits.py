@@ -30,7 +30,6 @@ SHARE, LLC_MULTIPLE = 0.85, 10
 RIVAL = {8: ("q8_0", 1.3), 4: ("q4_0", 1.6)}  # bits -> llama.cpp's quant, the lead asked
 K_QUANT, K_LEAD = "q4_K_M", 1.5
 STEP_MEDIAN, STEP_TAIL = 2.3, 1.3
-KIND = {8: "int8", 4: "4-bit"}
 
 
 TITLES = {
@@ -148,7 +147,8 @@ def _at_equal_fidelity(
         return [[where, f"KL ≤ q4_K_M's {k_quant['mean_kl']:.1e}", note, "", "NOT met"]], []
     ratio, interval = paired(ours, k_quant)
     told = f"- {where}: {ours['label']} {ours['mean_kl']:.1e} vs q4_K_M {k_quant['mean_kl']:.1e}"
-    return [[where, *_figure(ours["label"], ratio, K_LEAD, interval)]], [told]
+    said = judged.get(ours["label"])  # a trained cell's pick: its KL is already in `judged`
+    return [[where, *_figure(ours["label"], ratio, K_LEAD, interval)]], [] if said else [told]
 
 
 def _neighbour(done: Rows) -> list[list[str]]:

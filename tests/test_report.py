@@ -340,6 +340,7 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert "| gpt2-xl ctx 128 | n4 | 1.40x |" in text
     assert "- n4: KL 1.9e-03 vs 2.0e-03 on trained:gpt2-shakespeare" in text
     assert "| trained:gpt2-shakespeare ctx 128 | n4 | 1.80x |" in text
+    assert text.count("1.9e-03") == 1  # the trained cell's KL, said once
 
 
 def test_a_models_sweep_pairs_each_path_with_its_own_models_baseline(tmp_path):
