@@ -219,8 +219,9 @@ def _machine(done: Rows) -> str:
     bandwidth = (
         f"read {min(reads) / 1e9:.0f}-{max(reads) / 1e9:.0f} GB/s beside the jobs" if reads else ""
     )
-    cache = f"LLC {llc / 2**20:.0f} MiB; " if llc else ""
-    return f"{first.get('cpu_model')} ({' '.join(isa) or 'no AVX'}); {cache}{bandwidth}\n"
+    cache = f"; LLC {llc / 2**20:.0f} MiB" if llc else ""
+    # two lines: a CPU's AVX-512 flags alone take half of 80 columns
+    return f"{first.get('cpu_model')} ({' '.join(isa) or 'no AVX'}){cache}\n{bandwidth}\n"
 
 
 def _native_bits(row: dict) -> int | None:

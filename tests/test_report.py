@@ -297,6 +297,10 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
             "mean_kl": 1e-3,
             "decode_ms_p50": 1e3 / tok_s,
             "decode_ms": 1e3 / tok_s,
+            "cpu_model": "AMD EPYC",
+            "isa": "avx2 avx512f avx512_vnni avx512_bf16 sse4_2",
+            "llc_bytes": 32 * 2**20,
+            "bandwidth_bytes_per_s": 55.8e9,
             **more,
         }
 
