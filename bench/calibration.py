@@ -8,6 +8,7 @@ should say slower. `farm report --view calibration` prints the counts, the wrong
 calls, the rounds spent per cell, and the noise of one ratio on this host.
 
     farm bench calibration --sweeps 4 --db calibration.db
+    farm bench calibration --sweeps 4 --db calibration.db --set max_rounds=60  # noisy host
 
 Nothing else may run on the machine meanwhile: it is what is being measured.
 """
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from whistle_stop.bench.common import example, submit, view
+from whistle_stop.bench.common import add_set_option, example, settings, submit, view
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweeps", type=int, default=4, help="separate sweeps to run")
     parser.add_argument("--db", type=Path, required=True, help="where the sweeps are stored")
     parser.add_argument("--no-run", action="store_true", help="only read what --db holds")
+    add_set_option(parser)
     args = parser.parse_args(argv)
     if not args.no_run:
-        source = yaml.safe_load(example("calibration.yaml").read_text())
+        source = yaml.safe_load(example("calibration.yaml").read_text()) | settings(args.set)
         directory = Path(tempfile.mkdtemp(prefix="calibration-"))
         for index in range(1, args.sweeps + 1):
             print(f"sweep {index}/{args.sweeps}", flush=True)

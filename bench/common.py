@@ -49,6 +49,25 @@ def edited_grid(
     return data | updates
 
 
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    """`--set KEY=VALUE`, repeatable: a top-level sweep key replaced, as a YAML value."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a sweep key, e.g. --set max_rounds=60",
+    )
+
+
+def settings(pairs: list[str]) -> dict:
+    """--set's KEY=VALUE pairs as sweep keys; a pair without `=` is refused in one line."""
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise SystemExit(f"error: --set takes KEY=VALUE, not {bad[0]!r}")
+    return {key: yaml.safe_load(value) for key, _, value in (p.partition("=") for p in pairs)}
+
+
 def variants(labels: str | None, default: list[str], grid: Path | None = None):
     """label -> (backend, options) of these comma-separated labels (else `default`) as the
     farm reads them from a sweep file (examples/engines.yaml unless `grid`): the one table

@@ -10,8 +10,8 @@ number of rounds, then prints (`farm report --view noise`) per cell and sweep:
     farm bench noise-floor examples/quick.yaml --sweeps 3 --rounds 3
     farm bench noise-floor examples/quick.yaml --sweeps 3 --rounds 1  # sequential
     farm bench noise-floor examples/quick.yaml --set min_duration_s=3
-    farm bench noise-floor examples/fastest.yaml --best onnx-int4-all \
-        --backends hf,onnx-int4-all,onnx-int8-all --contexts 128
+    farm bench noise-floor examples/fastest.yaml --rounds auto --contexts 128 \
+        --backends hf,native-q4-b128,native-q8-b128,onnx-int4-b128-p8
 
 Nothing else may run on the machine meanwhile: it is what is being measured.
 """
@@ -22,9 +22,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import yaml
-
-from whistle_stop.bench.common import edited_grid, example, submit, view
+from whistle_stop.bench.common import add_set_option, edited_grid, example, settings, submit, view
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,28 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", default="3", help="rounds a sweep, or auto (the file's budget)")
     parser.add_argument("--backends", default=None, help="only these labels (comma-separated)")
     parser.add_argument("--contexts", default=None, help="only these contexts")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a sweep key, e.g. --set min_duration_s=3",
-    )
+    add_set_option(parser)
     parser.add_argument("--keep", type=Path, default=None, help="keep the database here")
     args = parser.parse_args(argv)
     directory = Path(tempfile.mkdtemp(prefix="noise-floor-"))
     db = args.keep or directory / "farm.db"
     labels = args.backends.split(",") if args.backends else None
     contexts = [int(c) for c in args.contexts.split(",")] if args.contexts else None
-    pairs = (setting.partition("=") for setting in args.set)
-    settings = {key: yaml.safe_load(value) for key, _, value in pairs}
     rounds = args.rounds if args.rounds == "auto" else int(args.rounds)
     for index in range(1, args.sweeps + 1):
         data = edited_grid(
             args.sweep or example("quick.yaml"),
             labels,
             contexts,
-            **settings,
+            **settings(args.set),
             name=f"nf{index}",
             rounds=rounds,
             control=True,

@@ -148,3 +148,20 @@ def test_a_benchmark_refuses_a_model_it_cannot_load_before_it_builds_anything(be
         main(["--model", "bogus:thing", *(["--db", "unused.db"] if bench == "neighbour" else [])])
     assert exit.value.code == 2
     assert "argument --model: unknown model source 'bogus:thing'" in capsys.readouterr().err
+
+
+def test_a_benchmarks_set_option_takes_yaml_values_and_refuses_a_pair_without_a_value(
+    tmp_path,
+):
+    from whistle_stop.bench import calibration
+    from whistle_stop.bench.common import settings
+
+    assert settings(["max_rounds=60", "precision=0.02", "bandwidth=host"]) == {
+        "max_rounds": 60,
+        "precision": 0.02,
+        "bandwidth": "host",
+    }
+    # refused in one line before a sweep is written or run
+    with pytest.raises(SystemExit, match="--set takes KEY=VALUE, not 'max_rounds'"):
+        calibration.main(["--db", str(tmp_path / "c.db"), "--set", "max_rounds"])
+    assert list(tmp_path.iterdir()) == []
