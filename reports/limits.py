@@ -30,6 +30,7 @@ SHARE, LLC_MULTIPLE = 0.85, 10
 RIVAL = {8: ("q8_0", 1.3), 4: ("q4_0", 1.6)}  # bits -> llama.cpp's quant, the lead asked
 K_QUANT, K_LEAD = "q4_K_M", 1.5
 STEP_MEDIAN, STEP_TAIL = 2.3, 1.3
+VERDICTS = ["met", "NOT met", "unknown", "not judged: cache", "n/a"]
 
 
 TITLES = {
@@ -78,7 +79,8 @@ def limits(rows: Rows, names: list[str], baseline: str) -> str:
     parts = [_machine(done)]
     for goal, title in TITLES.items():
         if tables[goal]:
-            parts.append(title + "\n\n" + to_markdown(HEADINGS[goal], tables[goal]))
+            table = to_markdown(HEADINGS[goal], tables[goal])
+            parts.append(f"{title}\n\n{table}\n{_tally(tables[goal])}\n")
     told = sorted({f"- {label}: {kl}" for label, kl in judged.items() if kl}) + notes
     if told and tables["3"]:
         parts.append("Goal 3's mean KL against float32:\n" + "\n".join(told) + "\n")
@@ -191,16 +193,28 @@ def paired(a: dict, b: dict) -> tuple[float | None, tuple[float, float] | None]:
 
 
 def _figure(what, value, target, interval, *, at_least=True, fmt="{:.2f}x") -> list[str]:
-    """[what, value, its interval, met / NOT met]."""
+    """[what, value, its interval, met / NOT met / unknown]: with an interval, the whole
+    of it must be on one side of the target (a ratio of two noisy paths whose interval
+    holds the target has not shown either), else the value decides."""
     shown = "-" if value is None else fmt.format(value)
     bounds = f"{fmt.format(interval[0])}-{fmt.format(interval[1])}" if interval else ""
     if value is None:
-        verdict = "n/a"
-    elif at_least:
-        verdict = "met" if value >= target else "NOT met"
-    else:
-        verdict = "met" if value <= target else "NOT met"
+        return [what, shown, bounds, "n/a"]
+    low, high = interval or (value, value)
+    if not at_least:  # a ceiling: mirror it
+        low, high, value, target = -high, -low, -value, -target
+    verdict = "met" if low >= target else "NOT met" if high < target else "unknown"
     return [what, shown, bounds, verdict]
+
+
+def _tally(lines: list[list[str]]) -> str:
+    """How a goal's verdicts came out, e.g. `met 13, NOT met 2, unknown 1 (of 16)`."""
+    counts: dict[str, int] = defaultdict(int)
+    for line in lines:
+        counts[line[-1]] += 1
+    said = [f"{verdict} {counts[verdict]}" for verdict in VERDICTS if counts[verdict]]
+    why = "; unknown: the 95% interval holds the target" if counts["unknown"] else ""
+    return f"verdicts: {', '.join(said)} (of {len(lines)}){why}"
 
 
 def _no_interval(figure: list[str]) -> list[str]:

@@ -314,8 +314,21 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
         row("sizes", "n8", "native", {"bits": 8}, 99.0, model="random:gpt2", llc_multiple=4.0),
         row("t-quiet", "n8", "native", {"bits": 8}, 100.0),
         row("t-busy", "n8", "native", {"bits": 8}, 40.0, decode_ms=40.0),  # p50 25 ms
+        # at large two rounds disagree (1.1x, then 1.6x): an interval that holds 1.3x
+        row("sizes", "llama-q8_0", "llama-cpp", {"quant": "q8_0"}, 10.0, model="random:gpt2-large"),
+        row(
+            "sizes",
+            "n8",
+            "native",
+            {"bits": 8},
+            13.5,
+            model="random:gpt2-large",
+            round_figures={"decode_tokens_per_s": [11.0, 16.0]},
+        ),
     ]
     text = limits(rows, ["sizes", "t-quiet", "t-busy"], "llama-q8_0")
+    assert "| gpt2-large ctx 128 | n8 / q8_0 | 1.34x | 0.13x-13.40x | unknown |" in text
+    assert "verdicts: met 1, unknown 1 (of 2); unknown: the 95% interval holds" in text
     assert "| gpt2-xl ctx 128 | n8 (24.0x) | 90% | met |" in text
     assert "| gpt2 ctx 128 | n8 (4.0x) | 90% | not judged: cache |" in text
     assert "| gpt2-xl ctx 128 | n8 / q8_0 | 1.40x | 1.40x-1.40x | met |" in text
