@@ -8,9 +8,10 @@ working). Each path decodes `--steps` tokens at a fixed context (the position is
 before each step, so every step attends over the same `--context` tokens), in rounds
 that alternate the paths, with the streaming-read bandwidth measured before and after
 each (worker/roofline.py's measurement, the farm's). Printed per path: the step (median),
-its roofline share, its non-weight time (step minus the weights at that bandwidth: issue
-#17's goal 4), the phases (means a step), and what the mean step spent outside them
-(Python and the call into the engine).
+its roofline share (of the weights; +KV: with the KV cache a step also reads), its
+non-weight time (step minus the weights at that bandwidth: issue #17's goal 4), the phases
+(means a step), and what the mean step spent outside them (Python and the call into the
+engine).
 
     farm bench native-profile [--context 128] [--steps 200] [--rounds 3] [--model random:gpt2]
 
@@ -116,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         step_ms = statistics.median(steps[name, context]) * 1e3
         bw = statistics.mean(bandwidth[name, context])
         floor_ms = weights[name] / bw * 1e3
+        # the KV cache is read every step too: at context 512 on xl, 18% of 4-bit weights
+        cache_ms = kv_bytes(config, paths[name].kv_dtype, context) / bw * 1e3
         count = args.steps * args.rounds
         per_step = [ms / count for ms in phases[name, context]]
         label = f"{name} @{context}" if len(contexts) > 1 else name
@@ -124,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{step_ms:.2f}",
             f"{bw / 1e9:.1f}",
             f"{floor_ms / step_ms:.0%}",
+            f"{(floor_ms + cache_ms) / step_ms:.0%}",
             f"{step_ms - floor_ms:.2f}",
         ]
         if args.prompt:  # bandwidth is not what bounds a prompt: no share, no floor
@@ -146,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(cells)
     if args.prompt:
         print(
-            f"native engine, GPT-2 small (random weights), {args.prompt}-token prompts, "
+            f"native engine, {args.model}, {args.prompt}-token prompts, "
             f"{args.threads} threads, {args.rounds} rounds x {args.steps}; ms a prompt, "
             "matmuls as thread 0's ms (its share's GMAC/s):"
         )
@@ -154,11 +158,11 @@ def main(argv: list[str] | None = None) -> None:
         print(table(headings, rows))
         return
     print(
-        f"native engine, GPT-2 small (random weights), context {args.context}, "
+        f"native engine, {args.model}, context {args.context}, "
         f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps; ms a step, "
         "matmuls as thread 0's ms (its share's GB/s):"
     )
-    headings = ["path", "step p50", "GB/s", "share", "non-weight", *PHASES, "outside"]
+    headings = ["path", "step p50", "GB/s", "share", "+KV", "non-weight", *PHASES, "outside"]
     print(table(headings, rows))
     if len(contexts) > 1:
         first, last = contexts[0], contexts[-1]

@@ -3,14 +3,15 @@ of the job's CPUs (issue #31's goal 4: median step <= 2.3x the quiet median, mea
 <= 1.3x the median).
 
 Runs examples/sizes.yaml cut to --model, --labels and --contexts (2 threads: the job's
-two CPUs), once quiet and once while a process spins on the last CPU of the machine
-(pinned there; pure arithmetic, no memory traffic, so the roofline's bandwidth is left
-alone), as the sweeps `<tag>-quiet` and `<tag>-busy`; `farm report --view limits` pairs
+two CPUs), once quiet and once while a process spins on the last CPU of the machine (or
+--cpu; pinned there; pure arithmetic, no memory traffic, so the roofline's bandwidth is
+left alone), as the sweeps `<tag>-quiet` and `<tag>-busy`; `farm report --view limits` pairs
 them. --revision runs the farm (orchestrator and workers) from a git worktree of that
 revision of this checkout instead (orchestrator/bisect.py's checkout): the engine before
 a change, beside it after.
 
     farm bench neighbour --db limits.db
+    farm bench neighbour --db limits.db --cpu 0 --tag cpu0  # the job's first CPU
     farm bench neighbour --db limits.db --revision 669a8fb --tag before
 
 Nothing else may run on the machine meanwhile: it is what is being measured.
@@ -42,10 +43,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="random:gpt2", type=model_source, help="[random:gpt2]")
     parser.add_argument("--contexts", default="128", help="[128]")
     parser.add_argument("--rounds", type=int, default=2, help="rounds a sweep [2]")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        help="the CPU the busy loop spins on [the last]; the job's threads move between its CPUs",
+    )
     parser.add_argument("--tag", default="neighbour", help="the sweeps' names: TAG-quiet, -busy")
     parser.add_argument("--revision", help="run the farm from this revision's worktree")
     parser.add_argument("--no-run", action="store_true", help="only read what --db holds")
     args = parser.parse_args(argv)
+    cpus = os.cpu_count() or 1
+    cpu = cpus - 1 if args.cpu is None else args.cpu
+    if not 0 <= cpu < cpus:
+        parser.error(f"--cpu {cpu}: this machine's CPUs are 0-{cpus - 1}")
     if not args.no_run:
         env = dict(os.environ)
         if args.revision:
@@ -71,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
             grid = directory / f"{name}.yaml"
             grid.write_text(yaml.safe_dump(data | {"name": name}, sort_keys=False))
             print(f"{name}: {', '.join(labels)} on {args.model}", flush=True)
-            busy = None if quiet else _busy_loop(os.cpu_count() - 1)
+            busy = None if quiet else _busy_loop(cpu)
             try:
                 farm = Path(sys.executable).with_name("farm")
                 command = [str(farm), "submit", "--grid", str(grid), "--db", str(args.db), "-q"]

@@ -165,3 +165,13 @@ def test_a_benchmarks_set_option_takes_yaml_values_and_refuses_a_pair_without_a_
     with pytest.raises(SystemExit, match="--set takes KEY=VALUE, not 'max_rounds'"):
         calibration.main(["--db", str(tmp_path / "c.db"), "--set", "max_rounds"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_neighbour_benchmark_refuses_a_cpu_the_machine_lacks(tmp_path, capsys):
+    from whistle_stop.bench import neighbour
+
+    with pytest.raises(SystemExit) as exit:
+        neighbour.main(["--db", str(tmp_path / "n.db"), "--cpu", "4096"])
+    assert exit.value.code == 2
+    assert "--cpu 4096: this machine's CPUs are 0-" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
