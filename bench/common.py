@@ -56,15 +56,20 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
+        type=_pair,
         help="override a sweep key, e.g. --set max_rounds=60",
     )
 
 
+def _pair(text: str) -> str:
+    """argparse's `type` for --set: a pair without `=` is a usage error, in one line."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"takes KEY=VALUE, not {text!r}")
+    return text
+
+
 def settings(pairs: list[str]) -> dict:
-    """--set's KEY=VALUE pairs as sweep keys; a pair without `=` is refused in one line."""
-    bad = [pair for pair in pairs if "=" not in pair]
-    if bad:
-        raise SystemExit(f"error: --set takes KEY=VALUE, not {bad[0]!r}")
+    """--set's KEY=VALUE pairs as sweep keys, each value read as YAML."""
     return {key: yaml.safe_load(value) for key, _, value in (p.partition("=") for p in pairs)}
 
 
