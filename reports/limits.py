@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from whistle_stop.contract.figures import ratio_interval
@@ -201,17 +201,16 @@ def _figure(what, value, target, interval, *, at_least=True, fmt="{:.2f}x") -> l
     if value is None:
         return [what, shown, bounds, "n/a"]
     low, high = interval or (value, value)
-    if not at_least:  # a ceiling: mirror it
-        low, high, value, target = -high, -low, -value, -target
-    verdict = "met" if low >= target else "NOT met" if high < target else "unknown"
+    if at_least:
+        verdict = "met" if low >= target else "NOT met" if high < target else "unknown"
+    else:
+        verdict = "met" if high <= target else "NOT met" if low > target else "unknown"
     return [what, shown, bounds, verdict]
 
 
 def _tally(lines: list[list[str]]) -> str:
     """How a goal's verdicts came out, e.g. `met 13, NOT met 2, unknown 1 (of 16)`."""
-    counts: dict[str, int] = defaultdict(int)
-    for line in lines:
-        counts[line[-1]] += 1
+    counts = Counter(line[-1] for line in lines)
     said = [f"{verdict} {counts[verdict]}" for verdict in VERDICTS if counts[verdict]]
     why = "; unknown: the 95% interval holds the target" if counts["unknown"] else ""
     return f"verdicts: {', '.join(said)} (of {len(lines)}){why}"
