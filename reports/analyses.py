@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections import Counter
 from typing import Any
 
@@ -123,11 +124,11 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
         # what the slowdown was, measured: a calibration is only as good as its known cost
         ratios = [r for r in measured[label] if r]
         ratio = f"{statistics.median(ratios):.3f}x" if ratios else "-"
-        lines.append([label, str(total), shown, rate, f"wrong direction {wrong_way}", ratio])
-    headings = ["path", "cells", "verdicts", "rate", "", "measured ratio"]
+        lines.append([label, str(total), shown, rate, str(wrong_way), ratio])
+    headings = ["path", "cells", "verdicts", "rate", "wrong way", "measured ratio"]
     text = to_markdown(headings, lines)
-    spent = ", ".join(f"{n} rounds: {c} cells" for n, c in sorted(rounds.items()))
-    text += f"\nmargin ±{MARGIN:.0%}; rounds spent: {spent}\n"
+    spent = ", ".join(f"{c} at {n}" for n, c in sorted(rounds.items()))
+    text += "\n" + textwrap.fill(f"margin ±{MARGIN:.0%}; cells by rounds spent: {spent}", 80) + "\n"
     if len(twin_logs) > 2:
         sigma = statistics.stdev(twin_logs)
         # rounds for an interval that clears 1 - margin/2 four times in five at a slowdown
@@ -136,10 +137,11 @@ def calibration(rows: Rows, names: list[str], baseline: str) -> str:
             s: math.ceil(((2.0 + 0.84) * sigma / (-math.log(1 - s) - MARGIN / 2)) ** 2)
             for s in (0.05, 0.10)
         }
-        text += (
+        noise = (
             f"one within-round ratio's noise here (s.d. of the A/A log ratios): {sigma:.1%}; "
-            f"rounds a cell needs to detect 4 in 5: {need[0.05]} at 5%, {need[0.10]} at 10%\n"
+            f"rounds a cell needs to detect 4 in 5: {need[0.05]} at 5%, {need[0.10]} at 10%"
         )
+        text += textwrap.fill(noise, 80) + "\n"
     return text
 
 

@@ -270,10 +270,11 @@ def test_the_calibration_view_counts_false_alarms_and_detections():
         row("slower-10", [0.9, 1.1, 0.8, 1.0]),  # too noisy to call
     ]
     text = calibration(rows, ["c"], "control")
-    assert "| twin | 2 | faster 1, same 1 | false alarms 1/2 | wrong direction 0 | 1.025x |" in text
+    assert "| twin | 2 | faster 1, same 1 | false alarms 1/2 | 0 | 1.025x |" in text
     assert "| slower-5 | 1 | slower 1 | detected 1/1 |" in text
     assert "| slower-10 | 1 | unknown 1 | detected 0/1 |" in text
-    assert "rounds spent: 4 rounds: 4 cells" in text
+    assert "cells by rounds spent: 4 at 4" in text
+    assert max(len(line) for line in text.splitlines()) <= 80  # an 80-column terminal
 
 
 def test_the_limits_view_judges_each_goal_where_it_applies():
