@@ -8,7 +8,7 @@ should say slower. `farm report --view calibration` prints the counts, the wrong
 calls, the rounds spent per cell, and the noise of one ratio on this host.
 
     farm bench calibration --sweeps 4 --db calibration.db
-    farm bench calibration --sweeps 4 --db calibration.db --set max_rounds=60  # noisy host
+    farm bench calibration --sweeps 4 --db calibration.db --set max_rounds=30  # shorter
 
 Nothing else may run on the machine meanwhile: it is what is being measured.
 """
