@@ -93,10 +93,9 @@ def variants(labels: str | None, default: list[str], grid: Path | None = None):
     return {label: known[label] for label in wanted}
 
 
-def farm(*args: str) -> None:
-    """The `farm` command beside this Python, as a user runs it; its exit status is the
-    sweep's business, not the benchmark's."""
-    subprocess.run([str(Path(sys.executable).with_name("farm")), *args], check=False)
+def farm(*args: str) -> int:
+    """The `farm` command beside this Python, as a user runs it; its exit status."""
+    return subprocess.run([str(Path(sys.executable).with_name("farm")), *args]).returncode
 
 
 def view(name: str, db: Path, *more: str) -> None:
@@ -108,7 +107,10 @@ def submit(data: dict, directory: Path, db: Path, *more: str) -> Path:
     """Write `data` as <directory>/<name>.yaml and submit it to `db` (quietly); the file."""
     grid = directory / f"{data['name']}.yaml"
     grid.write_text(yaml.safe_dump(data, sort_keys=False))
-    farm("submit", "--grid", str(grid), "--db", str(db), "-q", *more)
+    # 3 (a job failed) is the sweep's business, stored with its reason; 2 is a sweep file
+    # refused, nothing run: its one line is printed, and no later sweep or view can help
+    if farm("submit", "--grid", str(grid), "--db", str(db), "-q", *more) == 2:
+        raise SystemExit(2)
     return grid
 
 

@@ -169,6 +169,23 @@ def test_a_benchmarks_set_option_takes_yaml_values_and_refuses_a_pair_without_a_
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_benchmark_stops_at_a_sweep_the_farm_refuses(tmp_path, capfd):
+    """A value the sweep file refuses (`--set max_rounds=abc`): the farm's one line, then
+    the benchmark stops; it neither runs the next sweeps nor reports on a database that
+    was never written."""
+    from whistle_stop.bench import calibration
+
+    with pytest.raises(SystemExit) as exit:
+        calibration.main(
+            ["--sweeps", "2", "--db", str(tmp_path / "c.db"), "--set", "max_rounds=abc"]
+        )
+    assert exit.value.code == 2
+    out, err = capfd.readouterr()
+    assert "max_rounds: Input should be a valid integer" in err
+    assert "sweep 2/2" not in out and "no database" not in err
+    assert not (tmp_path / "c.db").exists()
+
+
 def test_the_neighbour_benchmark_refuses_a_cpu_the_machine_lacks(tmp_path, capsys):
     from whistle_stop.bench import neighbour
 
