@@ -8,6 +8,7 @@ import csv
 import html
 import io
 import json
+import textwrap
 from typing import Any
 
 from rich import box
@@ -28,6 +29,29 @@ def failures(rows: list[dict[str, Any]]) -> list[str]:
         for row in rows
         if row["status"] == JobStatus.FAILED
     ]
+
+
+def wrap_prose(text: str, width: int) -> str:
+    """Lines of a view's prose wrapped to `width`, tables left whole: a table's rows
+    (`|`) must stay one line each, so a view is printed unwrapped and its prose wrapped
+    here. A bullet's continuation lines are indented under its text."""
+    lines = []
+    for line in text.split("\n"):
+        if len(line) <= width or line.lstrip().startswith("|"):
+            lines.append(line)
+            continue
+        lead = line[: len(line) - len(line.lstrip())]
+        hang = lead + ("  " if line.lstrip().startswith(("- ", "* ")) else "")
+        # a path or a command stays whole, even past the width
+        lines += textwrap.wrap(
+            line.lstrip(),
+            width,
+            initial_indent=lead,
+            subsequent_indent=hang,
+            break_on_hyphens=False,
+            break_long_words=False,
+        )
+    return "\n".join(lines)
 
 
 def to_markdown(headings: list[str], body: list[list[str]]) -> str:

@@ -87,6 +87,7 @@ def report(
     if request.view:
         text = VIEWS[request.view](rows, [s.name for s in sweeps], baseline)
         if request.fmt == "table":
+            text = render.wrap_prose(text, request.width)
             console.print(text, highlight=False, markup=False, soft_wrap=True)
             return None
         return text

@@ -255,6 +255,23 @@ def test_the_noise_view_reads_the_floor_and_the_fastest_paths_intervals(tmp_path
     assert "speedup of onnx[quantize=int8] over hf (the fastest path)" in shown
     assert "| 32/16/2 | 4.000 | 4.000 | 0.0% |" in shown
     assert "onnx[quantize=int8]: 95% interval" in shown and "(3 r) | yes |" in shown
+    # its prose wrapped to the terminal (80 columns here), its table rows left whole
+    prose = [line for line in shown.splitlines() if not line.startswith("|")]
+    assert prose and max(len(line) for line in prose) <= 80, shown
+    assert "| 32/16/2 | 4.000 | 4.000 | 0.0% |" in shown
+
+
+def test_a_views_prose_wraps_and_its_tables_do_not():
+    from whistle_stop.reports.render import wrap_prose
+
+    row = "| " + " | ".join(["a-long-cell"] * 10) + " |"
+    bullet = "- " + " ".join(["word"] * 30)
+    text = wrap_prose("\n".join(["short", row, bullet, "  " + "x" * 90]), 40)
+    lines = text.splitlines()
+    assert lines[0] == "short" and lines[1] == row  # a table row stays one line
+    assert all(len(line) <= 40 for line in lines[2:-1])
+    assert lines[2].startswith("- word") and lines[3].startswith("  word")  # hangs
+    assert lines[-1] == "  " + "x" * 90  # one word longer than the width: left whole
 
 
 def test_the_calibration_view_counts_false_alarms_and_detections():
