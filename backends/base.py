@@ -41,6 +41,9 @@ class LoadReport:
     # bytes per weight a decode step reads: projections, and the LM head (for the roofline)
     matmul_bytes: float = 4.0
     lm_head_bytes: float = 4.0
+    # bytes a cached key or value element takes (its scales included); None: not said, so
+    # the roofline counting the KV cache is not computed for this backend
+    kv_bytes: float | None = None
     # working threads the backend runs by design beyond the job's `threads` (a second
     # session's pool, used in turn with the first): the pinning check allows them, and
     # still reports any thread past them as a pool the job did not ask for

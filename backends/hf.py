@@ -42,7 +42,7 @@ class HFBackend(StepwiseBackend):
     def __init__(self, model_dir: Path, options: HFOptions, threads: int, cache_dir: Path) -> None:
         self.model = load_hf_model(model_dir, options.dtype)
         width = DTYPE_BYTES[options.dtype]
-        self.load_report = LoadReport(matmul_bytes=width, lm_head_bytes=width)
+        self.load_report = LoadReport(matmul_bytes=width, lm_head_bytes=width, kv_bytes=width)
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], new_tokens: int) -> Generation:

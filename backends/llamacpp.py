@@ -76,6 +76,7 @@ class LlamaCppBackend:
             artifact_bytes=path.stat().st_size,
             matmul_bytes=MATMUL_BYTES[options.quant],
             lm_head_bytes=HEAD_BYTES[options.quant],
+            kv_bytes=2.0,  # llama.cpp's default cache type: f16 keys and values
             extra={
                 "engine": f"llama.cpp (llama-cpp-python {version})",
                 "quant": options.quant,

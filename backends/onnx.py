@@ -102,6 +102,7 @@ class OnnxBackend(StepwiseBackend):
             artifact_bytes=artifact.bytes + prefill_bytes,
             matmul_bytes=matmul_bytes,
             lm_head_bytes=lm_head_bytes,
+            kv_bytes=1.0 if options.kv_dtype == "int8" else 4.0,  # scales: per channel
             # the prompt's session has its own pool (threads - 1 workers beside the caller)
             extra_threads=threads - 1 if prefill_session is not None else 0,
             extra=extra,

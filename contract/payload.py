@@ -136,6 +136,10 @@ class Metrics:
     bandwidth_bytes_per_s: float | None = None  # streaming read, this host and CPU set
     roofline_tokens_per_s: float | None = None
     roofline_fraction: float | None = None
+    # the KV cache a decode step reads (its mean over the job's steps), and the roofline's
+    # share counting it beside the weights: the bound a step can reach at this context
+    kv_bytes_per_token: float | None = None
+    roofline_kv_fraction: float | None = None
     bandwidth_before_bytes_per_s: float | None = None  # measured right before the job ...
     bandwidth_after_bytes_per_s: float | None = None  # ... and right after it
     bandwidth_measured_at: float | None = None  # Unix time (the host figure's if cached)

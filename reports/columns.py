@@ -36,6 +36,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("top1_agreement", "top-1", "{:.3f}", 0),
     Column("mean_kl", "KL", "{:.1e}", 0),
     Column("roofline_fraction", "roofline", "{:.0%}", 1),
+    Column("roofline_kv_fraction", "roof+KV", "{:.0%}", 2),  # counting the KV cache read
     Column("llc_multiple", "xLLC", "{:.1f}", 2),  # weights a token reads / last-level cache
     Column("e2e_s", "e2e s", "{:.3f}", 2),
     Column("cv", "cv", "{:.1%}", 2),

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from whistle_stop.backends import registry
+from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.nanogpt import load_gpt
 from whistle_stop.bench.harness import save_tiny_gpt2
 from whistle_stop.native.quantize import dequantize_rows, grouped, quantize_rows
@@ -196,6 +197,10 @@ def test_the_engine_computes_gpt2_on_its_quantized_weights(
     assert native.load_report.matmul_bytes == pytest.approx(expected_bytes)
     head_bytes = 4 if bits == 32 else (head_bits or bits) / 8 + 4 / block
     assert native.load_report.lm_head_bytes == head_bytes
+    config = ModelConfig.from_dir(model)
+    head_width = config.n_embd // config.n_head
+    kv_bytes = 1 + 4 / head_width if kv == "int8" else 2  # a scale a head and position
+    assert native.load_report.kv_bytes == pytest.approx(kv_bytes)
 
 
 @pytest.mark.parametrize("options", [{"bits": 8}, {"bits": 4, "block_size": 64}])

@@ -73,6 +73,13 @@ def test_a_well_pinned_job_has_no_violations(tiny_model, tmp_path):
     assert metrics.roofline_fraction == pytest.approx(
         metrics.decode_tokens_per_s / metrics.roofline_tokens_per_s
     )
+    # float32 keys and values of 8 prompt positions and on average 2 of the 4 generated
+    config = ModelConfig.from_dir(tiny_model)
+    kv = 2 * config.n_layer * config.n_embd * 4 * (8 + 4 / 2)
+    assert metrics.kv_bytes_per_token == pytest.approx(kv)
+    read = metrics.bandwidth_bytes_per_s / (metrics.weight_bytes_per_token + kv)
+    assert metrics.roofline_kv_fraction == pytest.approx(metrics.decode_tokens_per_s / read)
+    assert metrics.roofline_kv_fraction > metrics.roofline_fraction  # more bytes: a lower bound
 
 
 GPT2 = ModelConfig(n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024)
@@ -86,6 +93,13 @@ def test_weight_bytes_of_gpt2_small():
     int8_float_head = roofline.weight_bytes_per_token(GPT2, 1, 4)
     assert int8_float_head == pytest.approx(12 * 12 * 768**2 + 4 * 50257 * 768, rel=0.005)
     assert roofline.weight_bytes_per_token(GPT2, 2, 2) == pytest.approx(fp32 / 2, rel=0.002)
+
+
+def test_the_kv_cache_a_decode_step_reads_at_gpt2_xl():
+    xl = ModelConfig(n_embd=1600, n_layer=48, n_head=25, vocab_size=50257, n_positions=1024)
+    # half precision: 48 layers x (512 + 64 / 2) positions x 1600 x keys and values x 2 bytes
+    assert roofline.kv_bytes_per_token(xl, 2.0, 512, 64) == 48 * 544 * 1600 * 2 * 2
+    assert roofline.kv_bytes_per_token(GPT2, 4.0, 128, 2) == 2 * 12 * 768 * 4 * 129
 
 
 def test_bandwidth_is_measured_once_per_host_and_cpu_set(tmp_path, monkeypatch):

@@ -144,7 +144,7 @@ def _measure(job: JobSpec, cpus: list[int], cache_dir: Path) -> Metrics:
     report = backend.load_report
     summary = measure.summarize(repeats, job.noise_threshold)
     roofline_figures = _roofline(
-        config, report, summary["decode_tokens_per_s"], cpus, cache_dir, before, after
+        config, report, summary["decode_tokens_per_s"], cpus, cache_dir, before, after, job
     )
     flags += roofline_figures.pop("flags")
     figures.update(roofline_figures)
@@ -365,9 +365,11 @@ def _roofline(
     cache_dir: Path,
     before: dict | None,
     after: dict | None,
+    job: JobSpec,
 ):
     """Bytes read per token, the bandwidth bound, and how much of it this job reached:
-    against the mean of the bandwidth measured around the job, or the host's figure."""
+    against the mean of the bandwidth measured around the job, or the host's figure;
+    and the same counting the KV cache a step reads, where the backend says its width."""
     flags = []
     if before and after:
         low, high = sorted((before["read_bytes_per_s"], after["read_bytes_per_s"]))
@@ -384,6 +386,9 @@ def _roofline(
         config, report.matmul_bytes, report.lm_head_bytes
     )
     fraction = roofline_fraction(decode_tokens_per_s, read, weight_bytes)
+    kv_bytes = None
+    if report.kv_bytes:
+        kv_bytes = roofline.kv_bytes_per_token(config, report.kv_bytes, job.context, job.generation)
     if fraction is not None and fraction > 1:
         flags.append(
             f"{fraction:.0%} of the roofline: weights partly served from the "
@@ -397,6 +402,12 @@ def _roofline(
         "bandwidth_measured_at": measured_at,
         "roofline_tokens_per_s": roofline_tokens_per_s(read, weight_bytes),
         "roofline_fraction": fraction,
+        "kv_bytes_per_token": kv_bytes,
+        "roofline_kv_fraction": roofline_fraction(
+            decode_tokens_per_s, read, weight_bytes + kv_bytes
+        )
+        if kv_bytes
+        else None,
         "llc_bytes": roofline.last_level_cache_bytes(min(cpus) if cpus else 0),
         "flags": flags,
     }
