@@ -161,7 +161,9 @@ def _at_equal_fidelity(
 
 
 def _neighbour(done: Rows) -> list[list[str]]:
-    """Goal 4: each path of a `<tag>-busy` sweep against the same cell of `<tag>-quiet`."""
+    """Goal 4: each path of a `<tag>-busy` sweep against the same cell of `<tag>-quiet`.
+    The goal is the native engine's; llama.cpp's lines are there to compare with: their
+    verdicts in brackets, left out of the tally."""
     quiet = {
         (r["sweep"].removesuffix("-quiet"), _cell(r)): r
         for r in done
@@ -174,15 +176,18 @@ def _neighbour(done: Rows) -> list[list[str]]:
         tag = busy["sweep"].removesuffix("-busy")
         calm = quiet.get((tag, _cell(busy)))
         where = f"{tag}: {busy['label']} ctx {busy['context']}"
+        rival = busy["backend"] != "native"
         if calm and calm["decode_ms_p50"] and busy["decode_ms_p50"]:
             ratio = busy["decode_ms_p50"] / calm["decode_ms_p50"]
             what = f"busy/quiet median ({calm['decode_ms_p50']:.2f} ms)"
             figure = _figure(what, ratio, STEP_MEDIAN, None, at_least=False)
             lines.append([where, *_no_interval(figure)])
+            lines[-1][-1] = f"({lines[-1][-1]})" if rival else lines[-1][-1]
         if busy["decode_ms"] and busy["decode_ms_p50"]:
             tail = busy["decode_ms"] / busy["decode_ms_p50"]
             figure = _figure("busy mean / median", tail, STEP_TAIL, None, at_least=False)
             lines.append([where, *_no_interval(figure)])
+            lines[-1][-1] = f"({lines[-1][-1]})" if rival else lines[-1][-1]
     return lines
 
 
@@ -216,11 +221,14 @@ def _figure(what, value, target, interval, *, at_least=True, fmt="{:.2f}x") -> l
 
 
 def _tally(lines: list[list[str]]) -> str:
-    """How a goal's verdicts came out, e.g. `met 13, NOT met 2, unknown 1 (of 16)`."""
+    """How a goal's verdicts came out, e.g. `met 13, NOT met 2, unknown 1 (of 16)`;
+    a rival's lines (`(met)`, in brackets) are not the goal's and are not counted."""
     counts = Counter(line[-1] for line in lines)
     said = [f"{verdict} {counts[verdict]}" for verdict in VERDICTS if counts[verdict]]
     why = "; unknown: the 95% interval holds the target" if counts["unknown"] else ""
-    return f"verdicts: {', '.join(said)} (of {len(lines)}){why}"
+    ours = sum(counts[verdict] for verdict in VERDICTS)
+    rivals = "; (bracketed): a rival's, not counted" if ours < len(lines) else ""
+    return f"verdicts: {', '.join(said)} (of {ours}){why}{rivals}"
 
 
 def _no_interval(figure: list[str]) -> list[str]:

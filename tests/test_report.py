@@ -332,6 +332,9 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
         row("sizes", "n8", "native", {"bits": 8}, 99.0, model="random:gpt2", llc_multiple=4.0),
         row("t-quiet", "n8", "native", {"bits": 8}, 100.0),
         row("t-busy", "n8", "native", {"bits": 8}, 40.0, decode_ms=40.0),  # p50 25 ms
+        # llama.cpp beside the same neighbour: shown to compare with, not the goal's
+        row("t-quiet", "llama-q8_0", "llama-cpp", {"quant": "q8_0"}, 50.0),
+        row("t-busy", "llama-q8_0", "llama-cpp", {"quant": "q8_0"}, 10.0, decode_ms=200.0),
         # at large two rounds disagree (1.1x, then 1.6x): an interval that holds 1.3x
         row("sizes", "llama-q8_0", "llama-cpp", {"quant": "q8_0"}, 10.0, model="random:gpt2-large"),
         row(
@@ -357,6 +360,8 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert "| gpt2-xl ctx 128 | n4-h8 | 1.20x | 1.20x-1.20x | NOT met |" in text
     assert "- gpt2-xl ctx 128: n4-h8 1.0e-03 vs q4_K_M 2.0e-03" in text
     assert "| t: n8 ctx 128 | busy/quiet median (10.00 ms) | 2.50x | NOT met |" in text
+    assert "| t: llama-q8_0 ctx 128 | busy mean / median | 2.00x | (NOT met) |" in text
+    assert "verdicts: NOT met 2 (of 2); (bracketed): a rival's, not counted" in text
     assert "| t: n8 ctx 128 | busy mean / median | 1.60x | NOT met |" in text
     assert max(len(line) for line in text.splitlines()) <= 80
     # KL where it is real: on a model trained here the fast n4 matches q4_K_M and n4-h8
