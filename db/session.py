@@ -5,7 +5,8 @@ Two ways in:
   it creates the schema, or adds the columns a newer version has.
 - `open_readonly` for commands that only read (`report`, `show`, ...): a SQLite file
   is opened with `mode=ro`, nothing is created, no pragma is written, and a file that
-  is not a whistle-stop database is refused in one line.
+  is not a whistle-stop database is refused in one line; one an older whistle-stop
+  wrote is read as it is, the figures added since read as empty.
 Both raise `DatabaseError` with a message a user can act on.
 """
 
@@ -184,27 +185,70 @@ def open_readonly(path_or_url: str) -> sessionmaker[Session]:
     engine = _engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_read_pragmas)
-    _check_schema(engine, path_or_url)
+    lacking = _check_schema(engine, path_or_url)
+    if lacking:
+        # every connection from here on reads through the views; none made before
+        engine.dispose()
+        event.listen(engine, "connect", lambda connection, _: _read_as_null(connection, lacking))
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def _check_schema(engine: Engine, name: str) -> None:
+def _check_schema(engine: Engine, name: str) -> dict[str, str]:
+    """Refuses what is not a whistle-stop database, or one that lacks a column it needs;
+    for each table that lacks columns this version has (an older whistle-stop wrote it),
+    the view that reads them as their default or NULL (`_read_as_null`)."""
+    lacking: dict[str, str] = {}
     try:
         inspector = inspect(engine)
         tables = set(inspector.get_table_names())
         if not TABLES <= tables:
             missing = ", ".join(sorted(TABLES - tables))
             raise DatabaseError(f"{name} is not a whistle-stop database (no table {missing})")
+        dialect = engine.dialect
+        schema = "main" if dialect.name == "sqlite" else inspector.default_schema_name
         for table in Base.metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
-            lacking = [c.name for c in table.columns if c.name not in present]
-            if lacking:
+            missing = [c for c in table.columns if c.name not in present]
+            required = [c.name for c in missing if _stand_in(c, dialect) is None]
+            if required:
                 raise DatabaseError(
                     f"{name} was written by an older whistle-stop (no {table.name}."
-                    f"{lacking[0]}); upgrade it by submitting to it once: farm submit --db {name}"
+                    f"{required[0]}); upgrade it by submitting a sweep to it: "
+                    f"farm submit --grid FILE --db {name}"
+                )
+            if missing:
+                nulls = ", ".join(f'{_stand_in(c, dialect)} AS "{c.name}"' for c in missing)
+                lacking[table.name] = (
+                    f'CREATE TEMP VIEW "{table.name}" AS SELECT *, {nulls} '
+                    f'FROM "{schema}"."{table.name}"'
                 )
     except sa_exc.DBAPIError as error:
         raise DatabaseError(f"{name}: {_reason(error)}") from None
+    return lacking
+
+
+def _stand_in(column, dialect) -> str | None:
+    """What a column a database lacks reads as: its default, else NULL where it may be
+    NULL; None where neither (the database cannot be read as this version's)."""
+    kind = column.type.compile(dialect=dialect)
+    default = column.default.arg if column.default is not None else None
+    if default is not None and not callable(default):
+        value = literal(default, column.type).compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True}
+        )
+        return f"CAST({value} AS {kind})"
+    return f"CAST(NULL AS {kind})" if column.nullable else None
+
+
+def _read_as_null(connection, lacking: dict[str, str]) -> None:
+    """A figure this version added is read as NULL from a database written before it:
+    a view of each such table in the connection's own temporary schema, which both
+    SQLite and PostgreSQL search before the database's, adds the missing columns. Reading
+    an old database needs no write to it (a writer adds them: upgrade_schema)."""
+    cursor = connection.cursor()
+    for statement in lacking.values():
+        cursor.execute(statement)
+    cursor.close()
 
 
 def _reason(error: sa_exc.DBAPIError) -> str:

@@ -102,6 +102,27 @@ def test_an_older_database_is_upgraded_in_place(any_db):
     }
 
 
+def test_an_older_database_is_read_as_it_is(any_db):
+    """A report on a database written before a figure existed reads it as NULL (or its
+    default) and writes nothing: the database keeps lacking the columns."""
+    from whistle_stop.db.session import open_readonly
+
+    store = _store(any_db)
+    [job] = store.record_sweep(parse_sweep("backends: [hf]", origin="s", default_name="s")).to_run
+    store.apply(Finished(job.id, payload("hf", 32, 16)))
+    with make_engine(any_db).begin() as connection:
+        for column in ("remeasured", "roofline_kv_fraction"):
+            connection.execute(text(f"ALTER TABLE results DROP COLUMN {column}"))
+    for _ in range(2):  # a second session: a new connection reads through the views too
+        with open_readonly(any_db)() as session:
+            stored = session.scalar(select(Result))
+            assert stored.roofline_kv_fraction is None and stored.remeasured is False
+            assert stored.decode_tokens_per_s > 0
+    engine = make_engine(any_db, create=False)  # create=True would add them
+    columns = {c["name"] for c in inspect(engine).get_columns("results")}
+    assert not {"remeasured", "roofline_kv_fraction"} & columns
+
+
 def test_environment_fixture_matches_the_contract():
     from whistle_stop.contract.payload import HostFacts
 
