@@ -13,7 +13,9 @@ benchmark's `<tag>-quiet` / `<tag>-busy` pairs:
      mean step <= 1.3x the median.
 
 Ratios of two paths are the median of their within-round ratios, with the 95% interval
-of those (contract/figures.py) where the rounds pair up.
+of those (contract/figures.py) where the rounds pair up; a roofline share the median of
+its rounds' shares, with the 95% interval of those. A verdict is `met` or `NOT met`
+only where the whole interval is on one side of the target, else `unknown`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from whistle_stop.contract.figures import ratio_interval
 from whistle_stop.contract.status import JobStatus
-from whistle_stop.reports.render import to_markdown
+from whistle_stop.reports.render import to_markdown, wrap_prose
 
 Rows = list[dict[str, Any]]
 SHARE, LLC_MULTIPLE = 0.85, 10
@@ -45,7 +47,7 @@ TITLES = {
     f"the quiet median, mean step ≤ {STEP_TAIL}x the median",
 }
 HEADINGS = {  # the targets are in the titles: a column of them would not fit 80 columns
-    "1": ["cell", "path (weights/LLC)", "weights", "+KV", ""],
+    "1": ["cell", "path (weights/LLC)", "weights", "+KV", "95%", ""],
     "2": ["cell", "path / llama.cpp", "tok/s", "95%", ""],
     "3": ["cell", "path / q4_K_M", "tok/s", "95%", ""],
     "4": ["run: path ctx", "figure", "value", ""],
@@ -87,20 +89,25 @@ def limits(rows: Rows, names: list[str], baseline: str) -> str:
     told = sorted({f"- {label}: {kl}" for label, kl in judged.items() if kl}) + notes
     if told and tables["3"]:
         parts.append("Goal 3's mean KL against float32:\n" + "\n".join(told) + "\n")
-    return "\n".join(parts)
+    return wrap_prose("\n".join(parts), 80)
 
 
 def _roofline(where: str, ours: dict) -> list[list[str]]:
     """Goal 1's line: judged on the share counting the KV cache where the backend said
-    its width (a step cannot read less), else on the weights' share."""
+    its width (a step cannot read less), else on the weights' share; with rounds, on
+    the 95% interval of the rounds' shares (each divides by the bandwidth measured
+    beside its own job, which moves between jobs on some hosts)."""
     weights, multiple = ours["roofline_fraction"], ours.get("llc_multiple")
     with_kv = ours.get("roofline_kv_fraction")
     what = f"{ours['label']} ({_times(multiple)})"
     shown = ["-" if share is None else f"{share:.0%}" for share in (weights, with_kv)]
     if multiple is None or multiple < LLC_MULTIPLE:
-        return [[where, what, *shown, "not judged: cache"]]
-    verdict = _figure(what, with_kv or weights, SHARE, None, fmt="{:.0%}")[-1]
-    return [[where, what, *shown, verdict]]
+        return [[where, what, *shown, "", "not judged: cache"]]
+    judged = "roofline_kv_fraction" if with_kv else "roofline_fraction"
+    rounds = ours.get("round_figures", {}).get(judged) or []
+    interval = ratio_interval(rounds) if len(rounds) >= 2 else None
+    _, _, bounds, verdict = _figure(what, ours[judged], SHARE, interval, fmt="{:.0%}")
+    return [[where, what, *shown, bounds, verdict]]
 
 
 def _faithful_where_real(done: Rows) -> dict[str, str | None]:

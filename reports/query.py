@@ -205,6 +205,8 @@ def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:
 INTERVALS = ("speedup_lo", "speedup_hi", "decode_tokens_per_s_lo", "decode_tokens_per_s_hi")
 # the figures `farm compare` takes round by round (a round is the unit of independent noise)
 ROUND_FIGURES = ("decode_tokens_per_s", "e2e_s", "prefill_ms_p50")
+# kept round by round too: the limits view's interval on a roofline share (issue #31)
+ROUND_SHARES = ("roofline_fraction", "roofline_kv_fraction")
 # figures that are the same in every round (measured in round 1 only) or not timings
 NOT_POOLED = {"repeats", "noisy", "remeasured", "artifact_built", "torch_threads"}
 
@@ -235,7 +237,9 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": 1,
             "speedup_spread": None,
             "round_speedups": [],
-            "round_figures": {name: [first[name]] for name in ROUND_FIGURES if first[name]},
+            "round_figures": {
+                name: [first[name]] for name in ROUND_FIGURES + ROUND_SHARES if first[name]
+            },
             "speedup_rounds": 1,
             **dict.fromkeys(INTERVALS),  # one round: no interval
         }
@@ -256,7 +260,8 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
     row["round_speedups"] = speedups
     row["round_figures"] = {
-        name: [r[name] for r in done if r[name] is not None] for name in ROUND_FIGURES
+        name: [r[name] for r in done if r[name] is not None]
+        for name in ROUND_FIGURES + ROUND_SHARES
     }
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
