@@ -156,10 +156,7 @@ class NativeBackend(StepwiseBackend):
             compile_s=built["build_s"],
             matmul_bytes=options.layer_bytes(),
             lm_head_bytes=options.weight_bytes(options.head),
-            # half precision, or int8 with a float scale a (layer, head, position)
-            kv_bytes=1 + 4 / (config.n_embd // config.n_head)
-            if options.kv_dtype == "int8"
-            else 2.0,
+            kv_bytes=options.cache_bytes(config.n_embd // config.n_head),
             extra={"kernels_built": built["built"], "block_size": options.block_size},
         )
 

@@ -170,6 +170,11 @@ class NativeOptions(BackendOptions):
         total = sum(n * self.weight_bytes(self.matrix_bits(m)) for m, n in shares.items())
         return total / 12
 
+    def cache_bytes(self, head_width: int) -> float:
+        """Bytes a cached key or value takes: half precision, or int8 with a float32 scale
+        per head and position (`head_width` values share it)."""
+        return 2.0 if self.kv_dtype == "float16" else 1 + 4 / head_width
+
     def weight_bytes(self, bits: int | None = None) -> float:
         """Bytes a decode step reads per weight of `bits` (default: the layers'): its bits
         and a float32 scale per block (none for float32 weights)."""

@@ -37,7 +37,11 @@ from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
 from whistle_stop.bench.common import CACHE, bench_model, model_source, table, variants
 from whistle_stop.native.build import FLAGS
-from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
+from whistle_stop.worker.roofline import (
+    fresh_read_bandwidth,
+    kv_bytes_per_token,
+    weight_bytes_per_token,
+)
 
 DEFAULT = (  # labels of examples/engines.yaml
     "native-q8 native-q8-b128-kv8 native-q8-b128 native-f32 native-q4 native-q4-b128 "
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         bw = statistics.mean(bandwidth[name, context])
         floor_ms = weights[name] / bw * 1e3
         # the KV cache is read every step too: at context 512 on xl, 18% of 4-bit weights
-        cache_ms = kv_bytes(config, paths[name].kv_dtype, context) / bw * 1e3
+        cache_ms = kv_bytes(config, paths[name], context) / bw * 1e3
         count = args.steps * args.rounds
         per_step = [ms / count for ms in phases[name, context]]
         label = f"{name} @{context}" if len(contexts) > 1 else name
@@ -173,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         lines = []
         for name, options in paths.items():
             ratio = statistics.median(steps[name, last]) / statistics.median(steps[name, first])
-            cache = [kv_bytes(config, options.kv_dtype, c) for c in (first, last)]
+            cache = [kv_bytes(config, options, c) for c in (first, last)]
             bytes_ratio = (weights[name] + cache[1]) / (weights[name] + cache[0])
             megabytes = (f"{b / 1e6:.1f}" for b in (weights[name], *cache))
             lines.append([name, f"{ratio:.2f}", *megabytes, f"{bytes_ratio:.2f}"])
@@ -181,9 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         print(table([*headings, f"KV MB @{last}", "bytes ratio"], lines))
 
 
-def kv_bytes(config: ModelConfig, kv: str, context: int) -> float:
-    """The KV cache a decode step reads at `context` positions: keys and values of every
-    layer, half precision or int8 with a float scale per (head, position)."""
-    per_value = 2 if kv == "float16" else 1
-    scales = 0 if kv == "float16" else 4 * config.n_head
-    return 2 * config.n_layer * context * (config.n_embd * per_value + scales)
+def kv_bytes(config: ModelConfig, options: NativeOptions, context: int) -> float:
+    """The KV cache a decode step reads at `context` positions (the profile's steps all
+    stand there: nothing generated beyond them)."""
+    width = options.cache_bytes(config.n_embd // config.n_head)
+    return kv_bytes_per_token(config, width, context, generation=0)

@@ -142,11 +142,8 @@ def upgrade_schema(connection: Connection) -> list[str]:
             if column.name in present:
                 continue
             kind = column.type.compile(dialect=dialect)
-            default = column.default.arg if column.default is not None else None
-            if default is not None and not callable(default):
-                value = literal(default, column.type).compile(
-                    dialect=dialect, compile_kwargs={"literal_binds": True}
-                )
+            value = _default_sql(column, dialect)
+            if value is not None:
                 clause = f" NOT NULL DEFAULT {value}"
             elif column.nullable:
                 clause = ""
@@ -208,8 +205,10 @@ def _check_schema(engine: Engine, name: str) -> dict[str, str]:
         schema = "main" if dialect.name == "sqlite" else inspector.default_schema_name
         for table in Base.metadata.sorted_tables:
             present = {column["name"] for column in inspector.get_columns(table.name)}
-            missing = [c for c in table.columns if c.name not in present]
-            required = [c.name for c in missing if _stand_in(c, dialect) is None]
+            missing = {
+                c.name: _stand_in(c, dialect) for c in table.columns if c.name not in present
+            }
+            required = [column for column, stand_in in missing.items() if stand_in is None]
             if required:
                 raise DatabaseError(
                     f"{name} was written by an older whistle-stop (no {table.name}."
@@ -217,7 +216,7 @@ def _check_schema(engine: Engine, name: str) -> dict[str, str]:
                     f"farm submit --grid FILE --db {name}"
                 )
             if missing:
-                nulls = ", ".join(f'{_stand_in(c, dialect)} AS "{c.name}"' for c in missing)
+                nulls = ", ".join(f'{value} AS "{column}"' for column, value in missing.items())
                 lacking[table.name] = (
                     f'CREATE TEMP VIEW "{table.name}" AS SELECT *, {nulls} '
                     f'FROM "{schema}"."{table.name}"'
@@ -227,17 +226,27 @@ def _check_schema(engine: Engine, name: str) -> dict[str, str]:
     return lacking
 
 
+def _default_sql(column, dialect) -> str | None:
+    """A column's constant default as SQL text (None: no default, or one computed in
+    Python): what upgrade_schema gives old rows, and what a reader shows in their place."""
+    default = column.default.arg if column.default is not None else None
+    if default is None or callable(default):
+        return None
+    return str(
+        literal(default, column.type).compile(
+            dialect=dialect, compile_kwargs={"literal_binds": True}
+        )
+    )
+
+
 def _stand_in(column, dialect) -> str | None:
     """What a column a database lacks reads as: its default, else NULL where it may be
     NULL; None where neither (the database cannot be read as this version's)."""
     kind = column.type.compile(dialect=dialect)
-    default = column.default.arg if column.default is not None else None
-    if default is not None and not callable(default):
-        value = literal(default, column.type).compile(
-            dialect=dialect, compile_kwargs={"literal_binds": True}
-        )
-        return f"CAST({value} AS {kind})"
-    return f"CAST(NULL AS {kind})" if column.nullable else None
+    value = _default_sql(column, dialect)
+    if value is None and not column.nullable:
+        return None
+    return f"CAST({value or 'NULL'} AS {kind})"
 
 
 def _read_as_null(connection, lacking: dict[str, str]) -> None:

@@ -386,9 +386,10 @@ def _roofline(
         config, report.matmul_bytes, report.lm_head_bytes
     )
     fraction = roofline_fraction(decode_tokens_per_s, read, weight_bytes)
-    kv_bytes = None
+    kv_bytes = kv_fraction = None
     if report.kv_bytes:
         kv_bytes = roofline.kv_bytes_per_token(config, report.kv_bytes, job.context, job.generation)
+        kv_fraction = roofline_fraction(decode_tokens_per_s, read, weight_bytes + kv_bytes)
     if fraction is not None and fraction > 1:
         flags.append(
             f"{fraction:.0%} of the roofline: weights partly served from the "
@@ -403,11 +404,7 @@ def _roofline(
         "roofline_tokens_per_s": roofline_tokens_per_s(read, weight_bytes),
         "roofline_fraction": fraction,
         "kv_bytes_per_token": kv_bytes,
-        "roofline_kv_fraction": roofline_fraction(
-            decode_tokens_per_s, read, weight_bytes + kv_bytes
-        )
-        if kv_bytes
-        else None,
+        "roofline_kv_fraction": kv_fraction,
         "llc_bytes": roofline.last_level_cache_bytes(min(cpus) if cpus else 0),
         "flags": flags,
     }
