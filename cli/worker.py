@@ -88,3 +88,7 @@ def bandwidth(
         f"read {figures['read_bytes_per_s'] / 1e9:.1f} GB/s, "
         f"copy {figures['copy_bytes_per_s'] / 1e9:.1f} GB/s ({figures['threads']} threads)"
     )
+    llc, dram_from = figures.get("llc_bytes"), figures.get("dram_from_bytes")
+    if dram_from:  # what the roofline's "10x the cache" is judged against, where smaller
+        reported = f" (LLC {llc / 2**20:.0f} MiB)" if llc else ""
+        typer.echo(f"reads stream at DRAM speed from {dram_from / 2**20:.0f} MiB{reported}")

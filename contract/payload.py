@@ -146,6 +146,9 @@ class Metrics:
     # the last-level cache of the job's CPUs: weights under ~10x it are partly served from
     # it, so their roofline share is not a share of DRAM's bandwidth
     llc_bytes: int | None = None
+    # the smallest streaming read that runs at DRAM speed on the job's CPUs, measured once
+    # per host and CPU set: under the LLC where a VM has a share of a shared L3
+    dram_from_bytes: int | None = None
     # the token clock against the outer clock: the mean stamped step of k extra tokens
     # against (e2e(N+k) - e2e(N)) / k (None: no room for extra tokens; worker/measure.py)
     timer_check: float | None = None

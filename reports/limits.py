@@ -3,7 +3,8 @@ target, from sweeps of examples/sizes.yaml (a `models:` axis) and the neighbour
 benchmark's `<tag>-quiet` / `<tag>-busy` pairs:
 
   1. native int8 and 4-bit >= 85% of the roofline measured beside the job, judged only
-     where the weights a token reads are >= 10x the last-level cache (else partly cache);
+     where the weights a token reads are >= 10x the last-level cache (else partly cache),
+     or the size from which reads streamed at DRAM speed where that is smaller;
      the roofline of the bytes a step reads: its weights and its KV cache (worker/
      roofline.py), the weights' share alone beside it;
   2. >= 1.3x llama.cpp q8_0 (int8) and >= 1.6x q4_0 (4-bit), every model and context;
@@ -39,8 +40,9 @@ VERDICTS = ["met", "NOT met", "unknown", "not judged: cache", "n/a"]
 
 TITLES = {
     "1": f"Goal 1: native int8 and 4-bit ≥ {SHARE:.0%} of the roofline measured beside the job\n"
-    f"(judged where a token's weights are ≥ {LLC_MULTIPLE}x the last-level cache, on the\n"
-    "bytes a step reads: +KV, its weights and KV cache; weights: theirs alone)",
+    f"(judged where a token's weights are ≥ {LLC_MULTIPLE}x the cache: the LLC, or the size\n"
+    "from which reads ran at DRAM speed where smaller; on the bytes a step reads: +KV,\n"
+    "its weights and KV cache; weights: theirs alone)",
     "2": "Goal 2: ≥ 1.30x llama.cpp q8_0 (int8) and ≥ 1.60x q4_0 (4-bit), tok/s",
     "3": f"Goal 3: 4-bit at a mean KL at or below q4_K_M's, ≥ {K_LEAD:.2f}x q4_K_M's tok/s",
     "4": f"Goal 4: beside a busy loop on one of the job's CPUs: median step ≤ {STEP_MEDIAN}x\n"
@@ -249,12 +251,14 @@ def _machine(done: Rows) -> str:
         return "no finished jobs"
     first = done[0]
     isa = [f for f in (first.get("isa") or "").split() if f.startswith(("avx", "amx"))]
-    llc = first.get("llc_bytes")
+    llc, dram_from = first.get("llc_bytes"), first.get("dram_from_bytes")
     reads = [r["bandwidth_bytes_per_s"] for r in done if r.get("bandwidth_bytes_per_s")]
     bandwidth = (
         f"read {min(reads) / 1e9:.0f}-{max(reads) / 1e9:.0f} GB/s beside the jobs" if reads else ""
     )
     cache = f"; LLC {llc / 2**20:.0f} MiB" if llc else ""
+    if dram_from and (not llc or dram_from < llc):
+        cache += f", DRAM speed from {dram_from / 2**20:.0f} MiB"
     # two lines: a CPU's AVX-512 flags alone take half of 80 columns
     return f"{first.get('cpu_model')} ({' '.join(isa) or 'no AVX'}){cache}\n{bandwidth}\n"
 

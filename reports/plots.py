@@ -16,6 +16,7 @@ from typing import Any
 
 from whistle_stop.contract.figures import decode_tokens_per_s
 from whistle_stop.contract.status import JobStatus
+from whistle_stop.reports.query import cache_bytes
 
 Rows = list[dict[str, Any]]
 Samples = dict[str, dict[str, list]]  # job key -> raw per-repeat samples
@@ -316,7 +317,7 @@ def speed_vs_model_size(rows: Rows, samples: Samples, baseline: str) -> tuple[by
             fractions = [(a, 100 * f) for a, f in fractions if f is not None]
             if fractions:
                 share.plot(*zip(*fractions, strict=True), marker="o", label=name)
-    llc = [r["llc_bytes"] for r in rows if r.get("llc_bytes")]
+    llc = [cache_bytes(r) for r in rows if cache_bytes(r)]
     if llc:
         share.axvline(10 * max(llc) / 2**20, color="grey", linestyle=":", label="10x LLC")
     share.axhline(100, color="r", linestyle="--", label="memory-bandwidth bound")

@@ -155,7 +155,7 @@ def job_row(job: Job) -> dict[str, Any]:
     }
     for name in FIGURES:
         row[name] = getattr(result, name) if result else None
-    weights, llc = row.get("weight_bytes_per_token"), row.get("llc_bytes")
+    weights, llc = row.get("weight_bytes_per_token"), cache_bytes(row)
     row["llc_multiple"] = weights / llc if weights and llc else None  # weights over the LLC
     row["pinning_ok"] = (not result.pinning_violations) if result else None
     row["flags"] = list(result.flags or []) if result else []
@@ -172,6 +172,13 @@ def job_row(job: Job) -> dict[str, Any]:
     row["git_dirty"] = environment.git_dirty if environment else None
     row["measured_at"] = result.created_at.isoformat(timespec="seconds") if result else None
     return row
+
+
+def cache_bytes(row: dict[str, Any]) -> int | None:
+    """The cache a job's weights could be served from: the LLC the CPU reports, or less
+    where reads of a smaller size already streamed at DRAM speed (a VM's share of a shared
+    L3); None where neither was measured."""
+    return min((b for b in (row.get("llc_bytes"), row.get("dram_from_bytes")) if b), default=None)
 
 
 def add_speedup(rows: list[dict[str, Any]], baseline: str) -> None:

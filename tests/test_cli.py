@@ -60,11 +60,14 @@ def test_bandwidth_reads_the_cache(tmp_path):
                 "threads": 2,
                 "host": "box",
                 "cpus": cpus,
+                "llc_bytes": 480 * 2**20,
+                "dram_from_bytes": 128 * 2**20,
             }
         )
     )
     result = CliRunner().invoke(app, ["bandwidth", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0 and "read 25.0 GB/s" in result.output
+    assert "reads stream at DRAM speed from 128 MiB (LLC 480 MiB)" in result.output
 
 
 def test_every_help_fits_80_columns_and_names_its_values():

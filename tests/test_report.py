@@ -390,6 +390,20 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert text.count("1.9e-03") == 1  # the trained cell's KL, said once
 
 
+def test_weights_are_judged_against_the_cache_a_vm_reads_from():
+    """A Xeon VM reports 480 MiB of L3 but reads at DRAM speed from 128 MiB: gpt2-xl's
+    1.6 GB of int8 weights are 12x that (judged), 3.3x the LLC (not judged)."""
+    from whistle_stop.reports.limits import _machine
+    from whistle_stop.reports.query import cache_bytes
+
+    row = {"llc_bytes": 480 * 2**20, "dram_from_bytes": 128 * 2**20}
+    assert cache_bytes(row) == 128 * 2**20
+    assert cache_bytes({"llc_bytes": 32 * 2**20, "dram_from_bytes": 63 * 2**20}) == 32 * 2**20
+    assert cache_bytes({"llc_bytes": None, "dram_from_bytes": None}) is None
+    header = _machine([{**row, "cpu_model": "Intel Xeon", "isa": "avx2 amx_int8"}])
+    assert "LLC 480 MiB, DRAM speed from 128 MiB" in header
+
+
 def test_a_models_sweep_pairs_each_path_with_its_own_models_baseline(tmp_path):
     """`models:` as an axis: a path's speedup is against the baseline of the same model
     and round, the report names the model, the verdict has a line per model, and the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -107,7 +108,12 @@ def test_bandwidth_is_measured_once_per_host_and_cpu_set(tmp_path, monkeypatch):
 
     def fake(threads):
         calls.append(threads)
-        return {"read_bytes_per_s": 25e9, "copy_bytes_per_s": 20e9, "threads": threads}
+        return {
+            "read_bytes_per_s": 25e9,
+            "copy_bytes_per_s": 20e9,
+            "threads": threads,
+            "dram_from_bytes": 2**27,
+        }
 
     monkeypatch.setattr(roofline, "measure_bandwidth", fake)
     first = roofline.cached_bandwidth("0-1", 2, tmp_path)
@@ -125,9 +131,51 @@ def test_bandwidth_is_measured_once_per_host_and_cpu_set(tmp_path, monkeypatch):
     )
 
 
+def test_a_cache_measured_before_dram_from_was_measured_is_measured_again(tmp_path, monkeypatch):
+    cached = tmp_path / "bandwidth" / f"{socket.gethostname()}-cpus0-1.json"
+    cached.parent.mkdir()
+    cached.write_text(json.dumps({"read_bytes_per_s": 9e9, "copy_bytes_per_s": 8e9}))
+    monkeypatch.setattr(
+        roofline,
+        "measure_bandwidth",
+        lambda threads: {"read_bytes_per_s": 25e9, "dram_from_bytes": None},
+    )
+    assert roofline.cached_bandwidth("0-1", 2, tmp_path)["read_bytes_per_s"] == 25e9
+    assert "dram_from_bytes" in json.loads(cached.read_text())
+
+
+def test_dram_from_is_the_first_size_that_reads_at_dram_speed(monkeypatch):
+    """A VM that reports 480 MiB of L3 but reads at cache speed (2x DRAM's) only to 96 MiB:
+    the sweep (4 MiB up 1.5x at a time: ..., 94, 141, ... MiB) finds 141 MiB, the first
+    size at DRAM speed, not the LLC the CPU reports. Each read advances a fake clock."""
+    clock = [0.0]
+
+    class Buffer:
+        def __init__(self, floats):
+            self.floats = floats
+
+        def numel(self):
+            return self.floats
+
+        def __getitem__(self, part):
+            return Buffer(part.stop)
+
+        def sum(self):
+            size = self.floats * 4
+            clock[0] += size / (56e9 if size <= 96 * 2**20 else 28e9)
+
+    monkeypatch.setattr(roofline.time, "perf_counter", lambda: clock[0])
+    llc = 480 * 2**20
+    assert roofline.dram_from_bytes(Buffer(2**30 // 4), 28e9, llc) == 141 * 2**20
+    # every size faster than DRAM: the cache is larger than reported, not measured
+    assert roofline.dram_from_bytes(Buffer(2**30 // 4), 20e9, llc) is None
+
+
 def test_real_bandwidth_measurement_is_plausible():
     figures = roofline.measure_bandwidth(threads=1, size_bytes=64 * 2**20, repeats=2)
     assert 1e8 < figures["read_bytes_per_s"] < 1e12
+    dram_from = figures["dram_from_bytes"]
+    assert dram_from is None or 4 * 2**20 <= dram_from <= 64 * 2**20
 
 
 def test_repeats_that_choose_other_tokens_fail_the_job(tiny_model, tmp_path):

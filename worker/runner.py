@@ -371,16 +371,18 @@ def _roofline(
     against the mean of the bandwidth measured around the job, or the host's figure;
     and the same counting the KV cache a step reads, where the backend says its width."""
     flags = []
+    # the host's figures, measured once per CPU set: the bandwidth where the job was not
+    # measured around, and in any case the size from which reads stream from DRAM
+    threads = _torch_threads()
+    host = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
+    if threads:
+        _size_torch_pool(threads)  # a measurement (not cached yet) used the whole CPU set
     if before and after:
         low, high = sorted((before["read_bytes_per_s"], after["read_bytes_per_s"]))
         read, measured_at = (low + high) / 2, before["measured_at"]
         if high > low * (1 + BANDWIDTH_DRIFT):
             flags.append(f"bandwidth moved {high / low - 1:.0%} between before and after the job")
     else:
-        threads = _torch_threads()
-        host = roofline.cached_bandwidth(format_cpu_list(cpus), len(cpus), cache_dir)
-        if threads:
-            _size_torch_pool(threads)  # a measurement (not cached yet) used the whole CPU set
         read, measured_at = host["read_bytes_per_s"], host.get("measured_at")
     weight_bytes = roofline.weight_bytes_per_token(
         config, report.matmul_bytes, report.lm_head_bytes
@@ -406,6 +408,7 @@ def _roofline(
         "kv_bytes_per_token": kv_bytes,
         "roofline_kv_fraction": kv_fraction,
         "llc_bytes": roofline.last_level_cache_bytes(min(cpus) if cpus else 0),
+        "dram_from_bytes": host.get("dram_from_bytes"),
         "flags": flags,
     }
 
