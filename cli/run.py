@@ -224,16 +224,25 @@ def asyncio_run(coroutine, sweep: str, *, detached: bool):
 
     terminated: list[int] = []
 
-    def on_sigterm(signum, _frame) -> None:
-        terminated.append(signum)
-        signal.raise_signal(signal.SIGINT)  # asyncio.run cancels the command on SIGINT
+    async def main():
+        # SIGTERM cancels the command as asyncio.run's Ctrl-C does, through the loop: a
+        # farm started in the background by a script (`farm submit ... &`) has SIGINT
+        # ignored, and a SIGINT raised from a handler would be ignored with it
+        command = asyncio.current_task()
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+        def on_sigterm() -> None:
+            terminated.append(signal.SIGTERM)
+            command.cancel()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await coroutine
+
+    previous = signal.getsignal(signal.SIGTERM)
     try:
-        return asyncio.run(coroutine)
+        return asyncio.run(main())
     except BrokerError as error:
         raise fail(str(error)) from None  # a wrong URL or password: nothing was written
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         what, code = ("terminated", 143) if terminated else ("interrupted", 130)
         if detached:
             raise fail(

@@ -218,7 +218,7 @@ def test_report_without_a_database_says_what_to_do(db_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigterm-in-background"])
 def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
     how, tmp_path, tiny_model, db_path, cache_dir
 ):
@@ -246,6 +246,9 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
         "--cache-dir",
         str(cache_dir),
     ]
+    # a script's `farm submit ... &` starts with SIGINT ignored (a non-interactive shell's
+    # background job): SIGTERM must stop it all the same
+    background = how == "sigterm-in-background"
     process = subprocess.Popen(
         args,
         env=farm_env(),
@@ -254,6 +257,7 @@ def test_ctrl_c_or_sigterm_stops_at_once_and_keeps_what_finished(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None,
     )
 
     def statuses():
