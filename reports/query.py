@@ -248,6 +248,7 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
                 name: [first[name]] for name in ROUND_FIGURES + ROUND_SHARES if first[name]
             },
             "speedup_rounds": 1,
+            "round_speeds": {first["round"]: first["decode_tokens_per_s"]},
             **dict.fromkeys(INTERVALS),  # one round: no interval
         }
     row = {**first, "rounds": len(done)}
@@ -270,6 +271,8 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
         name: [r[name] for r in done if r[name] is not None]
         for name in ROUND_FIGURES + ROUND_SHARES
     }
+    # each done round's speed by its number: two paths pair up on the rounds both finished
+    row["round_speeds"] = {r["round"]: r["decode_tokens_per_s"] for r in done}
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
     row["speedup_spread"] = (

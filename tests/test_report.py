@@ -308,7 +308,7 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
             "threads": 2,
             "status": "done",
             "decode_tokens_per_s": tok_s,
-            "round_figures": {"decode_tokens_per_s": [tok_s, tok_s * 1.01]},
+            "round_speeds": {1: tok_s, 2: tok_s * 1.01},
             "roofline_fraction": 0.9,
             "llc_multiple": 24.0,
             "mean_kl": 1e-3,
@@ -345,10 +345,9 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
             model="random:gpt2-large",
             # under 85% on its weights alone, over it on the bytes a step reads, but its
             # three rounds' shares (each beside its own job's bandwidth) straddle 85%
-            round_figures={
-                "decode_tokens_per_s": [11.0, 16.0],
-                "roofline_kv_fraction": [0.80, 0.87, 0.95],
-            },
+            round_figures={"roofline_kv_fraction": [0.80, 0.87, 0.95]},
+            # a third round its rival did not finish: the ratio pairs rounds 1 and 2
+            round_speeds={1: 11.0, 2: 16.0, 3: 20.0},
             roofline_fraction=0.8,
             roofline_kv_fraction=0.87,
         ),
@@ -364,7 +363,7 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     assert "- gpt2-xl ctx 128: n4-h8 1.0e-03 vs q4_K_M 2.0e-03" in text
     assert "| t: n8 ctx 128 | busy/quiet median (10.00 ms) | 2.50x | NOT met |" in text
     assert "| t: llama-q8_0 ctx 128 | busy mean / median | 2.00x | (NOT met) |" in text
-    assert "verdicts: NOT met 2 (of 2); (bracketed): a rival's, not counted" in text
+    assert "verdicts: NOT met 2 (of 2); (bracketed): llama.cpp's, or the model" in text
     assert "| t: n8 ctx 128 | busy mean / median | 1.60x | NOT met |" in text
     assert max(len(line) for line in text.splitlines()) <= 80
     # KL where it is real: on a model trained here the fast n4 matches q4_K_M and n4-h8
@@ -386,8 +385,14 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
     text = limits(rows, ["sizes", "four-bit"], "llama-q8_0")
     assert "| gpt2-xl ctx 128 | n4 | 1.40x |" in text
     assert "- n4: KL 1.9e-03 vs 2.0e-03 on trained:gpt2-shakespeare" in text
-    assert "| trained:gpt2-shakespeare ctx 128 | n4 | 1.80x |" in text
+    # the trained model's own speed is shown, bracketed: 9M parameters are not the limit
+    assert "| gpt2-shakespeare ctx 128 | n4 | 1.80x | 1.80x-1.80x | (met) |" in text
+    assert "| gpt2-shakespeare ctx 128 | n4 (0.5x) | 90% | - |  | (not judged: cache) |" in text
+    assert "verdicts: NOT met 1 (of 1); (bracketed)" in text  # goal 3: the xl cell alone
+    trained_only = [r for r in rows if r["sweep"] == "four-bit"]
+    assert "verdicts: none counted; (bracketed)" in limits(trained_only, ["four-bit"], "hf")
     assert text.count("1.9e-03") == 1  # the trained cell's KL, said once
+    assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_weights_are_judged_against_the_cache_a_vm_reads_from():
