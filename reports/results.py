@@ -9,7 +9,9 @@ give the same bytes (tests/test_results.py regenerates the committed pages).
 
 from __future__ import annotations
 
+import functools
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -103,16 +105,17 @@ def readme_block(stem: str, rows: list[dict[str, Any]]) -> str:
     """The README's headline: the newest page's verdict, with where it came from."""
     first = next((r for r in rows if r["status"] == JobStatus.DONE), rows[0])
     dates = sorted(r["measured_at"] for r in rows if r["measured_at"])
-    return "\n".join(
-        [
-            BEGIN,
-            f"Measured on {first['cpu_model']} ({first.get('isa') or '?'}), {_day(dates)}, "
-            f"sweep `{first['sweep']}` ([the whole page](docs/results/{stem}.md)):",
-            "",
-            *verdict_lines(rows, first["baseline"]),
-            END,
-        ]
+    where = (
+        f"Measured on {first['cpu_model']} ({first.get('isa') or '?'}), {_day(dates)}, "
+        f"sweep `{first['sweep']}` ([the whole page](docs/results/{stem}.md)):"
     )
+    # wrapped as the rest of the README is, for a terminal's 80 columns
+    fold = functools.partial(textwrap.wrap, width=80, break_long_words=False)
+    verdicts = [
+        "\n".join(fold(line[2:], initial_indent="- ", subsequent_indent="  "))
+        for line in verdict_lines(rows, first["baseline"])
+    ]
+    return "\n".join([BEGIN, *fold(where), "", *verdicts, END])
 
 
 def write_pages(directory: Path, readme: Path | None) -> list[str]:

@@ -16,7 +16,9 @@ def _layout_block() -> str:
 
 
 def test_the_layout_section_matches_the_tree():
-    listed = {line.split()[0].rstrip("/") for line in _layout_block().splitlines() if line.strip()}
+    # a folder's line starts with its name; an indented line goes on with the one above
+    lines = _layout_block().splitlines()
+    listed = {line.split()[0].rstrip("/") for line in lines if line[:1].strip()}
     top = {
         path.name
         for path in ROOT.iterdir()
@@ -26,6 +28,7 @@ def test_the_layout_section_matches_the_tree():
         and not path.name.endswith(".egg-info")
     }
     assert top <= listed, f"in the tree but not in the README: {sorted(top - listed)}"
+    assert all(line.startswith(" " * 15) for line in lines if line and not line[:1].strip())
     for name in listed:
         assert (ROOT / name).is_dir() or any(ROOT.glob(f"*/{name}")), f"README names {name}/"
 
@@ -37,3 +40,9 @@ def test_every_subpackage_is_named():
         if package.parent.name in ("tests", "benchmarks") or package.parent.name.startswith("."):
             continue
         assert re.search(rf"^\s+{package.name}/", block, re.M), f"README omits {package}"
+
+
+def test_the_readme_reads_in_80_columns():
+    """No line is wider than a terminal, the block `farm results` writes included."""
+    wide = [line for line in (ROOT / "README.md").read_text().splitlines() if len(line) > 80]
+    assert not wide, wide

@@ -142,7 +142,7 @@ def _first_cpu() -> int:
 
 
 def fresh_read_bandwidth(threads: int, size_bytes: int | None = None, repeats: int = 3) -> dict:
-    """A short (~0.2 s) streaming read measurement of this process's CPU set, taken right
+    """A short (0.2-0.6 s) streaming read measurement of this process's CPU set, taken right
     before and after a job: the figure its roofline share divides by, of the same minute.
     Measured with `threads` (the job's); torch's pool is left as the backend set it."""
     import torch
