@@ -317,7 +317,7 @@ def speed_vs_model_size(rows: Rows, samples: Samples, baseline: str) -> tuple[by
             fractions = [(a, 100 * f) for a, f in fractions if f is not None]
             if fractions:
                 share.plot(*zip(*fractions, strict=True), marker="o", label=name)
-    llc = [cache_bytes(r) for r in rows if cache_bytes(r)]
+    llc = [size for r in rows if (size := cache_bytes(r))]
     if llc:
         share.axvline(10 * max(llc) / 2**20, color="grey", linestyle=":", label="10x LLC")
     share.axhline(100, color="r", linestyle="--", label="memory-bandwidth bound")
