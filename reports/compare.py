@@ -176,8 +176,8 @@ def compare(
 def _values(before, after, metric, raw_key, samples, where) -> tuple[list, list, str]:
     """Both sides' independent values of a figure: per round where each side has two
     rounds or more, else per repeat (the raw samples of the lone round)."""
-    x = before["round_figures"].get(metric, [])
-    y = after["round_figures"].get(metric, [])
+    x = list(before["round_figures"].get(metric, {}).values())
+    y = list(after["round_figures"].get(metric, {}).values())
     if len(x) >= 2 and len(y) >= 2:
         return x, y, f"{len(x)}+{len(y)} rounds"
     a_id, b_id, key = where

@@ -112,7 +112,7 @@ def _roofline(where: str, ours: dict) -> list[list[str]]:
     if multiple is None or multiple < LLC_MULTIPLE:
         return [[where, what, *shown, "", "not judged: cache"]]
     judged = "roofline_kv_fraction" if with_kv else "roofline_fraction"
-    rounds = ours.get("round_figures", {}).get(judged) or []
+    rounds = list(ours.get("round_figures", {}).get(judged, {}).values())
     interval = ratio_interval(rounds) if len(rounds) >= 2 else None
     _, _, bounds, verdict = _figure(what, ours[judged], SHARE, interval, fmt="{:.0%}")
     return [[where, what, *shown, bounds, verdict]]
@@ -216,7 +216,8 @@ def paired(a: dict, b: dict) -> tuple[float | None, tuple[float, float] | None]:
     both finished, and their 95% interval (a sweep stopped mid-round leaves one path a
     round the other lacks); the pooled medians' ratio, without one, where fewer than two
     rounds pair up."""
-    x, y = a.get("round_speeds") or {}, b.get("round_speeds") or {}
+    x = a.get("round_figures", {}).get("decode_tokens_per_s", {})
+    y = b.get("round_figures", {}).get("decode_tokens_per_s", {})
     ratios = [x[n] / y[n] for n in sorted(x.keys() & y.keys()) if x[n] and y[n]]
     if len(ratios) >= 2:
         return statistics.median(ratios), ratio_interval(ratios)

@@ -245,10 +245,11 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             "speedup_spread": None,
             "round_speedups": [],
             "round_figures": {
-                name: [first[name]] for name in ROUND_FIGURES + ROUND_SHARES if first[name]
+                name: {first["round"]: first[name]}
+                for name in ROUND_FIGURES + ROUND_SHARES
+                if first[name]
             },
             "speedup_rounds": 1,
-            "round_speeds": {first["round"]: first["decode_tokens_per_s"]},
             **dict.fromkeys(INTERVALS),  # one round: no interval
         }
     row = {**first, "rounds": len(done)}
@@ -267,12 +268,11 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     row["noisy"] = any(r["noisy"] for r in done)
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
     row["round_speedups"] = speedups
+    # each done round's figures by its number: two paths pair up on the rounds both finished
     row["round_figures"] = {
-        name: [r[name] for r in done if r[name] is not None]
+        name: {r["round"]: r[name] for r in done if r[name] is not None}
         for name in ROUND_FIGURES + ROUND_SHARES
     }
-    # each done round's speed by its number: two paths pair up on the rounds both finished
-    row["round_speeds"] = {r["round"]: r["decode_tokens_per_s"] for r in done}
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
     row["speedup_spread"] = (

@@ -308,7 +308,7 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
             "threads": 2,
             "status": "done",
             "decode_tokens_per_s": tok_s,
-            "round_speeds": {1: tok_s, 2: tok_s * 1.01},
+            "round_figures": {"decode_tokens_per_s": {1: tok_s, 2: tok_s * 1.01}},
             "roofline_fraction": 0.9,
             "llc_multiple": 24.0,
             "mean_kl": 1e-3,
@@ -345,9 +345,11 @@ def test_the_limits_view_judges_each_goal_where_it_applies():
             model="random:gpt2-large",
             # under 85% on its weights alone, over it on the bytes a step reads, but its
             # three rounds' shares (each beside its own job's bandwidth) straddle 85%
-            round_figures={"roofline_kv_fraction": [0.80, 0.87, 0.95]},
-            # a third round its rival did not finish: the ratio pairs rounds 1 and 2
-            round_speeds={1: 11.0, 2: 16.0, 3: 20.0},
+            # ... and a third round its rival did not finish: the ratio pairs rounds 1, 2
+            round_figures={
+                "roofline_kv_fraction": {1: 0.80, 2: 0.87, 3: 0.95},
+                "decode_tokens_per_s": {1: 11.0, 2: 16.0, 3: 20.0},
+            },
             roofline_fraction=0.8,
             roofline_kv_fraction=0.87,
         ),
