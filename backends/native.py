@@ -94,14 +94,16 @@ class NativeBackend(StepwiseBackend):
         threads: int,
         cache_dir: Path,
         profile: bool = False,
+        cflags: tuple[str, ...] = (),
     ) -> None:
-        """`profile`: the engine built to time its phases (benchmarks; jobs never do)."""
+        """`profile`: the engine built to time its phases, `cflags`: with more compiler
+        flags (benchmarks; jobs never do either)."""
         from whistle_stop.native.build import load
 
         self.config = config = ModelConfig.from_dir(model_dir)
         _check_config(config)
         options = fitted_block(options, config.n_embd)
-        self.lib, built = load(cache_dir, profile)
+        self.lib, built = load(cache_dir, profile, cflags)
         parts = [
             "native",
             weights_digest(model_dir, cache_dir),

@@ -20,6 +20,11 @@ contexts seconds apart, not the minutes between two farm jobs, while this host's
 bandwidth moves within minutes) and prints each path's step at the last context over the
 first (issue #17's goal 6), beside the KV cache's bytes a step at each.
 
+`--cflags` twice or more compares builds of the engine in the same rounds (each path in
+each build, alternated): a kernel change judged against the noise of this host's
+bandwidth, not against a run minutes earlier, e.g. `--cflags= --cflags=-DWS_PREFETCH=0`
+(with `=`: a flag's leading dash is not taken for an option).
+
 `--prompt N` times N-token prompts (one call each) instead of decode steps: the prompt's
 median and its phases, matmuls in GMAC/s of thread 0's share (issue #17's goal 5).
 """
@@ -36,7 +41,6 @@ from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
 from whistle_stop.bench.common import CACHE, bench_model, model_source, table, variants
-from whistle_stop.native.build import FLAGS
 from whistle_stop.worker.roofline import (
     fresh_read_bandwidth,
     kv_bytes_per_token,
@@ -67,16 +71,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
     parser.add_argument(
         "--cflags",
-        default="",
-        help="more compiler flags for the engine, "
-        "e.g. '-mno-avx512f -mno-avxvnni' for its AVX2 kernels",
+        action="append",
+        help="more compiler flags for the engine, e.g. '-mno-avx512f -mno-avxvnni' for its "
+        "AVX2 kernels; given twice or more, each path runs in each build, alternated in "
+        "the same rounds ('' for the build as it is)",
     )
     args = parser.parse_args(argv)
-    FLAGS.extend(args.cflags.split())  # part of the library's key: its own build
-    paths = {
+    builds = args.cflags or [""]
+    options_of = {
         label: NativeOptions.model_validate(options)
         for label, (_, options) in variants(args.labels, DEFAULT, args.grid).items()
     }
+    # each path in each build: a build's flags name it where there are several
+    paths, cflags = {}, {}
+    for label, options in options_of.items():
+        for flags in builds:
+            name = label if len(builds) == 1 else f"{label} [{flags or 'as built'}]"
+            paths[name], cflags[name] = options, tuple(flags.split())
     contexts = [int(c) for c in args.context.split(",")]
     if args.prompt:
         contexts = contexts[:1]  # a prompt starts at position 0 whatever the context
@@ -84,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     config = ModelConfig.from_dir(model_dir)
     engines = {}
     for name, options in paths.items():
-        engine = NativeBackend(model_dir, options, args.threads, CACHE, profile=True)
+        engine = NativeBackend(
+            model_dir, options, args.threads, CACHE, profile=True, cflags=cflags[name]
+        )
         engine.reserve(max(max(contexts) + 1, args.prompt or 0))
         engine.prefill(list(range(args.prompt or max(contexts))))
         engines[name] = engine

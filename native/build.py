@@ -49,28 +49,47 @@ def compiler() -> str:
     )
 
 
-def _cpu_flags() -> str:
-    """-march=native differs by CPU: the ISA flags are part of the library's key."""
+def _cpuinfo() -> str:
     try:
-        text = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
-    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+def _cpu_flags(cpuinfo: str) -> str:
+    """-march=native differs by CPU: the ISA flags are part of the library's key."""
+    return next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
+
+
+def vendor_flags(cpuinfo: str) -> list[str]:
+    """Flags for what -march=native does not say: on AMD CPUs no software prefetch (on a
+    Zen 4 VM it cost 2-13% of a decode step where an Intel Xeon VM gained 14-26% from
+    it: docs/benchmarks.md)."""
+    amd = any(
+        line.split(":")[-1].strip() == "AuthenticAMD"
+        for line in cpuinfo.splitlines()
+        if line.startswith("vendor_id")
+    )
+    return ["-DWS_PREFETCH=0"] if amd else []
 
 
 @functools.cache
-def load(cache_dir: Path, profile: bool = False) -> tuple[ctypes.CDLL, dict]:
+def load(
+    cache_dir: Path, profile: bool = False, cflags: tuple[str, ...] = ()
+) -> tuple[ctypes.CDLL, dict]:
     """The compiled engine (built here if needed) and how it was built. `profile`: a
     build that times each phase of a forward pass (`ws_profile`), for
-    farm bench native-profile; jobs never use it."""
+    farm bench native-profile; jobs never use it. `cflags`: more compiler flags (a
+    build of its own, loaded beside the others: the profile compares builds in one run)."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    flags = [*FLAGS, "-DWS_PROFILE"] if profile else FLAGS
+    cpuinfo = _cpuinfo()
+    flags = [*FLAGS, *vendor_flags(cpuinfo), *(["-DWS_PROFILE"] if profile else []), *cflags]
     parts = [
         hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
         version.splitlines()[0] if version else cxx,
         flags,
-        hashlib.sha256(_cpu_flags().encode()).hexdigest()[:16],
+        hashlib.sha256(_cpu_flags(cpuinfo).encode()).hexdigest()[:16],
     ]
 
     def build(out: Path) -> None:

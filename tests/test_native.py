@@ -286,3 +286,33 @@ def test_a_cache_that_grows_keeps_what_it_held(model_64, shared_cache, kv):
     got = [growing.prefill(tokens[:8]).copy()] + [growing.step(t).copy() for t in tokens[8:]]
     assert growing.capacity == len(tokens)
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
+
+
+def test_amd_cpus_build_without_software_prefetch_and_either_build_computes_the_same(
+    shared_cache,
+):
+    from whistle_stop.native.build import load, vendor_flags
+
+    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n"
+    assert vendor_flags(amd) == ["-DWS_PREFETCH=0"]
+    assert vendor_flags(amd.replace("AuthenticAMD", "GenuineIntel")) == []
+    assert vendor_flags("") == []
+    # extra flags are a build of their own, loaded beside the others (native-profile's
+    # comparison of builds): the same product with and without the prefetch
+    rng = np.random.default_rng(3)
+    n, k, block = 202, 256, 128
+    data, scales = grouped(*quantize_rows(rng.standard_normal((n, k), np.float32), 8, block))
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    outputs, paths = [], set()
+    for prefetch in (0, 4096):
+        lib, built = load(shared_cache, cflags=(f"-DWS_PREFETCH={prefetch}",))
+        pool = lib.ws_pool_create(2, 200)
+        y = np.zeros((1, n), np.float32)
+        args = (data.ctypes.data, scales.ctypes.data_as(FLOATS), None, n, k, 8, block)
+        lib.ws_matmul(pool, *args, x.ctypes.data_as(FLOATS), 1, y.ctypes.data_as(FLOATS))
+        lib.ws_pool_destroy(pool)
+        outputs.append(y)
+        paths.add(built["path"])
+    assert len(paths) == 2
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert np.abs(outputs[0]).max() > 0
