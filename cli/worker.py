@@ -88,7 +88,14 @@ def bandwidth(
         f"read {figures['read_bytes_per_s'] / 1e9:.1f} GB/s, "
         f"copy {figures['copy_bytes_per_s'] / 1e9:.1f} GB/s ({figures['threads']} threads)"
     )
+    # the cache the roofline's "10x the cache" is judged against: the LLC, or where reads
+    # reach DRAM speed sooner (a VM's share of a socket's cache), that size
     llc, dram_from = figures.get("llc_bytes"), figures.get("dram_from_bytes")
-    if dram_from:  # what the roofline's "10x the cache" is judged against, where smaller
+    if dram_from:
         reported = f" (LLC {llc / 2**20:.0f} MiB)" if llc else ""
         typer.echo(f"reads stream at DRAM speed from {dram_from / 2**20:.0f} MiB{reported}")
+    elif llc:
+        typer.echo(
+            f"LLC {llc / 2**20:.0f} MiB (no read up to {2 * llc / 2**20:.0f} MiB settled at "
+            "DRAM speed: the cache is the LLC)"
+        )

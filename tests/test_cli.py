@@ -68,6 +68,14 @@ def test_bandwidth_reads_the_cache(tmp_path):
     result = CliRunner().invoke(app, ["bandwidth", "--cache-dir", str(tmp_path)])
     assert result.exit_code == 0 and "read 25.0 GB/s" in result.output
     assert "reads stream at DRAM speed from 128 MiB (LLC 480 MiB)" in result.output
+    # where no size up to twice the LLC read at DRAM speed, the LLC is the cache
+    figures = json.loads(cached.read_text()) | {"llc_bytes": 32 * 2**20, "dram_from_bytes": None}
+    cached.write_text(json.dumps(figures))
+    result = CliRunner().invoke(app, ["bandwidth", "--cache-dir", str(tmp_path)])
+    assert (
+        "LLC 32 MiB (no read up to 64 MiB settled at DRAM speed: the cache is the LLC)"
+        in result.output
+    )
 
 
 def test_every_help_fits_80_columns_and_names_its_values():
