@@ -63,8 +63,8 @@ def _cpu_flags(cpuinfo: str) -> str:
 
 def vendor_flags(cpuinfo: str) -> list[str]:
     """Flags for what -march=native does not say: on AMD CPUs no software prefetch (on a
-    Zen 4 VM it cost 2-13% of a decode step where an Intel Xeon VM gained 14-26% from
-    it: docs/benchmarks.md)."""
+    Zen 4 VM it cost an int8 decode step 1-13% where an Intel Xeon VM gained 14-26%
+    from it: docs/benchmarks.md)."""
     amd = any(
         line.split(":")[-1].strip() == "AuthenticAMD"
         for line in cpuinfo.splitlines()
