@@ -111,8 +111,8 @@ def dram_from_bytes(buffer, dram_read: float, llc_bytes: int | None) -> int | No
     at DRAM's from 128 MiB: the VM's share of a shared cache. A neighbour that fills the
     cache makes it look smaller, so the larger of two sweeps counts. Reads prefixes of
     `buffer` (float32, read at `dram_read` bytes/s); None where no two sizes ran at DRAM
-    speed: the LLC is then the cache judged against (on a Zen 4 VM with 32 MiB of L3,
-    reads of 42-63 MiB still ran faster than DRAM's: a victim L3 keeps part of a stream)."""
+    speed: the LLC is then the cache judged against (on a Zen 4 VM with 32 MiB of L3 no
+    two sizes up to 64 MiB did; a victim L3 likely keeps part of a longer stream)."""
     top = min(2 * (llc_bytes or 64 * 2**20), buffer.numel() * 4)
     sizes, size = [], 4 * 2**20
     while size <= top:
