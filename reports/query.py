@@ -233,6 +233,14 @@ def pool_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return pooled
 
 
+def _by_round(rounds: list[dict[str, Any]]) -> dict[str, dict[int, Any]]:
+    """Each round's figures by its number: two paths pair up on the rounds both finished."""
+    return {
+        name: {r["round"]: r[name] for r in rounds if r[name] is not None}
+        for name in ROUND_FIGURES + ROUND_SHARES
+    }
+
+
 def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     first = group[0]
     done = [r for r in group if r["status"] == JobStatus.DONE]
@@ -244,11 +252,7 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
             "rounds": 1,
             "speedup_spread": None,
             "round_speedups": [],
-            "round_figures": {
-                name: {first["round"]: first[name]}
-                for name in ROUND_FIGURES + ROUND_SHARES
-                if first[name]
-            },
+            "round_figures": _by_round([first]),
             "speedup_rounds": 1,
             **dict.fromkeys(INTERVALS),  # one round: no interval
         }
@@ -268,11 +272,7 @@ def _pooled(group: list[dict[str, Any]]) -> dict[str, Any]:
     row["noisy"] = any(r["noisy"] for r in done)
     speedups = [r["speedup"] for r in done if r["speedup"] is not None]
     row["round_speedups"] = speedups
-    # each done round's figures by its number: two paths pair up on the rounds both finished
-    row["round_figures"] = {
-        name: {r["round"]: r[name] for r in done if r[name] is not None}
-        for name in ROUND_FIGURES + ROUND_SHARES
-    }
+    row["round_figures"] = _by_round(done)
     row["speedup_rounds"] = len(steady or speedups)  # how many rounds the speedup pools
     row["speedup"] = median(steady or speedups) if speedups else None
     row["speedup_spread"] = (
