@@ -29,11 +29,11 @@ ISA_FEATURES = (
 @functools.cache
 def host_environment() -> dict:
     """Facts about this host and software that do not change while a worker lives."""
-    cpuinfo = read_or_empty("/proc/cpuinfo")
-    flags = set(cpuinfo_field(cpuinfo, "flags").split())
+    cpuinfo = _read("/proc/cpuinfo")
+    flags = set(_field(cpuinfo, "flags").split())
     environment = {
         "hostname": socket.gethostname(),
-        "cpu_model": cpuinfo_field(cpuinfo, "model name") or platform.processor(),
+        "cpu_model": _field(cpuinfo, "model name") or platform.processor(),
         "cpu_features": [f for f in ISA_FEATURES if f in flags],
         "logical_cores": os.cpu_count() or 0,
         "physical_cores": _physical_cores(cpuinfo),
@@ -53,14 +53,14 @@ def host_environment() -> dict:
     return environment
 
 
-def read_or_empty(path: str) -> str:
+def _read(path: str) -> str:
     try:
         return Path(path).read_text()
     except OSError:
         return ""
 
 
-def cpuinfo_field(cpuinfo: str, name: str) -> str:
+def _field(cpuinfo: str, name: str) -> str:
     for line in cpuinfo.splitlines():
         if line.split(":", 1)[0].strip() == name:
             return line.split(":", 1)[1].strip()
@@ -84,7 +84,7 @@ def _physical_cores(cpuinfo: str) -> int:
 def _in_container() -> bool:
     if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         return True
-    cgroup = read_or_empty("/proc/1/cgroup")
+    cgroup = _read("/proc/1/cgroup")
     return any(word in cgroup for word in ("docker", "kubepods", "containerd", "lxc"))
 
 
