@@ -28,6 +28,7 @@ from whistle_stop.backends.gguf_export import quantize, write_gguf
 from whistle_stop.backends.llamacpp_build import refuse_amx_under_hypervisor
 from whistle_stop.backends.options import LlamaCppOptions
 from whistle_stop.backends.weights import weights_digest
+from whistle_stop.contract.cpuinfo import read_cpuinfo
 
 # bytes per weight of each quantization (blocks of 32: q8_0 = 32 int8 + an fp16 scale;
 # q4_0 = 32 nibbles + a scale; q4_K_M mixes 4.5-bit q4_K with 6.56-bit q6_K for some
@@ -43,7 +44,7 @@ class LlamaCppBackend:
         self, model_dir: Path, options: LlamaCppOptions, threads: int, cache_dir: Path
     ) -> None:
         system_info = llama_cpp.llama_print_system_info().decode().strip()
-        refuse_amx_under_hypervisor(system_info, Path("/proc/cpuinfo").read_text())
+        refuse_amx_under_hypervisor(system_info, read_cpuinfo())
         version = metadata.version("llama_cpp_python")
         parts = [
             weights_digest(model_dir, cache_dir),

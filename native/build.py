@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 from whistle_stop.artifacts import cached_artifact
+from whistle_stop.contract.cpuinfo import cpuinfo_field, read_cpuinfo
 
 SOURCE = Path(__file__).with_name("gpt2.cc")
 LIBRARY = "libws_gpt2.so"
@@ -49,28 +50,11 @@ def compiler() -> str:
     )
 
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def _cpu_flags(cpuinfo: str) -> str:
-    """-march=native differs by CPU: the ISA flags are part of the library's key."""
-    return next((line for line in cpuinfo.splitlines() if line.startswith("flags")), "")
-
-
 def vendor_flags(cpuinfo: str) -> list[str]:
     """Flags for what -march=native does not say: on AMD CPUs no software prefetch (on a
     Zen 4 VM it cost an int8 decode step 1-13% where an Intel Xeon VM gained 14-26%
     from it: docs/benchmarks.md)."""
-    amd = any(
-        line.split(":")[-1].strip() == "AuthenticAMD"
-        for line in cpuinfo.splitlines()
-        if line.startswith("vendor_id")
-    )
-    return ["-DWS_PREFETCH=0"] if amd else []
+    return ["-DWS_PREFETCH=0"] if cpuinfo_field(cpuinfo, "vendor_id") == "AuthenticAMD" else []
 
 
 @functools.cache
@@ -83,13 +67,14 @@ def load(
     build of its own, loaded beside the others: the profile compares builds in one run)."""
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    cpuinfo = _cpuinfo()
+    cpuinfo = read_cpuinfo()
     flags = [*FLAGS, *vendor_flags(cpuinfo), *(["-DWS_PROFILE"] if profile else []), *cflags]
     parts = [
         hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
         version.splitlines()[0] if version else cxx,
         flags,
-        hashlib.sha256(_cpu_flags(cpuinfo).encode()).hexdigest()[:16],
+        # -march=native differs by CPU: the ISA flags are part of the library's key
+        hashlib.sha256(cpuinfo_field(cpuinfo, "flags").encode()).hexdigest()[:16],
     ]
 
     def build(out: Path) -> None:

@@ -107,3 +107,18 @@ def test_the_source_hash_covers_the_engines_cpp(tmp_path, monkeypatch):
     assert provenance.source_hash.__wrapped__() == before
     engine.write_text("int x = 2;")
     assert provenance.source_hash.__wrapped__() != before
+
+
+def test_cpuinfo_fields_are_looked_up_by_key_not_by_prefix():
+    from whistle_stop.contract.cpuinfo import cpuinfo_field
+
+    # 'flags' must not match 'vmx flags' (newer kernels) nor 'bugs' its value; the first
+    # processor's line wins, and a missing key (not Linux) is empty, not an error
+    text = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n"
+        "vmx flags\t: ept\nprocessor\t: 1\nflags\t\t: fpu\n"
+    )
+    assert cpuinfo_field(text, "flags") == "fpu avx2"
+    assert cpuinfo_field(text, "vendor_id") == "AuthenticAMD"
+    assert cpuinfo_field(text, "model name") == ""
+    assert cpuinfo_field("", "flags") == ""

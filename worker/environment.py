@@ -11,6 +11,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+from whistle_stop.contract.cpuinfo import cpuinfo_field, read_cpuinfo, read_or_empty
 from whistle_stop.contract.provenance import PROJECT_ROOT, library_versions, source_hash
 
 # Instruction-set features that decide which inference kernels a CPU can run.
@@ -29,11 +30,11 @@ ISA_FEATURES = (
 @functools.cache
 def host_environment() -> dict:
     """Facts about this host and software that do not change while a worker lives."""
-    cpuinfo = _read("/proc/cpuinfo")
-    flags = set(_field(cpuinfo, "flags").split())
+    cpuinfo = read_cpuinfo()
+    flags = set(cpuinfo_field(cpuinfo, "flags").split())
     environment = {
         "hostname": socket.gethostname(),
-        "cpu_model": _field(cpuinfo, "model name") or platform.processor(),
+        "cpu_model": cpuinfo_field(cpuinfo, "model name") or platform.processor(),
         "cpu_features": [f for f in ISA_FEATURES if f in flags],
         "logical_cores": os.cpu_count() or 0,
         "physical_cores": _physical_cores(cpuinfo),
@@ -53,20 +54,6 @@ def host_environment() -> dict:
     return environment
 
 
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text()
-    except OSError:
-        return ""
-
-
-def _field(cpuinfo: str, name: str) -> str:
-    for line in cpuinfo.splitlines():
-        if line.split(":", 1)[0].strip() == name:
-            return line.split(":", 1)[1].strip()
-    return ""
-
-
 def _physical_cores(cpuinfo: str) -> int:
     cores = set()
     physical_id = core_id = ""
@@ -84,7 +71,7 @@ def _physical_cores(cpuinfo: str) -> int:
 def _in_container() -> bool:
     if Path("/.dockerenv").exists() or Path("/run/.containerenv").exists():
         return True
-    cgroup = _read("/proc/1/cgroup")
+    cgroup = read_or_empty("/proc/1/cgroup")
     return any(word in cgroup for word in ("docker", "kubepods", "containerd", "lxc"))
 
 
