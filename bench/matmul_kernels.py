@@ -12,12 +12,23 @@ matmul (native/gpt2.cc, `ws_matmul`: the same bits and block, activations quanti
 the call) on the same shapes, for the same comparison.
 
     farm bench matmul-kernels [--threads 2]
+
+`--sequence MODEL` times instead what a decode step of MODEL asks of `ws_matmul` from
+memory: its layers' matrices one after another (qkv, proj, fc, out; random weights the
+model's shapes, int8 and 4-bit at block 128), then the same bytes as one matrix (one
+long stream), beside the farm's streaming-read probe before and after each. A step's
+matrices reading slower than one long stream is the cost of starting and ending streams
+(on a Zen 4 VM 34-42 against 50-58 GB/s). `--cflags` twice or more times each build in
+the same rounds (as native-profile's), e.g. `--cflags= --cflags=-DWS_PREFETCH=4096`:
+
+    farm bench matmul-kernels --sequence random:gpt2-large [--rounds 5] [--cflags=...]
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import tempfile
 from pathlib import Path
 
@@ -25,7 +36,14 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from whistle_stop.bench.common import median_ms, one_node_model, table
+from whistle_stop.bench.common import (
+    CACHE,
+    bench_model,
+    median_ms,
+    model_source,
+    one_node_model,
+    table,
+)
 
 BLOCK = 128
 SHAPES = {
@@ -91,7 +109,17 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--sequence", type=model_source, metavar="MODEL", help="a decode step's matmuls instead"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="with --sequence")
+    parser.add_argument(
+        "--cflags", action="append", help="with --sequence: a build's extra flags ('': as built)"
+    )
     args = parser.parse_args(argv)
+    if args.sequence:
+        sequence(args.sequence, args.threads, args.rounds, args.cflags or [""])
+        return
     from whistle_stop.native.build import load
 
     lib, _ = load(Path(tempfile.gettempdir()) / "whistle-stop-kernels")
@@ -114,3 +142,80 @@ def main(argv: list[str] | None = None) -> None:
     )
     header = ["shape", "bits", "MB", "level 0 ms", "GB/s", "level 4 ms", "GB/s"]
     print(table([*header, "native ms", "GB/s"], rows))
+
+
+def sequence(source: str, threads: int, rounds: int, builds: list[str]) -> None:
+    """A step's matmuls in order, and the same bytes as one matrix, per build and width."""
+    from whistle_stop.backends.config import ModelConfig
+    from whistle_stop.native.build import load
+    from whistle_stop.worker.roofline import fresh_read_bandwidth
+
+    config = ModelConfig.from_dir(bench_model(source))
+    d = config.n_embd
+    shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * config.n_layer  # (N, K)
+    libs = {flags: load(CACHE, cflags=tuple(flags.split()))[0] for flags in builds}
+    pools = {flags: lib.ws_pool_create(threads, 200) for flags, lib in libs.items()}
+    figures: dict[tuple[str, int, str], list[float]] = {}
+    for bits in (8, 4):
+        weights = Weights(shapes, bits)
+        runs = [(flags, one) for flags in builds for one in (False, True)]
+        for index in range(rounds):
+            for flags, one in runs if index % 2 == 0 else runs[::-1]:
+                calls = weights.as_one() if one else weights.as_shapes()
+                probe = fresh_read_bandwidth(threads)["read_bytes_per_s"]
+                run = functools.partial(weights.run, libs[flags], pools[flags], calls)
+                ms = median_ms(run, 5, warmups=1)
+                probe = (probe + fresh_read_bandwidth(threads)["read_bytes_per_s"]) / 2
+                key = (flags, bits, "one matrix" if one else "a step's")
+                figures.setdefault(key, []).append(weights.megabytes / ms)
+                figures.setdefault((flags, bits, "probe"), []).append(probe / 1e9)
+    for flags, lib in libs.items():
+        lib.ws_pool_destroy(pools[flags])
+    rows = []
+    for flags in builds:
+        for bits in (8, 4):
+            cells = [flags or "as built", str(bits)]
+            for kind in ("a step's", "one matrix", "probe"):
+                values = figures[flags, bits, kind]
+                cells.append(f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})")
+            rows.append(cells)
+    print(
+        f"ws_matmul from memory, {source}: {len(shapes)} matrices a step, block {BLOCK}, "
+        f"{threads} threads, {rounds} rounds (builds alternated); GB/s median (range):"
+    )
+    headings = ["build", "bits", "a step's matrices", "one matrix", "read probe"]
+    print(table(headings, rows))
+
+
+class Weights:
+    """Random `bits`-bit weights of `shapes` ((N, K) each), back to back in one buffer as
+    the engine keeps a model's, callable as those matrices or as one of K = shapes' K."""
+
+    def __init__(self, shapes: list[tuple[int, int]], bits: int) -> None:
+        rng = np.random.default_rng(0)
+        self.shapes, self.bits = shapes, bits
+        self.total = sum(n * k for n, k in shapes)
+        self.data = rng.integers(0, 256, self.total * bits // 8, dtype=np.uint8)
+        self.scales = rng.random(self.total // BLOCK, dtype=np.float32) * 0.01
+        self.megabytes = self.data.nbytes / 1e6 + self.scales.nbytes / 1e6
+        widest = max(max(n, k) for n, k in shapes)
+        self.x = rng.standard_normal(widest, dtype=np.float32)
+        self.y = np.zeros(self.total // shapes[0][1], np.float32)
+
+    def as_shapes(self) -> list[tuple[int, int, int, int]]:
+        calls, at, scale_at = [], 0, 0
+        for n, k in self.shapes:
+            calls.append((n, k, self.data.ctypes.data + at, self.scales.ctypes.data + scale_at))
+            at, scale_at = at + n * k * self.bits // 8, scale_at + 4 * (n * k // BLOCK)
+        return calls
+
+    def as_one(self) -> list[tuple[int, int, int, int]]:
+        k = self.shapes[0][1]
+        return [(self.total // k, k, self.data.ctypes.data, self.scales.ctypes.data)]
+
+    def run(self, lib, pool, calls: list[tuple[int, int, int, int]]) -> None:
+        floats = ctypes.POINTER(ctypes.c_float)
+        x, y = self.x.ctypes.data_as(floats), self.y.ctypes.data_as(floats)
+        for n, k, data, scales in calls:
+            scale = ctypes.cast(scales, floats)
+            lib.ws_matmul(pool, data, scale, None, n, k, self.bits, BLOCK, x, 1, y)

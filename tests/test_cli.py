@@ -205,3 +205,19 @@ def test_the_neighbour_benchmark_refuses_a_cpu_the_machine_lacks(tmp_path, capsy
     assert exit.value.code == 2
     assert "--cpu 4096: this machine's CPUs are 0-" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_matmul_sequence_reads_every_weight_once_as_a_step_and_as_one_matrix():
+    from whistle_stop.bench.matmul_kernels import BLOCK, Weights
+
+    shapes = [(384, 128), (128, 128), (512, 128), (128, 512)] * 2
+    for bits in (8, 4):
+        weights = Weights(shapes, bits)
+        calls, data, scales = weights.as_shapes(), weights.data, weights.scales
+        # back to back: each matrix starts where the last ended, and the last ends at the end
+        ends = [(d + n * k * bits // 8, s + 4 * n * k // BLOCK) for n, k, d, s in calls]
+        starts = [(d, s) for _, _, d, s in calls[1:]]
+        assert starts == ends[:-1]
+        assert ends[-1] == (data.ctypes.data + data.nbytes, scales.ctypes.data + scales.nbytes)
+        [(n, k, d, s)] = weights.as_one()
+        assert (n * k, d, s) == (weights.total, data.ctypes.data, scales.ctypes.data)
