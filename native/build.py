@@ -51,10 +51,13 @@ def compiler() -> str:
 
 
 def vendor_flags(cpuinfo: str) -> list[str]:
-    """Flags for what -march=native does not say: on AMD CPUs no software prefetch (on a
-    Zen 4 VM it cost an int8 decode step 1-13% where an Intel Xeon VM gained 14-26%
-    from it: docs/benchmarks.md)."""
-    return ["-DWS_PREFETCH=0"] if cpuinfo_field(cpuinfo, "vendor_id") == "AuthenticAMD" else []
+    """Flags for what -march=native does not say: no software prefetch on AMD CPUs with
+    AVX-512 (Zen 4 on: a Zen 4 VM's int8 decode step ran 1-13% faster without it), and
+    the prefetch elsewhere (an Intel Xeon VM's step 14-26% faster with it, a Zen 3 VM's
+    4-bit step 25%): docs/benchmarks.md. Zen 5 not measured."""
+    amd = cpuinfo_field(cpuinfo, "vendor_id") == "AuthenticAMD"
+    zen4_on = "avx512f" in cpuinfo_field(cpuinfo, "flags").split()
+    return ["-DWS_PREFETCH=0"] if amd and zen4_on else []
 
 
 @functools.cache

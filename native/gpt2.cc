@@ -367,9 +367,10 @@ inline __m256i dot2_u8s8(__m256i acc, __m256i u0, __m256i s0, __m256i u1, __m256
 #endif
 // the cache lines of [p, p + bytes), WS_PREFETCH bytes ahead in a stream: the weights'
 // (a slab at a time) and attention's (each head's keys, then its values: 64 KB apiece
-// at context 512 in half precision). On an Intel Xeon VM it was worth 14-26% a step;
-// on a Zen 4 VM it cost int8 steps 1-13% (the hardware prefetchers keep pace, and the
-// prefetches take load slots): native/build.py builds with 0 on AMD CPUs.
+// at context 512 in half precision). On an Intel Xeon VM it was worth 14-26% a step and
+// on a Zen 3 VM 25% of a 4-bit step; on a Zen 4 VM it cost int8 steps 1-13% (the
+// hardware prefetchers keep pace, and the prefetches take load slots): native/build.py
+// builds with 0 on AMD CPUs with AVX-512.
 inline void prefetch_ahead(const void* p, size_t bytes) {
   if (WS_PREFETCH <= 0) return;
   const char* at = static_cast<const char*>(p) + WS_PREFETCH;

@@ -288,14 +288,15 @@ def test_a_cache_that_grows_keeps_what_it_held(model_64, shared_cache, kv):
     np.testing.assert_array_equal(np.stack(got), np.stack(expected))
 
 
-def test_amd_cpus_build_without_software_prefetch_and_either_build_computes_the_same(
+def test_zen4_on_builds_without_software_prefetch_and_either_build_computes_the_same(
     shared_cache,
 ):
     from whistle_stop.native.build import load, vendor_flags
 
-    amd = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2\n"
-    assert vendor_flags(amd) == ["-DWS_PREFETCH=0"]
-    assert vendor_flags(amd.replace("AuthenticAMD", "GenuineIntel")) == []
+    zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu avx2 avx512f\n"
+    assert vendor_flags(zen4) == ["-DWS_PREFETCH=0"]
+    assert vendor_flags(zen4.replace(" avx512f", "")) == []  # Zen 3: the prefetch pays
+    assert vendor_flags(zen4.replace("AuthenticAMD", "GenuineIntel")) == []
     assert vendor_flags("") == []
     # extra flags are a build of their own, loaded beside the others (native-profile's
     # comparison of builds): the same product with and without the prefetch
