@@ -22,7 +22,7 @@ BENCHES = {
     "long-context": ("long_context", "decode at context 32 against 512, per path"),
     "native-profile": ("native_profile", "the native engine's decode step by phase"),
     "decode-profile": ("decode_profile", "one ONNX decode step: time, bytes, ORT's ops"),
-    "matmul-kernels": ("matmul_kernels", "ORT's quantized matmuls alone against ours"),
+    "matmul-kernels": ("matmul_kernels", "matmuls alone: ORT's against ours, a step's from DRAM"),
     "session-options": ("session_options", "ONNX Runtime session settings, measured"),
     "gqa-cache": ("gqa_cache", "GroupQueryAttention: float32 cache against int8"),
 }
