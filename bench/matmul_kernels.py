@@ -18,8 +18,12 @@ memory: its layers' matrices one after another (qkv, proj, fc, out; random weigh
 model's shapes, int8 and 4-bit at block 128), then the same bytes as one matrix (one
 long stream), beside the farm's streaming-read probe before and after each. A step's
 matrices reading slower than one long stream is the cost of starting and ending streams
-(on a Zen 4 VM 34-42 against 50-58 GB/s). `--cflags` twice or more times each build in
-the same rounds (as native-profile's), e.g. `--cflags= --cflags=-DWS_PREFETCH=4096`:
+(on a Zen 4 VM 34-42 against 50-58 GB/s), and of calling from Python: each matrix is a
+call (the pool's threads started and joined), where the engine's step runs all of them
+in one task, so a column takes off what the calls cost (timed on a 64x128 matrix
+in cache). `--cflags` twice or more times
+each build in the same rounds (as native-profile's), e.g. `--cflags=
+--cflags=-DWS_PREFETCH=4096`:
 
     farm bench matmul-kernels --sequence random:gpt2-large [--rounds 5] [--cflags=...]
 """
@@ -155,6 +159,13 @@ def sequence(source: str, threads: int, rounds: int, builds: list[str]) -> None:
     shapes = [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d)] * config.n_layer  # (N, K)
     libs = {flags: load(CACHE, cflags=tuple(flags.split()))[0] for flags in builds}
     pools = {flags: lib.ws_pool_create(threads, 200) for flags, lib in libs.items()}
+    # each matrix is a call from Python (and a start and end of the pool's threads): the
+    # engine's step runs its matrices in one task, so what a call costs is the bench's own
+    tiny = Weights([(64, BLOCK)], 8)
+    call_ms = {
+        flags: median_ms(functools.partial(tiny.run, lib, pools[flags], tiny.as_shapes()), 2000)
+        for flags, lib in libs.items()
+    }
     figures: dict[tuple[str, int, str], list[float]] = {}
     for bits in (8, 4):
         weights = Weights(shapes, bits)
@@ -168,6 +179,11 @@ def sequence(source: str, threads: int, rounds: int, builds: list[str]) -> None:
                 probe = (probe + fresh_read_bandwidth(threads)["read_bytes_per_s"]) / 2
                 key = (flags, bits, "one matrix" if one else "a step's")
                 figures.setdefault(key, []).append(weights.megabytes / ms)
+                if not one:  # the same, less what its calls cost
+                    net = ms - len(calls) * call_ms[flags]
+                    figures.setdefault((flags, bits, "less calls"), []).append(
+                        weights.megabytes / net
+                    )
                 figures.setdefault((flags, bits, "probe"), []).append(probe / 1e9)
     for flags, lib in libs.items():
         lib.ws_pool_destroy(pools[flags])
@@ -175,7 +191,7 @@ def sequence(source: str, threads: int, rounds: int, builds: list[str]) -> None:
     for flags in builds:
         for bits in (8, 4):
             cells = [flags or "as built", str(bits)]
-            for kind in ("a step's", "one matrix", "probe"):
+            for kind in ("a step's", "less calls", "one matrix", "probe"):
                 values = figures[flags, bits, kind]
                 cells.append(f"{np.median(values):.1f} ({min(values):.1f}-{max(values):.1f})")
             rows.append(cells)
@@ -183,8 +199,13 @@ def sequence(source: str, threads: int, rounds: int, builds: list[str]) -> None:
         f"ws_matmul from memory, {source}: {len(shapes)} matrices a step, block {BLOCK}, "
         f"{threads} threads, {rounds} rounds (builds alternated); GB/s median (range):"
     )
-    headings = ["build", "bits", "a step's matrices", "one matrix", "read probe"]
+    headings = ["build", "bits", "a step's matrices", "less the calls", "one matrix", "probe"]
     print(table(headings, rows))
+    print(
+        f"a call's own cost (a 64x{BLOCK} matrix, in cache), by build: "
+        + ", ".join(f"{ms * 1e3:.1f} us" for ms in call_ms.values())
+        + f"; a step makes {len(shapes)} (the engine's step runs them in one task)"
+    )
 
 
 class Weights:
