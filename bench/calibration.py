@@ -21,14 +21,14 @@ from pathlib import Path
 
 import yaml
 
-from whistle_stop.bench.common import add_set_option, example, settings, submit, view
+from whistle_stop.bench.common import add_set_option, counting, example, settings, submit, view
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sweeps", type=int, default=4, help="separate sweeps to run")
+    parser.add_argument("--sweeps", type=counting, default=4, help="separate sweeps to run")
     parser.add_argument("--db", type=Path, required=True, help="where the sweeps are stored")
     parser.add_argument("--no-run", action="store_true", help="only read what --db holds")
     add_set_option(parser)

@@ -152,6 +152,18 @@ def bench_model(source: str = "random:gpt2") -> Path:
     return materialize(parse_model_source(source), CACHE, seed=0)
 
 
+def counting(text: str) -> int:
+    """argparse's `type` for a count (rounds, steps, threads, tokens): a whole number
+    from 1, else one error line (0 rounds used to end in an empty median's traceback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number from 1, not {text!r}")
+    return value
+
+
 def model_source(text: str) -> str:
     """argparse's `type` for --model: a source the farm can load, else one error line."""
     from whistle_stop.backends.sources import ModelSourceError, parse_model_source

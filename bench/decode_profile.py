@@ -29,7 +29,7 @@ from pathlib import Path
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions
-from whistle_stop.bench.common import CACHE, bench_model, table, variants
+from whistle_stop.bench.common import CACHE, bench_model, counting, table, variants
 from whistle_stop.worker.prompts import random_prompt
 from whistle_stop.worker.roofline import fresh_read_bandwidth, weight_bytes_per_token
 
@@ -95,9 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--context", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=counting, default=128)
+    parser.add_argument("--steps", type=counting, default=64)
+    parser.add_argument("--threads", type=counting, default=2)
     parser.add_argument("--labels", help=f"ONNX paths of the sweep file [{','.join(DEFAULT)}]")
     parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
     args = parser.parse_args(argv)

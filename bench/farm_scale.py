@@ -34,7 +34,7 @@ from pathlib import Path
 from rich.console import Console
 from sqlalchemy import func, select
 
-from whistle_stop.bench.common import table
+from whistle_stop.bench.common import counting, table
 from whistle_stop.bench.harness import (
     FARM,
     FarmWorker,
@@ -247,9 +247,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--workers", default="1,4,16", help="worker counts, comma-separated")
-    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--jobs", type=counting, default=10_000)
     parser.add_argument("--step-s", type=float, default=0.0, help="each no-op token's time")
-    parser.add_argument("--alone", type=int, default=30, help="one-job sweeps for the latency")
+    parser.add_argument("--alone", type=counting, default=30, help="one-job sweeps for the latency")
     parser.add_argument("--pair", type=int, default=0, help="GPT-2 jobs on one, then two workers")
     parser.add_argument("--big", action="store_true", help="time status/report on 100,000")
     parser.add_argument(

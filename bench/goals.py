@@ -30,7 +30,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from whistle_stop.bench.common import edited_grid, example, submit, view
+from whistle_stop.bench.common import counting, edited_grid, example, submit, view
 
 
 def run_sweeps(
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=int, default=0, help="first run engines.yaml N times")
     parser.add_argument("--labels", help="with --run: only these backends (comma-separated)")
     parser.add_argument("--contexts", help="with --run: only these contexts (comma-separated)")
-    parser.add_argument("--rounds", type=int, help="with --run: rounds (engines.yaml's: 3)")
+    parser.add_argument("--rounds", type=counting, help="with --run: rounds (engines.yaml's: 3)")
     args = parser.parse_args(argv)
     if args.run:
         labels = args.labels.split(",") if args.labels else None

@@ -19,7 +19,7 @@ import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from whistle_stop.bench.common import median_ms, one_node_model, table
+from whistle_stop.bench.common import counting, median_ms, one_node_model, table
 
 HEADS, HEAD_SIZE, CAPACITY = 12, 64, 1024
 
@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--prompt", type=int, default=512, help="prompt tokens")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--prompt", type=counting, default=512, help="prompt tokens")
+    parser.add_argument("--threads", type=counting, default=2)
+    parser.add_argument("--repeats", type=counting, default=20)
     args = parser.parse_args(argv)
     rows = []
     for what, cached, new in (("prompt", 0, args.prompt), ("decode step", args.prompt, 1)):

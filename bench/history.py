@@ -26,7 +26,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from whistle_stop.bench.common import CHECKOUT, farm
+from whistle_stop.bench.common import CHECKOUT, counting, farm
 from whistle_stop.db.session import make_session_factory
 from whistle_stop.executors.local import LocalExecutor, plan_cpu_sets
 from whistle_stop.orchestrator.bisect import checkout, git, remove_worktrees
@@ -83,10 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--points", type=int, default=10)
-    parser.add_argument("--step-at", type=int, default=6, help="the planted commit (1-based)")
+    parser.add_argument("--points", type=counting, default=10)
+    parser.add_argument("--step-at", type=counting, default=6, help="the planted commit (1-based)")
     parser.add_argument("--slowdown", type=float, default=0.10, help="0: plant nothing")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds a point")
+    parser.add_argument("--rounds", type=counting, default=5, help="rounds a point")
     parser.add_argument("--db", type=Path, help="keep the results here")
     parser.add_argument("--bisect", action="store_true", help="then farm bisect the range")
     args = parser.parse_args(argv)

@@ -19,7 +19,7 @@ import statistics
 import sys
 
 from whistle_stop.backends import registry
-from whistle_stop.bench.common import CACHE, bench_model, example, table, timed
+from whistle_stop.bench.common import CACHE, bench_model, counting, example, table, timed
 from whistle_stop.orchestrator.sweep import load_sweep
 from whistle_stop.worker.prompts import random_prompt
 
@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--generation", type=int, default=128)
+    parser.add_argument("--rounds", type=counting, default=4)
+    parser.add_argument("--threads", type=counting, default=2)
+    parser.add_argument("--generation", type=counting, default=128)
     parser.add_argument("--only", default=None, help="comma-separated path names")
     parser.add_argument("--labels", default=None, help="paths of examples/engines.yaml")
     args = parser.parse_args(argv)

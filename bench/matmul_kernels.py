@@ -43,6 +43,7 @@ from onnx import TensorProto, helper, numpy_helper
 from whistle_stop.bench.common import (
     CACHE,
     bench_model,
+    counting,
     median_ms,
     model_source,
     one_node_model,
@@ -112,11 +113,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=counting, default=2)
     parser.add_argument(
         "--sequence", type=model_source, metavar="MODEL", help="a decode step's matmuls instead"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="with --sequence")
+    parser.add_argument("--rounds", type=counting, default=5, help="with --sequence")
     parser.add_argument(
         "--cflags", action="append", help="with --sequence: a build's extra flags ('': as built)"
     )

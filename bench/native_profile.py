@@ -40,7 +40,7 @@ from pathlib import Path
 from whistle_stop.backends.config import ModelConfig
 from whistle_stop.backends.native import NativeBackend
 from whistle_stop.backends.options import NativeOptions
-from whistle_stop.bench.common import CACHE, bench_model, model_source, table, variants
+from whistle_stop.bench.common import CACHE, bench_model, counting, model_source, table, variants
 from whistle_stop.worker.roofline import (
     fresh_read_bandwidth,
     kv_bytes_per_token,
@@ -60,15 +60,15 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--context", default="128", help="one context, or several: 32,512")
-    parser.add_argument("--steps", type=int, default=200, help="decode steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=counting, default=200, help="decode steps per round")
+    parser.add_argument("--rounds", type=counting, default=3)
+    parser.add_argument("--threads", type=counting, default=2)
     parser.add_argument(
         "--model", default="random:gpt2", type=model_source, help="a model source [random:gpt2]"
     )
     parser.add_argument("--labels", help=f"native paths of the sweep file [{','.join(DEFAULT)}]")
     parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
-    parser.add_argument("--prompt", type=int, help="time prompts of this many tokens instead")
+    parser.add_argument("--prompt", type=counting, help="time prompts of this many tokens instead")
     parser.add_argument(
         "--cflags",
         action="append",

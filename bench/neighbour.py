@@ -28,7 +28,15 @@ from pathlib import Path
 
 import yaml
 
-from whistle_stop.bench.common import CACHE, CHECKOUT, edited_grid, example, model_source, view
+from whistle_stop.bench.common import (
+    CACHE,
+    CHECKOUT,
+    counting,
+    edited_grid,
+    example,
+    model_source,
+    view,
+)
 
 LABELS = "native-q8-b128,native-q4-b128,llama-q8_0,llama-q4_0"
 BUSY_LOOP = "import os, sys; os.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True: pass"
@@ -42,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--labels", default=LABELS, help=f"paths of sizes.yaml [{LABELS}]")
     parser.add_argument("--model", default="random:gpt2", type=model_source, help="[random:gpt2]")
     parser.add_argument("--contexts", default="128", help="[128]")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds a sweep [2]")
+    parser.add_argument("--rounds", type=counting, default=2, help="rounds a sweep [2]")
     parser.add_argument(
         "--cpu",
         type=int,

@@ -22,7 +22,15 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from whistle_stop.bench.common import add_set_option, edited_grid, example, settings, submit, view
+from whistle_stop.bench.common import (
+    add_set_option,
+    counting,
+    edited_grid,
+    example,
+    settings,
+    submit,
+    view,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("sweep", type=Path, nargs="?", default=None, help="[examples/quick.yaml]")
-    parser.add_argument("--sweeps", type=int, default=3)
+    parser.add_argument("--sweeps", type=counting, default=3)
     parser.add_argument("--rounds", default="3", help="rounds a sweep, or auto (the file's budget)")
     parser.add_argument("--backends", default=None, help="only these labels (comma-separated)")
     parser.add_argument("--contexts", default=None, help="only these contexts")

@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from whistle_stop.backends.onnx import OnnxBackend
 from whistle_stop.backends.options import OnnxOptions
-from whistle_stop.bench.common import CACHE, bench_model, table, timed, variants
+from whistle_stop.bench.common import CACHE, bench_model, counting, table, timed, variants
 from whistle_stop.worker.prompts import random_prompt
 
 DEFAULT = ["onnx-fp32", "onnx-int8-all"]  # labels of examples/engines.yaml
@@ -55,10 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds, after a warm-up")
-    parser.add_argument("--context", type=int, default=128, help="prompt tokens")
-    parser.add_argument("--generation", type=int, default=128, help="greedy tokens per run")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--rounds", type=counting, default=5, help="timed rounds, after a warm-up")
+    parser.add_argument("--context", type=counting, default=128, help="prompt tokens")
+    parser.add_argument("--generation", type=counting, default=128, help="greedy tokens per run")
+    parser.add_argument("--threads", type=counting, default=2, help="intra-op threads")
     parser.add_argument("--labels", help=f"ONNX paths of the sweep file [{','.join(DEFAULT)}]")
     parser.add_argument("--grid", type=Path, help="the sweep file [examples/engines.yaml]")
     args = parser.parse_args(argv)

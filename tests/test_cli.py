@@ -221,3 +221,21 @@ def test_the_matmul_sequence_reads_every_weight_once_as_a_step_and_as_one_matrix
         assert ends[-1] == (data.ctypes.data + data.nbytes, scales.ctypes.data + scales.nbytes)
         [(n, k, d, s)] = weights.as_one()
         assert (n * k, d, s) == (weights.total, data.ctypes.data, scales.ctypes.data)
+
+
+@pytest.mark.parametrize(
+    "bench, args",
+    [
+        ("native_profile", ["--rounds", "0"]),
+        ("matmul_kernels", ["--sequence", "random:gpt2", "--rounds", "0"]),
+        ("long_context", ["--threads", "-1"]),
+        ("history", ["--points", "x"]),
+    ],
+)
+def test_a_benchmark_refuses_a_count_under_one_in_one_line(bench, args, capsys):
+    from importlib import import_module
+
+    with pytest.raises(SystemExit) as exit:
+        import_module(f"whistle_stop.bench.{bench}").main(args)
+    assert exit.value.code == 2
+    assert f"{args[-2]}: takes a whole number from 1, not {args[-1]!r}" in capsys.readouterr().err
