@@ -1,5 +1,6 @@
-"""/proc/cpuinfo, read once per call and looked up by field: the worker's provenance and
-the native engine's build (its cache key and vendor flags) read the same lines."""
+"""/proc/cpuinfo and its fields, read one way by the worker's provenance (model, ISA
+features, cores), the native engine's build (its cache key, the vendor rule) and the
+llama.cpp AMX check (the hypervisor flag)."""
 
 from __future__ import annotations
 
