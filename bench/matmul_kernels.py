@@ -14,15 +14,14 @@ the call) on the same shapes, for the same comparison.
     farm bench matmul-kernels [--threads 2]
 
 `--sequence MODEL` times instead what a decode step of MODEL asks of `ws_matmul` from
-memory: its layers' matrices one after another (qkv, proj, fc, out; random weights the
-model's shapes, int8 and 4-bit at block 128), then the same bytes as one matrix (one
-long stream), beside the farm's streaming-read probe before and after each. A step's
-matrices reading slower than one long stream is the cost of starting and ending streams
-(on a Zen 4 VM 34-42 against 50-58 GB/s), and of calling from Python: each matrix is a
-call (the pool's threads started and joined), where the engine's step runs all of them
-in one task, so a column takes off what the calls cost (timed on a 64x128 matrix
-in cache). `--cflags` twice or more times
-each build in the same rounds (as native-profile's), e.g. `--cflags=
+memory: its layers' matrices one after another (qkv, proj, fc, out; random weights of
+the model's shapes, int8 and 4-bit at block 128), then the same bytes as one matrix (one
+long stream), beside the farm's streaming-read probe before and after each. Each matrix
+is a call from Python (the pool's threads started and joined) where the engine's step
+runs them all in one task, so a column takes off what the calls cost (timed on a 64x128
+matrix in cache); what is left between that and one long stream is the cost of starting
+and ending streams (on a Zen 3 VM none: docs/benchmarks.md). `--cflags` twice or more
+times each build in the same rounds (as native-profile's), e.g. `--cflags=
 --cflags=-DWS_PREFETCH=4096`:
 
     farm bench matmul-kernels --sequence random:gpt2-large [--rounds 5] [--cflags=...]
@@ -95,18 +94,9 @@ def nbits_ms(k: int, n: int, bits: int, level: int, threads: int, runs: int) -> 
 
 
 def native_ms(lib, pool, k: int, n: int, bits: int, runs: int) -> float:
-    from whistle_stop.native.quantize import grouped, quantize_rows
-
-    rng = np.random.default_rng(0)
-    weights = rng.standard_normal((n, k), dtype=np.float32)
-    data, scales = grouped(*quantize_rows(weights, bits, BLOCK))
-    x = rng.standard_normal((1, k), dtype=np.float32)
-    y = np.zeros((1, n), dtype=np.float32)
-    floats = ctypes.POINTER(ctypes.c_float)
-    # the engine's call: pool, weights, scales, no bias, N, K, bits, block, x, rows, y
-    args = (pool, data.ctypes.data, scales.ctypes.data_as(floats), None, n, k, bits, BLOCK)
-    args += (x.ctypes.data_as(floats), 1, y.ctypes.data_as(floats))
-    return median_ms(lambda: lib.ws_matmul(*args), runs, warmups=10)
+    """Our `ws_matmul` on one (N, K) matrix of random `bits`-bit weights, in cache."""
+    weights = Weights([(n, k)], bits)
+    return median_ms(functools.partial(weights.run, lib, pool, weights.as_shapes()), runs, 10)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,8 +207,13 @@ class Weights:
         rng = np.random.default_rng(0)
         self.shapes, self.bits = shapes, bits
         self.total = sum(n * k for n, k in shapes)
-        self.data = rng.integers(0, 256, self.total * bits // 8, dtype=np.uint8)
-        self.scales = rng.random(self.total // BLOCK, dtype=np.float32) * 0.01
+        # the engine reads rows in groups of 4: a last matrix of N not a multiple (the LM
+        # head's 50257) reads up to 3 rows past the end, into this slack
+        slack = 3 * max(k for _, k in shapes)
+        data = rng.integers(0, 256, (self.total + slack) * bits // 8, dtype=np.uint8)
+        scales = rng.random((self.total + slack) // BLOCK + 1, dtype=np.float32) * 0.01
+        self.data = data[: self.total * bits // 8]
+        self.scales = scales[: self.total // BLOCK]
         self.megabytes = self.data.nbytes / 1e6 + self.scales.nbytes / 1e6
         widest = max(max(n, k) for n, k in shapes)
         self.x = rng.standard_normal(widest, dtype=np.float32)
